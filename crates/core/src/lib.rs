@@ -1,0 +1,15 @@
+//! The shared vocabulary of berth: content digests, repository names and references, tag
+//! mutability policies and access scopes. Everything here is pure: no IO, no clocks, no
+//! randomness, so every other crate can depend on it and test it cheaply.
+
+pub mod digest;
+pub mod name;
+pub mod pattern;
+pub mod policy;
+pub mod scope;
+
+pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use name::{NameError, Reference, RepositoryName, Tag};
+pub use pattern::Pattern;
+pub use policy::{PolicyError, TagMutability, TagPolicy};
+pub use scope::{Action, Principal, Scope, ScopeError};
