@@ -3,12 +3,14 @@
 //! randomness, so every other crate can depend on it and test it cheaply.
 
 pub mod digest;
+pub mod lifecycle;
 pub mod name;
 pub mod pattern;
 pub mod policy;
 pub mod scope;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use lifecycle::LifecycleRule;
 pub use name::{NameError, Reference, RepositoryName, Tag};
 pub use pattern::Pattern;
 pub use policy::{PolicyError, TagMutability, TagPolicy};

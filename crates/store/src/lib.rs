@@ -1,1 +1,97 @@
-//! placeholder
+//! berth's state: repositories and their policies, manifests, tags, blob links, push events and
+//! API tokens. Callers see only the [`Store`] trait and the record types; SQLite is the one
+//! backend today (PostgreSQL can be added behind the same trait).
+//!
+//! Invariant: the store knows nothing of HTTP or of registry protocol rules; it offers atomic
+//! operations (a manifest write with its tag move and push event is one transaction) and the
+//! caller decides policy.
+
+mod records;
+mod sqlite;
+
+use std::sync::Arc;
+
+use berth_core::{Digest, LifecycleRule, TagPolicy};
+
+pub use records::*;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("repository `{0}` already exists")]
+    RepositoryExists(String),
+    #[error("repository `{0}` does not exist")]
+    RepositoryNotFound(String),
+    #[error("tag `{tag}` already points at {current}")]
+    TagImmutable { tag: String, current: Digest },
+    #[error("token `{0}` already exists")]
+    TokenExists(String),
+    #[error("state database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("state database holds a malformed value: {0}")]
+    Corrupt(String),
+    #[error("state database migration failed: {0}")]
+    Migration(String),
+    #[error("state database task failed: {0}")]
+    Task(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Desired and observed state. Every method is one transaction.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Repositories.
+    async fn create_repository(&self, repo: RepositoryRecord) -> Result<()>;
+    /// Returns the repository, creating it with `default_policy` when it does not exist.
+    async fn ensure_repository(&self, name: &str, default_policy: &TagPolicy, now: i64) -> Result<RepositoryRecord>;
+    async fn get_repository(&self, name: &str) -> Result<Option<RepositoryRecord>>;
+    /// Repositories in name order, after `after`, at most `limit`.
+    async fn list_repositories(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepositoryRecord>>;
+    async fn set_tag_policy(&self, name: &str, policy: &TagPolicy) -> Result<()>;
+    async fn set_lifecycle(&self, name: &str, rules: &[LifecycleRule]) -> Result<()>;
+    /// Deletes the repository with its tags, manifests, blob links and events. Returns false when absent.
+    async fn delete_repository(&self, name: &str) -> Result<bool>;
+
+    // Blob links: which repository may serve which blob.
+    async fn link_blob(&self, repository: &str, digest: &Digest, size: u64, now: i64) -> Result<()>;
+    /// The size of a blob linked to the repository.
+    async fn linked_blob(&self, repository: &str, digest: &Digest) -> Result<Option<u64>>;
+    async fn unlink_blob(&self, repository: &str, digest: &Digest) -> Result<bool>;
+    /// Removes every repository's link to the blob (it is about to be deleted).
+    async fn forget_blob(&self, digest: &Digest) -> Result<()>;
+
+    // Manifests and tags.
+    /// Stores the manifest (idempotent) and, when `tag` is given, points the tag at it. When the tag
+    /// points elsewhere and `tag.immutable`, fails with [`StoreError::TagImmutable`]. A new
+    /// manifest or a moved tag records a push event, returned.
+    async fn put_manifest(&self, manifest: &ManifestRecord, tag: Option<TagWrite<'_>>, now: i64) -> Result<Option<PushEvent>>;
+    async fn get_manifest(&self, repository: &str, digest: &Digest) -> Result<Option<ManifestRecord>>;
+    async fn resolve_tag(&self, repository: &str, tag: &str) -> Result<Option<Digest>>;
+    /// Tag names in lexical order after `after`, at most `limit`.
+    async fn list_tag_names(&self, repository: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
+    async fn list_tags(&self, repository: &str) -> Result<Vec<TagRecord>>;
+    async fn list_manifests(&self, repository: &str) -> Result<Vec<ManifestRecord>>;
+    /// Manifests in the repository whose subject is `subject`.
+    async fn referrers(&self, repository: &str, subject: &Digest) -> Result<Vec<ManifestRecord>>;
+    /// Deletes the manifest and every tag pointing at it. Returns false when absent.
+    async fn delete_manifest(&self, repository: &str, digest: &Digest) -> Result<bool>;
+    async fn delete_tag(&self, repository: &str, tag: &str) -> Result<bool>;
+    /// Every digest some manifest in some repository needs: manifests themselves and everything
+    /// they reference.
+    async fn referenced_digests(&self) -> Result<Vec<Digest>>;
+
+    // Push events.
+    /// Events with id greater than `after`, oldest first, optionally of one repository.
+    async fn push_events(&self, repository: Option<&str>, after: i64, limit: usize) -> Result<Vec<PushEvent>>;
+
+    // Tokens.
+    async fn create_token(&self, token: &TokenRecord) -> Result<()>;
+    async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>>;
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Marks the token revoked. Returns false when absent or already revoked.
+    async fn revoke_token(&self, id: &str, now: i64) -> Result<bool>;
+    async fn touch_token(&self, id: &str, now: i64) -> Result<()>;
+}
+
+pub type SharedStore = Arc<dyn Store>;

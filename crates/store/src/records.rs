@@ -1,0 +1,66 @@
+//! The records the store keeps. Times are unix seconds.
+
+use berth_core::{Digest, LifecycleRule, Scope, TagPolicy};
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RepositoryRecord {
+    pub name: String,
+    pub created_at: i64,
+    pub tag_policy: TagPolicy,
+    pub lifecycle: Vec<LifecycleRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ManifestRecord {
+    pub repository: String,
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub subject: Option<Digest>,
+    /// The manifest's `annotations`, as a JSON object, when it has any.
+    pub annotations: Option<serde_json::Value>,
+    /// Blobs and child manifests the manifest references.
+    pub references: Vec<Digest>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TagRecord {
+    pub repository: String,
+    pub tag: String,
+    pub digest: Digest,
+    pub updated_at: i64,
+}
+
+/// A tag to point at a manifest being stored.
+#[derive(Debug, Clone, Copy)]
+pub struct TagWrite<'a> {
+    pub tag: &'a str,
+    /// Whether the repository's policy forbids moving this tag.
+    pub immutable: bool,
+}
+
+/// A manifest push or tag move, as a later deployer consumes it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PushEvent {
+    pub id: i64,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Digest,
+    pub previous_digest: Option<Digest>,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    /// sha256 of the token's secret part, hex.
+    #[serde(skip)]
+    pub secret_sha256: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}

@@ -1,0 +1,513 @@
+//! The SQLite backend of [`Store`]: one connection in WAL mode, used from blocking threads so
+//! async callers never stall the runtime. Schema changes are numbered migrations applied at open,
+//! tracked in `PRAGMA user_version`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use berth_core::{Digest, LifecycleRule, Scope, TagPolicy};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::{ManifestRecord, PushEvent, RepositoryRecord, Result, Store, StoreError, TagRecord, TagWrite, TokenRecord};
+
+/// Migrations in order; the schema version is the number applied.
+const MIGRATIONS: &[&str] = &[include_str!("sqlite/001_initial.sql")];
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // WAL + NORMAL survives a crash of the process; blobs themselves are fsynced.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<i64> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Task("connection lock poisoned".into()))?;
+        Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| StoreError::Task("connection lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::Migration(format!(
+            "database schema version {current} is newer than this berth knows ({known}); upgrade berth"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql).map_err(|e| StoreError::Migration(format!("migration {}: {e}", i + 1)))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied state migration");
+    }
+    Ok(())
+}
+
+fn digest(s: String) -> rusqlite::Result<Digest> {
+    s.parse().map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn json<T: serde::de::DeserializeOwned>(s: String) -> rusqlite::Result<T> {
+    serde_json::from_str(&s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn repository_row(r: &Row<'_>) -> rusqlite::Result<RepositoryRecord> {
+    Ok(RepositoryRecord {
+        name: r.get(0)?,
+        created_at: r.get(1)?,
+        tag_policy: json(r.get(2)?)?,
+        lifecycle: json(r.get(3)?)?,
+    })
+}
+
+const MANIFEST_COLUMNS: &str = "repository, digest, media_type, size, artifact_type, subject, annotations, created_at";
+
+fn manifest_row(r: &Row<'_>) -> rusqlite::Result<ManifestRecord> {
+    Ok(ManifestRecord {
+        repository: r.get(0)?,
+        digest: digest(r.get(1)?)?,
+        media_type: r.get(2)?,
+        size: r.get::<_, i64>(3)? as u64,
+        artifact_type: r.get(4)?,
+        subject: r.get::<_, Option<String>>(5)?.map(digest).transpose()?,
+        annotations: r.get::<_, Option<String>>(6)?.map(json).transpose()?,
+        references: Vec::new(),
+        created_at: r.get(7)?,
+    })
+}
+
+fn load_references(conn: &Connection, m: &mut ManifestRecord) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached("SELECT digest FROM manifest_references WHERE repository = ?1 AND manifest = ?2")?;
+    let refs = stmt.query_map(params![m.repository, m.digest.to_string()], |r| digest(r.get(0)?))?;
+    m.references = refs.collect::<rusqlite::Result<_>>()?;
+    Ok(())
+}
+
+fn event_row(r: &Row<'_>) -> rusqlite::Result<PushEvent> {
+    Ok(PushEvent {
+        id: r.get(0)?,
+        repository: r.get(1)?,
+        tag: r.get(2)?,
+        digest: digest(r.get(3)?)?,
+        previous_digest: r.get::<_, Option<String>>(4)?.map(digest).transpose()?,
+        at: r.get(5)?,
+    })
+}
+
+fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let scopes: Vec<Scope> = json(r.get(3)?)?;
+    Ok(TokenRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        secret_sha256: r.get(2)?,
+        scopes,
+        created_at: r.get(4)?,
+        last_used_at: r.get(5)?,
+        revoked_at: r.get(6)?,
+    })
+}
+
+fn insert_event(tx: &Connection, repo: &str, tag: Option<&str>, digest: &Digest, previous: Option<&Digest>, now: i64) -> Result<PushEvent> {
+    tx.execute(
+        "INSERT INTO push_events (repository, tag, digest, previous_digest, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![repo, tag, digest.to_string(), previous.map(|d| d.to_string()), now],
+    )?;
+    Ok(PushEvent {
+        id: tx.last_insert_rowid(),
+        repository: repo.to_owned(),
+        tag: tag.map(str::to_owned),
+        digest: digest.clone(),
+        previous_digest: previous.cloned(),
+        at: now,
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn create_repository(&self, repo: RepositoryRecord) -> Result<()> {
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT INTO repositories (name, created_at, tag_policy, lifecycle) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![repo.name, repo.created_at, to_json(&repo.tag_policy)?, to_json(&repo.lifecycle)?],
+            )?;
+            if n == 0 {
+                return Err(StoreError::RepositoryExists(repo.name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ensure_repository(&self, name: &str, default_policy: &TagPolicy, now: i64) -> Result<RepositoryRecord> {
+        let (name, policy) = (name.to_owned(), to_json(default_policy)?);
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO repositories (name, created_at, tag_policy) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![name, now, policy],
+            )?;
+            Ok(c.query_row(
+                "SELECT name, created_at, tag_policy, lifecycle FROM repositories WHERE name = ?1",
+                [&name],
+                repository_row,
+            )?)
+        })
+        .await
+    }
+
+    async fn get_repository(&self, name: &str) -> Result<Option<RepositoryRecord>> {
+        let name = name.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT name, created_at, tag_policy, lifecycle FROM repositories WHERE name = ?1")?;
+            Ok(stmt.query_row([&name], repository_row).optional()?)
+        })
+        .await
+    }
+
+    async fn list_repositories(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepositoryRecord>> {
+        let after = after.unwrap_or("").to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT name, created_at, tag_policy, lifecycle FROM repositories WHERE name > ?1 ORDER BY name LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit as i64], repository_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn set_tag_policy(&self, name: &str, policy: &TagPolicy) -> Result<()> {
+        let (name, policy) = (name.to_owned(), to_json(policy)?);
+        self.call(move |c| {
+            if c.execute("UPDATE repositories SET tag_policy = ?2 WHERE name = ?1", params![name, policy])? == 0 {
+                return Err(StoreError::RepositoryNotFound(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_lifecycle(&self, name: &str, rules: &[LifecycleRule]) -> Result<()> {
+        let (name, rules) = (name.to_owned(), to_json(&rules)?);
+        self.call(move |c| {
+            if c.execute("UPDATE repositories SET lifecycle = ?2 WHERE name = ?1", params![name, rules])? == 0 {
+                return Err(StoreError::RepositoryNotFound(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_repository(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM tags WHERE repository = ?1", [&name])?;
+            tx.execute("DELETE FROM manifest_references WHERE repository = ?1", [&name])?;
+            tx.execute("DELETE FROM manifests WHERE repository = ?1", [&name])?;
+            tx.execute("DELETE FROM blob_links WHERE repository = ?1", [&name])?;
+            tx.execute("DELETE FROM push_events WHERE repository = ?1", [&name])?;
+            let n = tx.execute("DELETE FROM repositories WHERE name = ?1", [&name])?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn link_blob(&self, repository: &str, digest: &Digest, size: u64, now: i64) -> Result<()> {
+        let (repo, digest) = (repository.to_owned(), digest.to_string());
+        self.call(move |c| {
+            c.prepare_cached(
+                "INSERT INTO blob_links (repository, digest, size, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![repo, digest, size as i64, now])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn linked_blob(&self, repository: &str, digest: &Digest) -> Result<Option<u64>> {
+        let (repo, digest) = (repository.to_owned(), digest.to_string());
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT size FROM blob_links WHERE repository = ?1 AND digest = ?2")?;
+            Ok(stmt.query_row(params![repo, digest], |r| r.get::<_, i64>(0)).optional()?.map(|s| s as u64))
+        })
+        .await
+    }
+
+    async fn unlink_blob(&self, repository: &str, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repository.to_owned(), digest.to_string());
+        self.call(move |c| Ok(c.execute("DELETE FROM blob_links WHERE repository = ?1 AND digest = ?2", params![repo, digest])? > 0))
+            .await
+    }
+
+    async fn forget_blob(&self, digest: &Digest) -> Result<()> {
+        let digest = digest.to_string();
+        self.call(move |c| {
+            c.execute("DELETE FROM blob_links WHERE digest = ?1", [digest])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_manifest(&self, manifest: &ManifestRecord, tag: Option<TagWrite<'_>>, now: i64) -> Result<Option<PushEvent>> {
+        let m = manifest.clone();
+        let tag = tag.map(|t| (t.tag.to_owned(), t.immutable));
+        let annotations = m.annotations.as_ref().map(to_json).transpose()?;
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let d = m.digest.to_string();
+            let inserted = tx.execute(
+                "INSERT INTO manifests (repository, digest, media_type, size, artifact_type, subject, annotations, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                params![
+                    m.repository,
+                    d,
+                    m.media_type,
+                    m.size as i64,
+                    m.artifact_type,
+                    m.subject.as_ref().map(|s| s.to_string()),
+                    annotations,
+                    now
+                ],
+            )? > 0;
+            if inserted {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO manifest_references (repository, manifest, digest) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                )?;
+                for r in &m.references {
+                    stmt.execute(params![m.repository, d, r.to_string()])?;
+                }
+            }
+            let mut event = None;
+            match tag {
+                Some((tag, immutable)) => {
+                    let current: Option<String> = tx
+                        .query_row("SELECT digest FROM tags WHERE repository = ?1 AND tag = ?2", params![m.repository, tag], |r| r.get(0))
+                        .optional()?;
+                    let current = current.map(digest).transpose()?;
+                    if current.as_ref() != Some(&m.digest) {
+                        if let (Some(cur), true) = (&current, immutable) {
+                            return Err(StoreError::TagImmutable { tag, current: cur.clone() });
+                        }
+                        tx.execute(
+                            "INSERT INTO tags (repository, tag, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+                            params![m.repository, tag, d, now],
+                        )?;
+                        event = Some(insert_event(&tx, &m.repository, Some(&tag), &m.digest, current.as_ref(), now)?);
+                    }
+                }
+                None if inserted => event = Some(insert_event(&tx, &m.repository, None, &m.digest, None, now)?),
+                None => {}
+            }
+            tx.commit()?;
+            Ok(event)
+        })
+        .await
+    }
+
+    async fn get_manifest(&self, repository: &str, digest: &Digest) -> Result<Option<ManifestRecord>> {
+        let (repo, digest) = (repository.to_owned(), digest.to_string());
+        self.call(move |c| {
+            let sql = format!("SELECT {MANIFEST_COLUMNS} FROM manifests WHERE repository = ?1 AND digest = ?2");
+            let mut m = match c.prepare_cached(&sql)?.query_row(params![repo, digest], manifest_row).optional()? {
+                Some(m) => m,
+                None => return Ok(None),
+            };
+            load_references(c, &mut m)?;
+            Ok(Some(m))
+        })
+        .await
+    }
+
+    async fn resolve_tag(&self, repository: &str, tag: &str) -> Result<Option<Digest>> {
+        let (repo, tag) = (repository.to_owned(), tag.to_owned());
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT digest FROM tags WHERE repository = ?1 AND tag = ?2")?;
+            Ok(stmt.query_row(params![repo, tag], |r| r.get::<_, String>(0)).optional()?.map(digest).transpose()?)
+        })
+        .await
+    }
+
+    async fn list_tag_names(&self, repository: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        let (repo, after) = (repository.to_owned(), after.unwrap_or("").to_owned());
+        self.call(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT tag FROM tags WHERE repository = ?1 AND tag > ?2 ORDER BY tag LIMIT ?3")?;
+            let rows = stmt.query_map(params![repo, after, limit as i64], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn list_tags(&self, repository: &str) -> Result<Vec<TagRecord>> {
+        let repo = repository.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT repository, tag, digest, updated_at FROM tags WHERE repository = ?1 ORDER BY updated_at DESC, tag",
+            )?;
+            let rows = stmt.query_map([repo], |r| {
+                Ok(TagRecord { repository: r.get(0)?, tag: r.get(1)?, digest: digest(r.get(2)?)?, updated_at: r.get(3)? })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn list_manifests(&self, repository: &str) -> Result<Vec<ManifestRecord>> {
+        let repo = repository.to_owned();
+        self.call(move |c| {
+            let sql = format!("SELECT {MANIFEST_COLUMNS} FROM manifests WHERE repository = ?1 ORDER BY created_at, digest");
+            let mut list: Vec<ManifestRecord> =
+                c.prepare_cached(&sql)?.query_map([repo], manifest_row)?.collect::<rusqlite::Result<_>>()?;
+            for m in &mut list {
+                load_references(c, m)?;
+            }
+            Ok(list)
+        })
+        .await
+    }
+
+    async fn referrers(&self, repository: &str, subject: &Digest) -> Result<Vec<ManifestRecord>> {
+        let (repo, subject) = (repository.to_owned(), subject.to_string());
+        self.call(move |c| {
+            let sql = format!("SELECT {MANIFEST_COLUMNS} FROM manifests WHERE repository = ?1 AND subject = ?2 ORDER BY digest");
+            let rows = c.prepare_cached(&sql)?.query_map(params![repo, subject], manifest_row)?.collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn delete_manifest(&self, repository: &str, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repository.to_owned(), digest.to_string());
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM tags WHERE repository = ?1 AND digest = ?2", params![repo, digest])?;
+            tx.execute("DELETE FROM manifest_references WHERE repository = ?1 AND manifest = ?2", params![repo, digest])?;
+            let n = tx.execute("DELETE FROM manifests WHERE repository = ?1 AND digest = ?2", params![repo, digest])?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn delete_tag(&self, repository: &str, tag: &str) -> Result<bool> {
+        let (repo, tag) = (repository.to_owned(), tag.to_owned());
+        self.call(move |c| Ok(c.execute("DELETE FROM tags WHERE repository = ?1 AND tag = ?2", params![repo, tag])? > 0))
+            .await
+    }
+
+    async fn referenced_digests(&self) -> Result<Vec<Digest>> {
+        self.call(|c| {
+            let mut stmt =
+                c.prepare("SELECT digest FROM manifests UNION SELECT digest FROM manifest_references")?;
+            let rows = stmt.query_map([], |r| digest(r.get(0)?))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn push_events(&self, repository: Option<&str>, after: i64, limit: usize) -> Result<Vec<PushEvent>> {
+        let repo = repository.map(str::to_owned);
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, repository, tag, digest, previous_digest, at FROM push_events
+                 WHERE id > ?1 AND (?2 IS NULL OR repository = ?2) ORDER BY id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![after, repo, limit as i64], event_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn create_token(&self, token: &TokenRecord) -> Result<()> {
+        let t = token.clone();
+        let scopes = to_json(&t.scopes)?;
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT INTO tokens (id, name, secret_sha256, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![t.id, t.name, t.secret_sha256, scopes, t.created_at],
+            )?;
+            if n == 0 {
+                return Err(StoreError::TokenExists(t.id));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, name, secret_sha256, scopes, created_at, last_used_at, revoked_at FROM tokens WHERE id = ?1",
+            )?;
+            Ok(stmt.query_row([id], token_row).optional()?)
+        })
+        .await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.call(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, name, secret_sha256, scopes, created_at, last_used_at, revoked_at FROM tokens ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([], token_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, id: &str, now: i64) -> Result<bool> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            Ok(c.execute("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now])? > 0)
+        })
+        .await
+    }
+
+    async fn touch_token(&self, id: &str, now: i64) -> Result<()> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            // At most one write a minute per token: this runs on every authenticated request.
+            c.prepare_cached("UPDATE tokens SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2 - 60)")?
+                .execute(params![id, now])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+use super::*;
+use berth_core::{Pattern, TagMutability};
+
+fn open() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let store = SqliteStore::open(&dir.path().join("state.db")).unwrap_or_else(|e| panic!("open: {e}"));
+    (dir, store)
+}
+
+fn manifest(repo: &str, n: u8, refs: &[Digest]) -> ManifestRecord {
+    ManifestRecord {
+        repository: repo.into(),
+        digest: Digest::sha256_of(&[n]),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        size: 100,
+        artifact_type: None,
+        subject: None,
+        annotations: None,
+        references: refs.to_vec(),
+        created_at: 0,
+    }
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_versioned() -> Result<()> {
+    let (dir, store) = open();
+    assert_eq!(store.schema_version()?, MIGRATIONS.len() as i64);
+    drop(store);
+    let again = SqliteStore::open(&dir.path().join("state.db"))?;
+    assert_eq!(again.schema_version()?, MIGRATIONS.len() as i64);
+    Ok(())
+}
+
+#[tokio::test]
+async fn refuses_a_newer_schema() -> Result<()> {
+    let (dir, store) = open();
+    drop(store);
+    let conn = Connection::open(dir.path().join("state.db"))?;
+    conn.pragma_update(None, "user_version", 99)?;
+    drop(conn);
+    let err = SqliteStore::open(&dir.path().join("state.db")).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("newer than this berth knows"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn tag_moves_record_events_and_respect_immutability() -> Result<()> {
+    let (_dir, store) = open();
+    let policy = TagPolicy::new(TagMutability::ImmutableWithExclusion, vec![Pattern::new("latest")])
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    store.ensure_repository("web", &policy, 1).await?;
+    let (m1, m2) = (manifest("web", 1, &[]), manifest("web", 2, &[]));
+
+    let e1 = store.put_manifest(&m1, Some(TagWrite { tag: "latest", immutable: false }), 10).await?;
+    assert_eq!(e1.as_ref().map(|e| e.previous_digest.clone()), Some(None));
+    // Re-pushing the same manifest under the same tag is a no-op without an event.
+    assert_eq!(store.put_manifest(&m1, Some(TagWrite { tag: "latest", immutable: false }), 11).await?, None);
+    let e2 = store.put_manifest(&m2, Some(TagWrite { tag: "latest", immutable: false }), 12).await?;
+    assert_eq!(e2.and_then(|e| e.previous_digest), Some(m1.digest.clone()));
+
+    store.put_manifest(&m1, Some(TagWrite { tag: "abc", immutable: true }), 13).await?;
+    store.put_manifest(&m1, Some(TagWrite { tag: "abc", immutable: true }), 14).await?;
+    let err = store.put_manifest(&m2, Some(TagWrite { tag: "abc", immutable: true }), 15).await;
+    assert!(matches!(err, Err(StoreError::TagImmutable { ref tag, .. }) if tag == "abc"));
+    assert_eq!(store.resolve_tag("web", "abc").await?, Some(m1.digest.clone()));
+
+    let events = store.push_events(Some("web"), 0, 100).await?;
+    let tags: Vec<_> = events.iter().map(|e| e.tag.clone().unwrap_or_default()).collect();
+    assert_eq!(tags, ["latest", "latest", "abc"]);
+    assert_eq!(store.push_events(None, events[1].id, 100).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn delete_manifest_removes_its_tags_and_references() -> Result<()> {
+    let (_dir, store) = open();
+    store.ensure_repository("a", &TagPolicy::default(), 1).await?;
+    store.ensure_repository("b", &TagPolicy::default(), 1).await?;
+    let layer = Digest::sha256_of(b"layer");
+    let ma = manifest("a", 1, &[layer.clone()]);
+    let mb = manifest("b", 1, &[layer.clone()]);
+    store.put_manifest(&ma, Some(TagWrite { tag: "v1", immutable: false }), 1).await?;
+    store.put_manifest(&mb, None, 1).await?;
+    let refs = store.referenced_digests().await?;
+    assert!(refs.contains(&layer) && refs.contains(&ma.digest));
+
+    assert!(store.delete_manifest("a", &ma.digest).await?);
+    assert_eq!(store.resolve_tag("a", "v1").await?, None);
+    // Still referenced from repository b.
+    assert!(store.referenced_digests().await?.contains(&layer));
+    assert!(store.delete_repository("b").await?);
+    assert!(store.referenced_digests().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn pages_tags_and_repositories() -> Result<()> {
+    let (_dir, store) = open();
+    for r in ["c", "a", "b"] {
+        store.ensure_repository(r, &TagPolicy::default(), 1).await?;
+    }
+    let names: Vec<_> = store.list_repositories(Some("a"), 1).await?.into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["b"]);
+    let m = manifest("a", 1, &[]);
+    for t in ["z", "x", "y"] {
+        store.put_manifest(&m, Some(TagWrite { tag: t, immutable: false }), 1).await?;
+    }
+    assert_eq!(store.list_tag_names("a", None, 2).await?, ["x", "y"]);
+    assert_eq!(store.list_tag_names("a", Some("y"), 2).await?, ["z"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokens() -> Result<()> {
+    let (_dir, store) = open();
+    let t = TokenRecord {
+        id: "abc".into(),
+        name: "ci".into(),
+        secret_sha256: "00".into(),
+        scopes: vec!["push:web".parse().map_err(|e: berth_core::ScopeError| StoreError::Corrupt(e.to_string()))?],
+        created_at: 5,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    store.create_token(&t).await?;
+    assert!(matches!(store.create_token(&t).await, Err(StoreError::TokenExists(_))));
+    assert_eq!(store.get_token("abc").await?.as_ref(), Some(&t));
+    assert!(store.revoke_token("abc", 9).await?);
+    assert!(!store.revoke_token("abc", 10).await?);
+    assert_eq!(store.get_token("abc").await?.and_then(|t| t.revoked_at), Some(9));
+    Ok(())
+}
