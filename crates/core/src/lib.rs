@@ -14,4 +14,4 @@ pub use lifecycle::LifecycleRule;
 pub use name::{NameError, Reference, RepositoryName, Tag};
 pub use pattern::Pattern;
 pub use policy::{PolicyError, TagMutability, TagPolicy};
-pub use scope::{Action, Principal, Scope, ScopeError};
+pub use scope::{Action, Grant, Principal, Scope, ScopeError};

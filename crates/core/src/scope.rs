@@ -86,17 +86,44 @@ pub enum Action<'a> {
     Admin,
 }
 
+/// Registry access a short-lived bearer token was issued for (Docker token flow): the caller
+/// may use only this, within what its API token allows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Grant {
+    pub repository: String,
+    pub pull: bool,
+    pub push: bool,
+}
+
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub token_id: String,
     pub token_name: String,
     pub scopes: Vec<Scope>,
+    /// Set when the caller presented a registry bearer token: the access it was issued for.
+    pub grants: Option<Vec<Grant>>,
 }
 
 impl Principal {
+    /// Whether the caller may do `action` now.
     pub fn allows(&self, action: Action<'_>) -> bool {
+        self.token_allows(action) && self.grant_covers(action)
+    }
+
+    /// Whether the caller's API token allows `action`, whatever its bearer grant covers. When
+    /// this holds but [`Principal::allows`] does not, a wider bearer token would do.
+    pub fn token_allows(&self, action: Action<'_>) -> bool {
         self.scopes.iter().any(|s| scope_allows(s, action))
+    }
+
+    fn grant_covers(&self, action: Action<'_>) -> bool {
+        let Some(grants) = &self.grants else { return true };
+        grants.iter().any(|g| match action {
+            Action::Pull(repo) => g.repository == repo && (g.pull || g.push),
+            Action::Push(repo) => g.repository == repo && g.push,
+            Action::Read | Action::Admin => false,
+        })
     }
 }
 
@@ -120,6 +147,7 @@ mod tests {
             token_id: "t".into(),
             token_name: "t".into(),
             scopes: scopes.iter().filter_map(|s| s.parse().ok()).collect(),
+            grants: None,
         }
     }
 
@@ -140,6 +168,15 @@ mod tests {
             pull:*,push:other      y - y - -
         "#]]
         .assert_eq(&out);
+    }
+
+    #[test]
+    fn grants_narrow_a_token() {
+        let mut p = principal(&["push:*"]);
+        p.grants = Some(vec![Grant { repository: "web".into(), pull: true, push: false }]);
+        assert!(p.allows(Action::Pull("web")));
+        assert!(!p.allows(Action::Push("web")) && p.token_allows(Action::Push("web")));
+        assert!(!p.allows(Action::Pull("other")));
     }
 
     #[test]

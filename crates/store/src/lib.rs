@@ -77,9 +77,6 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the manifest and every tag pointing at it. Returns false when absent.
     async fn delete_manifest(&self, repository: &str, digest: &Digest) -> Result<bool>;
     async fn delete_tag(&self, repository: &str, tag: &str) -> Result<bool>;
-    /// Every digest some manifest in some repository needs: manifests themselves and everything
-    /// they reference.
-    async fn referenced_digests(&self) -> Result<Vec<Digest>>;
 
     // Push events.
     /// Events with id greater than `after`, oldest first, optionally of one repository.

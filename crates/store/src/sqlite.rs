@@ -428,16 +428,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn referenced_digests(&self) -> Result<Vec<Digest>> {
-        self.call(|c| {
-            let mut stmt =
-                c.prepare("SELECT digest FROM manifests UNION SELECT digest FROM manifest_references")?;
-            let rows = stmt.query_map([], |r| digest(r.get(0)?))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
-        })
-        .await
-    }
-
     async fn push_events(&self, repository: Option<&str>, after: i64, limit: usize) -> Result<Vec<PushEvent>> {
         let repo = repository.map(str::to_owned);
         self.call(move |c| {
