@@ -1,1 +1,65 @@
-//! placeholder
+//! berth's HTTP surface on the API listener: authentication, the REST API under `/api/v1` (with
+//! its OpenAPI document), the registry under `/v2/`, the Docker token endpoint `/token`,
+//! `/healthz` and `/metrics`.
+//!
+//! Invariants: this crate holds no business rules — it authenticates, authorizes, translates
+//! HTTP to calls on the domain crates and their errors back to statuses with stable codes.
+//! Every route but `/healthz` needs a credential.
+
+pub mod auth;
+mod caller;
+mod error;
+mod metrics;
+mod repositories;
+mod tokens;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use berth_registry::Registry;
+use berth_store::SharedStore;
+
+pub use auth::{issue_token, Authenticator, IssuedToken};
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// The OpenAPI document of `/api/v1`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: SharedStore,
+    pub registry: Arc<Registry>,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub(crate) fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// The whole API listener's router.
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(repositories::routes())
+        .merge(tokens::routes())
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/token", get(auth::token_endpoint))
+        .route("/metrics", get(metrics::render))
+        .with_state(state.clone());
+    Router::new()
+        .merge(api)
+        .merge(berth_registry::router(state.registry.clone()))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(axum::middleware::from_fn_with_state(state, metrics::track))
+        .route("/healthz", get(|| async { "ok\n" }))
+}
+
+async fn openapi() -> impl IntoResponse {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}

@@ -7,6 +7,7 @@ pub mod lifecycle;
 pub mod name;
 pub mod pattern;
 pub mod policy;
+pub mod query;
 pub mod scope;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};

@@ -188,38 +188,9 @@ pub(crate) fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""))
 }
 
-/// Query parameters as pairs (the registry's are few and simple).
+/// A decoded query parameter.
 pub(crate) fn query_param(parts: &Parts, key: &str) -> Option<String> {
-    parts.uri.query().and_then(|q| {
-        q.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k == key).then(|| percent_decode(v))
-        })
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    berth_core::query::query_value(parts.uri.query(), key)
 }
 
 #[cfg(test)]
@@ -258,12 +229,5 @@ mod tests {
             /v2/a/manifests/ => None
             /v2/a/unknown => None"#]]
         .assert_eq(&out.join("\n"));
-    }
-
-    #[test]
-    fn decodes_queries() {
-        assert_eq!(percent_decode("sha256%3Aab"), "sha256:ab");
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(percent_decode("%zz"), "%zz");
     }
 }

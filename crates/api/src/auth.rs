@@ -1,0 +1,238 @@
+//! Authentication: API tokens (`berth_<id>_<secret>`, stored as a sha256 of the secret), the
+//! short-lived registry bearer tokens of the Docker token flow (HMAC-signed, scoped to
+//! repositories), the middleware that turns a request's credentials into a [`Principal`], and
+//! the `/token` endpoint.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use berth_core::{Action, Grant, Principal, Scope};
+use berth_store::{SharedStore, TokenRecord};
+use hmac::{Hmac, Mac};
+use sha2::{Digest as _, Sha256};
+
+use crate::{now, ApiError, AppState};
+
+/// Lifetime of a registry bearer token.
+pub const BEARER_TTL_SECS: i64 = 300;
+const API_TOKEN_PREFIX: &str = "berth_";
+const BEARER_PREFIX: &str = "brt.";
+
+/// Marks a request whose credentials were present but not valid, so errors can say so.
+#[derive(Debug, Clone)]
+pub struct InvalidCredentials(pub &'static str);
+
+/// A new API token: its record and the secret string shown once to its creator.
+#[derive(Debug)]
+pub struct IssuedToken {
+    pub record: TokenRecord,
+    pub secret: String,
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// Creates and stores a token with `scopes`.
+pub async fn issue_token(store: &SharedStore, name: &str, scopes: Vec<Scope>) -> Result<IssuedToken, ApiError> {
+    let id = hex::encode(rand::random::<[u8; 6]>());
+    let secret = hex::encode(rand::random::<[u8; 20]>());
+    let record = TokenRecord {
+        id: id.clone(),
+        name: name.to_owned(),
+        secret_sha256: sha256_hex(&secret),
+        scopes,
+        created_at: now(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    store.create_token(&record).await?;
+    Ok(IssuedToken { record, secret: format!("{API_TOKEN_PREFIX}{id}_{secret}") })
+}
+
+/// Signs and checks registry bearer tokens, and remembers when tokens were last used.
+pub struct Authenticator {
+    key: [u8; 32],
+    last_touch: Mutex<HashMap<String, i64>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BearerClaims {
+    tid: String,
+    exp: i64,
+    grants: Vec<Grant>,
+}
+
+impl Authenticator {
+    pub fn new(key: [u8; 32]) -> Authenticator {
+        Authenticator { key, last_touch: Mutex::new(HashMap::new()) }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC takes keys of any length; 32 bytes cannot fail.
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("hmac accepts any key length"))
+    }
+
+    fn sign_bearer(&self, claims: &BearerClaims) -> String {
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let mut mac = self.mac();
+        mac.update(payload.as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{BEARER_PREFIX}{payload}.{sig}")
+    }
+
+    fn verify_bearer(&self, token: &str) -> Option<BearerClaims> {
+        let rest = token.strip_prefix(BEARER_PREFIX)?;
+        let (payload, sig) = rest.split_once('.')?;
+        let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
+        let mut mac = self.mac();
+        mac.update(payload.as_bytes());
+        mac.verify_slice(&sig).ok()?;
+        let claims: BearerClaims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        (claims.exp > now()).then_some(claims)
+    }
+
+    /// Resolves an API token string to its live record.
+    async fn api_token(&self, store: &SharedStore, token: &str) -> Result<Option<TokenRecord>, ApiError> {
+        let Some((id, secret)) = token.strip_prefix(API_TOKEN_PREFIX).and_then(|t| t.split_once('_')) else {
+            return Ok(None);
+        };
+        let Some(rec) = store.get_token(id).await? else { return Ok(None) };
+        let good = constant_time_eq(sha256_hex(secret).as_bytes(), rec.secret_sha256.as_bytes());
+        Ok((good && rec.revoked_at.is_none()).then_some(rec))
+    }
+
+    async fn live_token(&self, store: &SharedStore, id: &str) -> Result<Option<TokenRecord>, ApiError> {
+        Ok(store.get_token(id).await?.filter(|t| t.revoked_at.is_none()))
+    }
+
+    /// The principal behind an `Authorization` header value, if its credentials are valid.
+    pub async fn principal(&self, store: &SharedStore, authorization: &str) -> Result<Option<Principal>, ApiError> {
+        let (scheme, value) = authorization.split_once(' ').unwrap_or((authorization, ""));
+        let value = value.trim();
+        let (record, grants) = if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = STANDARD.decode(value).ok().and_then(|b| String::from_utf8(b).ok()).unwrap_or_default();
+            let password = decoded.split_once(':').map(|(_, p)| p).unwrap_or("");
+            (self.api_token(store, password).await?, None)
+        } else if scheme.eq_ignore_ascii_case("bearer") && value.starts_with(BEARER_PREFIX) {
+            match self.verify_bearer(value) {
+                Some(c) => (self.live_token(store, &c.tid).await?, Some(c.grants)),
+                None => (None, None),
+            }
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            (self.api_token(store, value).await?, None)
+        } else {
+            (None, None)
+        };
+        let Some(record) = record else { return Ok(None) };
+        self.touch(store, &record.id).await;
+        Ok(Some(Principal { token_id: record.id, token_name: record.name, scopes: record.scopes, grants }))
+    }
+
+    async fn touch(&self, store: &SharedStore, id: &str) {
+        let t = now();
+        {
+            let mut last = self.last_touch.lock().unwrap_or_else(|p| p.into_inner());
+            if last.get(id).is_some_and(|&at| t - at < 60) {
+                return;
+            }
+            last.insert(id.to_owned(), t);
+        }
+        if let Err(e) = store.touch_token(id, t).await {
+            tracing::warn!(error = %e, token = id, "recording token use failed");
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Middleware: attaches the caller's [`Principal`] to the request when its credentials are valid.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if let Some(auth) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
+        match state.auth.principal(&state.store, &auth).await {
+            Ok(Some(p)) => {
+                req.extensions_mut().insert(p);
+            }
+            Ok(None) => {
+                req.extensions_mut().insert(InvalidCredentials("the presented token is invalid, expired or revoked"));
+            }
+            Err(e) => return e.into_response(),
+        }
+    }
+    next.run(req).await
+}
+
+/// `GET /token`: the Docker token flow. Basic credentials in, a bearer token out, granting what
+/// was asked for within what the API token allows.
+pub async fn token_endpoint(State(state): State<AppState>, req: Request) -> Response {
+    let principal = req.extensions().get::<Principal>().cloned();
+    let Some(principal) = principal else {
+        let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "log in with any user name and a berth token as the password")
+            .into_response();
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"berth\""));
+        return resp;
+    };
+    let scopes: Vec<String> = berth_core::query::query_values(req.uri().query(), "scope").collect();
+    let grants = scopes.iter().filter_map(|s| grant_for(&principal, s)).collect();
+    let claims = BearerClaims { tid: principal.token_id.clone(), exp: now() + BEARER_TTL_SECS, grants };
+    let token = state.auth.sign_bearer(&claims);
+    let issued = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    axum::Json(serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": BEARER_TTL_SECS,
+        "issued_at": issued,
+    }))
+    .into_response()
+}
+
+/// The grant a requested scope `repository:<name>:<actions>` yields for the principal.
+fn grant_for(p: &Principal, scope: &str) -> Option<Grant> {
+    let rest = scope.strip_prefix("repository:")?;
+    let (name, actions) = rest.rsplit_once(':')?;
+    let mut g = Grant { repository: name.to_owned(), pull: false, push: false };
+    for a in actions.split(',') {
+        match a {
+            "pull" => g.pull = p.allows(Action::Pull(name)),
+            "push" | "delete" | "*" => {
+                g.push = p.allows(Action::Push(name));
+                g.pull |= p.allows(Action::Pull(name));
+            }
+            _ => {}
+        }
+    }
+    (g.pull || g.push).then_some(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_signed_and_expire() {
+        let a = Authenticator::new([7; 32]);
+        let t = a.sign_bearer(&BearerClaims { tid: "x".into(), exp: now() + 60, grants: vec![] });
+        assert!(a.verify_bearer(&t).is_some());
+        let forged = t.replace("brt.", "brt.A");
+        assert!(a.verify_bearer(&forged).is_none());
+        assert!(Authenticator::new([8; 32]).verify_bearer(&t).is_none());
+        let old = a.sign_bearer(&BearerClaims { tid: "x".into(), exp: now() - 1, grants: vec![] });
+        assert!(a.verify_bearer(&old).is_none());
+    }
+
+    #[test]
+    fn grants_are_within_the_token() {
+        let p = Principal { token_id: "t".into(), token_name: "t".into(), scopes: vec!["push:web".parse().unwrap_or(Scope::ReadOnly)], grants: None };
+        assert_eq!(grant_for(&p, "repository:web:pull,push"), Some(Grant { repository: "web".into(), pull: true, push: true }));
+        assert_eq!(grant_for(&p, "repository:other:pull,push"), None);
+        assert_eq!(grant_for(&p, "registry:catalog:*"), None);
+    }
+}

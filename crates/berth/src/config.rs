@@ -1,0 +1,174 @@
+//! Server configuration: one serde struct with documented defaults, read from a TOML file and
+//! overridden by `BERTH_*` environment variables, then by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// Everything `berth server` can be told. See `docs/configuration.md`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where state, blobs and keys live. Default `./.berth`; env `BERTH_DATA`.
+    pub data_dir: PathBuf,
+    pub api: ApiConfig,
+    pub registry: RegistrySettings,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The API listener (API, registry, token endpoint). Default `127.0.0.1:7070`; port 0 picks a
+    /// free port. Env `BERTH_API_LISTEN`.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySettings {
+    /// Tag mutability of repositories created by a push. Default `MUTABLE`.
+    pub default_tag_mutability: String,
+    /// Exclusion filters for that default.
+    pub default_exclusions: Vec<String>,
+    /// Blobs younger than this are never collected. Default 3600.
+    pub gc_grace_secs: u64,
+    /// Idle uploads older than this are discarded by the collector. Default 86400.
+    pub upload_expiry_secs: u64,
+    /// How often the collector runs by itself; 0 turns that off. Default 3600.
+    pub gc_interval_secs: u64,
+    /// The token endpoint announced in registry challenges, when clients reach the server through
+    /// another address than its Host header says (a proxy). Default: derived per request.
+    pub token_realm: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`. Env `BERTH_LOG_FORMAT`.
+    pub format: String,
+    /// A tracing filter such as `info` or `berth_registry=debug`. Env `BERTH_LOG`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { data_dir: PathBuf::from(".berth"), api: ApiConfig::default(), registry: RegistrySettings::default(), log: LogConfig::default() }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], 7070)) }
+    }
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            default_tag_mutability: "MUTABLE".into(),
+            default_exclusions: Vec::new(),
+            gc_grace_secs: 3600,
+            upload_expiry_secs: 86_400,
+            gc_interval_secs: 3600,
+            token_realm: None,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "text".into(), level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Loads `file` (when given, or `<data dir>/config.toml` when it exists), then applies the
+    /// environment `env` (a lookup, so tests need not touch the process environment).
+    pub fn load(file: Option<&Path>, data_dir_flag: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        let data_dir = data_dir_flag.map(Path::to_path_buf).or_else(|| env("BERTH_DATA").map(PathBuf::from));
+        let implicit = data_dir.clone().unwrap_or_else(|| PathBuf::from(".berth")).join("config.toml");
+        let file = file.map(Path::to_path_buf).or_else(|| env("BERTH_CONFIG").map(PathBuf::from)).or_else(|| implicit.exists().then_some(implicit));
+        let mut config = match &file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f).with_context(|| format!("reading config file {}", f.display()))?;
+                toml::from_str(&text).with_context(|| format!("config file {} is invalid", f.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(d) = data_dir {
+            config.data_dir = d;
+        }
+        if let Some(v) = env("BERTH_API_LISTEN") {
+            config.api.listen = v.parse().with_context(|| format!("BERTH_API_LISTEN=`{v}` is not an address like 127.0.0.1:7070"))?;
+        }
+        if let Some(v) = env("BERTH_LOG_FORMAT") {
+            config.log.format = v;
+        }
+        if let Some(v) = env("BERTH_LOG") {
+            config.log.level = v;
+        }
+        for (key, field) in [
+            ("BERTH_REGISTRY_GC_GRACE_SECS", &mut config.registry.gc_grace_secs),
+            ("BERTH_REGISTRY_UPLOAD_EXPIRY_SECS", &mut config.registry.upload_expiry_secs),
+            ("BERTH_REGISTRY_GC_INTERVAL_SECS", &mut config.registry.gc_interval_secs),
+        ] {
+            if let Some(v) = env(key) {
+                *field = v.parse().with_context(|| format!("{key}=`{v}` is not a number of seconds"))?;
+            }
+        }
+        if let Some(v) = env("BERTH_REGISTRY_DEFAULT_TAG_MUTABILITY") {
+            config.registry.default_tag_mutability = v;
+        }
+        if !matches!(config.log.format.as_str(), "text" | "json") {
+            bail!("log format `{}` is unknown; use `text` or `json`", config.log.format);
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let c = Config::load(None, Some(&dir.path().join("d")), env(&[]))?;
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.registry.gc_grace_secs, 3600);
+        Ok(())
+    }
+
+    #[test]
+    fn file_then_env() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("berth.toml");
+        std::fs::write(&f, "[api]\nlisten = \"127.0.0.1:9000\"\n[registry]\ngc_grace_secs = 5\n")?;
+        let c = Config::load(Some(&f), None, env(&[("BERTH_API_LISTEN", "127.0.0.1:0"), ("BERTH_DATA", "/srv/berth")]))?;
+        assert_eq!(c.api.listen.port(), 0);
+        assert_eq!(c.registry.gc_grace_secs, 5);
+        assert_eq!(c.data_dir, PathBuf::from("/srv/berth"));
+        Ok(())
+    }
+
+    #[test]
+    fn clear_errors() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("berth.toml");
+        std::fs::write(&f, "[api]\nlisen = \"x\"\n")?;
+        let err = format!("{:#}", Config::load(Some(&f), None, env(&[])).err().unwrap_or_else(|| anyhow::anyhow!("no error")));
+        assert!(err.contains("unknown field `lisen`"), "{err}");
+        let err = format!("{:#}", Config::load(None, Some(dir.path()), env(&[("BERTH_API_LISTEN", "7070")])).err().unwrap_or_else(|| anyhow::anyhow!("no error")));
+        assert!(err.contains("BERTH_API_LISTEN=`7070` is not an address"), "{err}");
+        Ok(())
+    }
+}

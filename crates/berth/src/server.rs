@@ -1,0 +1,133 @@
+//! `berth server`: opens the data directory, wires the store, the registry and the API, serves
+//! the API listener until SIGTERM or SIGINT, and runs the periodic collector.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_api::{AppState, Authenticator, Metrics};
+use berth_core::{Pattern, Scope, TagPolicy};
+use berth_registry::{FsBlobStore, Registry, RegistryConfig};
+use berth_store::{SharedStore, SqliteStore};
+
+use crate::config::Config;
+
+/// File names inside the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+pub const API_ADDRESS_FILE: &str = "api-address";
+const SIGNING_KEY_FILE: &str = "token-signing-key";
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Writes `content` to a new file readable only by its owner, atomically.
+fn write_private(path: &Path, content: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(content)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn signing_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let path = data_dir.join(SIGNING_KEY_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => bytes.try_into().map_err(|_| anyhow::anyhow!("{} is corrupt; delete it to make a new one (this signs out registry clients)", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            write_private(&path, &key)?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// On first start, creates the admin token and saves it for the CLI on this host. Returns the
+/// token when it was just created, so it can be printed once.
+async fn bootstrap_admin_token(store: &SharedStore, data_dir: &Path) -> anyhow::Result<Option<String>> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if path.exists() {
+        return Ok(None);
+    }
+    let issued = berth_api::issue_token(store, "admin", vec![Scope::Admin]).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    write_private(&path, format!("{}\n", issued.secret).as_bytes())?;
+    Ok(Some(issued.secret))
+}
+
+fn registry_config(config: &Config) -> anyhow::Result<RegistryConfig> {
+    let r = &config.registry;
+    let mutability = r.default_tag_mutability.parse()?;
+    let default_policy = TagPolicy::new(mutability, r.default_exclusions.iter().map(Pattern::new).collect())?;
+    Ok(RegistryConfig {
+        default_policy,
+        gc_grace: Duration::from_secs(r.gc_grace_secs),
+        upload_expiry: Duration::from_secs(r.upload_expiry_secs),
+        token_realm: r.token_realm.clone(),
+        service: "berth".into(),
+    })
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    let data = &config.data_dir;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(data).with_context(|| format!("creating data directory {}", data.display()))?;
+    let store: SharedStore = Arc::new(SqliteStore::open(&data.join("state.db")).context("opening the state database")?);
+    let blobs = Arc::new(FsBlobStore::open(&data.join("registry")).context("opening blob storage")?);
+    let registry = Arc::new(Registry::new(store.clone(), blobs, registry_config(&config)?));
+    let auth = Arc::new(Authenticator::new(signing_key(data)?));
+    if let Some(token) = bootstrap_admin_token(&store, data).await? {
+        // Printed once, to the terminal that started berth; never logged.
+        println!("Admin token (saved to {}; shown only now):\n  {token}", data.join(ADMIN_TOKEN_FILE).display());
+    }
+    let state = AppState { store, registry: registry.clone(), auth, metrics: Arc::new(Metrics::new()) };
+
+    let listener = tokio::net::TcpListener::bind(config.api.listen).await.with_context(|| format!("binding the API listener to {}", config.api.listen))?;
+    let addr = listener.local_addr()?;
+    write_private(&data.join(API_ADDRESS_FILE), format!("http://{addr}\n").as_bytes())?;
+    tracing::info!(%addr, data_dir = %data.display(), "berth API listening");
+    println!("berth is listening on http://{addr}");
+
+    if config.registry.gc_interval_secs > 0 {
+        let every = Duration::from_secs(config.registry.gc_interval_secs);
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match registry.collect_garbage(false).await {
+                    Ok(r) => tracing::info!(blobs = r.blobs.len(), bytes = r.bytes, uploads = r.uploads.len(), lifecycle = r.lifecycle.len(), "garbage collection done"),
+                    Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+                }
+            }
+        });
+    }
+
+    axum::serve(listener, berth_api::app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving the API")?;
+    tracing::info!("berth stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot listen for signals; stop berth with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+}

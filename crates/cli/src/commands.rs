@@ -1,0 +1,297 @@
+//! The commands: `repo`, `registry`, `token`, `login`.
+
+use std::io::Read;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use crate::client::{login_file, segment, Client};
+use crate::output::{self, Column};
+use crate::GlobalArgs;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage image repositories: policies, tags, push events.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Registry maintenance.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Save a server URL and token for later commands.
+    Login {
+        /// The server's API URL, e.g. https://berth.example.com
+        url: String,
+        /// Read the token from standard input instead of --token.
+        #[arg(long)]
+        token_stdin: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PolicyArgs {
+    /// MUTABLE, IMMUTABLE, IMMUTABLE_WITH_EXCLUSION or MUTABLE_WITH_EXCLUSION.
+    #[arg(long)]
+    mutability: Option<String>,
+    /// A tag filter (`*` wildcards) excluded from the mutability rule; repeatable.
+    #[arg(long = "exclude")]
+    exclusions: Vec<String>,
+}
+
+impl PolicyArgs {
+    fn json(&self) -> Value {
+        json!({ "tag_mutability": self.mutability, "exclusions": self.exclusions })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Create a repository, e.g. `berth repo create web --mutability IMMUTABLE_WITH_EXCLUSION --exclude latest`.
+    Create {
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// List repositories.
+    List,
+    /// Show one repository.
+    Show { name: String },
+    /// Delete a repository with all its tags and manifests.
+    Delete {
+        name: String,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Set the tag mutability policy.
+    SetPolicy {
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Replace the lifecycle rules (no options: remove them).
+    SetLifecycle {
+        name: String,
+        /// Expire untagged manifests older than this many days.
+        #[arg(long)]
+        expire_untagged_days: Option<u32>,
+        /// Keep only this many of the newest tags matching --pattern.
+        #[arg(long, requires = "pattern")]
+        keep_newest: Option<u32>,
+        /// Tag filter for --keep-newest.
+        #[arg(long)]
+        pattern: Option<String>,
+    },
+    /// List tags, newest first.
+    Tags { name: String },
+    /// Show the push history.
+    Events {
+        name: String,
+        /// Only events after this id.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Apply lifecycle rules and delete blobs no manifest references.
+    Gc {
+        /// List what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        name: String,
+        /// admin, read-only, pull:<repo pattern> or push:<repo pattern>; repeatable.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// List tokens.
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+const REPO_COLUMNS: &[Column<'_>] = &[("NAME", "name"), ("MUTABILITY", "tag_mutability"), ("EXCLUSIONS", "exclusions"), ("CREATED", "created_at")];
+const TOKEN_COLUMNS: &[Column<'_>] = &[("ID", "id"), ("NAME", "name"), ("SCOPES", "scopes"), ("CREATED", "created_at"), ("LAST USED", "last_used_at"), ("REVOKED", "revoked_at")];
+
+fn repo_path(name: &str) -> String {
+    format!("/api/v1/repositories/{}", segment(name))
+}
+
+fn rows(v: &Value, key: &str) -> Vec<Value> {
+    v.get(key).and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
+    let fmt = g.output;
+    match command {
+        Command::Login { url, token_stdin } => return login(g, &url, token_stdin),
+        Command::Repo(cmd) => {
+            let c = Client::from_args(g)?;
+            match cmd {
+                RepoCommand::Create { name, policy } => {
+                    let mut body = policy.json();
+                    body["name"] = name.into();
+                    let v = c.send("POST", "/api/v1/repositories", &body)?;
+                    output::object(fmt, &v, REPO_COLUMNS);
+                }
+                RepoCommand::List => {
+                    let mut all = Vec::new();
+                    let mut after: Option<String> = None;
+                    loop {
+                        let q = after.as_ref().map(|a| format!("&after={}", segment(a))).unwrap_or_default();
+                        let v = c.get(&format!("/api/v1/repositories?limit=1000{q}"))?;
+                        all.extend(rows(&v, "repositories"));
+                        match v.get("next").and_then(Value::as_str) {
+                            Some(n) => after = Some(n.to_owned()),
+                            None => break,
+                        }
+                    }
+                    output::list(fmt, &json!({ "repositories": all }), &all, REPO_COLUMNS);
+                }
+                RepoCommand::Show { name } => {
+                    let v = c.get(&repo_path(&name))?;
+                    let mut fields = REPO_COLUMNS.to_vec();
+                    fields.extend([("TAGS", "tag_count"), ("LIFECYCLE", "lifecycle")]);
+                    output::object(fmt, &v, &fields);
+                }
+                RepoCommand::Delete { name, yes } => {
+                    if !yes {
+                        bail!("deleting `{name}` removes all its tags and manifests; run again with --yes to confirm");
+                    }
+                    c.delete(&repo_path(&name))?;
+                    eprintln!("deleted repository `{name}`; run `berth registry gc` to reclaim space");
+                }
+                RepoCommand::SetPolicy { name, policy } => {
+                    let v = c.send("PUT", &format!("{}/policy", repo_path(&name)), &policy.json())?;
+                    output::object(fmt, &v, REPO_COLUMNS);
+                }
+                RepoCommand::SetLifecycle { name, expire_untagged_days, keep_newest, pattern } => {
+                    let mut rules = Vec::new();
+                    if let Some(days) = expire_untagged_days {
+                        rules.push(json!({ "type": "expire_untagged", "days": days }));
+                    }
+                    if let (Some(count), Some(pattern)) = (keep_newest, pattern) {
+                        rules.push(json!({ "type": "keep_newest_tags", "pattern": pattern, "count": count }));
+                    }
+                    let v = c.send("PUT", &format!("{}/lifecycle", repo_path(&name)), &json!({ "rules": rules }))?;
+                    output::object(fmt, &v, &[("NAME", "name"), ("LIFECYCLE", "lifecycle")]);
+                }
+                RepoCommand::Tags { name } => {
+                    let v = c.get(&format!("{}/tags", repo_path(&name)))?;
+                    output::list(fmt, &v, &rows(&v, "tags"), &[("TAG", "tag"), ("DIGEST", "digest"), ("UPDATED", "updated_at")]);
+                }
+                RepoCommand::Events { name, after } => {
+                    let mut all = Vec::new();
+                    let mut after = after;
+                    loop {
+                        let v = c.get(&format!("{}/events?after={after}&limit=1000", repo_path(&name)))?;
+                        let page = rows(&v, "events");
+                        let done = page.len() < 1000;
+                        after = page.last().and_then(|e| e.get("id")).and_then(Value::as_i64).unwrap_or(after);
+                        all.extend(page);
+                        if done {
+                            break;
+                        }
+                    }
+                    let cols = [("ID", "id"), ("AT", "at"), ("TAG", "tag"), ("DIGEST", "digest"), ("PREVIOUS", "previous_digest")];
+                    output::list(fmt, &json!({ "repository": name, "events": all }), &all, &cols);
+                }
+            }
+        }
+        Command::Registry(RegistryCommand::Gc { dry_run }) => {
+            let c = Client::from_args(g)?;
+            let v = c.send("POST", "/api/v1/registry/gc", &json!({ "dry_run": dry_run }))?;
+            print_gc(fmt, &v);
+        }
+        Command::Token(cmd) => {
+            let c = Client::from_args(g)?;
+            match cmd {
+                TokenCommand::Create { name, scopes } => {
+                    let v = c.send("POST", "/api/v1/tokens", &json!({ "name": name, "scopes": scopes }))?;
+                    output::object(fmt, &v, &[("ID", "id"), ("NAME", "name"), ("SCOPES", "scopes"), ("TOKEN", "token")]);
+                    if fmt == output::Format::Table {
+                        eprintln!("save the token now: it is not shown again");
+                    }
+                }
+                TokenCommand::List => {
+                    let v = c.get("/api/v1/tokens")?;
+                    output::list(fmt, &v, &rows(&v, "tokens"), TOKEN_COLUMNS);
+                }
+                TokenCommand::Revoke { id } => {
+                    c.delete(&format!("/api/v1/tokens/{}", segment(&id)))?;
+                    eprintln!("revoked token {id}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_gc(fmt: output::Format, v: &Value) {
+    if fmt == output::Format::Json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    let dry = v.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
+    let verb = if dry { "would delete" } else { "deleted" };
+    for l in rows(v, "lifecycle") {
+        println!("{verb} {} {} in {}", cellstr(&l, "kind"), cellstr(&l, "target"), cellstr(&l, "repository"));
+    }
+    for b in rows(v, "blobs") {
+        println!("{verb} blob {} ({} bytes)", cellstr(&b, "digest"), b.get("size").and_then(Value::as_u64).unwrap_or(0));
+    }
+    for u in rows(v, "uploads") {
+        println!("{verb} stale upload {}", u.as_str().unwrap_or_default());
+    }
+    println!(
+        "{}: {} blobs, {} bytes, {} lifecycle deletions, {} stale uploads",
+        if dry { "dry run" } else { "done" },
+        rows(v, "blobs").len(),
+        v.get("bytes").and_then(Value::as_u64).unwrap_or(0),
+        rows(v, "lifecycle").len(),
+        rows(v, "uploads").len()
+    );
+}
+
+fn cellstr(v: &Value, k: &str) -> String {
+    v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned()
+}
+
+fn login(g: &GlobalArgs, url: &str, token_stdin: bool) -> anyhow::Result<()> {
+    let token = if token_stdin {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading the token from standard input")?;
+        s.trim().to_owned()
+    } else {
+        g.token.clone().context("pass the token with --token, BERTH_TOKEN or --token-stdin")?
+    };
+    let c = Client::new(url, Some(token.clone()));
+    let who = c.get("/api/v1/whoami").with_context(|| format!("checking the token against {url}"))?;
+    let file = login_file().context("cannot tell where to save the login: set HOME or XDG_CONFIG_HOME")?;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let content = serde_json::to_vec_pretty(&json!({ "server": c.base(), "token": token }))?;
+    write_private(&file, &content)?;
+    eprintln!("logged in to {} as token `{}`; saved to {}", c.base(), who.get("name").and_then(Value::as_str).unwrap_or("?"), file.display());
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, content: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(content)?;
+    Ok(())
+}
