@@ -1,0 +1,288 @@
+//! Shared test support: a real `berth server` on loopback with a temporary data directory, a
+//! raw HTTP helper, OCI image layouts on disk for skopeo, and the `berth` CLI.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_berth");
+
+/// A running `berth server`, killed when dropped.
+pub struct Server {
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    pub addr: String,
+    pub token: String,
+}
+
+impl Server {
+    pub fn start() -> Result<Server> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        let mut s = Server { dir, _tmp: Some(tmp), child: None, addr: String::new(), token: String::new() };
+        s.spawn(&[])?;
+        Ok(s)
+    }
+
+    /// Starts with extra environment variables.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Result<Server> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        let mut s = Server { dir, _tmp: Some(tmp), child: None, addr: String::new(), token: String::new() };
+        s.spawn(env)?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self, env: &[(&str, &str)]) -> Result {
+        let addr_file = self.dir.join("api-address");
+        let _ = std::fs::remove_file(&addr_file);
+        let mut cmd = Command::new(BIN);
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&self.dir);
+        cmd.env("BERTH_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn()?);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                self.addr = a.trim().trim_start_matches("http://").to_owned();
+                self.token = std::fs::read_to_string(self.dir.join("admin-token"))?.trim().to_owned();
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(format!("berth server exited early: {status}").into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("berth server did not start within 20 s".into())
+    }
+
+    /// Kills the server with SIGKILL (no graceful shutdown) and waits for it.
+    pub fn kill9(&mut self) -> Result {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same data directory (new port).
+    pub fn restart(&mut self) -> Result {
+        self.kill9()?;
+        self.spawn(&[])
+    }
+
+    /// Sends SIGTERM and waits for a clean exit, returning its status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().ok_or("server not running")?;
+        let pid = c.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        Ok(c.wait()?)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn creds(&self) -> String {
+        format!("ci:{}", self.token)
+    }
+
+    /// Runs the CLI against this server's data directory.
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        let out = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(args)
+            .env_remove("BERTH_SERVER")
+            .env_remove("BERTH_TOKEN")
+            .env("HOME", &self.dir)
+            .env_remove("XDG_CONFIG_HOME")
+            .output()?;
+        Ok(out)
+    }
+
+    /// Runs the CLI and returns its stdout, failing on a non-zero exit.
+    pub fn cli_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            return Err(format!("berth {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+    }
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The first spec error code of the body.
+    pub fn code(&self) -> String {
+        self.json().pointer("/errors/0/code").and_then(|c| c.as_str()).unwrap_or("").to_owned()
+    }
+}
+
+/// One HTTP request with optional basic credentials (`user:password`).
+pub fn http(method: &str, url: &str, creds: Option<&str>, headers: &[(&str, &str)], body: &[u8]) -> Result<Resp> {
+    let agent = ureq::AgentBuilder::new().redirects(0).timeout(Duration::from_secs(60)).build();
+    let mut req = agent.request(method, url);
+    if let Some(c) = creds {
+        use base64::Engine;
+        req = req.set("Authorization", &format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(c)));
+    }
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let res = if body.is_empty() && !matches!(method, "PUT" | "PATCH" | "POST") { req.call() } else { req.send_bytes(body) };
+    let resp = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(e.into()),
+    };
+    let status = resp.status();
+    let headers = resp.headers_names().into_iter().flat_map(|n| resp.all(&n).into_iter().map(move |v| (n.clone(), v.to_owned())).collect::<Vec<_>>()).collect();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut body)?;
+    Ok(Resp { status, headers, body })
+}
+
+pub fn sha256(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+/// Pseudo-random, incompressible bytes from a seed (xorshift), so tests are repeatable.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// An OCI image layout directory holding one image of gzip layers, tagged `tag`.
+pub struct Layout {
+    pub dir: tempfile::TempDir,
+    pub manifest_digest: String,
+    pub blobs: Vec<String>,
+}
+
+impl Layout {
+    /// `layers` are (seed, uncompressed size); `version` changes the config so the digest changes.
+    pub fn new(tag: &str, layers: &[(u64, usize)], version: &str) -> Result<Layout> {
+        let dir = tempfile::tempdir()?;
+        let blobs_dir = dir.path().join("blobs/sha256");
+        std::fs::create_dir_all(&blobs_dir)?;
+        let mut blobs = Vec::new();
+        let mut put = |b: &[u8]| -> Result<(String, usize)> {
+            let d = sha256(b);
+            std::fs::write(blobs_dir.join(d.trim_start_matches("sha256:")), b)?;
+            blobs.push(d.clone());
+            Ok((d, b.len()))
+        };
+        let mut layer_descs = Vec::new();
+        let mut diff_ids = Vec::new();
+        for (seed, size) in layers {
+            let raw = noise(*seed, *size);
+            diff_ids.push(sha256(&raw));
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&raw)?;
+            let (d, n) = put(&gz.finish()?)?;
+            layer_descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": n}));
+        }
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Labels": {"version": version}},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids}
+        });
+        let (cd, cn) = put(config.to_string().as_bytes())?;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cn},
+            "layers": layer_descs
+        });
+        let mbytes = manifest.to_string().into_bytes();
+        let (md, mn) = put(&mbytes)?;
+        std::fs::write(dir.path().join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": mn,
+            "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+        std::fs::write(dir.path().join("index.json"), index.to_string())?;
+        Ok(Layout { dir, manifest_digest: md, blobs })
+    }
+
+    pub fn reference(&self, tag: &str) -> String {
+        format!("oci:{}:{tag}", self.dir.path().display())
+    }
+}
+
+/// Runs skopeo with a private blob-info cache and policy, returning its output.
+pub fn skopeo(args: &[&str]) -> Result<Output> {
+    let home = tempfile::tempdir()?;
+    let policy = home.path().join("policy.json");
+    std::fs::write(&policy, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#)?;
+    let mut full: Vec<String> = vec!["--policy".into(), policy.display().to_string()];
+    full.extend(args.iter().map(|s| s.to_string()));
+    let out = Command::new("skopeo")
+        .args(&full)
+        .env("HOME", home.path())
+        .env("XDG_RUNTIME_DIR", home.path())
+        .env("CONTAINERS_REGISTRIES_CONF", home.path().join("registries.conf"))
+        .output()?;
+    Ok(out)
+}
+
+/// `skopeo copy` between two references, failing with skopeo's message.
+pub fn skopeo_copy(src: &str, dst: &str, creds: &str) -> Result<Output> {
+    let cred_flag = if src.starts_with("docker://") { "--src-creds" } else { "--dest-creds" };
+    let tls_flag = if src.starts_with("docker://") { "--src-tls-verify=false" } else { "--dest-tls-verify=false" };
+    skopeo(&["copy", "--retry-times", "0", tls_flag, cred_flag, creds, src, dst])
+}
+
+pub fn ok(out: &Output) -> Result {
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("command failed: {}", String::from_utf8_lossy(&out.stderr)).into())
+    }
+}
+
+/// The sha256 digests of the files in a layout's blob directory.
+pub fn layout_blobs(dir: &Path) -> Result<Vec<String>> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("blobs/sha256"))?.map(|e| e.map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))).collect::<std::io::Result<_>>()?;
+    v.sort();
+    Ok(v)
+}
