@@ -286,3 +286,47 @@ pub fn layout_blobs(dir: &Path) -> Result<Vec<String>> {
     v.sort();
     Ok(v)
 }
+
+/// Debian's docker-registry (CNCF distribution 2.8.2) on a free loopback port, killed when dropped.
+pub struct Anchor {
+    _dir: tempfile::TempDir,
+    child: Child,
+    pub addr: String,
+}
+
+impl Anchor {
+    pub fn start() -> Result<Anchor> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let child = Command::new("docker-registry").arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
+            .map_err(|e| format!("starting docker-registry (apt-get install docker-registry): {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return Ok(Anchor { _dir: dir, child, addr });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("docker-registry did not start within 20 s".into())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Anchor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

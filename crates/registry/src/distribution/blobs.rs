@@ -248,7 +248,7 @@ pub(super) async fn cancel_upload(reg: &Registry, parts: &Parts, name: &str, id:
     authorize(reg, parts, Need::Push(name))?;
     upload_of(reg, name, id).await?;
     reg.blobs.cancel(id).await?;
-    Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, HeaderValue::from_static("0"))]).into_response())
+    Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, HeaderValue::from_static("0")), (UPLOAD_UUID, hv(id))]).into_response())
 }
 
 #[cfg(test)]
