@@ -1,1 +1,39 @@
-fn main() {}
+//! Developer tasks for berth, run as `cargo xtask <task>`:
+//!
+//! - `test`: installs the test tools the suite drives (skopeo, docker-registry, curl) when they
+//!   are missing, then runs the whole test suite.
+//! - `bench <name>`: runs a benchmark of berth against its anchor, side by side, and prints a
+//!   table of ratios ending with one JSON line. Names: `registry`.
+
+mod bench;
+mod test;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: cargo xtask test [-- <nextest args>]\n       cargo xtask bench registry [--rounds N]");
+    ExitCode::from(2)
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        _ => return usage(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -115,6 +115,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
 
+    // Responses are written as head and body separately: without TCP_NODELAY, Nagle's algorithm
+    // and delayed ACKs would hold small responses for tens of milliseconds.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY failed");
+        }
+    });
     axum::serve(listener, berth_api::app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving the API")?;
     tracing::info!("berth stopped");
     Ok(())

@@ -134,21 +134,13 @@ impl BlobStore for FsBlobStore {
             }
             let want = left.min(READ_CHUNK as u64) as usize;
             let res = tokio::task::spawn_blocking(move || {
-                let mut buf = BytesMut::zeroed(want);
-                let mut got = 0;
-                while got < want {
-                    match file.read(&mut buf[got..]) {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                if got == 0 {
+                // read_to_end fills spare capacity without zeroing it first.
+                let mut buf = Vec::with_capacity(want);
+                (&mut file).take(want as u64).read_to_end(&mut buf)?;
+                if buf.is_empty() {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shorter than expected"));
                 }
-                buf.truncate(got);
-                Ok((buf.freeze(), file))
+                Ok((Bytes::from(buf), file))
             })
             .await
             .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));

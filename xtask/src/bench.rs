@@ -1,0 +1,89 @@
+//! `cargo xtask bench <name>`: berth against its anchor on this machine, alternating rounds,
+//! printing medians, ratios (median of per-round ratios) and peak RSS, then one JSON line.
+
+mod http;
+mod registry;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let rounds = args
+        .windows(2)
+        .find(|w| w[0] == "--rounds")
+        .map(|w| w[1].parse::<usize>().context("--rounds takes a number"))
+        .transpose()?
+        .unwrap_or(3);
+    match args.first().map(String::as_str) {
+        Some("registry") => registry::run(rounds),
+        Some(other) => bail!("unknown benchmark `{other}`; available: registry"),
+        None => bail!("name a benchmark: registry"),
+    }
+}
+
+/// Builds the release `berth` binary and returns its path.
+pub fn build_berth() -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = crate::workspace_root();
+    let ok = Command::new(&cargo).args(["build", "--release", "--quiet", "-p", "berth"]).current_dir(&root).status()?.success();
+    if !ok {
+        bail!("building berth failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release").join("berth"))
+}
+
+/// Peak resident memory of a process, KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One row of a results table: a figure measured per round for berth and the anchor.
+pub struct Figure {
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub berth: Vec<f64>,
+    pub anchor: Vec<f64>,
+}
+
+impl Figure {
+    pub fn new(name: &'static str, unit: &'static str) -> Figure {
+        Figure { name, unit, berth: Vec::new(), anchor: Vec::new() }
+    }
+
+    /// Median over rounds of berth / anchor.
+    pub fn ratio(&self) -> f64 {
+        median(self.berth.iter().zip(&self.anchor).map(|(b, a)| b / a).collect())
+    }
+}
+
+pub fn print_table(anchor_name: &str, figures: &[Figure]) {
+    println!("{:<28} {:>14} {:>14} {:>8}", "figure", "berth", anchor_name, "ratio");
+    for f in figures {
+        println!(
+            "{:<28} {:>14} {:>14} {:>8.2}",
+            format!("{} ({})", f.name, f.unit),
+            format!("{:.1}", median(f.berth.clone())),
+            format!("{:.1}", median(f.anchor.clone())),
+            f.ratio()
+        );
+    }
+}

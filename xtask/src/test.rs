@@ -1,0 +1,62 @@
+//! `cargo xtask test`: make sure the real peers the tests drive are installed, then run the
+//! suite with cargo-nextest (or `cargo test` where nextest is missing).
+
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// Commands the tests run, and the Debian packages that provide them.
+pub const TOOLS: &[(&str, &str)] = &[("skopeo", "skopeo"), ("docker-registry", "docker-registry"), ("curl", "curl")];
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {cmd} >/dev/null 2>&1")).status().is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Installs the Debian packages behind any missing `tools`.
+pub fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = tools.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing test tools; install them with: sudo apt-get install -y {}", missing.join(" "));
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let ok = Command::new("apt-get").args(["update", "-qq"]).status().context("running apt-get update")?.success();
+    if !ok {
+        bail!("apt-get update failed");
+    }
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get install")?
+        .success();
+    if !ok {
+        bail!("apt-get install {} failed", missing.join(" "));
+    }
+    Ok(())
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    ensure_tools(TOOLS)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let nextest = Command::new(&cargo).args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
+    let extra = args.iter().skip_while(|a| *a == "--");
+    let mut cmd = Command::new(&cargo);
+    if nextest {
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(extra);
+    } else {
+        cmd.args(["test", "--workspace", "--no-fail-fast"]).args(extra);
+    }
+    let status = cmd.current_dir(crate::workspace_root()).status().context("running the test suite")?;
+    if !status.success() {
+        bail!("tests failed");
+    }
+    Ok(())
+}
