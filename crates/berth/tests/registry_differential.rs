@@ -5,6 +5,7 @@
 mod support;
 
 use serde_json::json;
+use berth_testkit::DockerRegistry;
 use support::*;
 
 /// What is compared of a response.
@@ -104,7 +105,7 @@ fn script(base: &str, creds: &str) -> Result<Vec<String>> {
 
 #[test]
 fn berth_answers_like_cncf_distribution() -> Result {
-    let anchor = Anchor::start()?;
+    let anchor = DockerRegistry::start()?;
     let berth = Server::start()?;
     let theirs = script(&anchor.addr, "any:none")?;
     let ours = script(&berth.addr, &berth.creds())?;

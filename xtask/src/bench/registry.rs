@@ -3,11 +3,10 @@
 //! process): push and pull of a 256 MiB image in 4 incompressible layers, and of 500 blobs of
 //! 4 KiB. Alternating rounds; each round uses fresh data, the same for both registries.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
+use berth_testkit::{noise, BerthProcess, DockerRegistry};
 use sha2::{Digest, Sha256};
 
 use super::http::Conn;
@@ -18,84 +17,12 @@ const LARGE_LAYER_BYTES: usize = 64 << 20;
 const SMALL_BLOBS: usize = 500;
 const SMALL_BLOB_BYTES: usize = 4 << 10;
 
+/// A registry under test: berth or the anchor.
 struct Target {
     name: &'static str,
-    child: Child,
+    pid: u32,
     addr: String,
     auth: Option<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for_port(addr: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("{addr} did not accept connections within 20 s")
-}
-
-fn start_berth(bin: &Path) -> anyhow::Result<Target> {
-    let dir = tempfile::Builder::new().prefix("berth-bench").tempdir()?;
-    let child = Command::new(bin)
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("BERTH_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting berth")?;
-    let addr_file = dir.path().join("api-address");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !addr_file.exists() {
-        if Instant::now() > deadline {
-            bail!("berth did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let addr = std::fs::read_to_string(&addr_file)?.trim().trim_start_matches("http://").to_owned();
-    let token = std::fs::read_to_string(dir.path().join("admin-token"))?.trim().to_owned();
-    use base64::Engine;
-    let auth = Some(base64::engine::general_purpose::STANDARD.encode(format!("bench:{token}")));
-    Ok(Target { name: "berth", child, addr, auth, _dir: dir })
-}
-
-fn start_anchor() -> anyhow::Result<Target> {
-    let dir = tempfile::Builder::new().prefix("registry-bench").tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let addr = format!("127.0.0.1:{port}");
-    let config = dir.path().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-            dir.path().join("data").display()
-        ),
-    )?;
-    let child = Command::new("docker-registry").arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting docker-registry")?;
-    wait_for_port(&addr)?;
-    Ok(Target { name: "docker-registry", child, addr, auth: None, _dir: dir })
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn digest(b: &[u8]) -> String {
@@ -210,8 +137,17 @@ fn measure(t: &Target, round: usize, d: &RoundData) -> anyhow::Result<[f64; 4]> 
 pub fn run(rounds: usize) -> anyhow::Result<()> {
     crate::test::ensure_tools(&[("docker-registry", "docker-registry")])?;
     let bin = build_berth()?;
-    let berth = start_berth(&bin)?;
-    let anchor = start_anchor()?;
+    let data = tempfile::Builder::new().prefix("berth-bench").tempdir()?;
+    let berth_process = BerthProcess::start(&bin, data.path(), &[]).map_err(|e| anyhow::anyhow!(e))?;
+    let anchor_process = DockerRegistry::start().map_err(|e| anyhow::anyhow!(e))?;
+    use base64::Engine;
+    let berth = Target {
+        name: "berth",
+        pid: berth_process.child.id(),
+        addr: berth_process.addr.clone(),
+        auth: Some(base64::engine::general_purpose::STANDARD.encode(format!("bench:{}", berth_process.token))),
+    };
+    let anchor = Target { name: "docker-registry", pid: anchor_process.child.id(), addr: anchor_process.addr.clone(), auth: None };
     let mut figures = [
         Figure::new("push 256 MiB image", "MB/s"),
         Figure::new("pull 256 MiB image", "MB/s"),
@@ -246,7 +182,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
             }
         }
     }
-    let (rss_b, rss_a) = (peak_rss_kib(berth.child.id()), peak_rss_kib(anchor.child.id()));
+    let (rss_b, rss_a) = (peak_rss_kib(berth.pid), peak_rss_kib(anchor.pid));
     println!();
     print_table("docker-registry", &figures);
     println!("{:<28} {:>14} {:>14} {:>8.2}", "peak RSS (MiB)", format!("{:.1}", rss_b as f64 / 1024.0), format!("{:.1}", rss_a as f64 / 1024.0), rss_b as f64 / rss_a.max(1) as f64);

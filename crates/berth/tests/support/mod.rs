@@ -5,88 +5,59 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
+pub use berth_testkit::{noise, BerthProcess};
 use sha2::{Digest, Sha256};
 
 pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
-/// A running `berth server`, killed when dropped.
+/// A running `berth server` with its own temporary data directory.
 pub struct Server {
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
-    child: Option<Child>,
+    process: Option<BerthProcess>,
     pub addr: String,
     pub token: String,
 }
 
 impl Server {
     pub fn start() -> Result<Server> {
-        let tmp = tempfile::tempdir()?;
-        let dir = tmp.path().to_path_buf();
-        let mut s = Server { dir, _tmp: Some(tmp), child: None, addr: String::new(), token: String::new() };
-        s.spawn(&[])?;
-        Ok(s)
+        Server::start_with_env(&[])
     }
 
     /// Starts with extra environment variables.
     pub fn start_with_env(env: &[(&str, &str)]) -> Result<Server> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().to_path_buf();
-        let mut s = Server { dir, _tmp: Some(tmp), child: None, addr: String::new(), token: String::new() };
-        s.spawn(env)?;
-        Ok(s)
-    }
-
-    fn spawn(&mut self, env: &[(&str, &str)]) -> Result {
-        let addr_file = self.dir.join("api-address");
-        let _ = std::fs::remove_file(&addr_file);
-        let mut cmd = Command::new(BIN);
-        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&self.dir);
-        cmd.env("BERTH_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        self.child = Some(cmd.spawn()?);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(a) = std::fs::read_to_string(&addr_file) {
-                self.addr = a.trim().trim_start_matches("http://").to_owned();
-                self.token = std::fs::read_to_string(self.dir.join("admin-token"))?.trim().to_owned();
-                return Ok(());
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                return Err(format!("berth server exited early: {status}").into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err("berth server did not start within 20 s".into())
+        let p = BerthProcess::start(Path::new(BIN), &dir, env)?;
+        Ok(Server { dir, _tmp: Some(tmp), addr: p.addr.clone(), token: p.token.clone(), process: Some(p) })
     }
 
     /// Kills the server with SIGKILL (no graceful shutdown) and waits for it.
     pub fn kill9(&mut self) -> Result {
-        if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            c.wait()?;
-        }
+        drop(self.process.take());
         Ok(())
     }
 
     /// Starts the server again on the same data directory (new port).
     pub fn restart(&mut self) -> Result {
         self.kill9()?;
-        self.spawn(&[])
+        let p = BerthProcess::start(Path::new(BIN), &self.dir, &[])?;
+        self.addr = p.addr.clone();
+        self.token = p.token.clone();
+        self.process = Some(p);
+        Ok(())
     }
 
     /// Sends SIGTERM and waits for a clean exit, returning its status.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
-        let mut c = self.child.take().ok_or("server not running")?;
-        let pid = c.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status()?;
-        Ok(c.wait()?)
+        let p = self.process.as_mut().ok_or("server not running")?;
+        Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status()?;
+        Ok(p.child.wait()?)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -118,12 +89,6 @@ impl Server {
             return Err(format!("berth {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
         }
         Ok(String::from_utf8(out.stdout)?)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.kill9();
     }
 }
 
@@ -176,20 +141,6 @@ pub fn http(method: &str, url: &str, creds: Option<&str>, headers: &[(&str, &str
 
 pub fn sha256(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
-
-/// Pseudo-random, incompressible bytes from a seed (xorshift), so tests are repeatable.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// An OCI image layout directory holding one image of gzip layers, tagged `tag`.
@@ -287,46 +238,3 @@ pub fn layout_blobs(dir: &Path) -> Result<Vec<String>> {
     Ok(v)
 }
 
-/// Debian's docker-registry (CNCF distribution 2.8.2) on a free loopback port, killed when dropped.
-pub struct Anchor {
-    _dir: tempfile::TempDir,
-    child: Child,
-    pub addr: String,
-}
-
-impl Anchor {
-    pub fn start() -> Result<Anchor> {
-        let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )?;
-        let child = Command::new("docker-registry").arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
-            .map_err(|e| format!("starting docker-registry (apt-get install docker-registry): {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                return Ok(Anchor { _dir: dir, child, addr });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err("docker-registry did not start within 20 s".into())
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Anchor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}

@@ -1,0 +1,133 @@
+//! Helpers shared by berth's integration tests and `cargo xtask bench`: starting `berth server`
+//! and Debian's docker-registry on free loopback ports, and repeatable incompressible data.
+//! Everything started here is killed when its handle is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Pseudo-random, incompressible bytes from a seed (xorshift64), the same on every run.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Waits until `addr` accepts TCP connections.
+pub fn wait_for_port(addr: &str, within: Duration) -> Result<(), Error> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("{addr} did not accept connections within {within:?}").into())
+}
+
+/// A `berth server` process on `127.0.0.1:0` with a given data directory.
+pub struct BerthProcess {
+    pub child: Child,
+    /// `host:port` of the API listener.
+    pub addr: String,
+    /// The admin token.
+    pub token: String,
+}
+
+impl BerthProcess {
+    /// Starts `bin server` on a free port and waits until it listens.
+    pub fn start(bin: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Result<BerthProcess, Error> {
+        let addr_file = data_dir.join("api-address");
+        let _ = std::fs::remove_file(&addr_file);
+        let mut cmd = Command::new(bin);
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        cmd.env("BERTH_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                let addr = a.trim().trim_start_matches("http://").to_owned();
+                let token = std::fs::read_to_string(data_dir.join("admin-token"))?.trim().to_owned();
+                return Ok(BerthProcess { child, addr, token });
+            }
+            if let Some(status) = child.try_wait()? {
+                return Err(format!("berth server exited early: {status}").into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err("berth server did not start within 20 s".into())
+    }
+}
+
+impl Drop for BerthProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's docker-registry (CNCF distribution 2.8.2) on a free loopback port, storing into a
+/// temporary directory, with deletes enabled.
+pub struct DockerRegistry {
+    pub child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl DockerRegistry {
+    pub fn start() -> Result<DockerRegistry, Error> {
+        let dir = tempfile::Builder::new().prefix("berth-anchor-registry").tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        let data: PathBuf = dir.path().join("data");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                data.display()
+            ),
+        )?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting docker-registry (apt-get install docker-registry): {e}"))?;
+        let reg = DockerRegistry { child, addr, _dir: dir };
+        wait_for_port(&reg.addr, Duration::from_secs(20))?;
+        Ok(reg)
+    }
+}
+
+impl Drop for DockerRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn noise_is_repeatable_and_sized() {
+        assert_eq!(super::noise(1, 100), super::noise(1, 100));
+        assert_ne!(super::noise(1, 100), super::noise(2, 100));
+        assert_eq!(super::noise(3, 13).len(), 13);
+    }
+}
