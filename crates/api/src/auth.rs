@@ -175,8 +175,9 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
 pub async fn token_endpoint(State(state): State<AppState>, req: Request) -> Response {
     let principal = req.extensions().get::<Principal>().cloned();
     let Some(principal) = principal else {
-        let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "log in with any user name and a berth token as the password")
-            .into_response();
+        let mut resp =
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "log in with any user name and a berth token as the password")
+                .into_response();
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"berth\""));
         return resp;
     };
@@ -230,7 +231,12 @@ mod tests {
 
     #[test]
     fn grants_are_within_the_token() {
-        let p = Principal { token_id: "t".into(), token_name: "t".into(), scopes: vec!["push:web".parse().unwrap_or(Scope::ReadOnly)], grants: None };
+        let p = Principal {
+            token_id: "t".into(),
+            token_name: "t".into(),
+            scopes: vec!["push:web".parse().unwrap_or(Scope::ReadOnly)],
+            grants: None,
+        };
         assert_eq!(grant_for(&p, "repository:web:pull,push"), Some(Grant { repository: "web".into(), pull: true, push: true }));
         assert_eq!(grant_for(&p, "repository:other:pull,push"), None);
         assert_eq!(grant_for(&p, "registry:catalog:*"), None);

@@ -17,7 +17,11 @@ impl Caller {
     /// The principal, whatever it may do; 401 when there is none.
     pub fn authenticated(&self) -> Result<Principal, ApiError> {
         self.principal.clone().ok_or_else(|| {
-            let msg = self.invalid.as_ref().map(|i| i.0).unwrap_or("authentication required; pass a berth token as `Authorization: Bearer <token>`");
+            let msg = self
+                .invalid
+                .as_ref()
+                .map(|i| i.0)
+                .unwrap_or("authentication required; pass a berth token as `Authorization: Bearer <token>`");
             ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "unauthenticated", msg)
         })
     }
@@ -41,6 +45,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Caller { principal: parts.extensions.get::<Principal>().cloned(), invalid: parts.extensions.get::<InvalidCredentials>().cloned() })
+        Ok(Caller {
+            principal: parts.extensions.get::<Principal>().cloned(),
+            invalid: parts.extensions.get::<InvalidCredentials>().cloned(),
+        })
     }
 }

@@ -113,7 +113,12 @@ async fn delete(State(s): State<AppState>, caller: Caller, Path(name): Path<Stri
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn set_policy(State(s): State<AppState>, caller: Caller, Path(name): Path<String>, Json(body): Json<PolicyBody>) -> Result<Json<Value>, ApiError> {
+async fn set_policy(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<PolicyBody>,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Admin)?;
     s.registry.set_tag_policy(&name, &body.policy()?).await?;
     Ok(Json(repository_json(&s.registry.repository(&name).await?)))
@@ -124,11 +129,18 @@ struct LifecycleBody {
     rules: Vec<LifecycleRule>,
 }
 
-async fn set_lifecycle(State(s): State<AppState>, caller: Caller, Path(name): Path<String>, Json(body): Json<LifecycleBody>) -> Result<Json<Value>, ApiError> {
+async fn set_lifecycle(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<LifecycleBody>,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Admin)?;
     for r in &body.rules {
         match r {
-            LifecycleRule::KeepNewestTags { count: 0, .. } => return Err(ApiError::invalid("keep_newest_tags needs a count of at least 1")),
+            LifecycleRule::KeepNewestTags { count: 0, .. } => {
+                return Err(ApiError::invalid("keep_newest_tags needs a count of at least 1"))
+            }
             LifecycleRule::ExpireUntagged { days: 0 } => return Err(ApiError::invalid("expire_untagged needs at least 1 day")),
             _ => {}
         }
@@ -150,7 +162,12 @@ struct EventsQuery {
     limit: Option<usize>,
 }
 
-async fn events(State(s): State<AppState>, caller: Caller, Path(name): Path<String>, Query(q): Query<EventsQuery>) -> Result<Json<Value>, ApiError> {
+async fn events(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Pull(&name))?;
     s.registry.repository(&name).await?;
     let list = s.registry.events(Some(&name), q.after.unwrap_or(0), q.limit.unwrap_or(100).clamp(1, 1000)).await?;

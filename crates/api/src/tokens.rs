@@ -53,11 +53,8 @@ async fn create(State(s): State<AppState>, caller: Caller, Json(body): Json<Crea
     if body.scopes.is_empty() {
         return Err(ApiError::invalid("a token needs at least one scope: admin, read-only, pull:<repo pattern> or push:<repo pattern>"));
     }
-    let scopes = body
-        .scopes
-        .iter()
-        .map(|s| s.parse::<Scope>().map_err(|e| ApiError::invalid(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
+    let scopes =
+        body.scopes.iter().map(|s| s.parse::<Scope>().map_err(|e| ApiError::invalid(e.to_string()))).collect::<Result<Vec<_>, _>>()?;
     let issued = issue_token(&s.store, name, scopes).await?;
     tracing::info!(token = %issued.record.id, name = %issued.record.name, "token created");
     let mut v = token_json(&issued.record);

@@ -56,7 +56,8 @@ async fn every_documented_operation_is_routed() -> Result {
             let body = if method == "post" && path.ends_with("/repositories") { r#"{"name":"team/web"}"# } else { "{}" };
             let (status, json, text) = call(&f, &method.to_uppercase(), &uri, Some(&f.admin), body).await?;
             // A router miss is 404/405 without our error body; a handler's error always has one.
-            let routed = !matches!(status, StatusCode::METHOD_NOT_ALLOWED) && (status != StatusCode::NOT_FOUND || json["error"]["code"].is_string());
+            let routed =
+                !matches!(status, StatusCode::METHOD_NOT_ALLOWED) && (status != StatusCode::NOT_FOUND || json["error"]["code"].is_string());
             assert!(routed, "{method} {path}: {status} {text}");
             checked += 1;
         }
@@ -89,17 +90,27 @@ async fn authentication_and_scopes() -> Result {
 #[tokio::test]
 async fn repositories_and_tokens_round_trip() -> Result {
     let f = fixture().await?;
-    let (s, j, _) = call(&f, "POST", "/api/v1/repositories", Some(&f.admin), r#"{"name":"web","tag_mutability":"IMMUTABLE_WITH_EXCLUSION","exclusions":["latest"]}"#).await?;
+    let (s, j, _) = call(
+        &f,
+        "POST",
+        "/api/v1/repositories",
+        Some(&f.admin),
+        r#"{"name":"web","tag_mutability":"IMMUTABLE_WITH_EXCLUSION","exclusions":["latest"]}"#,
+    )
+    .await?;
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(j["tag_mutability"], "IMMUTABLE_WITH_EXCLUSION");
     let (s, j, _) = call(&f, "POST", "/api/v1/repositories", Some(&f.admin), r#"{"name":"web"}"#).await?;
     assert_eq!((s, j["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("already_exists")));
     let (s, j, _) = call(&f, "POST", "/api/v1/repositories", Some(&f.admin), r#"{"name":"Bad Name"}"#).await?;
     assert_eq!((s, j["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_argument")));
-    let (s, j, _) = call(&f, "PUT", "/api/v1/repositories/web/policy", Some(&f.admin), r#"{"tag_mutability":"IMMUTABLE","exclusions":["latest"]}"#).await?;
+    let (s, j, _) =
+        call(&f, "PUT", "/api/v1/repositories/web/policy", Some(&f.admin), r#"{"tag_mutability":"IMMUTABLE","exclusions":["latest"]}"#)
+            .await?;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(j["error"]["message"].as_str().unwrap_or("").contains("IMMUTABLE takes no exclusion filters"));
-    let (s, j, _) = call(&f, "PUT", "/api/v1/repositories/web/lifecycle", Some(&f.admin), r#"{"rules":[{"type":"expire_untagged","days":7}]}"#).await?;
+    let (s, j, _) =
+        call(&f, "PUT", "/api/v1/repositories/web/lifecycle", Some(&f.admin), r#"{"rules":[{"type":"expire_untagged","days":7}]}"#).await?;
     assert_eq!((s, j["lifecycle"][0]["days"].as_u64()), (StatusCode::OK, Some(7)));
     let (s, _, _) = call(&f, "GET", "/api/v1/repositories/missing", Some(&f.admin), "").await?;
     assert_eq!(s, StatusCode::NOT_FOUND);

@@ -55,7 +55,12 @@ pub struct LogConfig {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { data_dir: PathBuf::from(".berth"), api: ApiConfig::default(), registry: RegistrySettings::default(), log: LogConfig::default() }
+        Config {
+            data_dir: PathBuf::from(".berth"),
+            api: ApiConfig::default(),
+            registry: RegistrySettings::default(),
+            log: LogConfig::default(),
+        }
     }
 }
 
@@ -90,7 +95,10 @@ impl Config {
     pub fn load(file: Option<&Path>, data_dir_flag: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
         let data_dir = data_dir_flag.map(Path::to_path_buf).or_else(|| env("BERTH_DATA").map(PathBuf::from));
         let implicit = data_dir.clone().unwrap_or_else(|| PathBuf::from(".berth")).join("config.toml");
-        let file = file.map(Path::to_path_buf).or_else(|| env("BERTH_CONFIG").map(PathBuf::from)).or_else(|| implicit.exists().then_some(implicit));
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| env("BERTH_CONFIG").map(PathBuf::from))
+            .or_else(|| implicit.exists().then_some(implicit));
         let mut config = match &file {
             Some(f) => {
                 let text = std::fs::read_to_string(f).with_context(|| format!("reading config file {}", f.display()))?;
@@ -167,7 +175,10 @@ mod tests {
         std::fs::write(&f, "[api]\nlisen = \"x\"\n")?;
         let err = format!("{:#}", Config::load(Some(&f), None, env(&[])).err().unwrap_or_else(|| anyhow::anyhow!("no error")));
         assert!(err.contains("unknown field `lisen`"), "{err}");
-        let err = format!("{:#}", Config::load(None, Some(dir.path()), env(&[("BERTH_API_LISTEN", "7070")])).err().unwrap_or_else(|| anyhow::anyhow!("no error")));
+        let err = format!(
+            "{:#}",
+            Config::load(None, Some(dir.path()), env(&[("BERTH_API_LISTEN", "7070")])).err().unwrap_or_else(|| anyhow::anyhow!("no error"))
+        );
         assert!(err.contains("BERTH_API_LISTEN=`7070` is not an address"), "{err}");
         Ok(())
     }

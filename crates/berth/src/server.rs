@@ -34,7 +34,13 @@ fn init_logging(config: &Config) {
 /// Writes `content` to a new file readable only by its owner, atomically.
 fn write_private(path: &Path, content: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(content)?;
     f.sync_all()?;
     fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
@@ -44,7 +50,9 @@ fn write_private(path: &Path, content: &[u8]) -> anyhow::Result<()> {
 fn signing_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
     let path = data_dir.join(SIGNING_KEY_FILE);
     match fs::read(&path) {
-        Ok(bytes) => bytes.try_into().map_err(|_| anyhow::anyhow!("{} is corrupt; delete it to make a new one (this signs out registry clients)", path.display())),
+        Ok(bytes) => bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{} is corrupt; delete it to make a new one (this signs out registry clients)", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key: [u8; 32] = rand::random();
             write_private(&path, &key)?;
@@ -82,7 +90,11 @@ fn registry_config(config: &Config) -> anyhow::Result<RegistryConfig> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let data = &config.data_dir;
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(data).with_context(|| format!("creating data directory {}", data.display()))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data)
+        .with_context(|| format!("creating data directory {}", data.display()))?;
     let store: SharedStore = Arc::new(SqliteStore::open(&data.join("state.db")).context("opening the state database")?);
     let blobs = Arc::new(FsBlobStore::open(&data.join("registry")).context("opening blob storage")?);
     let registry = Arc::new(Registry::new(store.clone(), blobs, registry_config(&config)?));
@@ -93,7 +105,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let state = AppState { store, registry: registry.clone(), auth, metrics: Arc::new(Metrics::new()) };
 
-    let listener = tokio::net::TcpListener::bind(config.api.listen).await.with_context(|| format!("binding the API listener to {}", config.api.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("binding the API listener to {}", config.api.listen))?;
     let addr = listener.local_addr()?;
     write_private(&data.join(API_ADDRESS_FILE), format!("http://{addr}\n").as_bytes())?;
     tracing::info!(%addr, data_dir = %data.display(), "berth API listening");
@@ -108,7 +122,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 match registry.collect_garbage(false).await {
-                    Ok(r) => tracing::info!(blobs = r.blobs.len(), bytes = r.bytes, uploads = r.uploads.len(), lifecycle = r.lifecycle.len(), "garbage collection done"),
+                    Ok(r) => tracing::info!(
+                        blobs = r.blobs.len(),
+                        bytes = r.bytes,
+                        uploads = r.uploads.len(),
+                        lifecycle = r.lifecycle.len(),
+                        "garbage collection done"
+                    ),
                     Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
                 }
             }

@@ -8,7 +8,8 @@ use support::*;
 #[test]
 fn repository_commands() -> Result {
     let s = Server::start()?;
-    let out = s.cli_ok(&["repo", "create", "team/web", "--mutability", "IMMUTABLE_WITH_EXCLUSION", "--exclude", "latest", "--exclude", "dev-*"])?;
+    let out =
+        s.cli_ok(&["repo", "create", "team/web", "--mutability", "IMMUTABLE_WITH_EXCLUSION", "--exclude", "latest", "--exclude", "dev-*"])?;
     assert!(out.contains("IMMUTABLE_WITH_EXCLUSION") && out.contains("latest,dev-*"), "{out}");
     s.cli_ok(&["repo", "create", "api"])?;
     let list = s.cli_ok(&["repo", "list"])?;

@@ -17,9 +17,18 @@ fn skopeo_round_trip_keeps_bytes_and_digests() -> Result {
     assert_eq!(layout_blobs(back.path())?, layout_blobs(img.dir.path())?);
     for d in &img.blobs {
         let name = d.trim_start_matches("sha256:");
-        assert_eq!(std::fs::read(back.path().join("blobs/sha256").join(name))?, std::fs::read(img.dir.path().join("blobs/sha256").join(name))?);
+        assert_eq!(
+            std::fs::read(back.path().join("blobs/sha256").join(name))?,
+            std::fs::read(img.dir.path().join("blobs/sha256").join(name))?
+        );
     }
-    let head = http("HEAD", &s.url("/v2/team/web/manifests/v1"), Some(&s.creds()), &[("Accept", "application/vnd.oci.image.manifest.v1+json")], b"")?;
+    let head = http(
+        "HEAD",
+        &s.url("/v2/team/web/manifests/v1"),
+        Some(&s.creds()),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        b"",
+    )?;
     assert_eq!(head.header("docker-content-digest"), Some(img.manifest_digest.as_str()));
     Ok(())
 }
@@ -59,7 +68,13 @@ fn ci_story_immutable_except_latest() -> Result {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|e| (e["tag"].as_str().unwrap_or("").into(), e["digest"].as_str().unwrap_or("").into(), e["previous_digest"].as_str().unwrap_or("").into()))
+                .map(|e| {
+                    (
+                        e["tag"].as_str().unwrap_or("").into(),
+                        e["digest"].as_str().unwrap_or("").into(),
+                        e["previous_digest"].as_str().unwrap_or("").into(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -78,7 +93,8 @@ fn ci_story_immutable_except_latest() -> Result {
 fn concurrent_pushes_of_overlapping_blobs() -> Result {
     let s = Server::start()?;
     // Four images sharing two big layers, each with one of its own.
-    let images: Vec<Layout> = (0..4).map(|i| Layout::new("x", &[(100, 400_000), (101, 300_000), (200 + i, 50_000)], &i.to_string())).collect::<Result<_>>()?;
+    let images: Vec<Layout> =
+        (0..4).map(|i| Layout::new("x", &[(100, 400_000), (101, 300_000), (200 + i, 50_000)], &i.to_string())).collect::<Result<_>>()?;
     std::thread::scope(|scope| -> Result {
         let handles: Vec<_> = images
             .iter()
@@ -147,7 +163,8 @@ fn kill9_during_upload_leaves_nothing_corrupt() -> Result {
     assert_eq!(head.status, 404);
     let status = http("GET", &s.url(&location), Some(&s.creds()), &[], b"")?;
     assert_eq!(status.status, 204);
-    let have: usize = status.header("range").and_then(|r| r.split('-').nth(1)).and_then(|n| n.parse::<usize>().ok()).map(|n| n + 1).ok_or("no Range")?;
+    let have: usize =
+        status.header("range").and_then(|r| r.split('-').nth(1)).and_then(|n| n.parse::<usize>().ok()).map(|n| n + 1).ok_or("no Range")?;
     assert!(have <= data.len() / 2);
     let range = format!("{have}-{}", data.len() - 1);
     let patch = http("PATCH", &s.url(&location), Some(&s.creds()), &[("Content-Range", &range)], &data[have..])?;

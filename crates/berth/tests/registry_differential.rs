@@ -4,8 +4,8 @@
 
 mod support;
 
-use serde_json::json;
 use berth_testkit::DockerRegistry;
+use serde_json::json;
 use support::*;
 
 /// What is compared of a response.
@@ -54,7 +54,10 @@ fn script(base: &str, creds: &str) -> Result<Vec<String>> {
     let r = step("upload status", req("GET", &loc, &[], b"")?);
     let loc = r.header("location").map(|l| l.find("/v2/").map(|i| l[i..].to_owned()).unwrap_or(l.to_owned())).unwrap_or(loc);
     let sep = if loc.contains('?') { '&' } else { '?' };
-    step("upload finish", req("PUT", &format!("{loc}{sep}digest={ld}"), &[("Content-Type", "application/octet-stream")], &layer[60_000..])?);
+    step(
+        "upload finish",
+        req("PUT", &format!("{loc}{sep}digest={ld}"), &[("Content-Type", "application/octet-stream")], &layer[60_000..])?,
+    );
     step("blob head", req("HEAD", &format!("/v2/diff/app/blobs/{ld}"), &[], b"")?);
     step("blob range", req("GET", &format!("/v2/diff/app/blobs/{ld}"), &[("Range", "bytes=10-19")], b"")?);
     step("blob unknown", req("GET", &format!("/v2/diff/app/blobs/{}", sha256(b"x")), &[], b"")?);
@@ -68,7 +71,10 @@ fn script(base: &str, creds: &str) -> Result<Vec<String>> {
     let r = step("wrong digest start", req("POST", "/v2/diff/app/blobs/uploads/", &[], b"")?);
     let wl = r.header("location").map(|l| l.find("/v2/").map(|i| l[i..].to_owned()).unwrap_or(l.to_owned())).ok_or("no location")?;
     let sep = if wl.contains('?') { '&' } else { '?' };
-    step("wrong digest put", req("PUT", &format!("{wl}{sep}digest={}", sha256(b"y")), &[("Content-Type", "application/octet-stream")], b"z")?);
+    step(
+        "wrong digest put",
+        req("PUT", &format!("{wl}{sep}digest={}", sha256(b"y")), &[("Content-Type", "application/octet-stream")], b"z")?,
+    );
     step("wrong digest gone", req("HEAD", &format!("/v2/diff/app/blobs/{}", sha256(b"z")), &[], b"")?);
     step("mount", req("POST", &format!("/v2/diff/copy/blobs/uploads/?mount={ld}&from=diff/app"), &[], b"")?);
     step("mounted head", req("HEAD", &format!("/v2/diff/copy/blobs/{ld}"), &[], b"")?);
@@ -109,7 +115,8 @@ fn berth_answers_like_cncf_distribution() -> Result {
     let berth = Server::start()?;
     let theirs = script(&anchor.addr, "any:none")?;
     let ours = script(&berth.addr, &berth.creds())?;
-    let diff: Vec<String> = theirs.iter().zip(&ours).filter(|(a, b)| a != b).map(|(a, b)| format!("distribution {a}\n      berth {b}")).collect();
+    let diff: Vec<String> =
+        theirs.iter().zip(&ours).filter(|(a, b)| a != b).map(|(a, b)| format!("distribution {a}\n      berth {b}")).collect();
     assert!(diff.is_empty(), "responses differ:\n{}", diff.join("\n"));
     assert_eq!(theirs.len(), ours.len());
     assert!(ours.len() >= 30, "the script ran only {} steps", ours.len());

@@ -28,7 +28,8 @@ impl Reg<'_> {
 
     fn push_blob(&self, repo: &str, data: &[u8]) -> Result<String> {
         let d = sha256(data);
-        let r = self.req("POST", &format!("/v2/{repo}/blobs/uploads/?digest={d}"), &[("Content-Type", "application/octet-stream")], data)?;
+        let r =
+            self.req("POST", &format!("/v2/{repo}/blobs/uploads/?digest={d}"), &[("Content-Type", "application/octet-stream")], data)?;
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
         Ok(d)
     }
@@ -58,7 +59,11 @@ fn auth_challenges_and_token_flow() -> Result {
     assert_eq!(r.header("www-authenticate"), Some(format!("Bearer realm=\"http://{}/token\",service=\"berth\"", s.addr).as_str()));
     assert_eq!(r.header("docker-distribution-api-version"), Some("registry/2.0"));
     let r = http("POST", &s.url("/v2/web/blobs/uploads/"), None, &[], b"")?;
-    assert!(r.header("www-authenticate").is_some_and(|h| h.ends_with("scope=\"repository:web:pull,push\"")), "{:?}", r.header("www-authenticate"));
+    assert!(
+        r.header("www-authenticate").is_some_and(|h| h.ends_with("scope=\"repository:web:pull,push\"")),
+        "{:?}",
+        r.header("www-authenticate")
+    );
     // A wrong token is no better than none.
     let r = http("GET", &s.url("/v2/"), Some("x:berth_000000000000_00"), &[], b"")?;
     assert_eq!(r.status, 401);
@@ -231,7 +236,19 @@ fn manifests_of_every_format() -> Result {
     let huge = tempfile::NamedTempFile::new()?;
     std::fs::write(huge.path(), vec![b' '; (4 << 20) + 1])?;
     let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-u", &s.creds(), "-H", &format!("Content-Type: {OCI_MANIFEST}")])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PUT",
+            "-u",
+            &s.creds(),
+            "-H",
+            &format!("Content-Type: {OCI_MANIFEST}"),
+        ])
         .arg("--data-binary")
         .arg(format!("@{}", huge.path().display()))
         .arg(s.url("/v2/app/manifests/huge"))
@@ -251,7 +268,10 @@ fn manifests_of_every_format() -> Result {
     assert_eq!(reg.put_manifest("app", &digest, OCI_MANIFEST, &m)?.status, 201);
     for reference in ["v1", digest.as_str()] {
         let r = reg.req("GET", &format!("/v2/app/manifests/{reference}"), &[("Accept", OCI_MANIFEST)], b"")?;
-        assert_eq!((r.status, r.header("content-type"), r.header("docker-content-digest")), (200, Some(OCI_MANIFEST), Some(digest.as_str())));
+        assert_eq!(
+            (r.status, r.header("content-type"), r.header("docker-content-digest")),
+            (200, Some(OCI_MANIFEST), Some(digest.as_str()))
+        );
         assert_eq!(r.body, body.as_bytes());
     }
     // Content negotiation: a client that accepts only Docker schema2 does not get an OCI manifest by tag.

@@ -11,7 +11,9 @@ use crate::GlobalArgs;
 
 /// Where `berth login` keeps the server and token.
 pub fn login_file() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
     Some(base.join("berth").join("login.json"))
 }
 
@@ -89,7 +91,8 @@ impl Client {
             }
             Err(ureq::Error::Status(code, resp)) => {
                 let body: Value = resp.into_json().unwrap_or(Value::Null);
-                let msg = body.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| format!("HTTP {code}"));
+                let msg =
+                    body.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| format!("HTTP {code}"));
                 if code == 401 && self.token.is_none() {
                     bail!("{msg}\nno token found: run `berth login {}`, pass --token, or run on the server host", self.base);
                 }

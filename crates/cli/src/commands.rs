@@ -121,8 +121,16 @@ pub enum TokenCommand {
     Revoke { id: String },
 }
 
-const REPO_COLUMNS: &[Column<'_>] = &[("NAME", "name"), ("MUTABILITY", "tag_mutability"), ("EXCLUSIONS", "exclusions"), ("CREATED", "created_at")];
-const TOKEN_COLUMNS: &[Column<'_>] = &[("ID", "id"), ("NAME", "name"), ("SCOPES", "scopes"), ("CREATED", "created_at"), ("LAST USED", "last_used_at"), ("REVOKED", "revoked_at")];
+const REPO_COLUMNS: &[Column<'_>] =
+    &[("NAME", "name"), ("MUTABILITY", "tag_mutability"), ("EXCLUSIONS", "exclusions"), ("CREATED", "created_at")];
+const TOKEN_COLUMNS: &[Column<'_>] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("SCOPES", "scopes"),
+    ("CREATED", "created_at"),
+    ("LAST USED", "last_used_at"),
+    ("REVOKED", "revoked_at"),
+];
 
 fn repo_path(name: &str) -> String {
     format!("/api/v1/repositories/{}", segment(name))
@@ -284,14 +292,25 @@ fn login(g: &GlobalArgs, url: &str, token_stdin: bool) -> anyhow::Result<()> {
     }
     let content = serde_json::to_vec_pretty(&json!({ "server": c.base(), "token": token }))?;
     write_private(&file, &content)?;
-    eprintln!("logged in to {} as token `{}`; saved to {}", c.base(), who.get("name").and_then(Value::as_str).unwrap_or("?"), file.display());
+    eprintln!(
+        "logged in to {} as token `{}`; saved to {}",
+        c.base(),
+        who.get("name").and_then(Value::as_str).unwrap_or("?"),
+        file.display()
+    );
     Ok(())
 }
 
 fn write_private(path: &std::path::Path, content: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("writing {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(content)?;
     Ok(())
 }

@@ -76,10 +76,7 @@ impl FromStr for Digest {
             "sha512" => Algorithm::Sha512,
             other => {
                 // The spec's algorithm grammar: [a-z0-9]+([+._-][a-z0-9]+)*
-                let valid = !other.is_empty()
-                    && other
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c));
+                let valid = !other.is_empty() && other.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c));
                 return Err(if valid {
                     DigestError::UnsupportedAlgorithm(other.to_owned())
                 } else {
@@ -87,8 +84,7 @@ impl FromStr for Digest {
                 });
             }
         };
-        let ok = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let ok = hex.len() == algorithm.hex_len() && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !ok {
             return Err(DigestError::Malformed(s.to_owned(), algorithm.as_str(), algorithm.hex_len()));
         }
@@ -186,10 +182,7 @@ mod tests {
 
     #[test]
     fn hashes_the_empty_string() {
-        assert_eq!(
-            Digest::sha256_of(b"").to_string(),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(Digest::sha256_of(b"").to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         let mut h = Hasher::new(Algorithm::Sha512);
         h.update(b"");
         assert!(h.finish().to_string().starts_with("sha512:cf83e1357eefb8bd"));

@@ -42,11 +42,8 @@ pub fn plan(rules: &[LifecycleRule], manifests: &[ManifestFacts], now: i64) -> V
     let mut removed_tags: HashSet<&str> = HashSet::new();
     for rule in rules {
         if let LifecycleRule::KeepNewestTags { pattern, count } = rule {
-            let mut matching: Vec<(&str, i64)> = manifests
-                .iter()
-                .flat_map(|m| m.tags.iter().map(|(t, at)| (t.as_str(), *at)))
-                .filter(|(t, _)| pattern.matches(t))
-                .collect();
+            let mut matching: Vec<(&str, i64)> =
+                manifests.iter().flat_map(|m| m.tags.iter().map(|(t, at)| (t.as_str(), *at))).filter(|(t, _)| pattern.matches(t)).collect();
             matching.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
             removed_tags.extend(matching.iter().skip(*count as usize).map(|(t, _)| *t));
         }
@@ -76,11 +73,8 @@ pub fn plan(rules: &[LifecycleRule], manifests: &[ManifestFacts], now: i64) -> V
     // its children only.
     let by_digest: HashMap<&Digest, &ManifestFacts> = manifests.iter().map(|m| (&m.digest, m)).collect();
     loop {
-        let kept_children: HashSet<&Digest> = manifests
-            .iter()
-            .filter(|m| !doomed.contains(&m.digest))
-            .flat_map(|m| m.children.iter())
-            .collect();
+        let kept_children: HashSet<&Digest> =
+            manifests.iter().filter(|m| !doomed.contains(&m.digest)).flat_map(|m| m.children.iter()).collect();
         let before = doomed.len();
         doomed.retain(|d| !kept_children.contains(d));
         if doomed.len() == before {

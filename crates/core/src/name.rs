@@ -11,7 +11,9 @@ pub const MAX_NAME_LEN: usize = 255;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
-    #[error("repository name `{0}` is invalid; use lowercase letters, digits and `.`, `_`, `-` separators, with `/` between path components")]
+    #[error(
+        "repository name `{0}` is invalid; use lowercase letters, digits and `.`, `_`, `-` separators, with `/` between path components"
+    )]
     InvalidName(String),
     #[error("repository name is longer than {MAX_NAME_LEN} characters")]
     NameTooLong,
@@ -177,9 +179,15 @@ mod tests {
     fn references() {
         check_ref("latest", expect!["tag latest"]);
         check_ref("v1.2.3-rc_1", expect!["tag v1.2.3-rc_1"]);
-        check_ref(".hidden", expect!["err tag `.hidden` is invalid; a tag is 1 to 128 of `A-Za-z0-9_.-` and does not start with `.` or `-`"]);
+        check_ref(
+            ".hidden",
+            expect!["err tag `.hidden` is invalid; a tag is 1 to 128 of `A-Za-z0-9_.-` and does not start with `.` or `-`"],
+        );
         check_ref(&"t".repeat(129), expect!["err tag `ttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttt` is invalid; a tag is 1 to 128 of `A-Za-z0-9_.-` and does not start with `.` or `-`"]);
-        check_ref("sha256:0000000000000000000000000000000000000000000000000000000000000000", expect!["digest sha256:0000000000000000000000000000000000000000000000000000000000000000"]);
+        check_ref(
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            expect!["digest sha256:0000000000000000000000000000000000000000000000000000000000000000"],
+        );
         check_ref("sha256:00", expect!["err digest `sha256:00` is malformed; expected `sha256:` followed by 64 lowercase hex digits"]);
     }
 

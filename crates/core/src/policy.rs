@@ -93,9 +93,7 @@ impl TagPolicy {
         }
         for p in &exclusions {
             let s = p.as_str();
-            let ok = !s.is_empty()
-                && s.len() <= 128
-                && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.-*".contains(&c));
+            let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.-*".contains(&c));
             if !ok {
                 return Err(PolicyError::InvalidFilter(s.to_owned()));
             }

@@ -32,8 +32,7 @@ impl FromStr for Scope {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let pattern = |p: &str| {
-            let ok = !p.is_empty()
-                && p.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-/*".contains(&c));
+            let ok = !p.is_empty() && p.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-/*".contains(&c));
             if ok {
                 Ok(Pattern::new(p))
             } else {

@@ -26,11 +26,7 @@ pub(crate) const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-uploa
 /// The `/v2/` routes, to be merged into the server's router. Expects the API layer to have put
 /// the caller's [`Principal`] in the request extensions when it authenticated one.
 pub fn router(registry: Arc<Registry>) -> Router {
-    Router::new()
-        .route("/v2", any(dispatch))
-        .route("/v2/", any(dispatch))
-        .route("/v2/{*rest}", any(dispatch))
-        .with_state(registry)
+    Router::new().route("/v2", any(dispatch)).route("/v2/", any(dispatch)).route("/v2/{*rest}", any(dispatch)).with_state(registry)
 }
 
 /// A parsed `/v2/` path.

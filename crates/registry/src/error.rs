@@ -136,10 +136,9 @@ impl From<BlobStoreError> for RegistryError {
                 header::RANGE,
                 HeaderValue::from_str(&format!("0-{}", expected.saturating_sub(1))).unwrap_or(HeaderValue::from_static("0-0")),
             ),
-            BlobStoreError::SizeMismatch { expected, actual } => RegistryError::new(
-                Code::SizeInvalid,
-                format!("upload has {actual} bytes but the request declared {expected}"),
-            ),
+            BlobStoreError::SizeMismatch { expected, actual } => {
+                RegistryError::new(Code::SizeInvalid, format!("upload has {actual} bytes but the request declared {expected}"))
+            }
             BlobStoreError::Body(e) => {
                 RegistryError::new(Code::BlobUploadInvalid, format!("request body ended early: {e}; resume or retry the upload"))
             }

@@ -69,13 +69,8 @@ impl Registry {
 
         let grace_cutoff = SystemTime::now() - self.config.gc_grace;
         let referenced = self.referenced(&doomed).await?;
-        let candidates: Vec<_> = self
-            .blobs
-            .list()
-            .await?
-            .into_iter()
-            .filter(|b| b.modified < grace_cutoff && !referenced.contains(&b.digest))
-            .collect();
+        let candidates: Vec<_> =
+            self.blobs.list().await?.into_iter().filter(|b| b.modified < grace_cutoff && !referenced.contains(&b.digest)).collect();
         if dry_run {
             report.blobs = candidates.into_iter().map(|b| CollectedBlob { digest: b.digest, size: b.size }).collect();
         } else if !candidates.is_empty() {

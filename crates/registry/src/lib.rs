@@ -112,9 +112,8 @@ impl Registry {
         let rec = RepositoryRecord { name: name.to_owned(), created_at: now(), tag_policy: policy, lifecycle: Vec::new() };
         match self.store.create_repository(rec.clone()).await {
             Ok(()) => Ok(rec),
-            Err(StoreError::RepositoryExists(n)) => {
-                Err(RegistryError::new(Code::NameInvalid, format!("repository `{n}` already exists")).with_status(axum::http::StatusCode::CONFLICT))
-            }
+            Err(StoreError::RepositoryExists(n)) => Err(RegistryError::new(Code::NameInvalid, format!("repository `{n}` already exists"))
+                .with_status(axum::http::StatusCode::CONFLICT)),
             Err(e) => Err(e.into()),
         }
     }
@@ -157,7 +156,13 @@ impl Registry {
     }
 
     /// Stores a manifest under `reference` (a tag, or the digest it must have).
-    pub async fn put_manifest(&self, name: &str, reference: &Reference, content_type: Option<&str>, body: Bytes) -> Result<ManifestRecord, RegistryError> {
+    pub async fn put_manifest(
+        &self,
+        name: &str,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<ManifestRecord, RegistryError> {
         parse_name(name)?;
         if body.len() > manifest::MAX_MANIFEST_BYTES {
             return Err(RegistryError::new(Code::SizeInvalid, "manifest is larger than 4 MiB")
@@ -180,14 +185,20 @@ impl Registry {
         let _gc = self.gc_lock.read().await;
         for b in &parsed.blobs {
             if self.store.linked_blob(name, b).await?.is_none() {
-                return Err(RegistryError::new(Code::ManifestBlobUnknown, format!("blob {b} is not in repository `{name}`; push it first"))
-                    .with_detail(serde_json::json!({ "digest": b.to_string() })));
+                return Err(RegistryError::new(
+                    Code::ManifestBlobUnknown,
+                    format!("blob {b} is not in repository `{name}`; push it first"),
+                )
+                .with_detail(serde_json::json!({ "digest": b.to_string() })));
             }
         }
         for (m, _) in &parsed.manifests {
             if self.store.get_manifest(name, m).await?.is_none() {
-                return Err(RegistryError::new(Code::ManifestBlobUnknown, format!("manifest {m} is not in repository `{name}`; push it first"))
-                    .with_detail(serde_json::json!({ "digest": m.to_string() })));
+                return Err(RegistryError::new(
+                    Code::ManifestBlobUnknown,
+                    format!("manifest {m} is not in repository `{name}`; push it first"),
+                )
+                .with_detail(serde_json::json!({ "digest": m.to_string() })));
             }
         }
         self.blobs.put(&digest, body.clone()).await?;

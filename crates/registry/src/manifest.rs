@@ -18,7 +18,9 @@ pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 pub enum ManifestError {
     #[error("manifest is not valid JSON: {0}")]
     Json(String),
-    #[error("manifest media type `{0}` is not supported; push an OCI image manifest or index, or a Docker schema2 manifest or manifest list")]
+    #[error(
+        "manifest media type `{0}` is not supported; push an OCI image manifest or index, or a Docker schema2 manifest or manifest list"
+    )]
     UnsupportedMediaType(String),
     #[error("manifest declares media type `{body}` but was sent as `{header}`; make the Content-Type match the manifest's mediaType")]
     MediaTypeMismatch { body: String, header: String },
@@ -108,9 +110,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
     let raw: RawManifest = serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
     let header = content_type.map(essence).filter(|h| !h.is_empty() && *h != "application/json" && *h != "application/octet-stream");
     let media_type = match (&raw.media_type, header) {
-        (Some(b), Some(h)) if b != h => {
-            return Err(ManifestError::MediaTypeMismatch { body: b.clone(), header: h.to_owned() })
-        }
+        (Some(b), Some(h)) if b != h => return Err(ManifestError::MediaTypeMismatch { body: b.clone(), header: h.to_owned() }),
         (Some(b), _) => b.clone(),
         (None, Some(h)) => h.to_owned(),
         (None, None) if raw.manifests.is_some() => OCI_INDEX.to_owned(),
@@ -140,9 +140,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
     for l in &layers {
         blobs.push(digest(l)?);
     }
-    let artifact_type = raw.artifact_type.or_else(|| {
-        config.media_type.clone().filter(|_| media_type == OCI_MANIFEST)
-    });
+    let artifact_type = raw.artifact_type.or_else(|| config.media_type.clone().filter(|_| media_type == OCI_MANIFEST));
     Ok(ParsedManifest { media_type, blobs, manifests: Vec::new(), subject, artifact_type, annotations })
 }
 
@@ -179,16 +177,42 @@ mod tests {
 
     #[test]
     fn formats() {
-        let image = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{D}","size":0}},"layers":[{{"mediaType":"x","digest":"{D}","size":0}}]}}"#);
-        check(Some(OCI_MANIFEST), &image, expect![[r#"ok application/vnd.oci.image.manifest.v1+json blobs=2 manifests=0 subject=false artifact=Some("application/vnd.oci.image.config.v1+json")"#]]);
+        let image = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{D}","size":0}},"layers":[{{"mediaType":"x","digest":"{D}","size":0}}]}}"#
+        );
+        check(
+            Some(OCI_MANIFEST),
+            &image,
+            expect![[
+                r#"ok application/vnd.oci.image.manifest.v1+json blobs=2 manifests=0 subject=false artifact=Some("application/vnd.oci.image.config.v1+json")"#
+            ]],
+        );
         check(Some(DOCKER_MANIFEST), &image, expect!["err manifest declares media type `application/vnd.oci.image.manifest.v1+json` but was sent as `application/vnd.docker.distribution.manifest.v2+json`; make the Content-Type match the manifest's mediaType"]);
-        let artifact = format!(r#"{{"schemaVersion":2,"artifactType":"application/sbom","config":{{"mediaType":"{OCI_EMPTY_CONFIG}","digest":"{D}","size":2}},"layers":[],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D}","size":1}}}}"#);
-        check(Some(OCI_MANIFEST), &artifact, expect![[r#"ok application/vnd.oci.image.manifest.v1+json blobs=1 manifests=0 subject=true artifact=Some("application/sbom")"#]]);
-        let list = format!(r#"{{"schemaVersion":2,"mediaType":"{DOCKER_LIST}","manifests":[{{"mediaType":"{DOCKER_MANIFEST}","digest":"{D}","size":1,"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#);
-        check(None, &list, expect!["ok application/vnd.docker.distribution.manifest.list.v2+json blobs=0 manifests=1 subject=false artifact=None"]);
+        let artifact = format!(
+            r#"{{"schemaVersion":2,"artifactType":"application/sbom","config":{{"mediaType":"{OCI_EMPTY_CONFIG}","digest":"{D}","size":2}},"layers":[],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D}","size":1}}}}"#
+        );
+        check(
+            Some(OCI_MANIFEST),
+            &artifact,
+            expect![[
+                r#"ok application/vnd.oci.image.manifest.v1+json blobs=1 manifests=0 subject=true artifact=Some("application/sbom")"#
+            ]],
+        );
+        let list = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_LIST}","manifests":[{{"mediaType":"{DOCKER_MANIFEST}","digest":"{D}","size":1,"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#
+        );
+        check(
+            None,
+            &list,
+            expect!["ok application/vnd.docker.distribution.manifest.list.v2+json blobs=0 manifests=1 subject=false artifact=None"],
+        );
         check(Some("application/vnd.docker.distribution.manifest.v1+json"), r#"{"schemaVersion":1}"#, expect!["err manifest media type `application/vnd.docker.distribution.manifest.v1+json` is not supported; push an OCI image manifest or index, or a Docker schema2 manifest or manifest list"]);
         check(Some(OCI_MANIFEST), "{", expect!["err manifest is not valid JSON: EOF while parsing an object at line 1 column 1"]);
-        check(Some(OCI_MANIFEST), r#"{"schemaVersion":2,"config":{"digest":"sha256:zz","size":1},"layers":[]}"#, expect!["err descriptor digest `sha256:zz` is invalid"]);
+        check(
+            Some(OCI_MANIFEST),
+            r#"{"schemaVersion":2,"config":{"digest":"sha256:zz","size":1},"layers":[]}"#,
+            expect!["err descriptor digest `sha256:zz` is invalid"],
+        );
         check(Some(OCI_INDEX), r#"{"schemaVersion":3,"manifests":[]}"#, expect!["err manifest schemaVersion must be 2"]);
     }
 

@@ -83,12 +83,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
 }
 
 fn repository_row(r: &Row<'_>) -> rusqlite::Result<RepositoryRecord> {
-    Ok(RepositoryRecord {
-        name: r.get(0)?,
-        created_at: r.get(1)?,
-        tag_policy: json(r.get(2)?)?,
-        lifecycle: json(r.get(3)?)?,
-    })
+    Ok(RepositoryRecord { name: r.get(0)?, created_at: r.get(1)?, tag_policy: json(r.get(2)?)?, lifecycle: json(r.get(3)?)? })
 }
 
 const MANIFEST_COLUMNS: &str = "repository, digest, media_type, size, artifact_type, subject, annotations, created_at";
@@ -176,11 +171,7 @@ impl Store for SqliteStore {
                 "INSERT INTO repositories (name, created_at, tag_policy) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 params![name, now, policy],
             )?;
-            Ok(c.query_row(
-                "SELECT name, created_at, tag_policy, lifecycle FROM repositories WHERE name = ?1",
-                [&name],
-                repository_row,
-            )?)
+            Ok(c.query_row("SELECT name, created_at, tag_policy, lifecycle FROM repositories WHERE name = ?1", [&name], repository_row)?)
         })
         .await
     }
@@ -267,8 +258,7 @@ impl Store for SqliteStore {
 
     async fn unlink_blob(&self, repository: &str, digest: &Digest) -> Result<bool> {
         let (repo, digest) = (repository.to_owned(), digest.to_string());
-        self.call(move |c| Ok(c.execute("DELETE FROM blob_links WHERE repository = ?1 AND digest = ?2", params![repo, digest])? > 0))
-            .await
+        self.call(move |c| Ok(c.execute("DELETE FROM blob_links WHERE repository = ?1 AND digest = ?2", params![repo, digest])? > 0)).await
     }
 
     async fn forget_blob(&self, digest: &Digest) -> Result<()> {
@@ -363,8 +353,7 @@ impl Store for SqliteStore {
     async fn list_tag_names(&self, repository: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         let (repo, after) = (repository.to_owned(), after.unwrap_or("").to_owned());
         self.call(move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT tag FROM tags WHERE repository = ?1 AND tag > ?2 ORDER BY tag LIMIT ?3")?;
+            let mut stmt = c.prepare_cached("SELECT tag FROM tags WHERE repository = ?1 AND tag > ?2 ORDER BY tag LIMIT ?3")?;
             let rows = stmt.query_map(params![repo, after, limit as i64], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
@@ -424,8 +413,7 @@ impl Store for SqliteStore {
 
     async fn delete_tag(&self, repository: &str, tag: &str) -> Result<bool> {
         let (repo, tag) = (repository.to_owned(), tag.to_owned());
-        self.call(move |c| Ok(c.execute("DELETE FROM tags WHERE repository = ?1 AND tag = ?2", params![repo, tag])? > 0))
-            .await
+        self.call(move |c| Ok(c.execute("DELETE FROM tags WHERE repository = ?1 AND tag = ?2", params![repo, tag])? > 0)).await
     }
 
     async fn push_events(&self, repository: Option<&str>, after: i64, limit: usize) -> Result<Vec<PushEvent>> {
@@ -460,9 +448,8 @@ impl Store for SqliteStore {
     async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>> {
         let id = id.to_owned();
         self.call(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, name, secret_sha256, scopes, created_at, last_used_at, revoked_at FROM tokens WHERE id = ?1",
-            )?;
+            let mut stmt =
+                c.prepare_cached("SELECT id, name, secret_sha256, scopes, created_at, last_used_at, revoked_at FROM tokens WHERE id = ?1")?;
             Ok(stmt.query_row([id], token_row).optional()?)
         })
         .await
@@ -481,10 +468,8 @@ impl Store for SqliteStore {
 
     async fn revoke_token(&self, id: &str, now: i64) -> Result<bool> {
         let id = id.to_owned();
-        self.call(move |c| {
-            Ok(c.execute("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now])? > 0)
-        })
-        .await
+        self.call(move |c| Ok(c.execute("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now])? > 0))
+            .await
     }
 
     async fn touch_token(&self, id: &str, now: i64) -> Result<()> {

@@ -35,7 +35,14 @@ impl Conn {
     }
 
     /// Sends a request and reads the whole response. `sink` bodies are counted, not kept.
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8], keep_body: bool) -> anyhow::Result<Response> {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        keep_body: bool,
+    ) -> anyhow::Result<Response> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", self.host, body.len());
         if let Some(a) = &self.auth {
             head.push_str(&format!("Authorization: Basic {a}\r\n"));
@@ -52,7 +59,8 @@ impl Conn {
     fn read_response(&mut self, head_only: bool, keep_body: bool) -> anyhow::Result<Response> {
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
-        let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).with_context(|| format!("bad status line `{}`", line.trim()))?;
+        let status: u16 =
+            line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).with_context(|| format!("bad status line `{}`", line.trim()))?;
         let mut headers = Vec::new();
         loop {
             line.clear();

@@ -185,7 +185,13 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     let (rss_b, rss_a) = (peak_rss_kib(berth.pid), peak_rss_kib(anchor.pid));
     println!();
     print_table("docker-registry", &figures);
-    println!("{:<28} {:>14} {:>14} {:>8.2}", "peak RSS (MiB)", format!("{:.1}", rss_b as f64 / 1024.0), format!("{:.1}", rss_a as f64 / 1024.0), rss_b as f64 / rss_a.max(1) as f64);
+    println!(
+        "{:<28} {:>14} {:>14} {:>8.2}",
+        "peak RSS (MiB)",
+        format!("{:.1}", rss_b as f64 / 1024.0),
+        format!("{:.1}", rss_a as f64 / 1024.0),
+        rss_b as f64 / rss_a.max(1) as f64
+    );
     let json = serde_json::json!({
         "bench": "registry",
         "push_large_ratio": round2(figures[0].ratio()),

@@ -133,7 +133,11 @@ pub fn http(method: &str, url: &str, creds: Option<&str>, headers: &[(&str, &str
         Err(e) => return Err(e.into()),
     };
     let status = resp.status();
-    let headers = resp.headers_names().into_iter().flat_map(|n| resp.all(&n).into_iter().map(move |v| (n.clone(), v.to_owned())).collect::<Vec<_>>()).collect();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .flat_map(|n| resp.all(&n).into_iter().map(move |v| (n.clone(), v.to_owned())).collect::<Vec<_>>())
+        .collect();
     let mut body = Vec::new();
     std::io::Read::read_to_end(&mut resp.into_reader(), &mut body)?;
     Ok(Resp { status, headers, body })
@@ -233,8 +237,9 @@ pub fn ok(out: &Output) -> Result {
 
 /// The sha256 digests of the files in a layout's blob directory.
 pub fn layout_blobs(dir: &Path) -> Result<Vec<String>> {
-    let mut v: Vec<String> = std::fs::read_dir(dir.join("blobs/sha256"))?.map(|e| e.map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))).collect::<std::io::Result<_>>()?;
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("blobs/sha256"))?
+        .map(|e| e.map(|e| format!("sha256:{}", e.file_name().to_string_lossy())))
+        .collect::<std::io::Result<_>>()?;
     v.sort();
     Ok(v)
 }
-

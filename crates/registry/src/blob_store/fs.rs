@@ -17,8 +17,10 @@ use super::{BlobInfo, BlobStore, BlobStoreError, ByteStream, Result, UploadInfo}
 
 /// Bytes gathered from the request before one write to disk.
 const WRITE_BATCH: usize = 1 << 20;
-/// Bytes per read when serving a blob.
-const READ_CHUNK: usize = 1 << 20;
+/// Bytes per body chunk when serving a blob.
+const READ_CHUNK: usize = 4 << 20;
+/// Reads at least this long are served from a memory map of the blob, not copied into memory.
+const MMAP_THRESHOLD: u64 = 1 << 20;
 
 /// Running state of an upload kept between requests: the hasher over the bytes so far. Lost on
 /// restart, when it is rebuilt from the data file.
@@ -37,9 +39,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> BlobStoreError {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| BlobStoreError::Io("blob task".into(), io::Error::other(e.to_string())))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| BlobStoreError::Io("blob task".into(), io::Error::other(e.to_string())))?
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -78,7 +78,6 @@ impl FsBlobStore {
     fn forget_state(&self, id: &str) {
         self.uploads.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
-
 }
 
 /// Moves a verified, fsynced file into place at `dst`. Identical content is kept once.
@@ -92,6 +91,17 @@ fn install(src: &Path, dst: &Path) -> Result<()> {
     fs::rename(src, dst).map_err(io_err(format!("installing blob {}", dst.display())))?;
     fsync_dir(dir).map_err(io_err("syncing blob directory"))?;
     Ok(())
+}
+
+/// Maps `len` bytes of a blob file at `offset`, as shared bytes.
+#[allow(unsafe_code)]
+fn map_blob(f: &File, offset: u64, len: u64) -> Result<Bytes> {
+    // SAFETY: the mapping is read-only and blob files are immutable once installed: they are
+    // written only under `uploads/` or `tmp/`, renamed into place after fsync, and later only
+    // unlinked, which leaves existing mappings valid. Nothing in berth truncates or rewrites a
+    // blob file in place.
+    let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len as usize).populate().map(f) }.map_err(io_err("mapping blob"))?;
+    Ok(Bytes::from_owner(map))
 }
 
 fn hash_file(path: &Path, algorithm: Algorithm) -> Result<(u64, Hasher)> {
@@ -121,35 +131,39 @@ impl BlobStore for FsBlobStore {
 
     async fn read(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream> {
         let path = self.blob_path(digest);
-        let file = blocking(move || {
-            let mut f = File::open(&path).map_err(io_err("opening blob"))?;
-            f.seek(SeekFrom::Start(offset)).map_err(io_err("seeking blob"))?;
-            Ok(f)
-        })
-        .await?;
-        let stream = futures_util::stream::unfold((Some(file), len), |(file, left)| async move {
-            let mut file = file?;
-            if left == 0 {
-                return None;
-            }
-            let want = left.min(READ_CHUNK as u64) as usize;
-            let res = tokio::task::spawn_blocking(move || {
-                // read_to_end fills spare capacity without zeroing it first.
-                let mut buf = Vec::with_capacity(want);
-                (&mut file).take(want as u64).read_to_end(&mut buf)?;
-                if buf.is_empty() {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shorter than expected"));
-                }
-                Ok((Bytes::from(buf), file))
+        let file = blocking(move || File::open(&path).map_err(io_err("opening blob"))).await?;
+        if len < MMAP_THRESHOLD {
+            let content = blocking(move || {
+                let mut f = file;
+                f.seek(SeekFrom::Start(offset)).map_err(io_err("seeking blob"))?;
+                let mut buf = Vec::with_capacity(len as usize);
+                (&mut f).take(len).read_to_end(&mut buf).map_err(io_err("reading blob"))?;
+                Ok(Bytes::from(buf))
             })
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
-            match res {
-                Ok((bytes, file)) => {
-                    let n = bytes.len() as u64;
-                    Some((Ok(bytes), (Some(file), left - n)))
+            .await?;
+            if (content.len() as u64) < len {
+                return Err(BlobStoreError::Io(format!("blob {digest} is shorter than recorded"), io::ErrorKind::UnexpectedEof.into()));
+            }
+            return Ok(Box::pin(futures_util::stream::once(async { Ok(content) })));
+        }
+        // Large reads: one memory-mapped window per chunk, unmapped once sent, so the body costs
+        // no copy into user memory and at most a few windows of resident pages.
+        let file = Arc::new(file);
+        let end = offset + len;
+        let stream = futures_util::stream::unfold(offset, move |at| {
+            let file = file.clone();
+            async move {
+                if at >= end {
+                    return None;
                 }
-                Err(e) => Some((Err(e), (None, 0))),
+                let n = (end - at).min(READ_CHUNK as u64);
+                let window = tokio::task::spawn_blocking(move || map_blob(&file, at, n))
+                    .await
+                    .unwrap_or_else(|e| Err(BlobStoreError::Io("blob task".into(), io::Error::other(e.to_string()))));
+                match window {
+                    Ok(bytes) => Some((Ok(bytes), at + n)),
+                    Err(e) => Some((Err(io::Error::other(e.to_string())), end)),
+                }
             }
         });
         Ok(Box::pin(stream))

@@ -69,8 +69,7 @@ pub(super) async fn get(reg: &Registry, parts: &Parts, name: &str, digest: &str)
                 (StatusCode::PARTIAL_CONTENT, o, l)
             }
             None => {
-                return Ok((StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, hv(&format!("bytes */{size}")))])
-                    .into_response())
+                return Ok((StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, hv(&format!("bytes */{size}")))]).into_response())
             }
         },
         _ => (StatusCode::OK, 0, size),
@@ -177,7 +176,10 @@ pub(super) async fn start_upload(reg: &Registry, parts: &Parts, name: &str, body
 async fn upload_of(reg: &Registry, name: &str, id: &str) -> Result<u64, RegistryError> {
     match reg.blobs.upload_info(id).await? {
         Some(u) if u.repository == name => Ok(u.size),
-        _ => Err(RegistryError::new(Code::BlobUploadUnknown, format!("upload `{id}` is not in progress for repository `{name}`; start a new upload"))),
+        _ => Err(RegistryError::new(
+            Code::BlobUploadUnknown,
+            format!("upload `{id}` is not in progress for repository `{name}`; start a new upload"),
+        )),
     }
 }
 

@@ -82,9 +82,7 @@ pub(super) async fn catalog(reg: &Registry, parts: &Parts) -> Result<Response, R
 
 pub(super) async fn referrers(reg: &Registry, parts: &Parts, name: &str, digest: &str) -> Result<Response, RegistryError> {
     authorize(reg, parts, Need::Pull(name))?;
-    let subject: Digest = digest
-        .parse()
-        .map_err(|e: berth_core::DigestError| RegistryError::new(Code::DigestInvalid, e.to_string()))?;
+    let subject: Digest = digest.parse().map_err(|e: berth_core::DigestError| RegistryError::new(Code::DigestInvalid, e.to_string()))?;
     let filter = query_param(parts, "artifactType");
     let list = reg.store.referrers(name, &subject).await?;
     let manifests: Vec<serde_json::Value> = list

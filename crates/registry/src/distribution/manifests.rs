@@ -32,8 +32,7 @@ fn host_platform() -> (&'static str, &'static str) {
 
 pub(super) async fn get(reg: &Registry, parts: &Parts, name: &str, reference: &str) -> Result<Response, RegistryError> {
     authorize(reg, parts, Need::Pull(name))?;
-    let reference = parse_reference(reference)
-        .map_err(|e| RegistryError::new(Code::ManifestUnknown, e.message))?;
+    let reference = parse_reference(reference).map_err(|e| RegistryError::new(Code::ManifestUnknown, e.message))?;
     let mut found = reg.manifest(name, &reference).await?;
     let accept: Vec<&str> = parts.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
     if matches!(reference, Reference::Tag(_)) && !manifest::accepts(&accept, &found.record.media_type) {
@@ -55,8 +54,8 @@ pub(super) async fn get(reg: &Registry, parts: &Parts, name: &str, reference: &s
 async fn negotiate(reg: &Registry, name: &str, found: StoredManifest, accept: &[&str]) -> Result<StoredManifest, RegistryError> {
     let media_type = found.record.media_type.clone();
     if manifest::is_index(&media_type) {
-        let parsed = manifest::parse(Some(&media_type), &found.content)
-            .map_err(|e| RegistryError::internal("stored index is invalid", e))?;
+        let parsed =
+            manifest::parse(Some(&media_type), &found.content).map_err(|e| RegistryError::internal("stored index is invalid", e))?;
         let (os, arch) = host_platform();
         if let Some((d, _)) = parsed.manifests.iter().find(|(_, p)| p.as_ref().is_some_and(|p| p.os == os && p.architecture == arch)) {
             let child = reg.manifest(name, &Reference::Digest(d.clone())).await?;
@@ -79,7 +78,10 @@ pub(super) async fn put(reg: &Registry, parts: &Parts, name: &str, reference: &s
         RegistryError::new(Code::SizeInvalid, format!("manifest is larger than {} MiB", MAX_MANIFEST_BYTES >> 20))
             .with_status(StatusCode::PAYLOAD_TOO_LARGE)
     };
-    if super::header_str(&parts.headers, &header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > MAX_MANIFEST_BYTES) {
+    if super::header_str(&parts.headers, &header::CONTENT_LENGTH)
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n > MAX_MANIFEST_BYTES)
+    {
         return Err(too_large());
     }
     let bytes = axum::body::to_bytes(body, MAX_MANIFEST_BYTES).await.map_err(|_| too_large())?;
@@ -106,4 +108,3 @@ pub(super) async fn delete(reg: &Registry, parts: &Parts, name: &str, reference:
     reg.delete_manifest(name, &reference).await?;
     Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, HeaderValue::from_static("0"))]).into_response())
 }
-

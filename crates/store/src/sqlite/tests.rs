@@ -77,8 +77,8 @@ async fn delete_manifest_removes_its_tags_and_references() -> Result<()> {
     store.ensure_repository("a", &TagPolicy::default(), 1).await?;
     store.ensure_repository("b", &TagPolicy::default(), 1).await?;
     let layer = Digest::sha256_of(b"layer");
-    let ma = manifest("a", 1, &[layer.clone()]);
-    let mb = manifest("b", 1, &[layer.clone()]);
+    let ma = manifest("a", 1, std::slice::from_ref(&layer));
+    let mb = manifest("b", 1, std::slice::from_ref(&layer));
     store.put_manifest(&ma, Some(TagWrite { tag: "v1", immutable: false }), 1).await?;
     store.put_manifest(&mb, None, 1).await?;
     assert_eq!(store.get_manifest("a", &ma.digest).await?.map(|m| m.references), Some(vec![layer.clone()]));
