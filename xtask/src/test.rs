@@ -1,5 +1,5 @@
-//! `cargo xtask test`: make sure the real peers the tests drive are installed, then run the
-//! suite with cargo-nextest (or `cargo test` where nextest is missing).
+//! `cargo xtask test`: make sure the real peers the tests drive are installed, check formatting
+//! and lints, then run the suite with cargo-nextest (or `cargo test` where nextest is missing).
 
 use std::process::Command;
 
@@ -46,6 +46,20 @@ pub fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     ensure_tools(TOOLS)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = crate::workspace_root();
+    // Formatting and lints first: they fail fast and say exactly what to change.
+    let fmt = Command::new(&cargo).args(["fmt", "--all", "--", "--check"]).current_dir(&root).status().context("running cargo fmt")?;
+    if !fmt.success() {
+        bail!("code is not formatted; run `cargo fmt --all`");
+    }
+    let clippy = Command::new(&cargo)
+        .args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])
+        .current_dir(&root)
+        .status()
+        .context("running cargo clippy")?;
+    if !clippy.success() {
+        bail!("clippy found problems");
+    }
     let nextest = Command::new(&cargo).args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
     let extra = args.iter().skip_while(|a| *a == "--");
     let mut cmd = Command::new(&cargo);
@@ -54,7 +68,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     } else {
         cmd.args(["test", "--workspace", "--no-fail-fast"]).args(extra);
     }
-    let status = cmd.current_dir(crate::workspace_root()).status().context("running the test suite")?;
+    let status = cmd.current_dir(&root).status().context("running the test suite")?;
     if !status.success() {
         bail!("tests failed");
     }

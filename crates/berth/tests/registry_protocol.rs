@@ -136,6 +136,10 @@ fn uploads_in_every_form() -> Result {
     assert_eq!((r.status, r.code().as_str(), r.header("range")), (416, "BLOB_UPLOAD_INVALID", Some("0-99999")));
     let r = reg.req("GET", &loc, &[], b"")?;
     assert_eq!((r.status, r.header("range")), (204, Some("0-99999")));
+    // A Content-Range whose length disagrees with the body is refused, and nothing is appended.
+    let r = reg.req("PATCH", &loc, &[("Content-Range", "100000-100009")], &data2[100_000..100_005])?;
+    assert_eq!((r.status, r.code().as_str()), (416, "BLOB_UPLOAD_INVALID"));
+    assert_eq!(reg.req("GET", &loc, &[], b"")?.header("range"), Some("0-99999"));
     assert_eq!(reg.req("PATCH", &loc, &[("Content-Range", "100000-199999")], &data2[100_000..200_000])?.status, 202);
     let r = reg.req("PUT", &format!("{loc}?digest={d2}"), &[("Content-Range", "200000-249999")], &data2[200_000..])?;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
