@@ -1,0 +1,13 @@
+//! berth's images on disk: OCI layers unpacked safely — every path confined to its root, no
+//! device nodes, no `..`, no writing through symlinks — into a content-addressed cache of
+//! overlayfs-ready layer directories, or flattened into one root filesystem where overlayfs
+//! is missing.
+//!
+//! Invariant: this crate does not talk to the store or the registry; it reads layer bytes from
+//! whatever `Read` it is given.
+
+mod decompress;
+mod unpack;
+
+pub use decompress::{decompressor, Compression};
+pub use unpack::{unpack_layer, UnpackError, UnpackMode, UnpackStats};
