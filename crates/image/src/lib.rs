@@ -6,8 +6,11 @@
 //! Invariant: this crate does not talk to the store or the registry; it reads layer bytes from
 //! whatever `Read` it is given.
 
+mod cache;
 mod decompress;
 mod unpack;
+
+pub use cache::{flatten, CacheError, LayerCache};
 
 pub use decompress::{decompressor, Compression};
 pub use unpack::{unpack_layer, UnpackError, UnpackMode, UnpackStats};

@@ -1,0 +1,231 @@
+//! The content-addressed layer cache shared by all instances: each layer unpacked once, as an
+//! overlayfs lower directory at `layers/<alg>/<hex>`, keyed by the digest of its blob. A layer
+//! appears only by rename after it was unpacked completely and its digest verified; concurrent
+//! unpacks of one layer are harmless (the first rename wins).
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use berth_core::{Digest, Hasher};
+
+use crate::decompress::{decompressor, Compression};
+use crate::unpack::{unpack_layer, UnpackError, UnpackMode, UnpackStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("layer {expected} has digest {actual}; refusing it")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("unpacking layer {digest}: {source}")]
+    Unpack { digest: Digest, source: UnpackError },
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> CacheError {
+    let context = context.into();
+    move |source| CacheError::Io { context, source }
+}
+
+/// Hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+pub struct LayerCache {
+    root: PathBuf,
+}
+
+impl LayerCache {
+    /// Opens the cache at `root`, discarding unpacks a crash left half done.
+    pub fn open(root: &Path) -> Result<LayerCache, CacheError> {
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io_ctx("clearing the layer cache's temporary directory"))?;
+        }
+        for d in ["layers", "tmp"] {
+            fs::create_dir_all(root.join(d)).map_err(io_ctx(format!("creating {}", root.join(d).display())))?;
+        }
+        Ok(LayerCache { root: root.to_owned() })
+    }
+
+    /// Where layer `digest` is (or would be) unpacked.
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("layers").join(digest.algorithm().as_str()).join(digest.hex())
+    }
+
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.path(digest).is_dir()
+    }
+
+    /// Returns the unpacked layer, unpacking `blob` (the layer's compressed bytes) when it is not
+    /// cached yet. The bytes read must have `digest`, or nothing is cached.
+    pub fn ensure(&self, digest: &Digest, media_type: &str, blob: impl Read) -> Result<(PathBuf, Option<UnpackStats>), CacheError> {
+        let dst = self.path(digest);
+        if dst.is_dir() {
+            return Ok((dst, None));
+        }
+        let tmp = self.root.join("tmp").join(format!("{}-{}", digest.hex(), std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).map_err(io_ctx("creating a layer directory"))?;
+        let result = self.unpack_verified(digest, media_type, blob, &tmp);
+        let stats = match result {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent).map_err(io_ctx("creating the layer cache"))?;
+        }
+        if let Err(e) = fs::rename(&tmp, &dst) {
+            let _ = fs::remove_dir_all(&tmp);
+            // Someone else finished the same layer first.
+            if !dst.is_dir() {
+                return Err(io_ctx(format!("installing layer {digest}"))(e));
+            }
+        }
+        Ok((dst, Some(stats)))
+    }
+
+    fn unpack_verified(&self, digest: &Digest, media_type: &str, blob: impl Read, into: &Path) -> Result<UnpackStats, CacheError> {
+        let mut hashing = HashingReader { inner: blob, hasher: Hasher::new(digest.algorithm()) };
+        let stats = {
+            let decompressed = decompressor(&mut hashing, Compression::from_media_type(media_type)).map_err(io_ctx("reading the layer"))?;
+            unpack_layer(decompressed, into, UnpackMode::OverlayLayer).map_err(|source| CacheError::Unpack { digest: digest.clone(), source })?
+        };
+        // The tarball may end before its blob does (padding, compression trailers).
+        io::copy(&mut hashing, &mut io::sink()).map_err(io_ctx("reading the layer"))?;
+        let actual = hashing.hasher.finish();
+        if &actual != digest {
+            return Err(CacheError::DigestMismatch { expected: digest.clone(), actual });
+        }
+        Ok(stats)
+    }
+
+    /// Every cached layer.
+    pub fn layers(&self) -> Result<Vec<Digest>, CacheError> {
+        let mut out = Vec::new();
+        let base = self.root.join("layers");
+        for alg in fs::read_dir(&base).map_err(io_ctx("listing the layer cache"))? {
+            let alg = alg.map_err(io_ctx("listing the layer cache"))?;
+            for l in fs::read_dir(alg.path()).map_err(io_ctx("listing the layer cache"))? {
+                let l = l.map_err(io_ctx("listing the layer cache"))?;
+                if let Ok(d) = format!("{}:{}", alg.file_name().to_string_lossy(), l.file_name().to_string_lossy()).parse() {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes every cached layer not in `in_use`, returning what it removed.
+    pub fn collect(&self, in_use: &HashSet<Digest>) -> Result<Vec<Digest>, CacheError> {
+        let mut removed = Vec::new();
+        for d in self.layers()? {
+            if !in_use.contains(&d) {
+                // Rename first so a half-deleted layer is never mistaken for a cached one.
+                let doomed = self.root.join("tmp").join(format!("gc-{}", d.hex()));
+                fs::rename(self.path(&d), &doomed).map_err(io_ctx(format!("removing layer {d}")))?;
+                fs::remove_dir_all(&doomed).map_err(io_ctx(format!("removing layer {d}")))?;
+                removed.push(d);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Applies layers in order onto `dest`, deleting what their whiteouts hide: the root filesystem
+/// for hosts without overlayfs.
+pub fn flatten<'a>(dest: &Path, layers: impl IntoIterator<Item = (&'a str, Box<dyn Read + 'a>)>) -> Result<UnpackStats, UnpackError> {
+    let mut total = UnpackStats::default();
+    for (media_type, blob) in layers {
+        let decompressed = decompressor(blob, Compression::from_media_type(media_type)).map_err(UnpackError::Tar)?;
+        let s = unpack_layer(decompressed, dest, UnpackMode::Flatten)?;
+        total.entries += s.entries;
+        total.bytes += s.bytes;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+    fn layer(files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(name)?;
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_cksum();
+            b.append(&h, *data)?;
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&b.into_inner()?)?;
+        Ok(gz.finish()?)
+    }
+
+    const GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+    #[test]
+    fn caches_verified_layers_once() -> Result {
+        let dir = tempfile::tempdir()?;
+        let cache = LayerCache::open(dir.path())?;
+        let blob = layer(&[("etc/os-release", b"berth")])?;
+        let d = Digest::sha256_of(&blob);
+        let (path, stats) = cache.ensure(&d, GZ, blob.as_slice())?;
+        assert_eq!(stats.map(|s| s.entries), Some(1));
+        assert_eq!(fs::read(path.join("etc/os-release"))?, b"berth");
+        // Cached: not read again.
+        let (again, stats) = cache.ensure(&d, GZ, io::empty())?;
+        assert_eq!((again, stats), (path, None));
+        assert_eq!(cache.layers()?, vec![d.clone()]);
+        assert_eq!(cache.collect(&HashSet::from([d.clone()]))?, vec![]);
+        assert_eq!(cache.collect(&HashSet::new())?, vec![d.clone()]);
+        assert!(!cache.contains(&d));
+        Ok(())
+    }
+
+    #[test]
+    fn a_wrong_digest_caches_nothing() -> Result {
+        let dir = tempfile::tempdir()?;
+        let cache = LayerCache::open(dir.path())?;
+        let blob = layer(&[("a", b"1")])?;
+        let claimed = Digest::sha256_of(b"something else");
+        let err = cache.ensure(&claimed, GZ, blob.as_slice()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("refusing it"), "{err}");
+        assert!(!cache.contains(&claimed));
+        assert_eq!(fs::read_dir(dir.path().join("tmp"))?.count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn flattens_layers_in_order() -> Result {
+        let dir = tempfile::tempdir()?;
+        let l1 = layer(&[("a", b"1"), ("b", b"1")])?;
+        let l2 = layer(&[("a", b"2"), (".wh.b", b"")])?;
+        let layers: Vec<(&str, Box<dyn Read>)> = vec![(GZ, Box::new(l1.as_slice())), (GZ, Box::new(l2.as_slice()))];
+        flatten(dir.path(), layers)?;
+        assert_eq!(fs::read(dir.path().join("a"))?, b"2");
+        assert!(!dir.path().join("b").exists());
+        Ok(())
+    }
+}
