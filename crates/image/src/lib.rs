@@ -3,9 +3,13 @@
 //! overlayfs-ready layer directories, or flattened into one root filesystem where overlayfs
 //! is missing.
 //!
+//! It also builds images without Docker ([`build`]): a directory, or a binary with its shared
+//! libraries, becomes a one-layer OCI image.
+//!
 //! Invariant: this crate does not talk to the store or the registry; it reads layer bytes from
 //! whatever `Read` it is given.
 
+pub mod build;
 mod cache;
 mod decompress;
 mod unpack;
