@@ -112,6 +112,29 @@ impl Client {
         self.finish(self.request("DELETE", path).call())
     }
 
+    /// Whether a registry path answers 200 to HEAD.
+    pub fn exists(&self, path: &str) -> anyhow::Result<bool> {
+        match self.request("HEAD", path).call() {
+            Ok(r) => Ok(r.status() == 200),
+            Err(ureq::Error::Status(404, _)) => Ok(false),
+            Err(e) => self.finish(Err(e)).map(|_| false),
+        }
+    }
+
+    /// Sends raw bytes to a registry endpoint, returning the response's `Docker-Content-Digest`.
+    pub fn put_bytes(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> anyhow::Result<Option<String>> {
+        match self.request(method, path).set("Content-Type", content_type).send_bytes(body) {
+            Ok(r) => Ok(r.header("Docker-Content-Digest").map(str::to_owned)),
+            Err(ureq::Error::Status(code, resp)) => {
+                let body: Value = resp.into_json().unwrap_or(Value::Null);
+                let msg =
+                    body.pointer("/errors/0/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| format!("HTTP {code}"));
+                Err(anyhow!("{msg}"))
+            }
+            Err(e) => self.finish(Err(e)).map(|_| None),
+        }
+    }
+
     pub fn send(&self, method: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.finish(self.request(method, path).send_json(body.clone()))
     }

@@ -21,6 +21,9 @@ pub enum Command {
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Build images without Docker and push them to berth's registry.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Save a server URL and token for later commands.
     Login {
         /// The server's API URL, e.g. https://berth.example.com
@@ -93,6 +96,45 @@ pub enum RepoCommand {
         /// Only events after this id.
         #[arg(long, default_value_t = 0)]
         after: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build a one-layer OCI image from a directory (or a binary) and push it.
+    ///
+    /// Example: `berth image build ./site --entrypoint /bin/server --port 8080 -t web:v1`
+    Build {
+        /// The directory that becomes the image's root filesystem.
+        #[arg(required_unless_present = "binary", conflicts_with = "binary")]
+        dir: Option<std::path::PathBuf>,
+        /// Build from one executable instead, placed at /app/<name>.
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+        /// With --binary: also add the shared libraries and loader it needs (found with ldd).
+        #[arg(long, requires = "binary")]
+        with_libs: bool,
+        /// The entrypoint: words split on spaces, or a JSON array.
+        #[arg(long)]
+        entrypoint: Option<String>,
+        /// The default command (arguments to the entrypoint): words split on spaces, or a JSON array.
+        #[arg(long)]
+        cmd: Option<String>,
+        /// An environment variable, KEY=value; repeatable.
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// The port the app listens on (recorded as exposed).
+        #[arg(long)]
+        port: Option<u16>,
+        /// The user to run as (name or uid[:gid]).
+        #[arg(long)]
+        user: Option<String>,
+        /// The working directory.
+        #[arg(long)]
+        workdir: Option<String>,
+        /// Where to push: repository:tag; repeatable (e.g. -t web:3f2a9c1 -t web:latest).
+        #[arg(short = 't', long = "tag", required = true)]
+        tags: Vec<String>,
     },
 }
 
@@ -217,6 +259,34 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Image(ImageCommand::Build { dir, binary, with_libs, entrypoint, cmd, env, port, user, workdir, tags }) => {
+            let settings = berth_image::build::ImageSettings {
+                entrypoint: words(entrypoint.as_deref())?,
+                cmd: words(cmd.as_deref())?,
+                env,
+                port,
+                user,
+                workdir,
+            };
+            for e in &settings.env {
+                if !e.contains('=') {
+                    bail!("--env `{e}` needs the form KEY=value");
+                }
+            }
+            let targets = tags.iter().map(|t| parse_target(t)).collect::<anyhow::Result<Vec<_>>>()?;
+            let image = match (&dir, &binary) {
+                (_, Some(b)) => berth_image::build::build_from_binary(b, with_libs, &settings)?,
+                (Some(d), None) => berth_image::build::build_from_dir(d, &settings)?,
+                (None, None) => bail!("give a directory or --binary"),
+            };
+            let c = Client::from_args(g)?;
+            push_image(&c, &image, &targets)?;
+            if fmt == output::Format::Json {
+                println!("{}", json!({ "digest": image.manifest.digest.to_string(), "tags": tags }));
+            } else {
+                println!("{}", image.manifest.digest);
+            }
+        }
         Command::Registry(RegistryCommand::Gc { dry_run }) => {
             let c = Client::from_args(g)?;
             let v = c.send("POST", "/api/v1/registry/gc", &json!({ "dry_run": dry_run }))?;
@@ -242,6 +312,42 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Splits a command given as words or as a JSON array.
+fn words(s: Option<&str>) -> anyhow::Result<Vec<String>> {
+    match s.map(str::trim) {
+        None | Some("") => Ok(Vec::new()),
+        Some(j) if j.starts_with('[') => serde_json::from_str(j).with_context(|| format!("`{j}` is not a JSON array of strings")),
+        Some(w) => Ok(w.split_whitespace().map(str::to_owned).collect()),
+    }
+}
+
+/// `repository:tag` (a registry host prefix, if any, is the server's and is dropped).
+fn parse_target(t: &str) -> anyhow::Result<(String, String)> {
+    let (repo, tag) = t
+        .rsplit_once(':')
+        .filter(|(r, tag)| !r.is_empty() && !tag.contains('/'))
+        .with_context(|| format!("`{t}` needs the form repository:tag"))?;
+    Ok((repo.to_owned(), tag.to_owned()))
+}
+
+fn push_image(c: &Client, image: &berth_image::build::BuiltImage, targets: &[(String, String)]) -> anyhow::Result<()> {
+    for (repo, tag) in targets {
+        for blob in std::iter::once(&image.config).chain(&image.layers) {
+            let path = format!("/v2/{repo}/blobs/{}", blob.digest);
+            if c.exists(&path)? {
+                eprintln!("{repo}: {} already there", blob.digest);
+                continue;
+            }
+            eprintln!("{repo}: pushing {} ({} bytes)", blob.digest, blob.data.len());
+            c.put_bytes("POST", &format!("/v2/{repo}/blobs/uploads/?digest={}", blob.digest), "application/octet-stream", &blob.data)?;
+        }
+        c.put_bytes("PUT", &format!("/v2/{repo}/manifests/{tag}"), image.manifest.media_type, &image.manifest.data)
+            .with_context(|| format!("pushing {repo}:{tag}"))?;
+        eprintln!("{repo}:{tag} -> {}", image.manifest.digest);
     }
     Ok(())
 }

@@ -74,7 +74,8 @@ enum Source {
 
 fn collect_dir(base: &Path, rel: &Path, out: &mut Vec<(PathBuf, Source)>) -> Result<(), BuildError> {
     let dir = base.join(rel);
-    let mut entries: Vec<_> = fs::read_dir(&dir).map_err(io_ctx(format!("listing {}", dir.display())))?.collect::<Result<_, _>>().map_err(io_ctx("listing"))?;
+    let mut entries: Vec<_> =
+        fs::read_dir(&dir).map_err(io_ctx(format!("listing {}", dir.display())))?.collect::<Result<_, _>>().map_err(io_ctx("listing"))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = rel.join(e.file_name());
@@ -205,7 +206,10 @@ pub fn build_from_binary(binary: &Path, with_libs: bool, settings: &ImageSetting
         }
     }
     let mut entries: Vec<(PathBuf, Source)> = Vec::new();
-    let mut dirs: Vec<PathBuf> = files.iter().flat_map(|(p, _)| p.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).map(Path::to_path_buf).collect::<Vec<_>>()).collect();
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .flat_map(|(p, _)| p.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).map(Path::to_path_buf).collect::<Vec<_>>())
+        .collect();
     dirs.sort();
     dirs.dedup();
     entries.extend(dirs.into_iter().map(|d| (d, Source::Dir)));
@@ -220,7 +224,10 @@ pub fn build_from_binary(binary: &Path, with_libs: bool, settings: &ImageSetting
 
 /// The shared libraries (and loader) a dynamic binary needs, from `ldd`. Empty for static ones.
 fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, BuildError> {
-    let out = Command::new("ldd").arg(binary).output().map_err(|e| BuildError::Libraries { binary: binary.to_owned(), reason: format!("running ldd: {e}") })?;
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(|e| BuildError::Libraries { binary: binary.to_owned(), reason: format!("running ldd: {e}") })?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || text.contains("statically linked") || text.contains("not a dynamic executable") {
         return Ok(Vec::new());

@@ -103,7 +103,8 @@ impl LayerCache {
         let mut hashing = HashingReader { inner: blob, hasher: Hasher::new(digest.algorithm()) };
         let stats = {
             let decompressed = decompressor(&mut hashing, Compression::from_media_type(media_type)).map_err(io_ctx("reading the layer"))?;
-            unpack_layer(decompressed, into, UnpackMode::OverlayLayer).map_err(|source| CacheError::Unpack { digest: digest.clone(), source })?
+            unpack_layer(decompressed, into, UnpackMode::OverlayLayer)
+                .map_err(|source| CacheError::Unpack { digest: digest.clone(), source })?
         };
         // The tarball may end before its blob does (padding, compression trailers).
         io::copy(&mut hashing, &mut io::sink()).map_err(io_ctx("reading the layer"))?;

@@ -109,7 +109,7 @@ pub fn unpack_layer(tar: impl Read, root: &Path, mode: UnpackMode) -> Result<Unp
         u.entry(&mut entry)?;
         u.stats.entries += 1;
     }
-    u.dirs.sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+    u.dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
     for (path, mode, mtime) in std::mem::take(&mut u.dirs) {
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io_ctx(format!("setting the mode of {}", show(&path))))?;
         if let Some(t) = mtime {
@@ -203,13 +203,19 @@ impl Unpacker<'_> {
                 }
             }
             tar::EntryType::Symlink => {
-                let target = entry.link_name().map_err(UnpackError::Tar)?.ok_or_else(|| UnpackError::Unsupported { path: show(&rel), kind: "symlink without target".into() })?;
+                let target = entry
+                    .link_name()
+                    .map_err(UnpackError::Tar)?
+                    .ok_or_else(|| UnpackError::Unsupported { path: show(&rel), kind: "symlink without target".into() })?;
                 Self::clear(&full, false)?;
                 std::os::unix::fs::symlink(&target, &full).map_err(io_ctx(format!("creating symlink {}", show(&rel))))?;
                 self.owner(&full, &header)?;
             }
             tar::EntryType::Link => {
-                let target_raw = entry.link_name().map_err(UnpackError::Tar)?.ok_or_else(|| UnpackError::Unsupported { path: show(&rel), kind: "hard link without target".into() })?;
+                let target_raw = entry
+                    .link_name()
+                    .map_err(UnpackError::Tar)?
+                    .ok_or_else(|| UnpackError::Unsupported { path: show(&rel), kind: "hard link without target".into() })?;
                 let bad = |why| UnpackError::BadHardLink { path: show(&rel), target: show(&target_raw), why };
                 let target_rel = clean(&target_raw).map_err(|_| bad("which is outside the root filesystem"))?;
                 let target = self.resolve(&target_rel, false).map_err(|_| bad("which is reached through a symlink or a non-directory"))?;
@@ -224,7 +230,8 @@ impl Unpacker<'_> {
             }
             tar::EntryType::Fifo => {
                 Self::clear(&full, false)?;
-                nix::unistd::mkfifo(&full, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(|e| io_ctx(format!("creating fifo {}", show(&rel)))(e.into()))?;
+                nix::unistd::mkfifo(&full, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                    .map_err(|e| io_ctx(format!("creating fifo {}", show(&rel)))(e.into()))?;
                 self.owner(&full, &header)?;
                 fs::set_permissions(&full, fs::Permissions::from_mode(mode)).map_err(io_ctx("setting a fifo mode"))?;
             }
@@ -270,7 +277,9 @@ impl Unpacker<'_> {
         let dir_rel = rel.parent().map(Path::to_path_buf).unwrap_or_default();
         let dir = self.resolve(rel, true)?.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.to_path_buf());
         match self.mode {
-            UnpackMode::OverlayLayer => xattr::set(&dir, OVERLAY_OPAQUE_XATTR, b"y").map_err(io_ctx(format!("marking {} opaque", show(&dir_rel)))),
+            UnpackMode::OverlayLayer => {
+                xattr::set(&dir, OVERLAY_OPAQUE_XATTR, b"y").map_err(io_ctx(format!("marking {} opaque", show(&dir_rel))))
+            }
             UnpackMode::Flatten => {
                 for child in fs::read_dir(&dir).map_err(io_ctx(format!("listing {}", show(&dir_rel))))? {
                     let child = child.map_err(io_ctx("listing a directory"))?;

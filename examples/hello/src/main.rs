@@ -73,7 +73,8 @@ fn serve(stream: TcpStream, version: &str, host: &str, healthy: bool) {
             _ => ("404 Not Found", "not found\n".to_owned()),
         };
         let conn = if keep_alive { "keep-alive" } else { "close" };
-        let resp = format!("HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{body}", body.len());
+        let resp =
+            format!("HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{body}", body.len());
         if out.write_all(resp.as_bytes()).is_err() {
             return;
         }

@@ -215,9 +215,19 @@ fn a_symlink_planted_at_a_file_path_is_replaced_not_followed() -> Result {
 #[test]
 fn flatten_applies_whiteouts_and_opaque_directories() -> Result {
     let (_d, root, _) = sandbox()?;
-    unpack(&[E::File("a/b", b"1", 0o644), E::File("a/c", b"1", 0o644), E::File("d", b"1", 0o644), E::File("e/f", b"1", 0o644)], &root, UnpackMode::Flatten)?;
     unpack(
-        &[E::File("a/new", b"2", 0o644), E::File("a/.wh..wh..opq", b"", 0o644), E::File(".wh.d", b"", 0o644), E::File("e/.wh.f", b"", 0o644), E::File(".wh.missing", b"", 0o644)],
+        &[E::File("a/b", b"1", 0o644), E::File("a/c", b"1", 0o644), E::File("d", b"1", 0o644), E::File("e/f", b"1", 0o644)],
+        &root,
+        UnpackMode::Flatten,
+    )?;
+    unpack(
+        &[
+            E::File("a/new", b"2", 0o644),
+            E::File("a/.wh..wh..opq", b"", 0o644),
+            E::File(".wh.d", b"", 0o644),
+            E::File("e/.wh.f", b"", 0o644),
+            E::File(".wh.missing", b"", 0o644),
+        ],
         &root,
         UnpackMode::Flatten,
     )?;
@@ -238,7 +248,11 @@ fn overlay_layers_get_overlayfs_whiteouts() -> Result {
         return Err("overlay whiteouts are character devices and trusted xattrs: this test runs as root (CI does)".into());
     }
     let (_d, root, _) = sandbox()?;
-    unpack(&[E::File("a/.wh..wh..opq", b"", 0o644), E::File("a/keep", b"1", 0o644), E::File(".wh.gone", b"", 0o644)], &root, UnpackMode::OverlayLayer)?;
+    unpack(
+        &[E::File("a/.wh..wh..opq", b"", 0o644), E::File("a/keep", b"1", 0o644), E::File(".wh.gone", b"", 0o644)],
+        &root,
+        UnpackMode::OverlayLayer,
+    )?;
     let m = fs::symlink_metadata(root.join("gone"))?;
     assert!(m.file_type().is_char_device() && m.rdev() == 0);
     assert_eq!(xattr::get(root.join("a"), OVERLAY_OPAQUE_XATTR)?.as_deref(), Some(&b"y"[..]));
@@ -251,6 +265,10 @@ fn overlay_layers_get_overlayfs_whiteouts() -> Result {
 
 #[test]
 fn garbage_is_a_tar_error_not_a_panic() {
-    let res = unpack_layer(&b"definitely not a tarball, but long enough to hold a header block or two....."[..], Path::new("/nonexistent"), UnpackMode::Flatten);
+    let res = unpack_layer(
+        &b"definitely not a tarball, but long enough to hold a header block or two....."[..],
+        Path::new("/nonexistent"),
+        UnpackMode::Flatten,
+    );
     assert!(matches!(res, Err(UnpackError::Tar(_))), "{res:?}");
 }
