@@ -1,0 +1,121 @@
+//! The types that cross the [`Runtime`](crate::Runtime) trait.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use berth_core::Digest;
+
+/// A caller-chosen instance id (`[a-z0-9-]{1,63}`), stable across restarts, so every call can
+/// be repeated safely.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    pub fn new(id: impl Into<String>) -> Result<InstanceId, crate::RuntimeError> {
+        let id = id.into();
+        let ok = !id.is_empty()
+            && id.len() <= 63
+            && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !id.starts_with('-');
+        if ok {
+            Ok(InstanceId(id))
+        } else {
+            Err(crate::RuntimeError::InvalidSpec(format!("instance id `{id}` must be 1 to 63 of [a-z0-9-], not starting with `-`")))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The image an instance runs: a repository of berth's registry (or another registry) pinned
+/// to a manifest digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    pub repository: String,
+    pub digest: Digest,
+}
+
+/// CPU, memory and process limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    /// Thousandths of a CPU (1000 = one vCPU).
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub pids: u32,
+}
+
+impl Default for Resources {
+    /// App Runner's defaults: 1 vCPU, 2 GB.
+    fn default() -> Self {
+        Resources { cpu_millis: 1000, memory_bytes: 2 << 30, pids: 1024 }
+    }
+}
+
+/// Everything needed to run one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSpec {
+    pub id: InstanceId,
+    /// Labels for people and for re-adoption (service, revision, …).
+    pub labels: Vec<(String, String)>,
+    pub image: ImageRef,
+    /// Replaces the image's entrypoint when set.
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's command when set.
+    pub cmd: Option<Vec<String>>,
+    /// Added to the image's environment (and `PORT`).
+    pub env: Vec<(String, String)>,
+    /// The port the app listens on inside the instance.
+    pub port: u16,
+    pub resources: Resources,
+    /// Replaces the image's USER when set.
+    pub user: Option<String>,
+    pub read_only_rootfs: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum InstanceState {
+    Created,
+    Running,
+    Exited { code: i32, oom_killed: bool },
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InstanceState::Created => f.write_str("created"),
+            InstanceState::Running => f.write_str("running"),
+            InstanceState::Exited { oom_killed: true, .. } => f.write_str("OOM-killed"),
+            InstanceState::Exited { code, .. } => write!(f, "exited ({code})"),
+        }
+    }
+}
+
+/// What the runtime knows of an instance now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceStatus {
+    pub id: InstanceId,
+    pub labels: Vec<(String, String)>,
+    pub image: ImageRef,
+    pub state: InstanceState,
+    /// Where the host reaches the app (`instance-ip:port`), once created.
+    pub address: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeEvent {
+    Started { id: InstanceId },
+    Exited { id: InstanceId, code: i32, oom_killed: bool },
+}
+
+/// The default grace period between SIGTERM and SIGKILL.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
