@@ -59,6 +59,15 @@ impl LayerCache {
         Ok(LayerCache { root: root.to_owned() })
     }
 
+    /// A handle on a cache another handle opened (no clearing of its temporary directory).
+    pub fn open_existing(root: &Path) -> LayerCache {
+        LayerCache { root: root.to_owned() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Where layer `digest` is (or would be) unpacked.
     pub fn path(&self, digest: &Digest) -> PathBuf {
         self.root.join("layers").join(digest.algorithm().as_str()).join(digest.hex())
@@ -75,7 +84,9 @@ impl LayerCache {
         if dst.is_dir() {
             return Ok((dst, None));
         }
-        let tmp = self.root.join("tmp").join(format!("{}-{}", digest.hex(), std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("{}-{}-{n}", digest.hex(), std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir(&tmp).map_err(io_ctx("creating a layer directory"))?;
         let result = self.unpack_verified(digest, media_type, blob, &tmp);

@@ -12,9 +12,11 @@
 pub mod build;
 mod cache;
 mod decompress;
+pub mod pull;
 mod unpack;
 
 pub use cache::{flatten, CacheError, LayerCache};
 
 pub use decompress::{decompressor, Compression};
+pub use pull::{pull, ImageConfig, ImageSource, PullError, PulledImage};
 pub use unpack::{unpack_layer, UnpackError, UnpackMode, UnpackStats};

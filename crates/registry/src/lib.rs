@@ -10,6 +10,7 @@ mod distribution;
 mod error;
 pub mod gc;
 pub mod manifest;
+mod source;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
