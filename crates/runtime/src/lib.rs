@@ -6,6 +6,7 @@
 //! Invariant: no backend type crosses this trait. Every call is idempotent by instance id, so
 //! a controller may repeat any of them after a crash.
 
+pub mod embedded;
 mod fake;
 mod spec;
 

@@ -1,0 +1,5 @@
+//! The embedded backend's building blocks: root filesystems from cached layers (overlayfs, or
+//! a copy where overlayfs is missing). Execution (a libcontainer shim) and networking (bridge,
+//! IPAM, one netns per instance) build on these.
+
+pub mod rootfs;
