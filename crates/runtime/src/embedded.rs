@@ -2,4 +2,5 @@
 //! a copy where overlayfs is missing). Execution (a libcontainer shim) and networking (bridge,
 //! IPAM, one netns per instance) build on these.
 
+pub mod oci;
 pub mod rootfs;
