@@ -37,6 +37,11 @@ struct ServerArgs {
 }
 
 fn main() -> ExitCode {
+    // The shim must run before any async runtime or thread exists: libcontainer clones it.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("shim") {
+        return berth_runtime::embedded::shim::main(&args[2..]);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Server(args) => {

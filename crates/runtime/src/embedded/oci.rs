@@ -129,6 +129,13 @@ pub struct BundlePlan<'a> {
     pub etc_dir: &'a Path,
 }
 
+/// The open-files limit for containers: Docker's 1048576, or less where the host's own hard
+/// limit is lower (raising it needs privileges berth does not ask for).
+pub fn nofile_limit() -> u64 {
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map(|(_, h)| h).unwrap_or(1024);
+    hard.min(1 << 20)
+}
+
 /// CFS period used for CPU limits, microseconds.
 const CPU_PERIOD: u64 = 100_000;
 
@@ -151,7 +158,7 @@ pub fn runtime_spec(plan: &BundlePlan<'_>) -> Value {
             "env": plan.process.env,
             "cwd": plan.process.cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576u64, "soft": 1_048_576u64}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile_limit(), "soft": nofile_limit()}],
             "noNewPrivileges": true
         },
         "root": {"path": plan.rootfs.display().to_string(), "readonly": plan.read_only_rootfs},

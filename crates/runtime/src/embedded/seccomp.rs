@@ -109,7 +109,9 @@ mod tests {
     fn builds_and_blocks_administration() -> Result<(), SeccompError> {
         let filters = default_filters()?;
         assert_eq!(filters.len(), 2);
-        for blocked in [libc::SYS_mount, libc::SYS_unshare, libc::SYS_setns, libc::SYS_init_module, libc::SYS_bpf, libc::SYS_reboot, libc::SYS_keyctl] {
+        for blocked in
+            [libc::SYS_mount, libc::SYS_unshare, libc::SYS_setns, libc::SYS_init_module, libc::SYS_bpf, libc::SYS_reboot, libc::SYS_keyctl]
+        {
             assert!(!ALLOWED.contains(&blocked) && !ALLOWED_ARCH.contains(&blocked), "syscall {blocked} is allowed");
         }
         Ok(())

@@ -1,0 +1,253 @@
+//! The shim: one small single-threaded process per instance, started detached by the server
+//! (`berth shim run <instance dir>`). It creates and starts the container with libcontainer —
+//! which clones the calling process, and so must not run inside the server's multi-threaded
+//! async runtime — then holds the container's stdout and stderr, writing them to a rotated log
+//! with timestamps, reaps it as a child subreaper and records how it ended. It outlives a
+//! restart of the server, which re-adopts instances from their files.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::process::ExitCode;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use seccompiler::BpfProgram;
+
+use super::files::{write_atomic, ExitRecord, InstanceFiles};
+use super::seccomp;
+
+/// Rotate the log when it reaches this size; keep this many old files.
+const LOG_ROTATE_BYTES: u64 = 10 << 20;
+const LOG_KEEP: usize = 3;
+
+/// Runs the workload after installing berth's seccomp filters.
+#[derive(Clone)]
+struct SeccompExecutor {
+    filters: Vec<BpfProgram>,
+}
+
+impl Executor for SeccompExecutor {
+    fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
+        seccomp::install(&self.filters).map_err(|e| ExecutorError::Other(e.to_string()))?;
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// `berth shim run <dir>` and `berth shim delete <dir>`.
+pub fn main(args: &[String]) -> ExitCode {
+    match (args.first().map(String::as_str), args.get(1)) {
+        (Some("run"), Some(dir)) => run(Path::new(dir)),
+        (Some("delete"), Some(dir)) => match delete(Path::new(dir)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berth shim: deleting the container failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!("usage: berth shim run|delete <instance dir> (started by berth server, not by hand)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(dir: &Path) -> ExitCode {
+    // libcontainer reports through tracing; BERTH_SHIM_LOG (e.g. `debug`) makes it talk.
+    if let Ok(filter) = std::env::var("BERTH_SHIM_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_writer(io::stderr).try_init();
+    }
+    let files = InstanceFiles::new(dir);
+    let _ = nix::unistd::setsid();
+    let _ = write_atomic(&files.shim_pid(), std::process::id().to_string().as_bytes());
+    match start(&files) {
+        Ok((pid, out, err)) => {
+            let cgroup = cgroup_path(&files);
+            pump_logs(&files, out, err);
+            let record = wait_for(pid, cgroup.as_deref());
+            let _ = write_atomic(&files.exit(), serde_json::to_vec(&record).unwrap_or_default().as_slice());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = write_atomic(&files.start_error(), e.as_bytes());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(files: &InstanceFiles) -> Result<(Pid, OwnedFd, OwnedFd), String> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("becoming a subreaper: {e}"))?;
+    std::fs::create_dir_all(files.logs()).map_err(|e| format!("creating the log directory: {e}"))?;
+    std::fs::create_dir_all(files.state()).map_err(|e| format!("creating the state directory: {e}"))?;
+    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("creating a pipe: {e}"))?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("creating a pipe: {e}"))?;
+    let devnull = File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
+    let filters = seccomp::default_filters().map_err(|e| e.to_string())?;
+    let mut container = ContainerBuilder::new(files.id(), SyscallType::default())
+        .with_executor(SeccompExecutor { filters })
+        .with_root_path(files.state())
+        .map_err(|e| format!("{e}"))?
+        .with_stdin(devnull)
+        .with_stdout(out_w)
+        .with_stderr(err_w)
+        .validate_id()
+        .map_err(|e| format!("{e}"))?
+        .as_init(files.bundle())
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| format!("creating the container: {e}"))?;
+    container.start().map_err(|e| format!("starting the container: {e}"))?;
+    let pid = container.pid().ok_or("the container has no pid after starting")?;
+    write_atomic(&files.container_pid(), pid.as_raw().to_string().as_bytes()).map_err(|e| format!("recording the pid: {e}"))?;
+    Ok((pid, out_r, err_r))
+}
+
+/// The container's cgroup path from its spec, for the OOM check.
+fn cgroup_path(files: &InstanceFiles) -> Option<String> {
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(files.config()).ok()?).ok()?;
+    spec["linux"]["cgroupsPath"].as_str().map(str::to_owned)
+}
+
+/// An append-only log with size-based rotation.
+struct Log {
+    path: std::path::PathBuf,
+    file: Option<File>,
+    size: u64,
+}
+
+impl Log {
+    fn open(path: &Path) -> Log {
+        let file = OpenOptions::new().create(true).append(true).open(path).ok();
+        let size = file.as_ref().and_then(|f| f.metadata().ok()).map(|m| m.len()).unwrap_or(0);
+        Log { path: path.to_owned(), file, size }
+    }
+
+    fn line(&mut self, stream: &str, text: &[u8]) {
+        if self.size >= LOG_ROTATE_BYTES {
+            self.rotate();
+        }
+        let ts = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let mut rec = format!("{ts} {stream} ").into_bytes();
+        rec.extend_from_slice(text);
+        rec.push(b'\n');
+        if let Some(f) = &mut self.file {
+            if f.write_all(&rec).is_ok() {
+                self.size += rec.len() as u64;
+            }
+        }
+    }
+
+    fn rotate(&mut self) {
+        self.file = None;
+        for i in (1..LOG_KEEP).rev() {
+            let _ = std::fs::rename(self.path.with_extension(format!("log.{i}")), self.path.with_extension(format!("log.{}", i + 1)));
+        }
+        let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));
+        *self = Log::open(&self.path.clone());
+    }
+}
+
+/// Copies both pipes into the log, line by line, until the container closes them.
+fn pump_logs(files: &InstanceFiles, out: OwnedFd, err: OwnedFd) {
+    let mut log = Log::open(&files.log());
+    let mut streams: Vec<(OwnedFd, &str, Vec<u8>)> = vec![(out, "stdout", Vec::new()), (err, "stderr", Vec::new())];
+    let mut buf = vec![0u8; 64 << 10];
+    while !streams.is_empty() {
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd<'_>> = streams.iter().map(|(fd, _, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)).collect();
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect(),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+        };
+        let mut closed = Vec::new();
+        for (i, (fd, name, pending)) in streams.iter_mut().enumerate() {
+            if !ready[i] {
+                continue;
+            }
+            match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(fd), &mut buf) {
+                Ok(0) | Err(_) => {
+                    if !pending.is_empty() {
+                        log.line(name, pending);
+                        pending.clear();
+                    }
+                    closed.push(i);
+                }
+                Ok(n) => {
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=nl).collect();
+                        log.line(name, &line[..line.len() - 1]);
+                    }
+                    // A very long line without a newline is written in pieces.
+                    if pending.len() > 16 << 10 {
+                        log.line(name, pending);
+                        pending.clear();
+                    }
+                }
+            }
+        }
+        for i in closed.into_iter().rev() {
+            streams.remove(i);
+        }
+    }
+}
+
+/// Waits for the container process, reaping any other orphan that lands on the shim.
+fn wait_for(pid: Pid, cgroup: Option<&str>) -> ExitRecord {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(p, code)) if p == pid => return ExitRecord { code, signal: None, oom_killed: false, at: now() },
+            Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => {
+                let oom = sig == nix::sys::signal::Signal::SIGKILL && cgroup.is_some_and(oom_killed);
+                return ExitRecord { code: 128 + sig as i32, signal: Some(sig as i32), oom_killed: oom, at: now() };
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return ExitRecord { code: -1, signal: None, oom_killed: false, at: now() },
+        }
+    }
+}
+
+/// Whether the memory cgroup recorded an OOM kill (v1 `memory.oom_control`, v2 `memory.events`).
+fn oom_killed(cgroup: &str) -> bool {
+    let rel = cgroup.trim_start_matches('/');
+    let candidates = [
+        (Path::new("/sys/fs/cgroup/memory").join(rel).join("memory.oom_control"), "oom_kill"),
+        (Path::new("/sys/fs/cgroup").join(rel).join("memory.events"), "oom_kill"),
+    ];
+    candidates.iter().any(|(file, key)| {
+        std::fs::read_to_string(file).is_ok_and(|s| {
+            s.lines().any(|l| {
+                l.split_whitespace().collect::<Vec<_>>().as_slice().first() == Some(key)
+                    && l.split_whitespace().nth(1).is_some_and(|n| n != "0")
+            })
+        })
+    })
+}
+
+/// Removes the container's libcontainer state and cgroups, killing what is left.
+fn delete(dir: &Path) -> io::Result<()> {
+    let files = InstanceFiles::new(dir);
+    let root = files.state().join(files.id());
+    if !root.exists() {
+        return Ok(());
+    }
+    let mut container = libcontainer::container::Container::load(root).map_err(|e| io::Error::other(e.to_string()))?;
+    container.delete(true).map_err(|e| io::Error::other(e.to_string()))
+}
