@@ -1,8 +1,10 @@
-//! The embedded backend's building blocks: root filesystems from cached layers (overlayfs, or
-//! a copy where overlayfs is missing). Execution (a libcontainer shim) and networking (bridge,
-//! IPAM, one netns per instance) build on these.
+//! The embedded backend: root filesystems from cached layers (overlayfs, or a copy where
+//! overlayfs is missing), the OCI runtime spec with berth's isolation defaults, a seccomp
+//! allowlist, the libcontainer shim that runs and watches each container, and networking
+//! (bridge, IPAM, one netns per instance).
 
 pub mod files;
+pub mod network;
 pub mod oci;
 pub mod rootfs;
 pub mod seccomp;

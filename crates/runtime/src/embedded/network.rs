@@ -1,0 +1,264 @@
+//! Instance networking on one host: a Linux bridge with the gateway address (so the host
+//! reaches every `instance-ip:port`), one network namespace and veth pair per instance, and an
+//! address from a persistent IPAM. Bridge ports are isolated, so instances cannot reach each
+//! other directly — only through the host (the router). An `unreachable` route for the whole
+//! CIDR keeps traffic for it on this host even when the bridge is gone. No outbound NAT.
+//!
+//! Links and namespaces are managed with iproute2's `ip`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use sha2::{Digest as _, Sha256};
+
+use super::files::write_atomic;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("`{0}` is not an IPv4 CIDR like 10.88.0.0/16")]
+    BadCidr(String),
+    #[error("no free address left in {0}")]
+    Exhausted(Cidr),
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip { args: String, stderr: String },
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+/// An IPv4 network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = NetworkError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || NetworkError::BadCidr(s.to_owned());
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        if !(8..=30).contains(&prefix) {
+            return Err(bad());
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Cidr { addr: Ipv4Addr::from(u32::from(addr) & mask), prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Cidr {
+    /// The n-th address (0 is the network address).
+    fn nth(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) + n)
+    }
+    fn size(&self) -> u32 {
+        1u32 << (32 - self.prefix)
+    }
+    /// The gateway: the first host address, on the bridge.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.nth(1)
+    }
+}
+
+fn ip(args: &[&str]) -> Result<String, NetworkError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| NetworkError::Io { context: "running ip (install iproute2)".into(), source: e })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(NetworkError::Ip { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
+    }
+}
+
+/// Address assignments, persisted so a restart never hands out an address twice.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Leases {
+    /// address → instance id
+    leases: BTreeMap<Ipv4Addr, String>,
+}
+
+/// One instance's attachment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    pub netns: PathBuf,
+    pub address: Ipv4Addr,
+    pub host_veth: String,
+}
+
+pub struct Network {
+    bridge: String,
+    cidr: Cidr,
+    /// Prefix of namespace names, so a test's leftovers can be swept.
+    prefix: String,
+    leases_file: PathBuf,
+    leases: Mutex<Leases>,
+}
+
+impl Network {
+    /// Sets up the bridge (idempotent) and loads the leases kept in `state_dir`.
+    pub fn open(bridge: &str, cidr: Cidr, prefix: &str, state_dir: &Path) -> Result<Network, NetworkError> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| NetworkError::Io { context: "creating the network state directory".into(), source: e })?;
+        let leases_file = state_dir.join("leases.json");
+        let leases = std::fs::read(&leases_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let net = Network { bridge: bridge.to_owned(), cidr, prefix: prefix.to_owned(), leases_file, leases: Mutex::new(leases) };
+        net.ensure_bridge()?;
+        Ok(net)
+    }
+
+    pub fn cidr(&self) -> Cidr {
+        self.cidr
+    }
+
+    fn ensure_bridge(&self) -> Result<(), NetworkError> {
+        let cidr = self.cidr.to_string();
+        // Keep traffic for the CIDR on this host whatever happens to the bridge.
+        if !ip(&["route", "show", "table", "main", "type", "unreachable"])?.lines().any(|l| l.starts_with(&format!("unreachable {cidr}"))) {
+            ip(&["route", "add", "unreachable", &cidr, "metric", "4000"])?;
+        }
+        if ip(&["link", "show", "dev", &self.bridge]).is_err() {
+            ip(&["link", "add", "name", &self.bridge, "type", "bridge"])?;
+        }
+        let gw = format!("{}/{}", self.cidr.gateway(), self.cidr.prefix);
+        if !ip(&["-4", "addr", "show", "dev", &self.bridge])?.contains(&gw) {
+            ip(&["addr", "add", &gw, "dev", &self.bridge])?;
+        }
+        ip(&["link", "set", "dev", &self.bridge, "up"])?;
+        Ok(())
+    }
+
+    fn save(&self, leases: &Leases) -> Result<(), NetworkError> {
+        write_atomic(&self.leases_file, &serde_json::to_vec_pretty(leases).unwrap_or_default())
+            .map_err(|e| NetworkError::Io { context: "saving address leases".into(), source: e })
+    }
+
+    fn names(&self, id: &str) -> (String, String) {
+        let hash = hex::encode(&Sha256::digest(id.as_bytes())[..5]);
+        (format!("{}{id}", self.prefix), format!("bv{hash}"))
+    }
+
+    /// Gives `id` an address (the same one again if it has one), a namespace and a veth pair.
+    pub fn attach(&self, id: &str) -> Result<Attachment, NetworkError> {
+        let address = {
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            let existing = leases.leases.iter().find(|(_, who)| who.as_str() == id).map(|(a, _)| *a);
+            let address = match existing {
+                Some(a) => a,
+                None => {
+                    let free = (2..self.cidr.size() - 1).map(|n| self.cidr.nth(n)).find(|a| !leases.leases.contains_key(a));
+                    let a = free.ok_or(NetworkError::Exhausted(self.cidr))?;
+                    leases.leases.insert(a, id.to_owned());
+                    self.save(&leases)?;
+                    a
+                }
+            };
+            address
+        };
+        let (ns, host_veth) = self.names(id);
+        let netns = PathBuf::from("/run/netns").join(&ns);
+        if !netns.exists() {
+            ip(&["netns", "add", &ns])?;
+        }
+        if ip(&["link", "show", "dev", &host_veth]).is_err() {
+            ip(&["link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        }
+        ip(&["link", "set", "dev", &host_veth, "master", &self.bridge])?;
+        ip(&["link", "set", "dev", &host_veth, "type", "bridge_slave", "isolated", "on"])?;
+        ip(&["link", "set", "dev", &host_veth, "up"])?;
+        let addr = format!("{address}/{}", self.cidr.prefix);
+        if !ip(&["-n", &ns, "-4", "addr", "show", "dev", "eth0"])?.contains(&addr) {
+            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+        }
+        ip(&["-n", &ns, "link", "set", "dev", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "dev", "lo", "up"])?;
+        if !ip(&["-n", &ns, "route", "show", "default"])?.contains("default") {
+            ip(&["-n", &ns, "route", "add", "default", "via", &self.cidr.gateway().to_string()])?;
+        }
+        Ok(Attachment { netns, address, host_veth })
+    }
+
+    /// Removes the namespace (and with it the veth pair) and frees the address.
+    pub fn detach(&self, id: &str) -> Result<(), NetworkError> {
+        let (ns, host_veth) = self.names(id);
+        if Path::new("/run/netns").join(&ns).exists() {
+            ip(&["netns", "del", &ns])?;
+        }
+        if ip(&["link", "show", "dev", &host_veth]).is_ok() {
+            ip(&["link", "del", "dev", &host_veth])?;
+        }
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let before = leases.leases.len();
+        leases.leases.retain(|_, who| who != id);
+        if leases.leases.len() != before {
+            self.save(&leases)?;
+        }
+        Ok(())
+    }
+
+    /// The address `id` holds, if any.
+    pub fn lease(&self, id: &str) -> Option<Ipv4Addr> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner()).leases.iter().find(|(_, w)| w.as_str() == id).map(|(a, _)| *a)
+    }
+
+    /// Removes the bridge and the unreachable route (tests; an uninstall).
+    pub fn remove_bridge(&self) -> Result<(), NetworkError> {
+        if ip(&["link", "show", "dev", &self.bridge]).is_ok() {
+            ip(&["link", "del", "dev", &self.bridge])?;
+        }
+        let _ = ip(&["route", "del", "unreachable", &self.cidr.to_string(), "metric", "4000"]);
+        Ok(())
+    }
+}
+
+/// `/etc/hosts` and `/etc/resolv.conf` for an instance: its own name, and the host's name
+/// servers except loopback ones (unreachable from the instance's namespace).
+pub fn etc_files(hostname: &str, address: Option<Ipv4Addr>) -> (String, String) {
+    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    hosts.push_str(&format!("{}\t{hostname}\n", address.map(|a| a.to_string()).unwrap_or_else(|| "127.0.1.1".into())));
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut resolv = String::new();
+    for l in host_resolv.lines() {
+        let l = l.trim();
+        let loopback = l.strip_prefix("nameserver").map(str::trim).is_some_and(|a| a.starts_with("127.") || a == "::1");
+        if (l.starts_with("nameserver") && !loopback) || l.starts_with("search") || l.starts_with("options") {
+            resolv.push_str(l);
+            resolv.push('\n');
+        }
+    }
+    (hosts, resolv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        let c: Cidr = "10.88.7.9/16".parse().unwrap_or(Cidr { addr: Ipv4Addr::UNSPECIFIED, prefix: 0 });
+        assert_eq!(c.to_string(), "10.88.0.0/16");
+        assert_eq!(c.gateway(), Ipv4Addr::new(10, 88, 0, 1));
+        assert!("10.88.0.0".parse::<Cidr>().is_err());
+        assert!("10.88.0.0/31".parse::<Cidr>().is_err());
+        assert!("banana/8".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn hosts_file_names_the_instance() {
+        let (hosts, _) = etc_files("web-1", Some(Ipv4Addr::new(10, 88, 0, 2)));
+        assert!(hosts.ends_with("10.88.0.2\tweb-1\n"));
+    }
+}
