@@ -3,9 +3,12 @@
 //! allowlist, the libcontainer shim that runs and watches each container, and networking
 //! (bridge, IPAM, one netns per instance).
 
+mod engine;
 pub mod files;
 pub mod network;
 pub mod oci;
 pub mod rootfs;
 pub mod seccomp;
 pub mod shim;
+
+pub use engine::{EmbeddedConfig, EmbeddedRuntime};

@@ -3,6 +3,7 @@
 //!
 //! - `GET /` answers `hello from <HELLO_VERSION> on <hostname>`.
 //! - `GET /healthz` answers `ok`, or 503 when `HELLO_HEALTHY=false` (a broken release).
+//! - `GET /hog` allocates memory until the memory limit kills it (for OOM tests).
 //! - Listens on `0.0.0.0:$PORT` (default 8080) and logs one line per request to stdout.
 
 use std::io::{BufRead, BufReader, Write};
@@ -70,6 +71,13 @@ fn serve(stream: TcpStream, version: &str, host: &str, healthy: bool) {
             "/" => ("200 OK", format!("hello from {version} on {host}\n")),
             "/healthz" if healthy => ("200 OK", "ok\n".to_owned()),
             "/healthz" => ("503 Service Unavailable", "unhealthy\n".to_owned()),
+            "/hog" => {
+                let mut hog: Vec<Vec<u8>> = Vec::new();
+                for _ in 0..256 {
+                    hog.push(vec![1u8; 16 << 20]);
+                }
+                ("200 OK", format!("survived {} MiB\n", hog.len() * 16))
+            }
             _ => ("404 Not Found", "not found\n".to_owned()),
         };
         let conn = if keep_alive { "keep-alive" } else { "close" };

@@ -156,7 +156,7 @@ impl Network {
         let address = {
             let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
             let existing = leases.leases.iter().find(|(_, who)| who.as_str() == id).map(|(a, _)| *a);
-            let address = match existing {
+            match existing {
                 Some(a) => a,
                 None => {
                     let free = (2..self.cidr.size() - 1).map(|n| self.cidr.nth(n)).find(|a| !leases.leases.contains_key(a));
@@ -165,8 +165,7 @@ impl Network {
                     self.save(&leases)?;
                     a
                 }
-            };
-            address
+            }
         };
         let (ns, host_veth) = self.names(id);
         let netns = PathBuf::from("/run/netns").join(&ns);

@@ -89,6 +89,11 @@ impl Rootfs {
         Ok(rootfs)
     }
 
+    /// The root filesystem of an instance directory, whatever its state (to remove it).
+    pub fn at(instance_dir: &Path, kind: RootfsKind) -> Rootfs {
+        Rootfs { path: instance_dir.join("rootfs"), kind, instance_dir: instance_dir.to_owned() }
+    }
+
     /// Unmounts and removes everything under the instance directory that this created.
     pub fn remove(&self) -> Result<(), RootfsError> {
         if is_mountpoint(&self.path)? {

@@ -1,0 +1,378 @@
+//! [`EmbeddedRuntime`]: the default [`Runtime`], running instances on this host with nothing but
+//! the berth binary. `create` pulls the image into the layer cache, assembles the root
+//! filesystem, attaches the network and writes the OCI bundle; `start` launches the instance's
+//! shim, detached, and waits for the container to run. All state lives in files under the
+//! instance directory, so a restarted server re-adopts running instances and reports the ones
+//! that ended while it was away.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_image::{ImageSource, LayerCache};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::sync::broadcast;
+
+use super::files::{write_atomic, InstanceFiles};
+use super::network::{etc_files, Cidr, Network};
+use super::oci::{process_plan, runtime_spec, BundlePlan};
+use super::rootfs::{Rootfs, RootfsKind};
+use crate::{ImageRef, InstanceId, InstanceSpec, InstanceState, InstanceStatus, Result, Runtime, RuntimeError, RuntimeEvent};
+
+/// How long `start` waits for a container to run.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often exits are looked for.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Settings of the embedded backend.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// Instances, the layer cache and network state live below this.
+    pub root: PathBuf,
+    /// The berth binary, run as `<shim> shim run <instance dir>`.
+    pub shim: PathBuf,
+    pub bridge: String,
+    pub cidr: Cidr,
+    /// Prefix of network namespace names.
+    pub netns_prefix: String,
+    /// Parent of every instance's cgroup (`/<parent>/<id>`).
+    pub cgroup_parent: String,
+    pub rootfs: RootfsKind,
+}
+
+/// What an instance directory records about its instance.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct InstanceRecord {
+    id: InstanceId,
+    labels: Vec<(String, String)>,
+    repository: String,
+    digest: String,
+    port: u16,
+    address: Option<std::net::Ipv4Addr>,
+    /// A fingerprint of the spec it was created from, so create is idempotent.
+    fingerprint: String,
+}
+
+fn fingerprint(spec: &InstanceSpec) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(format!("{spec:?}").as_bytes()))
+}
+
+fn backend(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Backend(e.to_string())
+}
+
+pub struct EmbeddedRuntime {
+    config: EmbeddedConfig,
+    cache: LayerCache,
+    source: Arc<dyn ImageSource>,
+    network: Network,
+    events: broadcast::Sender<RuntimeEvent>,
+    /// One lock per instance: never two operations on one instance at once.
+    locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl EmbeddedRuntime {
+    /// Opens the runtime: layer cache, network (bridge set up) and a watcher that reports exits,
+    /// including those that happened while no server was running.
+    pub fn open(config: EmbeddedConfig, source: Arc<dyn ImageSource>) -> Result<Arc<EmbeddedRuntime>> {
+        std::fs::create_dir_all(config.root.join("instances")).map_err(backend)?;
+        let cache = LayerCache::open(&config.root.join("layers")).map_err(backend)?;
+        let network = Network::open(&config.bridge, config.cidr, &config.netns_prefix, &config.root.join("network")).map_err(backend)?;
+        let rt = Arc::new(EmbeddedRuntime {
+            config,
+            cache,
+            source,
+            network,
+            events: broadcast::channel(1024).0,
+            locks: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&rt);
+        tokio::spawn(async move {
+            let mut reported: HashSet<InstanceId> = HashSet::new();
+            loop {
+                let Some(rt) = weak.upgrade() else { return };
+                rt.report_exits(&mut reported);
+                drop(rt);
+                tokio::time::sleep(WATCH_INTERVAL).await;
+            }
+        });
+        Ok(rt)
+    }
+
+    fn dir(&self, id: &InstanceId) -> PathBuf {
+        self.config.root.join("instances").join(id.as_str())
+    }
+
+    fn lock(&self, id: &InstanceId) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(id.clone()).or_default().clone()
+    }
+
+    fn cgroup(&self, id: &InstanceId) -> String {
+        format!("/{}/{}", self.config.cgroup_parent, id)
+    }
+
+    fn record(&self, id: &InstanceId) -> Option<InstanceRecord> {
+        let f = InstanceFiles::new(&self.dir(id));
+        serde_json::from_slice(&std::fs::read(f.dir.join("instance.json")).ok()?).ok()
+    }
+
+    /// The instance's state, from its files.
+    fn state(files: &InstanceFiles) -> InstanceState {
+        if let Some(e) = files.read_exit() {
+            return InstanceState::Exited { code: e.code, oom_killed: e.oom_killed };
+        }
+        if files.start_error().exists() {
+            return InstanceState::Exited { code: -1, oom_killed: false };
+        }
+        match InstanceFiles::read_pid(&files.container_pid()) {
+            Some(pid) if kill(Pid::from_raw(pid), None).is_ok() => InstanceState::Running,
+            // The pid is gone and the shim recorded nothing: it was killed with its container.
+            Some(_) => InstanceState::Exited { code: -1, oom_killed: false },
+            None => InstanceState::Created,
+        }
+    }
+
+    fn status(&self, rec: &InstanceRecord) -> Result<InstanceStatus> {
+        let files = InstanceFiles::new(&self.dir(&rec.id));
+        Ok(InstanceStatus {
+            id: rec.id.clone(),
+            labels: rec.labels.clone(),
+            image: ImageRef { repository: rec.repository.clone(), digest: rec.digest.parse().map_err(backend)? },
+            state: Self::state(&files),
+            address: rec.address.map(|a| SocketAddr::from((a, rec.port))),
+        })
+    }
+
+    fn report_exits(&self, reported: &mut HashSet<InstanceId>) {
+        let Ok(entries) = std::fs::read_dir(self.config.root.join("instances")) else { return };
+        for e in entries.flatten() {
+            let Ok(id) = InstanceId::new(e.file_name().to_string_lossy()) else { continue };
+            let files = InstanceFiles::new(&e.path());
+            if let InstanceState::Exited { code, oom_killed } = Self::state(&files) {
+                if files.container_pid().exists() && reported.insert(id.clone()) {
+                    let _ = self.events.send(RuntimeEvent::Exited { id, code, oom_killed });
+                }
+            } else {
+                reported.remove(&id);
+            }
+        }
+    }
+
+    async fn build(&self, spec: &InstanceSpec, files: &InstanceFiles) -> Result<InstanceRecord> {
+        let digest = spec.image.digest.to_string();
+        let pulled = berth_image::pull(&*self.source, &self.cache, &spec.image.repository, &digest, &self.config.root.join("tmp"))
+            .await
+            .map_err(|e| RuntimeError::Image(format!("{}@{digest}", spec.image.repository), e.to_string()))?;
+        std::fs::create_dir_all(files.bundle()).map_err(backend)?;
+        let rootfs = Rootfs::assemble(&files.dir, &pulled.layer_dirs, self.config.rootfs).map_err(backend)?;
+        let att = self.network.attach(spec.id.as_str()).map_err(backend)?;
+        std::fs::create_dir_all(files.etc()).map_err(backend)?;
+        let (hosts, resolv) = etc_files(spec.id.as_str(), Some(att.address));
+        std::fs::write(files.etc().join("hosts"), hosts).map_err(backend)?;
+        std::fs::write(files.etc().join("resolv.conf"), resolv).map_err(backend)?;
+        std::fs::write(files.etc().join("hostname"), format!("{}\n", spec.id)).map_err(backend)?;
+        let process = process_plan(&pulled.config, spec, &rootfs.path)?;
+        let cgroup = self.cgroup(&spec.id);
+        let oci = runtime_spec(&BundlePlan {
+            hostname: spec.id.as_str(),
+            rootfs: &rootfs.path,
+            read_only_rootfs: spec.read_only_rootfs,
+            process: &process,
+            resources: spec.resources,
+            cgroup_path: &cgroup,
+            netns: Some(&att.netns),
+            etc_dir: &files.etc(),
+        });
+        write_atomic(&files.config(), &serde_json::to_vec_pretty(&oci).map_err(backend)?).map_err(backend)?;
+        Ok(InstanceRecord {
+            id: spec.id.clone(),
+            labels: spec.labels.clone(),
+            repository: spec.image.repository.clone(),
+            digest,
+            port: spec.port,
+            address: Some(att.address),
+            fingerprint: fingerprint(spec),
+        })
+    }
+
+    /// Frees everything an instance holds (container state, cgroups, mount, netns, address, files).
+    async fn teardown(&self, id: &InstanceId) -> Result<()> {
+        let dir = self.dir(id);
+        if dir.join("state").exists() {
+            let out =
+                tokio::process::Command::new(&self.config.shim).arg("shim").arg("delete").arg(&dir).output().await.map_err(backend)?;
+            if !out.status.success() {
+                return Err(RuntimeError::Backend(format!("deleting container {id}: {}", String::from_utf8_lossy(&out.stderr).trim())));
+            }
+        }
+        Rootfs::at(&dir, self.config.rootfs).remove().map_err(backend)?;
+        self.network.detach(id.as_str()).map_err(backend)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn wait_exit(files: &InstanceFiles, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if !matches!(Self::state(files), InstanceState::Running) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    async fn stop_locked(&self, id: &InstanceId, grace: Duration) -> Result<()> {
+        let files = InstanceFiles::new(&self.dir(id));
+        if Self::state(&files) != InstanceState::Running {
+            return Ok(());
+        }
+        let pid = InstanceFiles::read_pid(&files.container_pid()).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        let pid = Pid::from_raw(pid);
+        let _ = kill(pid, Signal::SIGTERM);
+        if Self::wait_exit(&files, grace).await {
+            return Ok(());
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+        if Self::wait_exit(&files, Duration::from_secs(10)).await {
+            Ok(())
+        } else {
+            Err(RuntimeError::Backend(format!("instance {id} did not die after SIGKILL")))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for EmbeddedRuntime {
+    async fn create(&self, spec: InstanceSpec) -> Result<InstanceStatus> {
+        let lock = self.lock(&spec.id);
+        let _guard = lock.lock().await;
+        if let Some(rec) = self.record(&spec.id) {
+            if rec.fingerprint == fingerprint(&spec) {
+                return self.status(&rec);
+            }
+            return Err(RuntimeError::InvalidState {
+                id: spec.id.clone(),
+                state: "created with another spec".into(),
+                hint: "delete it first",
+            });
+        }
+        let files = InstanceFiles::new(&self.dir(&spec.id));
+        match self.build(&spec, &files).await {
+            Ok(rec) => {
+                write_atomic(&files.dir.join("instance.json"), &serde_json::to_vec_pretty(&rec).map_err(backend)?).map_err(backend)?;
+                tracing::info!(instance = %spec.id, address = ?rec.address, "instance created");
+                self.status(&rec)
+            }
+            Err(e) => {
+                if let Err(cleanup) = self.teardown(&spec.id).await {
+                    tracing::warn!(instance = %spec.id, error = %cleanup, "cleaning up a failed create");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start(&self, id: &InstanceId) -> Result<InstanceStatus> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let rec = self.record(id).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        let files = InstanceFiles::new(&self.dir(id));
+        match Self::state(&files) {
+            InstanceState::Running => return self.status(&rec),
+            InstanceState::Exited { .. } => {
+                // A restart: drop the old container, keep the instance's files and network.
+                let out = tokio::process::Command::new(&self.config.shim)
+                    .arg("shim")
+                    .arg("delete")
+                    .arg(&files.dir)
+                    .output()
+                    .await
+                    .map_err(backend)?;
+                if !out.status.success() {
+                    return Err(RuntimeError::Backend(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+                }
+                for f in [files.exit(), files.container_pid(), files.start_error(), files.shim_pid()] {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
+            InstanceState::Created => {}
+        }
+        let shim_log = std::fs::File::create(files.dir.join("shim.log")).map_err(backend)?;
+        let mut child = std::process::Command::new(&self.config.shim)
+            .arg("shim")
+            .arg("run")
+            .arg(&files.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(shim_log)
+            .spawn()
+            .map_err(|e| RuntimeError::Backend(format!("starting the shim {}: {e}", self.config.shim.display())))?;
+        // The shim is detached (own session); reap it when it ends so it leaves no zombie.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if files.container_pid().exists() {
+                break;
+            }
+            if let Ok(e) = std::fs::read_to_string(files.start_error()) {
+                return Err(RuntimeError::Backend(format!("instance {id} did not start: {}", e.trim())));
+            }
+            if Instant::now() > deadline {
+                return Err(RuntimeError::Backend(format!("instance {id} did not start within {START_TIMEOUT:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = self.events.send(RuntimeEvent::Started { id: id.clone() });
+        tracing::info!(instance = %id, "instance started");
+        self.status(&rec)
+    }
+
+    async fn stop(&self, id: &InstanceId, grace: Duration) -> Result<InstanceStatus> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let rec = self.record(id).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        self.stop_locked(id, grace).await?;
+        self.status(&rec)
+    }
+
+    async fn delete(&self, id: &InstanceId) -> Result<()> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        self.stop_locked(id, Duration::ZERO).await?;
+        self.teardown(id).await?;
+        self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        tracing::info!(instance = %id, "instance deleted");
+        Ok(())
+    }
+
+    async fn inspect(&self, id: &InstanceId) -> Result<Option<InstanceStatus>> {
+        self.record(id).map(|r| self.status(&r)).transpose()
+    }
+
+    async fn list(&self) -> Result<Vec<InstanceStatus>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(self.config.root.join("instances")).map_err(backend)?.flatten() {
+            if let Ok(id) = InstanceId::new(e.file_name().to_string_lossy()) {
+                if let Some(rec) = self.record(&id) {
+                    out.push(self.status(&rec)?);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
+        self.events.subscribe()
+    }
+}
