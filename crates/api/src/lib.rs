@@ -9,6 +9,7 @@
 pub mod auth;
 mod caller;
 mod error;
+mod instances;
 mod metrics;
 mod repositories;
 mod tokens;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
+    /// The runtime, when this server can run containers.
+    pub runtime: Option<Arc<dyn berth_runtime::Runtime>>,
 }
 
 pub(crate) fn now() -> i64 {
@@ -48,6 +51,7 @@ pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .merge(repositories::routes())
         .merge(tokens::routes())
+        .merge(instances::routes())
         .route("/api/v1/openapi.json", get(openapi))
         .route("/token", get(auth::token_endpoint))
         .route("/metrics", get(metrics::render))

@@ -28,7 +28,13 @@ async fn fixture() -> Result<Fixture> {
     let registry = Arc::new(Registry::new(store.clone(), blobs, RegistryConfig::default()));
     let admin = issue_token(&store, "admin", vec![Scope::Admin]).await.map_err(|e| e.message)?.secret;
     let reader = issue_token(&store, "reader", vec![Scope::ReadOnly]).await.map_err(|e| e.message)?.secret;
-    let state = AppState { store, registry, auth: Arc::new(Authenticator::new([1; 32])), metrics: Arc::new(Metrics::new()) };
+    let state = AppState {
+        store,
+        registry,
+        auth: Arc::new(Authenticator::new([1; 32])),
+        metrics: Arc::new(Metrics::new()),
+        runtime: Some(Arc::new(berth_runtime::FakeRuntime::new())),
+    };
     Ok(Fixture { _dir: dir, router: app(state), admin, reader })
 }
 
@@ -53,7 +59,12 @@ async fn every_documented_operation_is_routed() -> Result {
     for (path, ops) in paths {
         for method in ops.as_object().ok_or("bad path item")?.keys() {
             let uri = path.replace("{name}", "team%2Fweb").replace("{id}", "nope");
-            let body = if method == "post" && path.ends_with("/repositories") { r#"{"name":"team/web"}"# } else { "{}" };
+            let body_for_run = r#"{"image":"team/web:latest"}"#;
+            let body = match (method.as_str(), path.as_str()) {
+                ("post", "/api/v1/repositories") => r#"{"name":"team/web"}"#,
+                ("post", "/api/v1/instances") => body_for_run,
+                _ => "{}",
+            };
             let (status, json, text) = call(&f, &method.to_uppercase(), &uri, Some(&f.admin), body).await?;
             // A router miss is 404/405 without our error body; a handler's error always has one.
             let routed =
@@ -62,7 +73,7 @@ async fn every_documented_operation_is_routed() -> Result {
             checked += 1;
         }
     }
-    assert!(checked >= 14, "only {checked} operations documented");
+    assert!(checked >= 20, "only {checked} operations documented");
     Ok(())
 }
 

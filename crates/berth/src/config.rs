@@ -15,7 +15,35 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub api: ApiConfig,
     pub registry: RegistrySettings,
+    pub runtime: RuntimeSettings,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSettings {
+    /// `auto` (on when running as root), `on` or `off`. Env `BERTH_RUNTIME`.
+    pub enabled: String,
+    /// The host bridge instances attach to. Env `BERTH_RUNTIME_BRIDGE`.
+    pub bridge: String,
+    /// Addresses of instances; the bridge takes the first. Env `BERTH_RUNTIME_CIDR`.
+    pub cidr: String,
+    /// Parent of every instance's cgroup. Env `BERTH_RUNTIME_CGROUP_PARENT`.
+    pub cgroup_parent: String,
+    /// `auto` (overlayfs where the kernel has it), `overlay` or `copy`.
+    pub rootfs: String,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings {
+            enabled: "auto".into(),
+            bridge: "berth0".into(),
+            cidr: "10.88.0.0/16".into(),
+            cgroup_parent: "berth".into(),
+            rootfs: "auto".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -59,6 +87,7 @@ impl Default for Config {
             data_dir: PathBuf::from(".berth"),
             api: ApiConfig::default(),
             registry: RegistrySettings::default(),
+            runtime: RuntimeSettings::default(),
             log: LogConfig::default(),
         }
     }
@@ -129,6 +158,25 @@ impl Config {
         }
         if let Some(v) = env("BERTH_REGISTRY_DEFAULT_TAG_MUTABILITY") {
             config.registry.default_tag_mutability = v;
+        }
+        for (key, field) in [
+            ("BERTH_RUNTIME", &mut config.runtime.enabled),
+            ("BERTH_RUNTIME_BRIDGE", &mut config.runtime.bridge),
+            ("BERTH_RUNTIME_CIDR", &mut config.runtime.cidr),
+            ("BERTH_RUNTIME_CGROUP_PARENT", &mut config.runtime.cgroup_parent),
+        ] {
+            if let Some(v) = env(key) {
+                *field = v;
+            }
+        }
+        if !matches!(config.runtime.enabled.as_str(), "auto" | "on" | "off") {
+            bail!("runtime.enabled `{}` is unknown; use auto, on or off", config.runtime.enabled);
+        }
+        if !matches!(config.runtime.rootfs.as_str(), "auto" | "overlay" | "copy") {
+            bail!("runtime.rootfs `{}` is unknown; use auto, overlay or copy", config.runtime.rootfs);
+        }
+        if config.runtime.bridge.is_empty() || config.runtime.bridge.len() > 15 {
+            bail!("runtime.bridge `{}` must be 1 to 15 characters (a Linux interface name)", config.runtime.bridge);
         }
         if !matches!(config.log.format.as_str(), "text" | "json") {
             bail!("log format `{}` is unknown; use `text` or `json`", config.log.format);

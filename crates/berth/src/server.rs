@@ -11,7 +11,11 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_api::{AppState, Authenticator, Metrics};
 use berth_core::{Pattern, Scope, TagPolicy};
+use berth_image::ImageSource;
 use berth_registry::{FsBlobStore, Registry, RegistryConfig};
+use berth_runtime::embedded::rootfs::{overlay_supported, RootfsKind};
+use berth_runtime::embedded::{EmbeddedConfig, EmbeddedRuntime};
+use berth_runtime::Runtime;
 use berth_store::{SharedStore, SqliteStore};
 
 use crate::config::Config;
@@ -87,6 +91,43 @@ fn registry_config(config: &Config) -> anyhow::Result<RegistryConfig> {
     })
 }
 
+/// The embedded runtime, when this server can and may run containers.
+fn open_runtime(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Option<Arc<dyn Runtime>>> {
+    let r = &config.runtime;
+    let root = nix::unistd::geteuid().is_root();
+    match (r.enabled.as_str(), root) {
+        ("off", _) => {
+            tracing::info!("the embedded runtime is off (runtime.enabled = off)");
+            return Ok(None);
+        }
+        ("auto", false) => {
+            tracing::warn!("not running as root: the embedded runtime is off; registry and API work, instances cannot run");
+            return Ok(None);
+        }
+        ("on", false) => anyhow::bail!("runtime.enabled = on needs root (namespaces, cgroups, mounts); run as root or set it to auto"),
+        _ => {}
+    }
+    let rootfs = match r.rootfs.as_str() {
+        "copy" => RootfsKind::Copy,
+        "overlay" => RootfsKind::Overlay,
+        _ if overlay_supported() => RootfsKind::Overlay,
+        _ => RootfsKind::Copy,
+    };
+    let embedded = EmbeddedConfig {
+        root: config.data_dir.join("runtime"),
+        shim: std::env::current_exe().context("finding the berth binary for the shim")?,
+        bridge: r.bridge.clone(),
+        cidr: r.cidr.parse().map_err(|e| anyhow::anyhow!("runtime.cidr: {e}"))?,
+        netns_prefix: "berth-".into(),
+        cgroup_parent: r.cgroup_parent.clone(),
+        rootfs,
+    };
+    let source: Arc<dyn ImageSource> = registry;
+    let rt = EmbeddedRuntime::open(embedded, source).map_err(|e| anyhow::anyhow!("starting the embedded runtime: {e}"))?;
+    tracing::info!(bridge = %r.bridge, cidr = %r.cidr, ?rootfs, "embedded runtime ready");
+    Ok(Some(rt))
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let data = &config.data_dir;
@@ -103,7 +144,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // Printed once, to the terminal that started berth; never logged.
         println!("Admin token (saved to {}; shown only now):\n  {token}", data.join(ADMIN_TOKEN_FILE).display());
     }
-    let state = AppState { store, registry: registry.clone(), auth, metrics: Arc::new(Metrics::new()) };
+    let runtime = open_runtime(&config, registry.clone())?;
+    let state = AppState { store, registry: registry.clone(), auth, metrics: Arc::new(Metrics::new()), runtime };
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

@@ -24,6 +24,34 @@ pub enum Command {
     /// Build images without Docker and push them to berth's registry.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Run a one-off instance of an image from berth's registry and print its address.
+    ///
+    /// Example: `berth run hello:latest --port 8080 --env GREETING=hi`
+    Run {
+        /// repository:tag or repository@sha256:… in berth's registry.
+        image: String,
+        /// The instance id (default: run-<random>).
+        #[arg(long)]
+        name: Option<String>,
+        /// The port the app listens on; PORT is set to it.
+        #[arg(long)]
+        port: Option<u16>,
+        /// An environment variable, KEY=value; repeatable.
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// Replaces the image's entrypoint and command: words split on spaces, or a JSON array.
+        #[arg(long)]
+        command: Option<String>,
+        /// CPU limit in thousandths of a vCPU (1000 = one vCPU).
+        #[arg(long)]
+        cpu_millis: Option<u32>,
+        /// Memory limit in MiB.
+        #[arg(long)]
+        memory_mb: Option<u64>,
+    },
+    /// Inspect and manage instances.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
     /// Save a server URL and token for later commands.
     Login {
         /// The server's API URL, e.g. https://berth.example.com
@@ -139,6 +167,30 @@ pub enum ImageCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// List instances.
+    List,
+    /// Show one instance.
+    Show { id: String },
+    /// Print an instance's log.
+    Logs {
+        id: String,
+        /// Keep printing new lines until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stop an instance: SIGTERM, then SIGKILL after the grace period.
+    Stop {
+        id: String,
+        /// Seconds between SIGTERM and SIGKILL.
+        #[arg(long, default_value_t = 10)]
+        grace: u64,
+    },
+    /// Stop and delete an instance, freeing everything it held.
+    Delete { id: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum RegistryCommand {
     /// Apply lifecycle rules and delete blobs no manifest references.
     Gc {
@@ -173,6 +225,21 @@ const TOKEN_COLUMNS: &[Column<'_>] = &[
     ("LAST USED", "last_used_at"),
     ("REVOKED", "revoked_at"),
 ];
+
+const INSTANCE_FIELDS: &[Column<'_>] = &[("ID", "id"), ("STATE", "status"), ("ADDRESS", "address"), ("IMAGE", "image")];
+
+/// Adds a one-word `status` ("running", "exited (137)", "OOM-killed") for tables.
+fn flatten_state(mut v: Value) -> Value {
+    let st = &v["state"];
+    let word = match (st["state"].as_str(), st["code"].as_i64(), st["oom_killed"].as_bool()) {
+        (Some("exited"), _, Some(true)) => "OOM-killed".to_owned(),
+        (Some("exited"), Some(code), _) => format!("exited ({code})"),
+        (Some(s), _, _) => s.to_owned(),
+        _ => "-".to_owned(),
+    };
+    v["status"] = word.into();
+    v
+}
 
 fn repo_path(name: &str) -> String {
     format!("/api/v1/repositories/{}", segment(name))
@@ -285,6 +352,57 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 println!("{}", json!({ "digest": image.manifest.digest.to_string(), "tags": tags }));
             } else {
                 println!("{}", image.manifest.digest);
+            }
+        }
+        Command::Run { image, name, port, env, command, cpu_millis, memory_mb } => {
+            let mut env_map = serde_json::Map::new();
+            for e in &env {
+                let (k, v) = e.split_once('=').with_context(|| format!("--env `{e}` needs the form KEY=value"))?;
+                env_map.insert(k.to_owned(), v.into());
+            }
+            let command = words(command.as_deref())?;
+            let body = json!({
+                "image": image, "name": name, "port": port, "env": env_map,
+                "command": if command.is_empty() { Value::Null } else { command.into() },
+                "cpu_millis": cpu_millis, "memory_mb": memory_mb,
+            });
+            let c = Client::from_args(g)?;
+            eprintln!("starting {image}…");
+            let v = c.send("POST", "/api/v1/instances", &body)?;
+            output::object(fmt, &flatten_state(v), INSTANCE_FIELDS);
+        }
+        Command::Instance(cmd) => {
+            let c = Client::from_args(g)?;
+            let path = |id: &str| format!("/api/v1/instances/{}", segment(id));
+            match cmd {
+                InstanceCommand::List => {
+                    let v = c.get("/api/v1/instances")?;
+                    let rows: Vec<Value> = rows(&v, "instances").into_iter().map(flatten_state).collect();
+                    output::list(fmt, &v, &rows, INSTANCE_FIELDS);
+                }
+                InstanceCommand::Show { id } => output::object(fmt, &flatten_state(c.get(&path(&id))?), INSTANCE_FIELDS),
+                InstanceCommand::Stop { id, grace } => {
+                    let v = c.send("POST", &format!("{}/stop", path(&id)), &json!({ "grace_secs": grace }))?;
+                    output::object(fmt, &flatten_state(v), INSTANCE_FIELDS);
+                }
+                InstanceCommand::Delete { id } => {
+                    c.delete(&path(&id))?;
+                    eprintln!("deleted instance {id}");
+                }
+                InstanceCommand::Logs { id, follow } => {
+                    let mut since = 0u64;
+                    loop {
+                        let v = c.get(&format!("{}/logs?since={since}", path(&id)))?;
+                        for l in rows(&v, "lines") {
+                            println!("{}", l.as_str().unwrap_or_default());
+                        }
+                        since = v.get("next").and_then(Value::as_u64).unwrap_or(since);
+                        if !follow {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(500));
+                    }
+                }
             }
         }
         Command::Registry(RegistryCommand::Gc { dry_run }) => {

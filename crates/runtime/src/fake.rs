@@ -140,6 +140,14 @@ impl Runtime for FakeRuntime {
         Ok(self.lock().instances.values().map(|(_, st)| st.clone()).collect())
     }
 
+    async fn logs(&self, id: &InstanceId, since: usize) -> Result<Vec<String>> {
+        let inner = self.lock();
+        if !inner.instances.contains_key(id) {
+            return Err(RuntimeError::NotFound(id.clone()));
+        }
+        Ok(vec![format!("fake log line for {id}")].into_iter().skip(since).collect())
+    }
+
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.events.subscribe()
     }

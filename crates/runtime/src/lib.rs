@@ -45,6 +45,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn delete(&self, id: &InstanceId) -> Result<()>;
     async fn inspect(&self, id: &InstanceId) -> Result<Option<InstanceStatus>>;
     async fn list(&self) -> Result<Vec<InstanceStatus>>;
+    /// The instance's log lines (timestamp, stream, text) after the first `since` lines.
+    async fn logs(&self, id: &InstanceId, since: usize) -> Result<Vec<String>>;
     /// Lifecycle events as they happen (started, exited, OOM-killed).
     fn events(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent>;
 }

@@ -50,7 +50,8 @@ impl BerthProcess {
         let _ = std::fs::remove_file(&addr_file);
         let mut cmd = Command::new(bin);
         cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
-        cmd.env("BERTH_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
+        // Tests that want containers turn the runtime on with their own bridge and CIDR.
+        cmd.env("BERTH_LOG", "warn").env("BERTH_RUNTIME", "off").stdout(Stdio::null()).stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }

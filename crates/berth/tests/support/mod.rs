@@ -22,6 +22,7 @@ pub struct Server {
     process: Option<BerthProcess>,
     pub addr: String,
     pub token: String,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -34,7 +35,8 @@ impl Server {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().to_path_buf();
         let p = BerthProcess::start(Path::new(BIN), &dir, env)?;
-        Ok(Server { dir, _tmp: Some(tmp), addr: p.addr.clone(), token: p.token.clone(), process: Some(p) })
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Ok(Server { dir, _tmp: Some(tmp), addr: p.addr.clone(), token: p.token.clone(), process: Some(p), env })
     }
 
     /// Kills the server with SIGKILL (no graceful shutdown) and waits for it.
@@ -46,7 +48,8 @@ impl Server {
     /// Starts the server again on the same data directory (new port).
     pub fn restart(&mut self) -> Result {
         self.kill9()?;
-        let p = BerthProcess::start(Path::new(BIN), &self.dir, &[])?;
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let p = BerthProcess::start(Path::new(BIN), &self.dir, &env)?;
         self.addr = p.addr.clone();
         self.token = p.token.clone();
         self.process = Some(p);

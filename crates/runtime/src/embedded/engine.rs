@@ -372,6 +372,13 @@ impl Runtime for EmbeddedRuntime {
         Ok(out)
     }
 
+    async fn logs(&self, id: &InstanceId, since: usize) -> Result<Vec<String>> {
+        self.record(id).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        let files = InstanceFiles::new(&self.dir(id));
+        let text = std::fs::read_to_string(files.log()).unwrap_or_default();
+        Ok(text.lines().skip(since).map(str::to_owned).collect())
+    }
+
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.events.subscribe()
     }

@@ -1,0 +1,177 @@
+//! `/api/v1/instances`: one-off instances of an image on the runtime (`berth run`), a debugging
+//! aid until services manage instances themselves.
+
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use berth_core::{Action, Reference};
+use berth_runtime::{ImageRef, InstanceId, InstanceSpec, InstanceStatus, Resources, Runtime, RuntimeError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::caller::Caller;
+use crate::{ApiError, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/instances", get(list).post(run))
+        .route("/api/v1/instances/{id}", get(show).delete(delete))
+        .route("/api/v1/instances/{id}/stop", post(stop))
+        .route("/api/v1/instances/{id}/logs", get(logs))
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::NotFound(_) => ApiError::not_found(e.to_string()),
+            RuntimeError::InvalidSpec(_) | RuntimeError::Image(..) => ApiError::invalid(e.to_string()),
+            RuntimeError::InvalidState { .. } => ApiError::new(StatusCode::CONFLICT, "failed_precondition", e.to_string()),
+            RuntimeError::Backend(_) => {
+                tracing::error!(error = %e, "runtime failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        }
+    }
+}
+
+fn runtime(s: &AppState) -> Result<&dyn Runtime, ApiError> {
+    s.runtime.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the embedded runtime is off: run `berth server` as root (it needs namespaces, cgroups and mounts)",
+        )
+    })
+}
+
+fn status_json(s: &InstanceStatus) -> Value {
+    let labels: serde_json::Map<String, Value> = s.labels.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+    json!({
+        "id": s.id,
+        "image": format!("{}@{}", s.image.repository, s.image.digest),
+        "state": s.state,
+        "address": s.address.map(|a| a.to_string()),
+        "labels": labels,
+    })
+}
+
+fn id(raw: &str) -> Result<InstanceId, ApiError> {
+    InstanceId::new(raw).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct RunBody {
+    /// `repository:tag` or `repository@sha256:…` in berth's registry.
+    image: String,
+    name: Option<String>,
+    port: Option<u16>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    /// Replaces the image's entrypoint and command.
+    command: Option<Vec<String>>,
+    cpu_millis: Option<u32>,
+    memory_mb: Option<u64>,
+}
+
+async fn run(State(s): State<AppState>, caller: Caller, Json(body): Json<RunBody>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Action::Admin)?;
+    let rt = runtime(&s)?;
+    let (repo, reference) = match body.image.rsplit_once('@') {
+        Some((r, d)) => (r.to_owned(), d.to_owned()),
+        None => match body.image.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r.to_owned(), t.to_owned()),
+            _ => (body.image.clone(), "latest".to_owned()),
+        },
+    };
+    let reference: Reference = reference.parse().map_err(|e: berth_core::NameError| ApiError::invalid(e.to_string()))?;
+    let digest = match reference {
+        Reference::Digest(d) => d,
+        Reference::Tag(t) => s
+            .store
+            .resolve_tag(&repo, t.as_str())
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("tag `{t}` is not in repository `{repo}`; push it first")))?,
+    };
+    let name = body.name.unwrap_or_else(|| format!("run-{}", hex::encode(rand::random::<[u8; 4]>())));
+    let defaults = Resources::default();
+    let spec = InstanceSpec {
+        id: id(&name)?,
+        labels: vec![("run".into(), "true".into())],
+        image: ImageRef { repository: repo, digest },
+        entrypoint: body.command,
+        cmd: None,
+        env: body.env.into_iter().collect(),
+        port: body.port.unwrap_or(8080),
+        resources: Resources {
+            cpu_millis: body.cpu_millis.unwrap_or(defaults.cpu_millis),
+            memory_bytes: body.memory_mb.map(|m| m << 20).unwrap_or(defaults.memory_bytes),
+            pids: defaults.pids,
+        },
+        user: None,
+        read_only_rootfs: false,
+    };
+    rt.create(spec.clone()).await?;
+    let status = rt.start(&spec.id).await?;
+    Ok((StatusCode::CREATED, Json(status_json(&status))))
+}
+
+async fn list(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Read)?;
+    let all = runtime(&s)?.list().await?;
+    Ok(Json(json!({ "instances": all.iter().map(status_json).collect::<Vec<_>>() })))
+}
+
+async fn show(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Read)?;
+    let i = id(&raw)?;
+    let st = runtime(&s)?.inspect(&i).await?.ok_or_else(|| ApiError::not_found(format!("instance `{i}` does not exist")))?;
+    Ok(Json(status_json(&st)))
+}
+
+#[derive(Deserialize, Default)]
+struct StopBody {
+    grace_secs: Option<u64>,
+}
+
+async fn stop(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    body: Option<Json<StopBody>>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Admin)?;
+    let grace = body.and_then(|b| b.grace_secs).map(Duration::from_secs).unwrap_or(berth_runtime::DEFAULT_STOP_GRACE);
+    let st = runtime(&s)?.stop(&id(&raw)?, grace).await?;
+    Ok(Json(status_json(&st)))
+}
+
+async fn delete(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<StatusCode, ApiError> {
+    caller.require(Action::Admin)?;
+    let i = id(&raw)?;
+    let rt = runtime(&s)?;
+    if rt.inspect(&i).await?.is_none() {
+        return Err(ApiError::not_found(format!("instance `{i}` does not exist")));
+    }
+    rt.delete(&i).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    since: Option<usize>,
+}
+
+async fn logs(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Read)?;
+    let since = q.since.unwrap_or(0);
+    let lines = runtime(&s)?.logs(&id(&raw)?, since).await?;
+    Ok(Json(json!({ "next": since + lines.len(), "lines": lines })))
+}

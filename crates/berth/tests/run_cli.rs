@@ -1,0 +1,132 @@
+//! `berth run` and `berth instance` against a real server with the embedded runtime (as root):
+//! an image built with `berth image build` runs, answers, logs; kill -9 of the server while it
+//! serves loses no request, and the restarted server re-adopts the instance.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+
+fn hello_binary(dir: &Path) -> Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/src/main.rs");
+    let out = dir.join("hello");
+    let ok = Command::new("rustc")
+        .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()?
+        .success();
+    if ok {
+        Ok(out)
+    } else {
+        Err("compiling examples/hello failed".into())
+    }
+}
+
+/// Removes the instance, namespaces, bridge and cgroups even when the test fails.
+struct Sandbox {
+    dir: PathBuf,
+    bridge: String,
+    cidr: String,
+    cgroup_parent: String,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("runtime/instances")) {
+            for e in entries.flatten() {
+                if let Some(pid) = std::fs::read_to_string(e.path().join("container.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+                let _ = Command::new(BIN).arg("shim").arg("delete").arg(e.path()).status();
+                let _ = Command::new("umount").arg("-l").arg(e.path().join("rootfs")).status();
+                let _ = Command::new("ip").args(["netns", "del", &format!("berth-{}", e.file_name().to_string_lossy())]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["link", "del", "dev", &self.bridge]).status();
+        let _ = Command::new("ip").args(["route", "del", "unreachable", &self.cidr, "metric", "4000"]).status();
+        for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(ctl.path().join(&self.cgroup_parent));
+        }
+    }
+}
+
+#[test]
+fn run_serve_survive_a_server_crash_and_clean_up() -> Result {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("containers need root: this test runs as root (CI does)".into());
+    }
+    let n = std::process::id() % 200;
+    let (bridge, cidr, cgroup_parent) = (format!("btc{n}"), format!("10.252.{n}.0/24"), format!("berth-test-cli-{}", std::process::id()));
+    let mut s = Server::start_with_env(&[
+        ("BERTH_RUNTIME", "on"),
+        ("BERTH_RUNTIME_BRIDGE", &bridge),
+        ("BERTH_RUNTIME_CIDR", &cidr),
+        ("BERTH_RUNTIME_CGROUP_PARENT", &cgroup_parent),
+    ])?;
+    let _sb = Sandbox { dir: s.dir.clone(), bridge, cidr, cgroup_parent };
+    let tmp = tempfile::tempdir()?;
+    let bin = hello_binary(tmp.path())?;
+    s.cli_ok(&["image", "build", "--binary", &bin.display().to_string(), "--port", "8080", "--env", "HELLO_VERSION=v3", "-t", "hello:v3"])?;
+
+    let out: serde_json::Value =
+        serde_json::from_str(&s.cli_ok(&["-o", "json", "run", "hello:v3", "--name", "h1", "--memory-mb", "64"])?)?;
+    assert_eq!(out["status"], "running");
+    let addr = out["address"].as_str().ok_or("no address")?.to_owned();
+    let url = format!("http://{addr}/");
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
+    let mut body = String::new();
+    for _ in 0..100 {
+        if let Ok(r) = agent.get(&url).call() {
+            body = r.into_string()?;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(body.trim(), "hello from v3 on h1");
+
+    // Load while the server is killed with SIGKILL and restarted: the instance keeps serving.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
+        std::thread::spawn(move || {
+            let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
+            while !stop.load(Ordering::Relaxed) {
+                match agent.get(&url).call() {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    s.restart()?;
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    load.join().map_err(|_| "load thread panicked")?;
+    assert!(ok.load(Ordering::Relaxed) > 20, "too little load to mean anything");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed while the server restarted");
+
+    // The restarted server re-adopted the instance.
+    let list = s.cli_ok(&["instance", "list"])?;
+    assert!(list.lines().any(|l| l.contains("h1") && l.contains("running") && l.contains(&addr)), "{list}");
+    let logs = s.cli_ok(&["instance", "logs", "h1"])?;
+    assert!(logs.contains("stdout hello v3 listening on port 8080") && logs.contains("GET / 200"), "{logs}");
+
+    let stopped = s.cli_ok(&["instance", "stop", "h1", "--grace", "0"])?;
+    assert!(stopped.contains("exited (137)"), "{stopped}");
+    s.cli_ok(&["instance", "delete", "h1"])?;
+    assert!(!s.cli_ok(&["instance", "list"])?.contains("h1"));
+    let missing = s.cli(&["instance", "show", "h1"])?;
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("instance `h1` does not exist"));
+    let bad = s.cli(&["run", "nothere:v1"])?;
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("tag `v1` is not in repository `nothere`"));
+    Ok(())
+}
