@@ -48,10 +48,12 @@ fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// `berth shim run <dir>` and `berth shim delete <dir>`.
+/// `berth shim run <dir>`, `berth shim delete <dir>`, and the internal
+/// `berth shim watch <dir> <pid> <stdout fd> <stderr fd>`.
 pub fn main(args: &[String]) -> ExitCode {
     match (args.first().map(String::as_str), args.get(1)) {
         (Some("run"), Some(dir)) => run(Path::new(dir)),
+        (Some("watch"), Some(dir)) => watch(Path::new(dir), &args[2..]),
         (Some("delete"), Some(dir)) => match delete(Path::new(dir)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -76,17 +78,61 @@ fn run(dir: &Path) -> ExitCode {
     let _ = write_atomic(&files.shim_pid(), std::process::id().to_string().as_bytes());
     match start(&files) {
         Ok((pid, out, err)) => {
-            let cgroup = cgroup_path(&files);
-            pump_logs(&files, out, err);
-            let record = wait_for(pid, cgroup.as_deref());
-            let _ = write_atomic(&files.exit(), serde_json::to_vec(&record).unwrap_or_default().as_slice());
-            ExitCode::SUCCESS
+            // The rest of the shim's life is spent watching: start it afresh as a small process
+            // image (libcontainer's pages stay behind), keeping the pid, the subreaper flag and
+            // the pipes.
+            let watch = reexec_watch(&files, pid, &out, &err);
+            tracing::warn!(error = %watch, "could not re-execute the shim to watch; watching in place");
+            finish(&files, pid, out, err)
         }
         Err(e) => {
             let _ = write_atomic(&files.start_error(), e.as_bytes());
             ExitCode::FAILURE
         }
     }
+}
+
+/// Replaces this process with `berth shim watch`; returns only on failure.
+fn reexec_watch(files: &InstanceFiles, pid: Pid, out: &OwnedFd, err: &OwnedFd) -> io::Error {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    for fd in [out, err] {
+        if let Err(e) = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())) {
+            return io::Error::other(e);
+        }
+    }
+    std::process::Command::new("/proc/self/exe")
+        .arg("shim")
+        .arg("watch")
+        .arg(&files.dir)
+        .arg(pid.as_raw().to_string())
+        .arg(out.as_raw_fd().to_string())
+        .arg(err.as_raw_fd().to_string())
+        .exec()
+}
+
+/// `berth shim watch`: pump the logs, wait for the container, record its end.
+fn watch(dir: &Path, args: &[String]) -> ExitCode {
+    let files = InstanceFiles::new(dir);
+    let num = |i: usize| args.get(i).and_then(|a| a.parse::<i32>().ok());
+    let (Some(pid), Some(out), Some(err)) = (num(0), num(1), num(2)) else {
+        eprintln!("usage: berth shim watch <dir> <pid> <stdout fd> <stderr fd> (internal)");
+        return ExitCode::from(2);
+    };
+    // Reopening the inherited pipes through /proc gives owned handles without unsafe code.
+    let open = |fd: i32| File::open(format!("/proc/self/fd/{fd}")).map(OwnedFd::from);
+    match (open(out), open(err)) {
+        (Ok(o), Ok(e)) => finish(&files, Pid::from_raw(pid), o, e),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+fn finish(files: &InstanceFiles, pid: Pid, out: OwnedFd, err: OwnedFd) -> ExitCode {
+    let cgroup = cgroup_path(files);
+    pump_logs(files, out, err);
+    let record = wait_for(pid, cgroup.as_deref());
+    let _ = write_atomic(&files.exit(), serde_json::to_vec(&record).unwrap_or_default().as_slice());
+    ExitCode::SUCCESS
 }
 
 fn start(files: &InstanceFiles) -> Result<(Pid, OwnedFd, OwnedFd), String> {
