@@ -196,8 +196,15 @@ impl Network {
         if Path::new("/run/netns").join(&ns).exists() {
             ip(&["netns", "del", &ns])?;
         }
+        // Deleting the namespace takes the veth pair with it, asynchronously: a device that
+        // vanishes under us is what we wanted.
         if ip(&["link", "show", "dev", &host_veth]).is_ok() {
-            ip(&["link", "del", "dev", &host_veth])?;
+            match ip(&["link", "del", "dev", &host_veth]) {
+                Err(NetworkError::Ip { stderr, .. }) if stderr.contains("Cannot find device") => {}
+                other => {
+                    other?;
+                }
+            }
         }
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         let before = leases.leases.len();
