@@ -3,6 +3,7 @@
 
 mod http;
 mod registry;
+mod runtime;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,8 +19,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .unwrap_or(3);
     match args.first().map(String::as_str) {
         Some("registry") => registry::run(rounds),
-        Some(other) => bail!("unknown benchmark `{other}`; available: registry"),
-        None => bail!("name a benchmark: registry"),
+        Some("runtime") => runtime::run(rounds),
+        Some(other) => bail!("unknown benchmark `{other}`; available: registry, runtime"),
+        None => bail!("name a benchmark: registry, runtime"),
     }
 }
 
