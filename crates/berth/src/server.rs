@@ -92,7 +92,7 @@ fn registry_config(config: &Config) -> anyhow::Result<RegistryConfig> {
 }
 
 /// The embedded runtime, when this server can and may run containers.
-fn open_runtime(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Option<Arc<dyn Runtime>>> {
+fn open_runtime(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Option<Arc<EmbeddedRuntime>>> {
     let r = &config.runtime;
     let root = nix::unistd::geteuid().is_root();
     match (r.enabled.as_str(), root) {
@@ -145,7 +145,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         println!("Admin token (saved to {}; shown only now):\n  {token}", data.join(ADMIN_TOKEN_FILE).display());
     }
     let runtime = open_runtime(&config, registry.clone())?;
-    let state = AppState { store, registry: registry.clone(), auth, metrics: Arc::new(Metrics::new()), runtime };
+    let runtime_dyn: Option<Arc<dyn Runtime>> = runtime.clone().map(|r| r as Arc<dyn Runtime>);
+    let state = AppState { store, registry: registry.clone(), auth, metrics: Arc::new(Metrics::new()), runtime: runtime_dyn };
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -158,6 +159,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.registry.gc_interval_secs > 0 {
         let every = Duration::from_secs(config.registry.gc_interval_secs);
         let registry = registry.clone();
+        let runtime = runtime.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -172,6 +174,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         "garbage collection done"
                     ),
                     Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+                }
+                if let Some(rt) = &runtime {
+                    if let Err(e) = rt.collect_layers() {
+                        tracing::warn!(error = %e, "collecting unused layers failed");
+                    }
                 }
             }
         });

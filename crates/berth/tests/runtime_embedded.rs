@@ -209,10 +209,14 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
     assert_eq!(rt.start(&id0).await?.state, InstanceState::Running);
     wait_for("the restarted instance", || get(addrs[0], "/")).await?;
 
+    // Layers in use are kept; once no instance uses them they are collected.
+    assert_eq!(rt.collect_layers()?, 0);
     // Delete leaves nothing behind.
     for i in 0..3 {
         rt.delete(&InstanceId::new(format!("hello-{i}"))?).await?;
     }
+    assert_eq!(rt.collect_layers()?, 1);
+    assert_eq!(std::fs::read_dir(sb.root.join("layers/layers/sha256"))?.count(), 0);
     assert!(rt.list().await?.is_empty());
     let netns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output()?.stdout).into_owned();
     assert!(!netns.contains(&sb.prefix), "{netns}");

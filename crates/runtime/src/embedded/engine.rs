@@ -55,6 +55,9 @@ struct InstanceRecord {
     address: Option<std::net::Ipv4Addr>,
     /// A fingerprint of the spec it was created from, so create is idempotent.
     fingerprint: String,
+    /// The cached layers its root filesystem uses.
+    #[serde(default)]
+    layers: Vec<String>,
 }
 
 fn fingerprint(spec: &InstanceSpec) -> String {
@@ -102,6 +105,25 @@ impl EmbeddedRuntime {
             }
         });
         Ok(rt)
+    }
+
+    /// Removes cached layers that no instance uses; returns how many.
+    pub fn collect_layers(&self) -> Result<usize> {
+        let mut in_use = HashSet::new();
+        for e in std::fs::read_dir(self.config.root.join("instances")).map_err(backend)?.flatten() {
+            if let Ok(id) = InstanceId::new(e.file_name().to_string_lossy()) {
+                match self.record(&id) {
+                    Some(rec) => in_use.extend(rec.layers.iter().filter_map(|d| d.parse().ok())),
+                    // An instance being created has no record yet: keep everything this round.
+                    None => return Ok(0),
+                }
+            }
+        }
+        let removed = self.cache.collect(&in_use).map_err(backend)?;
+        if !removed.is_empty() {
+            tracing::info!(layers = removed.len(), "collected unused layers");
+        }
+        Ok(removed.len())
     }
 
     fn dir(&self, id: &InstanceId) -> PathBuf {
@@ -197,6 +219,7 @@ impl EmbeddedRuntime {
             port: spec.port,
             address: Some(att.address),
             fingerprint: fingerprint(spec),
+            layers: pulled.layers.iter().map(ToString::to_string).collect(),
         })
     }
 
