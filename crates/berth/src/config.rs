@@ -32,6 +32,8 @@ pub struct RuntimeSettings {
     pub cgroup_parent: String,
     /// `auto` (overlayfs where the kernel has it), `overlay` or `copy`.
     pub rootfs: String,
+    /// Let instances reach the outside through NAT (nftables masquerade). Off by default.
+    pub outbound_nat: bool,
 }
 
 impl Default for RuntimeSettings {
@@ -42,6 +44,7 @@ impl Default for RuntimeSettings {
             cidr: "10.88.0.0/16".into(),
             cgroup_parent: "berth".into(),
             rootfs: "auto".into(),
+            outbound_nat: false,
         }
     }
 }

@@ -121,6 +121,7 @@ fn open_runtime(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Opti
         netns_prefix: "berth-".into(),
         cgroup_parent: r.cgroup_parent.clone(),
         rootfs,
+        outbound_nat: r.outbound_nat,
     };
     let source: Arc<dyn ImageSource> = registry;
     let rt = EmbeddedRuntime::open(embedded, source).map_err(|e| anyhow::anyhow!("starting the embedded runtime: {e}"))?;

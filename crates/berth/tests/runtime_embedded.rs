@@ -138,6 +138,7 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
         netns_prefix: sb.prefix.clone(),
         cgroup_parent: sb.cgroup_parent.clone(),
         rootfs: RootfsKind::Overlay,
+        outbound_nat: false,
     };
     let rt = EmbeddedRuntime::open(config.clone(), source.clone())?;
     let mut events = rt.events();

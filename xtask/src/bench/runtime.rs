@@ -137,6 +137,7 @@ async fn measure(bin: &Path, dir: &Path, image: BuiltImage, digest: Digest, roun
         netns_prefix: "bbench-".into(),
         cgroup_parent: CGROUP_PARENT.into(),
         rootfs: RootfsKind::Overlay,
+        outbound_nat: false,
     };
     let rt = EmbeddedRuntime::open(config, Arc::new(MemorySource(image)))?;
     let runc_root = dir.join("runc-state");

@@ -42,6 +42,8 @@ pub struct EmbeddedConfig {
     /// Parent of every instance's cgroup (`/<parent>/<id>`).
     pub cgroup_parent: String,
     pub rootfs: RootfsKind,
+    /// Masquerade instance traffic leaving the host. Off by default.
+    pub outbound_nat: bool,
 }
 
 /// What an instance directory records about its instance.
@@ -86,6 +88,9 @@ impl EmbeddedRuntime {
         std::fs::create_dir_all(config.root.join("instances")).map_err(backend)?;
         let cache = LayerCache::open(&config.root.join("layers")).map_err(backend)?;
         let network = Network::open(&config.bridge, config.cidr, &config.netns_prefix, &config.root.join("network")).map_err(backend)?;
+        if config.outbound_nat {
+            network.enable_outbound_nat().map_err(backend)?;
+        }
         let rt = Arc::new(EmbeddedRuntime {
             config,
             cache,

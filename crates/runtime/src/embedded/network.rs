@@ -2,7 +2,8 @@
 //! reaches every `instance-ip:port`), one network namespace and veth pair per instance, and an
 //! address from a persistent IPAM. Bridge ports are isolated, so instances cannot reach each
 //! other directly — only through the host (the router). An `unreachable` route for the whole
-//! CIDR keeps traffic for it on this host even when the bridge is gone. No outbound NAT.
+//! CIDR keeps traffic for it on this host even when the bridge is gone. Outbound NAT is an
+//! option, off by default (and never on in tests).
 //!
 //! Links and namespaces are managed with iproute2's `ip`.
 
@@ -230,6 +231,40 @@ impl Network {
     }
 }
 
+/// The nftables ruleset that masquerades instance traffic leaving the host (outbound NAT). Off
+/// by default: instances reach nothing beyond the host unless an operator turns it on.
+pub fn nat_ruleset(bridge: &str, cidr: Cidr) -> String {
+    format!(
+        "table ip berth_nat_{bridge} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {cidr} oifname != \"{bridge}\" masquerade\n  }}\n}}\n"
+    )
+}
+
+impl Network {
+    /// Turns outbound NAT on: IPv4 forwarding and [`nat_ruleset`], loaded with `nft`.
+    pub fn enable_outbound_nat(&self) -> Result<(), NetworkError> {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| NetworkError::Io { context: "enabling IPv4 forwarding".into(), source: e })?;
+        let table = format!("berth_nat_{}", self.bridge);
+        let _ = Command::new("nft").args(["delete", "table", "ip", &table]).stderr(std::process::Stdio::null()).status();
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| NetworkError::Io { context: "running nft (install nftables) for outbound NAT".into(), source: e })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin
+                .write_all(nat_ruleset(&self.bridge, self.cidr).as_bytes())
+                .map_err(|e| NetworkError::Io { context: "loading the NAT ruleset".into(), source: e })?;
+        }
+        let status = child.wait().map_err(|e| NetworkError::Io { context: "loading the NAT ruleset".into(), source: e })?;
+        if !status.success() {
+            return Err(NetworkError::Ip { args: "nft -f - (outbound NAT)".into(), stderr: format!("exit {status}") });
+        }
+        Ok(())
+    }
+}
+
 /// `/etc/hosts` and `/etc/resolv.conf` for an instance: its own name, and the host's name
 /// servers except loopback ones (unreachable from the instance's namespace).
 pub fn etc_files(hostname: &str, address: Option<Ipv4Addr>) -> (String, String) {
@@ -260,6 +295,20 @@ mod tests {
         assert!("10.88.0.0".parse::<Cidr>().is_err());
         assert!("10.88.0.0/31".parse::<Cidr>().is_err());
         assert!("banana/8".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn nat_ruleset_masquerades_only_traffic_leaving_the_bridge() {
+        let c = Cidr { addr: Ipv4Addr::new(10, 88, 0, 0), prefix: 16 };
+        expect_test::expect![[r#"
+            table ip berth_nat_berth0 {
+              chain postrouting {
+                type nat hook postrouting priority srcnat; policy accept;
+                ip saddr 10.88.0.0/16 oifname != "berth0" masquerade
+              }
+            }
+        "#]]
+        .assert_eq(&nat_ruleset("berth0", c));
     }
 
     #[test]
