@@ -13,10 +13,12 @@ pub mod build;
 mod cache;
 mod decompress;
 pub mod pull;
+mod remote;
 mod unpack;
 
 pub use cache::{flatten, CacheError, LayerCache};
 
 pub use decompress::{decompressor, Compression};
 pub use pull::{pull, ImageConfig, ImageSource, PullError, PulledImage};
+pub use remote::RemoteRegistry;
 pub use unpack::{unpack_layer, UnpackError, UnpackMode, UnpackStats};
