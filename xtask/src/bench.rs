@@ -3,6 +3,7 @@
 
 mod http;
 mod registry;
+#[cfg(feature = "runtime-bench")]
 mod runtime;
 
 use std::path::PathBuf;
@@ -19,10 +20,29 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .unwrap_or(3);
     match args.first().map(String::as_str) {
         Some("registry") => registry::run(rounds),
+        #[cfg(feature = "runtime-bench")]
         Some("runtime") => runtime::run(rounds),
+        #[cfg(not(feature = "runtime-bench"))]
+        Some("runtime") => with_runtime_feature(args),
         Some(other) => bail!("unknown benchmark `{other}`; available: registry, runtime"),
         None => bail!("name a benchmark: registry, runtime"),
     }
+}
+
+/// Runs this benchmark again from an xtask built with the runtime linked in.
+#[cfg(not(feature = "runtime-bench"))]
+fn with_runtime_feature(args: &[String]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ok = Command::new(&cargo)
+        .args(["run", "--release", "--quiet", "-p", "xtask", "--features", "runtime-bench", "--", "bench"])
+        .args(args)
+        .current_dir(crate::workspace_root())
+        .status()?
+        .success();
+    if !ok {
+        bail!("the runtime benchmark failed");
+    }
+    Ok(())
 }
 
 /// Builds the release `berth` binary and returns its path.

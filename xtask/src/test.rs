@@ -61,6 +61,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if !clippy.success() {
         bail!("clippy found problems");
     }
+    let clippy_bench = Command::new(&cargo)
+        .args(["clippy", "-p", "xtask", "--features", "runtime-bench", "--all-targets", "--quiet", "--", "-D", "warnings"])
+        .current_dir(&root)
+        .status()
+        .context("running cargo clippy on the runtime benchmark")?;
+    if !clippy_bench.success() {
+        bail!("clippy found problems in the runtime benchmark");
+    }
     let nextest = Command::new(&cargo).args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
     let extra = args.iter().skip_while(|a| *a == "--");
     let mut cmd = Command::new(&cargo);
