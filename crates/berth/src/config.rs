@@ -41,7 +41,8 @@ impl Default for RuntimeSettings {
         RuntimeSettings {
             enabled: "auto".into(),
             bridge: "berth0".into(),
-            cidr: "10.88.0.0/16".into(),
+            // Docker takes 172.17/16 and podman 10.88/16 by default; stay clear of both.
+            cidr: "10.77.0.0/16".into(),
             cgroup_parent: "berth".into(),
             rootfs: "auto".into(),
             outbound_nat: false,

@@ -21,7 +21,7 @@ use super::files::write_atomic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    #[error("`{0}` is not an IPv4 CIDR like 10.88.0.0/16")]
+    #[error("`{0}` is not an IPv4 CIDR like 10.77.0.0/16")]
     BadCidr(String),
     #[error("no free address left in {0}")]
     Exhausted(Cidr),
