@@ -214,17 +214,18 @@ struct Log {
     path: std::path::PathBuf,
     file: Option<File>,
     size: u64,
+    rotate_at: u64,
 }
 
 impl Log {
-    fn open(path: &Path) -> Log {
+    fn open(path: &Path, rotate_at: u64) -> Log {
         let file = OpenOptions::new().create(true).append(true).open(path).ok();
         let size = file.as_ref().and_then(|f| f.metadata().ok()).map(|m| m.len()).unwrap_or(0);
-        Log { path: path.to_owned(), file, size }
+        Log { path: path.to_owned(), file, size, rotate_at }
     }
 
     fn line(&mut self, stream: &str, text: &[u8]) {
-        if self.size >= LOG_ROTATE_BYTES {
+        if self.size >= self.rotate_at {
             self.rotate();
         }
         let ts = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
@@ -244,13 +245,13 @@ impl Log {
             let _ = std::fs::rename(self.path.with_extension(format!("log.{i}")), self.path.with_extension(format!("log.{}", i + 1)));
         }
         let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));
-        *self = Log::open(&self.path.clone());
+        *self = Log::open(&self.path.clone(), self.rotate_at);
     }
 }
 
 /// Copies both pipes into the log, line by line, until the container closes them.
 fn pump_logs(files: &InstanceFiles, out: OwnedFd, err: OwnedFd) {
-    let mut log = Log::open(&files.log());
+    let mut log = Log::open(&files.log(), LOG_ROTATE_BYTES);
     let mut streams: Vec<(OwnedFd, &str, Vec<u8>)> = vec![(out, "stdout", Vec::new()), (err, "stderr", Vec::new())];
     let mut buf = vec![0u8; 64 << 10];
     while !streams.is_empty() {
@@ -336,4 +337,36 @@ fn delete(dir: &Path) -> io::Result<()> {
     }
     let mut container = libcontainer::container::Container::load(root).map_err(|e| io::Error::other(e.to_string()))?;
     container.delete(true).map_err(|e| io::Error::other(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_timestamped_and_rotated() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("current.log");
+        let mut log = Log::open(&path, 200);
+        for i in 0..40 {
+            log.line(if i % 2 == 0 { "stdout" } else { "stderr" }, format!("line {i}").as_bytes());
+        }
+        let current = std::fs::read_to_string(&path)?;
+        let first = current.lines().next().unwrap_or_default();
+        let mut parts = first.splitn(3, ' ');
+        let ts = parts.next().unwrap_or_default();
+        assert!(time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).is_ok(), "{first}");
+        assert!(matches!(parts.next(), Some("stdout" | "stderr")), "{first}");
+        assert!(current.ends_with("stderr line 39\n"), "{current}");
+        // At most LOG_KEEP old files, each near the size limit; the oldest lines are gone.
+        let olds: Vec<_> = (1..=LOG_KEEP + 1).map(|i| path.with_extension(format!("log.{i}"))).collect();
+        assert!(olds[..LOG_KEEP].iter().all(|p| p.exists()) && !olds[LOG_KEEP].exists());
+        for p in &olds[..LOG_KEEP] {
+            assert!(std::fs::metadata(p)?.len() < 300);
+        }
+        let all: String =
+            olds[..LOG_KEEP].iter().rev().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect::<String>() + &current;
+        assert!(!all.contains("line 0\n") && all.contains("line 39"));
+        Ok(())
+    }
 }
