@@ -64,7 +64,8 @@ fn id(raw: &str) -> Result<InstanceId, ApiError> {
 
 #[derive(Deserialize)]
 struct RunBody {
-    /// `repository:tag` or `repository@sha256:…` in berth's registry.
+    /// `repository:tag` or `repository@sha256:…` in berth's registry, or with a registry host
+    /// (`registry.example.com/team/web:v1`) from that registry.
     image: String,
     name: Option<String>,
     port: Option<u16>,
@@ -82,6 +83,7 @@ async fn run(State(s): State<AppState>, caller: Caller, Json(body): Json<RunBody
     let (repo, reference) = match body.image.rsplit_once('@') {
         Some((r, d)) => (r.to_owned(), d.to_owned()),
         None => match body.image.rsplit_once(':') {
+            // A `:` inside the last path component starts the tag; one before it is a port.
             Some((r, t)) if !t.contains('/') => (r.to_owned(), t.to_owned()),
             _ => (body.image.clone(), "latest".to_owned()),
         },
@@ -89,6 +91,12 @@ async fn run(State(s): State<AppState>, caller: Caller, Json(body): Json<RunBody
     let reference: Reference = reference.parse().map_err(|e: berth_core::NameError| ApiError::invalid(e.to_string()))?;
     let digest = match reference {
         Reference::Digest(d) => d,
+        // An image of another registry: its tag resolves there.
+        Reference::Tag(t) if berth_image::split_registry(&repo).is_some() => {
+            let (_, bytes) =
+                s.images.manifest(&repo, t.as_str()).await.map_err(|e| ApiError::invalid(format!("resolving {repo}:{t}: {e}")))?;
+            berth_core::Digest::sha256_of(&bytes)
+        }
         Reference::Tag(t) => s
             .store
             .resolve_tag(&repo, t.as_str())

@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The runtime, when this server can run containers.
     pub runtime: Option<Arc<dyn berth_runtime::Runtime>>,
+    /// Where images come from (berth's registry, or the registry an image name names).
+    pub images: Arc<dyn berth_image::ImageSource>,
 }
 
 pub(crate) fn now() -> i64 {

@@ -26,6 +26,7 @@ async fn fixture() -> Result<Fixture> {
     let store: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("state.db"))?);
     let blobs = Arc::new(FsBlobStore::open(&dir.path().join("registry"))?);
     let registry = Arc::new(Registry::new(store.clone(), blobs, RegistryConfig::default()));
+    let registry_source: Arc<dyn berth_image::ImageSource> = registry.clone();
     let admin = issue_token(&store, "admin", vec![Scope::Admin]).await.map_err(|e| e.message)?.secret;
     let reader = issue_token(&store, "reader", vec![Scope::ReadOnly]).await.map_err(|e| e.message)?.secret;
     let state = AppState {
@@ -34,6 +35,7 @@ async fn fixture() -> Result<Fixture> {
         auth: Arc::new(Authenticator::new([1; 32])),
         metrics: Arc::new(Metrics::new()),
         runtime: Some(Arc::new(berth_runtime::FakeRuntime::new())),
+        images: registry_source,
     };
     Ok(Fixture { _dir: dir, router: app(state), admin, reader })
 }

@@ -34,6 +34,8 @@ pub struct RuntimeSettings {
     pub rootfs: String,
     /// Let instances reach the outside through NAT (nftables masquerade). Off by default.
     pub outbound_nat: bool,
+    /// Registries (`host:port`) pulled from over plain HTTP; loopback ones always are.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Default for RuntimeSettings {
@@ -46,6 +48,7 @@ impl Default for RuntimeSettings {
             cgroup_parent: "berth".into(),
             rootfs: "auto".into(),
             outbound_nat: false,
+            insecure_registries: Vec::new(),
         }
     }
 }

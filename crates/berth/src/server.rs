@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_api::{AppState, Authenticator, Metrics};
 use berth_core::{Pattern, Scope, TagPolicy};
-use berth_image::ImageSource;
+use berth_image::{ImageSource, SourceRouter};
 use berth_registry::{FsBlobStore, Registry, RegistryConfig};
 use berth_runtime::embedded::rootfs::{overlay_supported, RootfsKind};
 use berth_runtime::embedded::{EmbeddedConfig, EmbeddedRuntime};
@@ -92,7 +92,7 @@ fn registry_config(config: &Config) -> anyhow::Result<RegistryConfig> {
 }
 
 /// The embedded runtime, when this server can and may run containers.
-fn open_runtime(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Option<Arc<EmbeddedRuntime>>> {
+fn open_runtime(config: &Config, images: Arc<dyn ImageSource>) -> anyhow::Result<Option<Arc<EmbeddedRuntime>>> {
     let r = &config.runtime;
     let root = nix::unistd::geteuid().is_root();
     match (r.enabled.as_str(), root) {
@@ -123,8 +123,7 @@ fn open_runtime(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Opti
         rootfs,
         outbound_nat: r.outbound_nat,
     };
-    let source: Arc<dyn ImageSource> = registry;
-    let rt = EmbeddedRuntime::open(embedded, source).map_err(|e| anyhow::anyhow!("starting the embedded runtime: {e}"))?;
+    let rt = EmbeddedRuntime::open(embedded, images).map_err(|e| anyhow::anyhow!("starting the embedded runtime: {e}"))?;
     tracing::info!(bridge = %r.bridge, cidr = %r.cidr, ?rootfs, "embedded runtime ready");
     Ok(Some(rt))
 }
@@ -145,9 +144,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // Printed once, to the terminal that started berth; never logged.
         println!("Admin token (saved to {}; shown only now):\n  {token}", data.join(ADMIN_TOKEN_FILE).display());
     }
-    let runtime = open_runtime(&config, registry.clone())?;
+    // Images come from berth's registry in-process, or from the registry their name names.
+    let images: Arc<dyn ImageSource> = Arc::new(SourceRouter::new(registry.clone(), config.runtime.insecure_registries.clone()));
+    let runtime = open_runtime(&config, images.clone())?;
     let runtime_dyn: Option<Arc<dyn Runtime>> = runtime.clone().map(|r| r as Arc<dyn Runtime>);
-    let state = AppState { store, registry: registry.clone(), auth, metrics: Arc::new(Metrics::new()), runtime: runtime_dyn };
+    let state = AppState { store, registry: registry.clone(), auth, metrics: Arc::new(Metrics::new()), runtime: runtime_dyn, images };
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

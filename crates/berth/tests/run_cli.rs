@@ -128,5 +128,32 @@ fn run_serve_survive_a_server_crash_and_clean_up() -> Result {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("instance `h1` does not exist"));
     let bad = s.cli(&["run", "nothere:v1"])?;
     assert!(String::from_utf8_lossy(&bad.stderr).contains("tag `v1` is not in repository `nothere`"));
+
+    // An image named with another registry's host is pulled from there (docker-registry here).
+    let anchor = berth_testkit::DockerRegistry::start()?;
+    let copy = skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--src-creds",
+        &s.creds(),
+        &format!("docker://{}/hello:v3", s.addr),
+        &format!("docker://{}/mirror/hello:v3", anchor.addr),
+    ])?;
+    support::ok(&copy)?;
+    let remote = format!("{}/mirror/hello:v3", anchor.addr);
+    let out: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "run", &remote, "--name", "h2"])?)?;
+    assert!(out["image"].as_str().is_some_and(|i| i.starts_with(&format!("{}/mirror/hello@sha256:", anchor.addr))), "{out}");
+    let url = format!("http://{}/", out["address"].as_str().ok_or("no address")?);
+    let mut answer = String::new();
+    for _ in 0..100 {
+        if let Ok(r) = agent.get(&url).call() {
+            answer = r.into_string()?;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(answer.trim(), "hello from v3 on h2");
+    s.cli_ok(&["instance", "delete", "h2"])?;
     Ok(())
 }

@@ -14,6 +14,7 @@ mod cache;
 mod decompress;
 pub mod pull;
 mod remote;
+mod route;
 mod unpack;
 
 pub use cache::{flatten, CacheError, LayerCache};
@@ -21,4 +22,5 @@ pub use cache::{flatten, CacheError, LayerCache};
 pub use decompress::{decompressor, Compression};
 pub use pull::{pull, ImageConfig, ImageSource, PullError, PulledImage};
 pub use remote::RemoteRegistry;
+pub use route::{split_registry, SourceRouter};
 pub use unpack::{unpack_layer, UnpackError, UnpackMode, UnpackStats};
