@@ -15,19 +15,8 @@ use berth_runtime::embedded::files::InstanceFiles;
 use berth_runtime::embedded::oci::{process_plan, runtime_spec, BundlePlan};
 use berth_runtime::embedded::rootfs::{Rootfs, RootfsKind};
 use berth_runtime::{ImageRef, InstanceId, InstanceSpec, Resources};
+use berth_testkit::hello_binary;
 use support::*;
-
-/// Compiles examples/hello into one static binary.
-fn hello_binary(dir: &Path) -> Result<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/src/main.rs");
-    let out = dir.join("hello");
-    let status =
-        Command::new("rustc").args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"]).arg(&out).arg(&src).status()?;
-    if !status.success() {
-        return Err("compiling examples/hello failed".into());
-    }
-    Ok(out)
-}
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result {
     let deadline = Instant::now() + limit;

@@ -4,56 +4,23 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_testkit::{hello_binary, RuntimeSandbox};
 use support::*;
 
-fn hello_binary(dir: &Path) -> Result<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/src/main.rs");
-    let out = dir.join("hello");
-    let ok = Command::new("rustc")
-        .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()?
-        .success();
-    if ok {
-        Ok(out)
-    } else {
-        Err("compiling examples/hello failed".into())
-    }
-}
-
-/// Removes the instance, namespaces, bridge and cgroups even when the test fails.
-struct Sandbox {
-    dir: PathBuf,
-    bridge: String,
-    cidr: String,
-    cgroup_parent: String,
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(self.dir.join("runtime/instances")) {
-            for e in entries.flatten() {
-                if let Some(pid) = std::fs::read_to_string(e.path().join("container.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                }
-                let _ = Command::new(BIN).arg("shim").arg("delete").arg(e.path()).status();
-                let _ = Command::new("umount").arg("-l").arg(e.path().join("rootfs")).status();
-                let _ = Command::new("ip").args(["netns", "del", &format!("berth-{}", e.file_name().to_string_lossy())]).status();
-            }
+/// GETs `url` until the instance answers (it may still be starting).
+fn get_when_up(agent: &ureq::Agent, url: &str) -> Result<String> {
+    for _ in 0..100 {
+        if let Ok(r) = agent.get(url).call() {
+            return Ok(r.into_string()?);
         }
-        let _ = Command::new("ip").args(["link", "del", "dev", &self.bridge]).status();
-        let _ = Command::new("ip").args(["route", "del", "unreachable", &self.cidr, "metric", "4000"]).status();
-        for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let _ = std::fs::remove_dir(ctl.path().join(&self.cgroup_parent));
-        }
+        std::thread::sleep(Duration::from_millis(50));
     }
+    Err(format!("{url} did not answer").into())
 }
 
 #[test]
@@ -69,7 +36,14 @@ fn run_serve_survive_a_server_crash_and_clean_up() -> Result {
         ("BERTH_RUNTIME_CIDR", &cidr),
         ("BERTH_RUNTIME_CGROUP_PARENT", &cgroup_parent),
     ])?;
-    let _sb = Sandbox { dir: s.dir.clone(), bridge, cidr, cgroup_parent };
+    let _sb = RuntimeSandbox {
+        berth: PathBuf::from(BIN),
+        instances: s.dir.join("runtime/instances"),
+        netns_prefix: "berth-h".into(),
+        bridge,
+        cidr,
+        cgroup_parent,
+    };
     let tmp = tempfile::tempdir()?;
     let bin = hello_binary(tmp.path())?;
     s.cli_ok(&["image", "build", "--binary", &bin.display().to_string(), "--port", "8080", "--env", "HELLO_VERSION=v3", "-t", "hello:v3"])?;
@@ -80,15 +54,7 @@ fn run_serve_survive_a_server_crash_and_clean_up() -> Result {
     let addr = out["address"].as_str().ok_or("no address")?.to_owned();
     let url = format!("http://{addr}/");
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
-    let mut body = String::new();
-    for _ in 0..100 {
-        if let Ok(r) = agent.get(&url).call() {
-            body = r.into_string()?;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(body.trim(), "hello from v3 on h1");
+    assert_eq!(get_when_up(&agent, &url)?.trim(), "hello from v3 on h1");
 
     // Load while the server is killed with SIGKILL and restarted: the instance keeps serving.
     let stop = Arc::new(AtomicBool::new(false));
@@ -145,15 +111,7 @@ fn run_serve_survive_a_server_crash_and_clean_up() -> Result {
     let out: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "run", &remote, "--name", "h2"])?)?;
     assert!(out["image"].as_str().is_some_and(|i| i.starts_with(&format!("{}/mirror/hello@sha256:", anchor.addr))), "{out}");
     let url = format!("http://{}/", out["address"].as_str().ok_or("no address")?);
-    let mut answer = String::new();
-    for _ in 0..100 {
-        if let Ok(r) = agent.get(&url).call() {
-            answer = r.into_string()?;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(answer.trim(), "hello from v3 on h2");
+    assert_eq!(get_when_up(&agent, &url)?.trim(), "hello from v3 on h2");
     s.cli_ok(&["instance", "delete", "h2"])?;
     Ok(())
 }

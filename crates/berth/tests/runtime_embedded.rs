@@ -17,6 +17,7 @@ use berth_runtime::embedded::network::Cidr;
 use berth_runtime::embedded::rootfs::RootfsKind;
 use berth_runtime::embedded::{EmbeddedConfig, EmbeddedRuntime};
 use berth_runtime::{ImageRef, InstanceId, InstanceSpec, InstanceState, Resources, Runtime, RuntimeEvent};
+use berth_testkit::{hello_binary, RuntimeSandbox};
 use support::*;
 
 /// Serves one built image from memory.
@@ -33,55 +34,6 @@ impl ImageSource for MemorySource {
             .find(|b| &b.digest == digest)
             .ok_or_else(|| PullError::NotFound(digest.to_string()))?;
         std::fs::write(dest, &b.data).map_err(|e| PullError::Io { context: "writing".into(), source: e })
-    }
-}
-
-fn hello_binary(dir: &Path) -> Result<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/src/main.rs");
-    let out = dir.join("hello");
-    let ok = Command::new("rustc")
-        .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()?
-        .success();
-    if ok {
-        Ok(out)
-    } else {
-        Err("compiling examples/hello failed".into())
-    }
-}
-
-/// Removes whatever the test made, even when it fails.
-struct Sandbox {
-    root: PathBuf,
-    bridge: String,
-    cidr: String,
-    prefix: String,
-    cgroup_parent: String,
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(self.root.join("instances")) {
-            for e in entries.flatten() {
-                let _ = Command::new(BIN).arg("shim").arg("delete").arg(e.path()).status();
-                let _ = Command::new("umount").arg("-l").arg(e.path().join("rootfs")).status();
-            }
-        }
-        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
-            for l in String::from_utf8_lossy(&out.stdout).lines() {
-                let n = l.split_whitespace().next().unwrap_or("");
-                if n.starts_with(&self.prefix) {
-                    let _ = Command::new("ip").args(["netns", "del", n]).status();
-                }
-            }
-        }
-        let _ = Command::new("ip").args(["link", "del", "dev", &self.bridge]).status();
-        let _ = Command::new("ip").args(["route", "del", "unreachable", &self.cidr, "metric", "4000"]).status();
-        for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let _ = std::fs::remove_dir(ctl.path().join(&self.cgroup_parent));
-        }
     }
 }
 
@@ -118,11 +70,13 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
     }
     let tmp = tempfile::tempdir()?;
     let n = std::process::id() % 200;
-    let sb = Sandbox {
-        root: tmp.path().join("runtime"),
+    let root = tmp.path().join("runtime");
+    let sb = RuntimeSandbox {
+        berth: PathBuf::from(BIN),
+        instances: root.join("instances"),
         bridge: format!("btr{n}"),
         cidr: format!("10.251.{n}.0/24"),
-        prefix: format!("btr{n}-"),
+        netns_prefix: format!("btr{n}-"),
         cgroup_parent: format!("berth-test-{}", std::process::id()),
     };
     let bin = hello_binary(tmp.path())?;
@@ -131,11 +85,11 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
     let digest = image.manifest.digest.clone();
     let source: Arc<dyn ImageSource> = Arc::new(MemorySource(image));
     let config = EmbeddedConfig {
-        root: sb.root.clone(),
+        root: root.clone(),
         shim: PathBuf::from(BIN),
         bridge: sb.bridge.clone(),
         cidr: sb.cidr.parse::<Cidr>()?,
-        netns_prefix: sb.prefix.clone(),
+        netns_prefix: sb.netns_prefix.clone(),
         cgroup_parent: sb.cgroup_parent.clone(),
         rootfs: RootfsKind::Overlay,
         outbound_nat: false,
@@ -217,10 +171,10 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
         rt.delete(&InstanceId::new(format!("hello-{i}"))?).await?;
     }
     assert_eq!(rt.collect_layers()?, 1);
-    assert_eq!(std::fs::read_dir(sb.root.join("layers/layers/sha256"))?.count(), 0);
+    assert_eq!(std::fs::read_dir(root.join("layers/layers/sha256"))?.count(), 0);
     assert!(rt.list().await?.is_empty());
     let netns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output()?.stdout).into_owned();
-    assert!(!netns.contains(&sb.prefix), "{netns}");
+    assert!(!netns.contains(&sb.netns_prefix), "{netns}");
     let veths = String::from_utf8_lossy(&Command::new("ip").args(["link", "show", "master", &sb.bridge]).output()?.stdout).into_owned();
     assert!(veths.trim().is_empty(), "{veths}");
     for ctl in ["memory", "cpu", "pids"] {
@@ -233,7 +187,7 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
         assert!(left.is_empty(), "{ctl} cgroups left: {left:?}");
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
-    assert!(!mounts.contains(&sb.root.display().to_string()), "mounts left");
-    assert_eq!(std::fs::read_dir(sb.root.join("instances"))?.count(), 0);
+    assert!(!mounts.contains(&root.display().to_string()), "mounts left");
+    assert_eq!(std::fs::read_dir(root.join("instances"))?.count(), 0);
     Ok(())
 }

@@ -132,3 +132,62 @@ mod tests {
         assert_eq!(super::noise(3, 13).len(), 13);
     }
 }
+
+/// Compiles `examples/hello` into one static binary in `dir` (rustc alone: standard library only).
+pub fn hello_binary(dir: &Path) -> Result<PathBuf, Error> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/src/main.rs");
+    let out = dir.join("hello");
+    let ok = Command::new("rustc")
+        .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()?
+        .success();
+    if ok {
+        Ok(out)
+    } else {
+        Err("compiling examples/hello failed".into())
+    }
+}
+
+/// What a test or benchmark that runs containers created on the host, removed when dropped —
+/// also when the test fails: its instances (killed, deleted, unmounted), network namespaces with
+/// its prefix, its bridge and unreachable route, and its cgroup parent.
+#[derive(Debug, Clone)]
+pub struct RuntimeSandbox {
+    /// The berth binary (for `berth shim delete`).
+    pub berth: PathBuf,
+    /// The runtime's `instances/` directory.
+    pub instances: PathBuf,
+    pub netns_prefix: String,
+    pub bridge: String,
+    pub cidr: String,
+    pub cgroup_parent: String,
+}
+
+impl Drop for RuntimeSandbox {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.instances) {
+            for e in entries.flatten() {
+                if let Some(pid) = std::fs::read_to_string(e.path().join("container.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
+                }
+                let _ = Command::new(&self.berth).arg("shim").arg("delete").arg(e.path()).status();
+                let _ = Command::new("umount").arg("-l").arg(e.path().join("rootfs")).stderr(Stdio::null()).status();
+            }
+        }
+        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                let n = l.split_whitespace().next().unwrap_or("");
+                if n.starts_with(&self.netns_prefix) {
+                    let _ = Command::new("ip").args(["netns", "del", n]).status();
+                }
+            }
+        }
+        let _ = Command::new("ip").args(["link", "del", "dev", &self.bridge]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip").args(["route", "del", "unreachable", &self.cidr, "metric", "4000"]).stderr(Stdio::null()).status();
+        for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(ctl.path().join(&self.cgroup_parent));
+        }
+    }
+}
