@@ -18,7 +18,7 @@ use super::{BlobInfo, BlobStore, BlobStoreError, ByteStream, Result, UploadInfo}
 /// Bytes gathered from the request before one write to disk.
 const WRITE_BATCH: usize = 1 << 20;
 /// Bytes per body chunk when serving a blob.
-const READ_CHUNK: usize = 4 << 20;
+const READ_CHUNK: usize = 2 << 20;
 /// Reads at least this long are served from a memory map of the blob, not copied into memory.
 const MMAP_THRESHOLD: u64 = 1 << 20;
 
