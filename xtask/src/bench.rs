@@ -3,6 +3,8 @@
 
 mod http;
 mod registry;
+#[cfg(feature = "router-bench")]
+mod router;
 #[cfg(feature = "runtime-bench")]
 mod runtime;
 
@@ -23,24 +25,28 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         #[cfg(feature = "runtime-bench")]
         Some("runtime") => runtime::run(rounds),
         #[cfg(not(feature = "runtime-bench"))]
-        Some("runtime") => with_runtime_feature(args),
-        Some(other) => bail!("unknown benchmark `{other}`; available: registry, runtime"),
-        None => bail!("name a benchmark: registry, runtime"),
+        Some("runtime") => with_feature("runtime-bench", args),
+        #[cfg(feature = "router-bench")]
+        Some("router") => router::run(rounds),
+        #[cfg(not(feature = "router-bench"))]
+        Some("router") => with_feature("router-bench", args),
+        Some(other) => bail!("unknown benchmark `{other}`; available: registry, runtime, router"),
+        None => bail!("name a benchmark: registry, runtime, router"),
     }
 }
 
-/// Runs this benchmark again from an xtask built with the runtime linked in.
-#[cfg(not(feature = "runtime-bench"))]
-fn with_runtime_feature(args: &[String]) -> anyhow::Result<()> {
+/// Runs this benchmark again from an xtask built with what it measures linked in.
+#[cfg(not(all(feature = "runtime-bench", feature = "router-bench")))]
+fn with_feature(feature: &str, args: &[String]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ok = Command::new(&cargo)
-        .args(["run", "--release", "--quiet", "-p", "xtask", "--features", "runtime-bench", "--", "bench"])
+        .args(["run", "--release", "--quiet", "-p", "xtask", "--features", feature, "--", "bench"])
         .args(args)
         .current_dir(crate::workspace_root())
         .status()?
         .success();
     if !ok {
-        bail!("the runtime benchmark failed");
+        bail!("the {feature} benchmark failed");
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! - `test`: installs the test tools the suite drives (skopeo, docker-registry, curl) when they
 //!   are missing, then runs the whole test suite.
 //! - `bench <name>`: runs a benchmark of berth against its anchor, side by side, and prints a
-//!   table of ratios ending with one JSON line. Names: `registry`, `runtime`.
+//!   table of ratios ending with one JSON line. Names: `registry`, `runtime`, `router`.
 
 mod bench;
 mod test;
@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask test [-- <nextest args>]\n       cargo xtask bench registry|runtime [--rounds N]");
+    eprintln!("usage: cargo xtask test [-- <nextest args>]\n       cargo xtask bench registry|runtime|router [--rounds N]");
     ExitCode::from(2)
 }
 

@@ -62,12 +62,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         bail!("clippy found problems");
     }
     let clippy_bench = Command::new(&cargo)
-        .args(["clippy", "-p", "xtask", "--features", "runtime-bench", "--all-targets", "--quiet", "--", "-D", "warnings"])
+        .args(["clippy", "-p", "xtask", "--features", "runtime-bench,router-bench", "--all-targets", "--quiet", "--", "-D", "warnings"])
         .current_dir(&root)
         .status()
-        .context("running cargo clippy on the runtime benchmark")?;
+        .context("running cargo clippy on the benchmarks")?;
     if !clippy_bench.success() {
-        bail!("clippy found problems in the runtime benchmark");
+        bail!("clippy found problems in the benchmarks");
     }
     let nextest = Command::new(&cargo).args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
     let extra = args.iter().skip_while(|a| *a == "--");
