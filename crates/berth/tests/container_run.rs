@@ -115,14 +115,6 @@ fn runs_hello_in_an_isolated_container() -> Result {
     assert_eq!(cg("cpu", "cpu.cfs_quota_us")?, "50000");
     assert_eq!(cg("pids", "pids.max")?, "64");
 
-    // The app answers inside its own network namespace, as user 65534, with no capabilities.
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("65534")), "{status}");
-    assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
-    assert!(status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2')), "{status}");
-    assert!(status.lines().any(|l| l == "CapEff:\t0000000000000000"), "{status}");
-    assert_ne!(std::fs::read_link(format!("/proc/{pid}/ns/net"))?, std::fs::read_link("/proc/self/ns/net")?);
-    assert_ne!(std::fs::read_link(format!("/proc/{pid}/ns/pid"))?, std::fs::read_link("/proc/self/ns/pid")?);
     // A fresh network namespace has only a loopback device, and it is down.
     let up = Command::new("nsenter").arg(format!("--net=/proc/{pid}/ns/net")).args(["ip", "link", "set", "lo", "up"]).status()?;
     assert!(up.success());
@@ -133,6 +125,15 @@ fn runs_hello_in_an_isolated_container() -> Result {
         answer.starts_with("hello from v7")
     })?;
     assert_eq!(answer.trim(), format!("hello from v7 on {id}"));
+    // Once it answers it has been executed: as user 65534, no capabilities, no new privileges,
+    // seccomp filtering, in namespaces of its own.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("65534")), "{status}");
+    assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
+    assert!(status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2')), "{status}");
+    assert!(status.lines().any(|l| l == "CapEff:\t0000000000000000"), "{status}");
+    assert_ne!(std::fs::read_link(format!("/proc/{pid}/ns/net"))?, std::fs::read_link("/proc/self/ns/net")?);
+    assert_ne!(std::fs::read_link(format!("/proc/{pid}/ns/pid"))?, std::fs::read_link("/proc/self/ns/pid")?);
 
     // Logs carry timestamps and the stream name.
     wait_until("the log", Duration::from_secs(5), || std::fs::read_to_string(files.log()).is_ok_and(|l| l.contains("GET / 200")))?;
