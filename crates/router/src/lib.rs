@@ -9,6 +9,7 @@
 
 mod proxy;
 mod table;
+pub mod tls;
 
 pub use proxy::Router;
 pub use table::{Route, RouteSpec, RoutingTable, Upstream};

@@ -69,7 +69,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The request headers an upstream sees.
-fn upstream_headers(src: &HeaderMap, peer: SocketAddr, host: &str, request_id: &str) -> HeaderMap {
+fn upstream_headers(src: &HeaderMap, peer: SocketAddr, host: &str, request_id: &str, scheme: &str) -> HeaderMap {
     let mut h = src.clone();
     strip_hop_by_hop(&mut h);
     let xff = match src.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -77,7 +77,7 @@ fn upstream_headers(src: &HeaderMap, peer: SocketAddr, host: &str, request_id: &
         None => peer.ip().to_string(),
     };
     for (name, value) in
-        [(&X_FORWARDED_FOR, xff.as_str()), (&X_FORWARDED_PROTO, "http"), (&X_FORWARDED_HOST, host), (&X_REQUEST_ID, request_id)]
+        [(&X_FORWARDED_FOR, xff.as_str()), (&X_FORWARDED_PROTO, scheme), (&X_FORWARDED_HOST, host), (&X_REQUEST_ID, request_id)]
     {
         if let Ok(v) = HeaderValue::from_str(value) {
             h.insert(name.clone(), v);
@@ -104,26 +104,47 @@ impl Router {
         Arc::new(Router { table, client })
     }
 
-    /// Serves connections from `listener` until the task is dropped.
+    /// Serves plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge) from `listener` until the
+    /// task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         loop {
             let (stream, peer) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
-            let this = self.clone();
+            tokio::spawn(self.clone().connection(stream, peer, "http"));
+        }
+    }
+
+    /// Serves HTTPS from `listener`: TLS with certificates by SNI, HTTP/2 or HTTP/1.1 by ALPN.
+    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<()> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        loop {
+            let (stream, peer) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let (this, acceptor) = (self.clone(), acceptor.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
-                });
-                if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                match acceptor.accept(stream).await {
+                    Ok(tls) => this.connection(tls, peer, "https").await,
+                    Err(e) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                 }
             });
         }
     }
 
+    async fn connection<I>(self: Arc<Self>, io: I, peer: SocketAddr, scheme: &'static str)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| {
+            let this = self.clone();
+            async move { Ok::<_, Infallible>(this.handle(req, peer, scheme).await) }
+        });
+        if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), service).await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+    }
+
     /// One request through the phases.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, scheme: &'static str) -> Response<Body> {
         let start = Instant::now();
         // Phase: route.
         let host = req
@@ -143,7 +164,7 @@ impl Router {
             .map(str::to_owned)
             .unwrap_or_else(|| format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()));
         let (parts, body) = req.into_parts();
-        let headers = upstream_headers(&parts.headers, peer, &host, &request_id);
+        let headers = upstream_headers(&parts.headers, peer, &host, &request_id, scheme);
         let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
         let resp = self.forward(&route, &parts.method, &path, headers, body).await;
         // Phase: log.
@@ -230,7 +251,7 @@ mod tests {
         ] {
             h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let out = upstream_headers(&h, SocketAddr::from(([10, 0, 0, 9], 5555)), "web.localhost", "rid");
+        let out = upstream_headers(&h, SocketAddr::from(([10, 0, 0, 9], 5555)), "web.localhost", "rid", "http");
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, ["host", "te", "x-app", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-request-id"]);
@@ -242,7 +263,7 @@ mod tests {
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
-        let out = upstream_headers(&h, SocketAddr::from(([127, 0, 0, 1], 1)), "a", "r");
+        let out = upstream_headers(&h, SocketAddr::from(([127, 0, 0, 1], 1)), "a", "r", "https");
         assert_eq!(out.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()), Some(&b"1.2.3.4, 127.0.0.1"[..]));
     }
 }

@@ -1,0 +1,90 @@
+//! HTTPS through the router with curl: certificates issued on demand by the local CA (which
+//! persists across restarts), HTTP/2 by ALPN, `X-Forwarded-Proto: https`, and no certificate
+//! for names berth does not serve.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+
+use berth_router::tls::{server_config, LocalCa, OnDemandCerts};
+use berth_router::{RouteSpec, Router, RoutingTable};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+async fn backend() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let proto = req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("proto={proto}")))))
+                });
+                let _ =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn curl(args: Vec<String>) -> Result<std::process::Output> {
+    Ok(tokio::task::spawn_blocking(move || Command::new("curl").args(&args).output()).await??)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_certificates_on_demand() -> Result {
+    let dir = tempfile::tempdir()?;
+    let ca = LocalCa::load_or_create(dir.path())?;
+    let pem = ca.cert_pem().to_owned();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(dir.path().join("ca-key.pem"))?.permissions().mode() & 0o777, 0o600);
+    // A restart loads the same CA: leaves it issues still chain to the exported certificate.
+    drop(ca);
+    let ca = LocalCa::load_or_create(dir.path())?;
+    assert_eq!(ca.cert_pem(), pem);
+
+    let table = Arc::new(RoutingTable::new());
+    table.replace(&[RouteSpec { host: "web.localhost".into(), service: "web".into(), upstreams: vec![backend().await?] }]);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let config = server_config(Arc::new(OnDemandCerts::new(ca, vec![".localhost".into()])))?;
+    tokio::spawn(Router::new(table).serve_tls(listener, config));
+
+    let cacert = dir.path().join("ca.pem").display().to_string();
+    let base = |name: &str| {
+        vec![
+            "-s".to_string(),
+            "--cacert".into(),
+            cacert.clone(),
+            "--resolve".into(),
+            format!("{name}:{port}:127.0.0.1"),
+            "-w".into(),
+            "\n%{http_code} %{http_version}".into(),
+        ]
+    };
+    let mut args = base("web.localhost");
+    args.push(format!("https://web.localhost:{port}/"));
+    let out = curl(args).await?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "proto=https\n200 2", "{}", String::from_utf8_lossy(&out.stderr));
+    let mut args = base("web.localhost");
+    args.extend(["--http1.1".to_string(), format!("https://web.localhost:{port}/")]);
+    assert_eq!(String::from_utf8_lossy(&curl(args).await?.stdout), "proto=https\n200 1.1");
+    // A name outside the served suffixes gets no certificate: the handshake fails.
+    let mut args = base("example.com");
+    args.push(format!("https://example.com:{port}/"));
+    let out = curl(args).await?;
+    assert!(!out.status.success());
+    // A served name with no route: 404 over TLS.
+    let mut args = base("other.localhost");
+    args.push(format!("https://other.localhost:{port}/"));
+    assert!(String::from_utf8_lossy(&curl(args).await?.stdout).ends_with("404 2"));
+    Ok(())
+}
