@@ -42,6 +42,8 @@ pub struct AppState {
     pub runtime: Option<Arc<dyn berth_runtime::Runtime>>,
     /// Where images come from (berth's registry, or the registry an image name names).
     pub images: Arc<dyn berth_image::ImageSource>,
+    /// The local CA's certificate (PEM), which clients trust for the router's HTTPS.
+    pub ca_pem: Arc<str>,
 }
 
 pub(crate) fn now() -> i64 {
@@ -55,6 +57,7 @@ pub fn app(state: AppState) -> Router {
         .merge(tokens::routes())
         .merge(instances::routes())
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/ca", get(ca))
         .route("/token", get(auth::token_endpoint))
         .route("/metrics", get(metrics::render))
         .with_state(state.clone());
@@ -64,6 +67,12 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(axum::middleware::from_fn_with_state(state, metrics::track))
         .route("/healthz", get(|| async { "ok\n" }))
+}
+
+/// `GET /api/v1/ca`: the local CA certificate (`berth ca export`).
+async fn ca(axum::extract::State(s): axum::extract::State<AppState>, caller: caller::Caller) -> Result<impl IntoResponse, ApiError> {
+    caller.authenticated()?;
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/x-pem-file")], s.ca_pem.to_string()))
 }
 
 async fn openapi() -> impl IntoResponse {

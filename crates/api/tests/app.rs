@@ -36,6 +36,7 @@ async fn fixture() -> Result<Fixture> {
         metrics: Arc::new(Metrics::new()),
         runtime: Some(Arc::new(berth_runtime::FakeRuntime::new())),
         images: registry_source,
+        ca_pem: Arc::from("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"),
     };
     Ok(Fixture { _dir: dir, router: app(state), admin, reader })
 }

@@ -16,7 +16,29 @@ pub struct Config {
     pub api: ApiConfig,
     pub registry: RegistrySettings,
     pub runtime: RuntimeSettings,
+    pub router: RouterSettings,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSettings {
+    /// The HTTP listener for services. Default `127.0.0.1:8080`; env `BERTH_ROUTER_HTTP`.
+    pub listen_http: SocketAddr,
+    /// The HTTPS listener for services. Default `127.0.0.1:8443`; env `BERTH_ROUTER_HTTPS`.
+    pub listen_https: SocketAddr,
+    /// Services are also served at `<name>.<base_domain>` when set. Env `BERTH_BASE_DOMAIN`.
+    pub base_domain: Option<String>,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        RouterSettings {
+            listen_http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen_https: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            base_domain: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -95,6 +117,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             registry: RegistrySettings::default(),
             runtime: RuntimeSettings::default(),
+            router: RouterSettings::default(),
             log: LogConfig::default(),
         }
     }
@@ -147,6 +170,15 @@ impl Config {
         }
         if let Some(v) = env("BERTH_API_LISTEN") {
             config.api.listen = v.parse().with_context(|| format!("BERTH_API_LISTEN=`{v}` is not an address like 127.0.0.1:7070"))?;
+        }
+        for (key, field) in [("BERTH_ROUTER_HTTP", &mut config.router.listen_http), ("BERTH_ROUTER_HTTPS", &mut config.router.listen_https)]
+        {
+            if let Some(v) = env(key) {
+                *field = v.parse().with_context(|| format!("{key}=`{v}` is not an address like 127.0.0.1:8443"))?;
+            }
+        }
+        if let Some(v) = env("BERTH_BASE_DOMAIN") {
+            config.router.base_domain = Some(v);
         }
         if let Some(v) = env("BERTH_LOG_FORMAT") {
             config.log.format = v;

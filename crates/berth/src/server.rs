@@ -13,6 +13,8 @@ use berth_api::{AppState, Authenticator, Metrics};
 use berth_core::{Pattern, Scope, TagPolicy};
 use berth_image::{ImageSource, SourceRouter};
 use berth_registry::{FsBlobStore, Registry, RegistryConfig};
+use berth_router::tls::{server_config, LocalCa, OnDemandCerts};
+use berth_router::{RouteSpec, Router, RoutingTable};
 use berth_runtime::embedded::rootfs::{overlay_supported, RootfsKind};
 use berth_runtime::embedded::{EmbeddedConfig, EmbeddedRuntime};
 use berth_runtime::Runtime;
@@ -23,6 +25,7 @@ use crate::config::Config;
 /// File names inside the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 pub const API_ADDRESS_FILE: &str = "api-address";
+pub const ROUTER_ADDRESS_FILE: &str = "router-address";
 const SIGNING_KEY_FILE: &str = "token-signing-key";
 
 fn init_logging(config: &Config) {
@@ -128,6 +131,53 @@ fn open_runtime(config: &Config, images: Arc<dyn ImageSource>) -> anyhow::Result
     Ok(Some(rt))
 }
 
+/// The router's listeners. Until services exist, every running one-off instance is served at
+/// `<instance id>.localhost` (and `<instance id>.<base domain>`).
+async fn start_router(config: &Config, ca: LocalCa, runtime: Option<Arc<dyn Runtime>>) -> anyhow::Result<()> {
+    let r = &config.router;
+    let mut suffixes = vec![".localhost".to_owned()];
+    if let Some(d) = &r.base_domain {
+        suffixes.push(format!(".{}", d.trim_start_matches('.')));
+    }
+    let tls = server_config(Arc::new(OnDemandCerts::new(ca, suffixes.clone()))).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    let table = Arc::new(RoutingTable::new());
+    let router = Router::new(table.clone());
+    let http = tokio::net::TcpListener::bind(r.listen_http)
+        .await
+        .with_context(|| format!("binding the router's HTTP listener to {}", r.listen_http))?;
+    let https = tokio::net::TcpListener::bind(r.listen_https)
+        .await
+        .with_context(|| format!("binding the router's HTTPS listener to {}", r.listen_https))?;
+    let (http_addr, https_addr) = (http.local_addr()?, https.local_addr()?);
+    write_private(&config.data_dir.join(ROUTER_ADDRESS_FILE), format!("http://{http_addr}\nhttps://{https_addr}\n").as_bytes())?;
+    tracing::info!(http = %http_addr, https = %https_addr, "router listening");
+    tokio::spawn(router.clone().serve(http));
+    tokio::spawn(router.serve_tls(https, tls));
+    if let Some(rt) = runtime {
+        tokio::spawn(async move {
+            loop {
+                if let Ok(list) = rt.list().await {
+                    let specs: Vec<RouteSpec> = list
+                        .iter()
+                        .filter(|i| i.state == berth_runtime::InstanceState::Running)
+                        .filter_map(|i| i.address.map(|a| (i, a)))
+                        .flat_map(|(i, a)| {
+                            suffixes.iter().map(move |s| RouteSpec {
+                                host: format!("{}{s}", i.id),
+                                service: i.id.to_string(),
+                                upstreams: vec![a],
+                            })
+                        })
+                        .collect();
+                    table.replace(&specs);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    Ok(())
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let data = &config.data_dir;
@@ -148,7 +198,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let images: Arc<dyn ImageSource> = Arc::new(SourceRouter::new(registry.clone(), config.runtime.insecure_registries.clone()));
     let runtime = open_runtime(&config, images.clone())?;
     let runtime_dyn: Option<Arc<dyn Runtime>> = runtime.clone().map(|r| r as Arc<dyn Runtime>);
-    let state = AppState { store, registry: registry.clone(), auth, metrics: Arc::new(Metrics::new()), runtime: runtime_dyn, images };
+    let ca = LocalCa::load_or_create(&data.join("tls")).map_err(|e| anyhow::anyhow!("the local certificate authority: {e}"))?;
+    let ca_pem: Arc<str> = Arc::from(ca.cert_pem());
+    start_router(&config, ca, runtime_dyn.clone()).await?;
+    let state =
+        AppState { store, registry: registry.clone(), auth, metrics: Arc::new(Metrics::new()), runtime: runtime_dyn, images, ca_pem };
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

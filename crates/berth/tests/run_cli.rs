@@ -56,6 +56,27 @@ fn run_serve_survive_a_server_crash_and_clean_up() -> Result {
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
     assert_eq!(get_when_up(&agent, &url)?.trim(), "hello from v3 on h1");
 
+    // The router serves it over HTTPS at h1.localhost, with a certificate from the local CA.
+    let ca = tmp.path().join("ca.pem");
+    std::fs::write(&ca, s.cli_ok(&["ca", "export"])?)?;
+    let routers = std::fs::read_to_string(s.dir.join("router-address"))?;
+    let https = routers.lines().find_map(|l| l.strip_prefix("https://")).ok_or("no https listener")?.to_owned();
+    let port = https.rsplit(':').next().unwrap_or("0").to_owned();
+    let mut routed = String::new();
+    for _ in 0..60 {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--cacert"])
+            .arg(&ca)
+            .args(["--resolve", &format!("h1.localhost:{port}:127.0.0.1"), &format!("https://h1.localhost:{port}/")])
+            .output()?;
+        routed = String::from_utf8_lossy(&out.stdout).into_owned();
+        if routed.starts_with("hello") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(routed.trim(), "hello from v3 on h1");
+
     // Load while the server is killed with SIGKILL and restarted: the instance keeps serving.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

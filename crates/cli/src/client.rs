@@ -108,6 +108,14 @@ impl Client {
         self.finish(self.request("GET", path).call())
     }
 
+    /// A GET whose answer is text, not JSON.
+    pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        match self.request("GET", path).call() {
+            Ok(r) => Ok(r.into_string()?),
+            Err(e) => self.finish(Err(e)).map(|_| String::new()),
+        }
+    }
+
     pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.finish(self.request("DELETE", path).call())
     }

@@ -52,6 +52,9 @@ pub enum Command {
     /// Inspect and manage instances.
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// The local certificate authority behind the router's HTTPS.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Save a server URL and token for later commands.
     Login {
         /// The server's API URL, e.g. https://berth.example.com
@@ -188,6 +191,12 @@ pub enum InstanceCommand {
     },
     /// Stop and delete an instance, freeing everything it held.
     Delete { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the CA certificate (PEM), e.g. `berth ca export > berth-ca.pem; curl --cacert berth-ca.pem …`.
+    Export,
 }
 
 #[derive(Debug, Subcommand)]
@@ -404,6 +413,10 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Command::Ca(CaCommand::Export) => {
+            let c = Client::from_args(g)?;
+            print!("{}", c.get_text("/api/v1/ca")?);
         }
         Command::Registry(RegistryCommand::Gc { dry_run }) => {
             let c = Client::from_args(g)?;

@@ -51,7 +51,12 @@ impl BerthProcess {
         let mut cmd = Command::new(bin);
         cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
         // Tests that want containers turn the runtime on with their own bridge and CIDR.
-        cmd.env("BERTH_LOG", "warn").env("BERTH_RUNTIME", "off").stdout(Stdio::null()).stderr(Stdio::inherit());
+        cmd.env("BERTH_LOG", "warn")
+            .env("BERTH_RUNTIME", "off")
+            .env("BERTH_ROUTER_HTTP", "127.0.0.1:0")
+            .env("BERTH_ROUTER_HTTPS", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
