@@ -167,8 +167,8 @@ impl Router {
         let headers = upstream_headers(&parts.headers, peer, &host, &request_id, scheme);
         let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
         let resp = self.forward(&route, &parts.method, &path, headers, body).await;
-        // Phase: log.
-        tracing::info!(
+        // Phase: log. (At debug level until the router has its own access log.)
+        tracing::debug!(
             service = %route.service,
             method = %parts.method,
             path = %path,
