@@ -29,6 +29,10 @@ pub struct RouterSettings {
     pub listen_https: SocketAddr,
     /// Services are also served at `<name>.<base_domain>` when set. Env `BERTH_BASE_DOMAIN`.
     pub base_domain: Option<String>,
+    /// Answer plain HTTP with a 308 redirect to HTTPS. Default false.
+    pub redirect_http_to_https: bool,
+    /// Send `Strict-Transport-Security` on HTTPS answers. Default false.
+    pub hsts: bool,
 }
 
 impl Default for RouterSettings {
@@ -37,6 +41,8 @@ impl Default for RouterSettings {
             listen_http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             listen_https: SocketAddr::from(([127, 0, 0, 1], 8443)),
             base_domain: None,
+            redirect_http_to_https: false,
+            hsts: false,
         }
     }
 }

@@ -14,7 +14,7 @@ use berth_core::{Pattern, Scope, TagPolicy};
 use berth_image::{ImageSource, SourceRouter};
 use berth_registry::{FsBlobStore, Registry, RegistryConfig};
 use berth_router::tls::{server_config, LocalCa, OnDemandCerts};
-use berth_router::{RouteSpec, Router, RoutingTable};
+use berth_router::{RouteSpec, Router, RouterOptions, RoutingTable};
 use berth_runtime::embedded::rootfs::{overlay_supported, RootfsKind};
 use berth_runtime::embedded::{EmbeddedConfig, EmbeddedRuntime};
 use berth_runtime::Runtime;
@@ -141,7 +141,6 @@ async fn start_router(config: &Config, ca: LocalCa, runtime: Option<Arc<dyn Runt
     }
     let tls = server_config(Arc::new(OnDemandCerts::new(ca, suffixes.clone()))).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
     let table = Arc::new(RoutingTable::new());
-    let router = Router::new(table.clone());
     let http = tokio::net::TcpListener::bind(r.listen_http)
         .await
         .with_context(|| format!("binding the router's HTTP listener to {}", r.listen_http))?;
@@ -149,6 +148,8 @@ async fn start_router(config: &Config, ca: LocalCa, runtime: Option<Arc<dyn Runt
         .await
         .with_context(|| format!("binding the router's HTTPS listener to {}", r.listen_https))?;
     let (http_addr, https_addr) = (http.local_addr()?, https.local_addr()?);
+    let options = RouterOptions { redirect_to_https_port: r.redirect_http_to_https.then_some(https_addr.port()), hsts: r.hsts };
+    let router = Router::with_options(table.clone(), options);
     write_private(&config.data_dir.join(ROUTER_ADDRESS_FILE), format!("http://{http_addr}\nhttps://{https_addr}\n").as_bytes())?;
     tracing::info!(http = %http_addr, https = %https_addr, "router listening");
     tokio::spawn(router.clone().serve(http));

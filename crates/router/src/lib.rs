@@ -11,5 +11,5 @@ mod proxy;
 mod table;
 pub mod tls;
 
-pub use proxy::Router;
+pub use proxy::{Router, RouterOptions};
 pub use table::{Route, RouteSpec, RoutingTable, Upstream};

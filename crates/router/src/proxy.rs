@@ -89,19 +89,44 @@ fn upstream_headers(src: &HeaderMap, peer: SocketAddr, host: &str, request_id: &
     h
 }
 
+/// Behaviour switches of a router.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouterOptions {
+    /// Answer plain-HTTP requests with a 308 redirect to HTTPS on this port (as clients see it).
+    pub redirect_to_https_port: Option<u16>,
+    /// Add `Strict-Transport-Security` to HTTPS responses.
+    pub hsts: bool,
+}
+
 pub struct Router {
     table: Arc<RoutingTable>,
     client: Client<HttpConnector, Body>,
+    options: RouterOptions,
+}
+
+/// A 308 to the same host and path over HTTPS.
+fn redirect(host: &str, port: u16, path: &str) -> Response<Body> {
+    let name = crate::table::normalize_host(host);
+    let authority = if port == 443 { name } else { format!("{name}:{port}") };
+    let mut r = text(StatusCode::PERMANENT_REDIRECT, "use HTTPS\n");
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{authority}{path}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
 
 impl Router {
     pub fn new(table: Arc<RoutingTable>) -> Arc<Router> {
+        Router::with_options(table, RouterOptions::default())
+    }
+
+    pub fn with_options(table: Arc<RoutingTable>, options: RouterOptions) -> Arc<Router> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         let client =
             Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(256).build(connector);
-        Arc::new(Router { table, client })
+        Arc::new(Router { table, client, options })
     }
 
     /// Serves plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge) from `listener` until the
@@ -157,6 +182,9 @@ impl Router {
         let Some(route) = self.table.lookup(&host) else {
             return text(StatusCode::NOT_FOUND, format!("no service is served at `{host}`\n"));
         };
+        if let (Some(port), "http") = (self.options.redirect_to_https_port, scheme) {
+            return redirect(&host, port, req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+        }
         let request_id = req
             .headers()
             .get(&X_REQUEST_ID)
@@ -166,7 +194,10 @@ impl Router {
         let (parts, body) = req.into_parts();
         let headers = upstream_headers(&parts.headers, peer, &host, &request_id, scheme);
         let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
-        let resp = self.forward(&route, &parts.method, &path, headers, body).await;
+        let mut resp = self.forward(&route, &parts.method, &path, headers, body).await;
+        if self.options.hsts && scheme == "https" {
+            resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+        }
         // Phase: log. (At debug level until the router has its own access log.)
         tracing::debug!(
             service = %route.service,

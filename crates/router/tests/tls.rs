@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use berth_router::tls::{server_config, LocalCa, OnDemandCerts};
-use berth_router::{RouteSpec, Router, RoutingTable};
+use berth_router::{RouteSpec, Router, RouterOptions, RoutingTable};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
@@ -56,7 +56,11 @@ async fn https_with_certificates_on_demand() -> Result {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let config = server_config(Arc::new(OnDemandCerts::new(ca, vec![".localhost".into()])))?;
-    tokio::spawn(Router::new(table).serve_tls(listener, config));
+    let router = Router::with_options(table, RouterOptions { redirect_to_https_port: Some(port), hsts: true });
+    let plain = TcpListener::bind("127.0.0.1:0").await?;
+    let plain_port = plain.local_addr()?.port();
+    tokio::spawn(router.clone().serve(plain));
+    tokio::spawn(router.serve_tls(listener, config));
 
     let cacert = dir.path().join("ca.pem").display().to_string();
     let base = |name: &str| {
@@ -77,6 +81,24 @@ async fn https_with_certificates_on_demand() -> Result {
     let mut args = base("web.localhost");
     args.extend(["--http1.1".to_string(), format!("https://web.localhost:{port}/")]);
     assert_eq!(String::from_utf8_lossy(&curl(args).await?.stdout), "proto=https\n200 1.1");
+    // Plain HTTP is redirected to HTTPS; HTTPS answers carry HSTS.
+    let out = curl(vec![
+        "-s".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code} %{redirect_url}".into(),
+        "-H".into(),
+        "Host: web.localhost".into(),
+        format!("http://127.0.0.1:{plain_port}/a?b=1"),
+    ])
+    .await?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("308 https://web.localhost:{port}/a?b=1"));
+    let mut args = base("web.localhost");
+    args.extend(["-D".to_string(), "-".into(), "-o".into(), "/dev/null".into(), format!("https://web.localhost:{port}/")]);
+    let headers = String::from_utf8_lossy(&curl(args).await?.stdout).to_ascii_lowercase();
+    assert!(headers.contains("strict-transport-security: max-age=31536000"), "{headers}");
+
     // A name outside the served suffixes gets no certificate: the handshake fails.
     let mut args = base("example.com");
     args.push(format!("https://example.com:{port}/"));
