@@ -58,6 +58,11 @@ fn status_json(s: &InstanceStatus) -> Value {
     })
 }
 
+/// The instance's status, or 404.
+async fn existing(rt: &dyn Runtime, id: &InstanceId) -> Result<InstanceStatus, ApiError> {
+    rt.inspect(id).await?.ok_or_else(|| ApiError::not_found(format!("instance `{id}` does not exist")))
+}
+
 fn id(raw: &str) -> Result<InstanceId, ApiError> {
     InstanceId::new(raw).map_err(|e| ApiError::invalid(e.to_string()))
 }
@@ -135,8 +140,7 @@ async fn list(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, 
 async fn show(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Read)?;
     let i = id(&raw)?;
-    let st = runtime(&s)?.inspect(&i).await?.ok_or_else(|| ApiError::not_found(format!("instance `{i}` does not exist")))?;
-    Ok(Json(status_json(&st)))
+    Ok(Json(status_json(&existing(runtime(&s)?, &i).await?)))
 }
 
 #[derive(Deserialize, Default)]
@@ -160,9 +164,7 @@ async fn delete(State(s): State<AppState>, caller: Caller, Path(raw): Path<Strin
     caller.require(Action::Admin)?;
     let i = id(&raw)?;
     let rt = runtime(&s)?;
-    if rt.inspect(&i).await?.is_none() {
-        return Err(ApiError::not_found(format!("instance `{i}` does not exist")));
-    }
+    existing(rt, &i).await?;
     rt.delete(&i).await?;
     Ok(StatusCode::NO_CONTENT)
 }

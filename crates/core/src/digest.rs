@@ -56,11 +56,16 @@ impl Digest {
         &self.hex
     }
 
-    /// The sha256 digest of `bytes`.
-    pub fn sha256_of(bytes: &[u8]) -> Digest {
-        let mut h = Hasher::new(Algorithm::Sha256);
+    /// The digest of `bytes` with `algorithm`.
+    pub fn compute(algorithm: Algorithm, bytes: &[u8]) -> Digest {
+        let mut h = Hasher::new(algorithm);
         h.update(bytes);
         h.finish()
+    }
+
+    /// The sha256 digest of `bytes`.
+    pub fn sha256_of(bytes: &[u8]) -> Digest {
+        Digest::compute(Algorithm::Sha256, bytes)
     }
 }
 

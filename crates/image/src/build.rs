@@ -138,11 +138,7 @@ fn layer(entries: &[(PathBuf, Source)]) -> Result<(Blob, Digest), BuildError> {
 
 fn assemble(entries: &[(PathBuf, Source)], settings: &ImageSettings) -> Result<BuiltImage, BuildError> {
     let (layer, diff_id) = layer(entries)?;
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
+    let (_, arch) = crate::pull::host_platform();
     let mut env = settings.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());

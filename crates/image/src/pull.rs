@@ -6,7 +6,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use berth_core::{Digest, Hasher};
+use berth_core::Digest;
 use serde::Deserialize;
 
 use crate::cache::{CacheError, LayerCache};
@@ -115,12 +115,6 @@ struct ConfigFile {
     config: Option<RawConfig>,
 }
 
-fn digest_of(algorithm: berth_core::Algorithm, bytes: &[u8]) -> Digest {
-    let mut h = Hasher::new(algorithm);
-    h.update(bytes);
-    h.finish()
-}
-
 fn parse_digest(s: &str, reference: &str) -> Result<Digest, PullError> {
     s.parse().map_err(|e: berth_core::DigestError| PullError::Invalid { reference: reference.to_owned(), reason: e.to_string() })
 }
@@ -139,7 +133,7 @@ async fn fetch_manifest(source: &dyn ImageSource, repository: &str, reference: &
     let (_, bytes) = source.manifest(repository, reference).await?;
     let actual = match reference.parse::<Digest>() {
         Ok(expected) => {
-            let actual = digest_of(expected.algorithm(), &bytes);
+            let actual = Digest::compute(expected.algorithm(), &bytes);
             if actual != expected {
                 return Err(PullError::ManifestDigest { reference: format!("{repository}@{reference}"), expected, actual });
             }
@@ -186,7 +180,7 @@ pub async fn pull(
     let config_bytes =
         tokio::fs::read(&config_path).await.map_err(|e| PullError::Io { context: "reading the image config".into(), source: e })?;
     let _ = tokio::fs::remove_file(&config_path).await;
-    let actual = digest_of(config_digest.algorithm(), &config_bytes);
+    let actual = Digest::compute(config_digest.algorithm(), &config_bytes);
     if actual != config_digest {
         return Err(PullError::BlobDigest { what: "config", digest: config_digest, actual });
     }

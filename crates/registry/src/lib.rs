@@ -15,7 +15,7 @@ mod source;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use berth_core::{Digest, Hasher, LifecycleRule, Reference, RepositoryName, TagPolicy};
+use berth_core::{Digest, LifecycleRule, Reference, RepositoryName, TagPolicy};
 use berth_store::{ManifestRecord, PushEvent, RepositoryRecord, SharedStore, StoreError, TagRecord, TagWrite};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -172,9 +172,7 @@ impl Registry {
         let parsed = manifest::parse(content_type, &body).map_err(|e| RegistryError::new(Code::ManifestInvalid, e.to_string()))?;
         let digest = match reference {
             Reference::Digest(want) => {
-                let mut h = Hasher::new(want.algorithm());
-                h.update(&body);
-                let got = h.finish();
+                let got = Digest::compute(want.algorithm(), &body);
                 if &got != want {
                     return Err(RegistryError::new(Code::DigestInvalid, format!("manifest content has digest {got}, not {want}")));
                 }

@@ -140,7 +140,14 @@ mod tests {
 
 /// Compiles `examples/hello` into one static binary in `dir` (rustc alone: standard library only).
 pub fn hello_binary(dir: &Path) -> Result<PathBuf, Error> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/src/main.rs");
+    // Found from the running package's directory (cargo sets it when running tests and xtasks),
+    // so a build cache shared between checkouts never points at another checkout.
+    let start = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let src = start
+        .ancestors()
+        .map(|d| d.join("examples/hello/src/main.rs"))
+        .find(|p| p.exists())
+        .ok_or("examples/hello not found above the package directory")?;
     let out = dir.join("hello");
     let ok = Command::new("rustc")
         .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"])

@@ -20,16 +20,6 @@ fn parse_reference(r: &str) -> Result<Reference, RegistryError> {
     })
 }
 
-/// The platform berth runs on, as an image index names it.
-fn host_platform() -> (&'static str, &'static str) {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    ("linux", arch)
-}
-
 pub(super) async fn get(reg: &Registry, parts: &Parts, name: &str, reference: &str) -> Result<Response, RegistryError> {
     authorize(reg, parts, Need::Pull(name))?;
     let reference = parse_reference(reference).map_err(|e| RegistryError::new(Code::ManifestUnknown, e.message))?;
@@ -56,7 +46,7 @@ async fn negotiate(reg: &Registry, name: &str, found: StoredManifest, accept: &[
     if manifest::is_index(&media_type) {
         let parsed =
             manifest::parse(Some(&media_type), &found.content).map_err(|e| RegistryError::internal("stored index is invalid", e))?;
-        let (os, arch) = host_platform();
+        let (os, arch) = berth_image::pull::host_platform();
         if let Some((d, _)) = parsed.manifests.iter().find(|(_, p)| p.as_ref().is_some_and(|p| p.os == os && p.architecture == arch)) {
             let child = reg.manifest(name, &Reference::Digest(d.clone())).await?;
             if manifest::accepts(accept, &child.record.media_type) {
