@@ -195,7 +195,8 @@ async fn measure(bin: &Path, dir: &Path, image: BuiltImage, digest: Digest, roun
         wait_tcp(st.address.context("no address")?, Duration::from_secs(10))?;
         shims.push(id);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Idle means quiet for a while: past the shim's trim delay after the start-up log lines.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let mems: Vec<(u64, u64, u64)> = shims
         .iter()
         .map(|id| {

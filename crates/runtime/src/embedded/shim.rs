@@ -26,6 +26,8 @@ use super::seccomp;
 /// Rotate the log when it reaches this size; keep this many old files.
 const LOG_ROTATE_BYTES: u64 = 10 << 20;
 const LOG_KEEP: usize = 3;
+/// The shim trims its memory once its container's output has been quiet this long.
+const TRIM_AFTER_IDLE_MS: u16 = 1000;
 
 /// Runs the workload after installing berth's seccomp filters.
 #[derive(Clone)]
@@ -121,7 +123,6 @@ fn watch(dir: &Path, args: &[String]) -> ExitCode {
     };
     // Reopening the inherited pipes through /proc gives owned handles without unsafe code.
     let open = |fd: i32| File::open(format!("/proc/self/fd/{fd}")).map(OwnedFd::from);
-    release_startup_pages();
     match (open(out), open(err)) {
         (Ok(o), Ok(e)) => finish(&files, Pid::from_raw(pid), o, e),
         _ => ExitCode::FAILURE,
@@ -129,20 +130,25 @@ fn watch(dir: &Path, args: &[String]) -> ExitCode {
 }
 
 /// Drops this process's clean, read-only file pages — the code and constants of the binary and
-/// its libraries touched while starting. They stay in the page cache (shared with the server and
-/// every other shim); the few the watch loop needs fault back in. This keeps an idle shim's
-/// resident memory small.
+/// its libraries touched since the last trim — and returns free heap to the kernel. The file
+/// pages stay in the page cache (shared with the server and every other shim); the few the next
+/// burst of work needs fault back in. This keeps an idle shim's resident memory small.
 #[allow(unsafe_code)]
-fn release_startup_pages() {
+fn trim_memory() {
+    // SAFETY: malloc_trim only hands free memory at the top of the heap back to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return };
     let mut region: Option<(usize, usize, bool)> = None;
-    let mut dirty = 0u64;
-    let flush = |region: Option<(usize, usize, bool)>, dirty: u64| {
+    let mut copied = 0u64;
+    let flush = |region: Option<(usize, usize, bool)>, copied: u64| {
         if let Some((start, end, droppable)) = region {
-            if droppable && dirty == 0 {
+            if droppable && copied == 0 {
                 // SAFETY: the range is a whole mapping of this process, read-only, private, backed
-                // by a file and without a single modified page: discarding it loses nothing, and
-                // any later access reads the same bytes back from the file.
+                // by a file and without a single copied-on-write (anonymous) page: every page is
+                // the file's own, so discarding it loses nothing and any later access reads the
+                // same bytes back from the page cache.
                 unsafe {
                     libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
                 }
@@ -153,18 +159,18 @@ fn release_startup_pages() {
         let mut fields = line.split_whitespace();
         let first = fields.next().unwrap_or("");
         if let Some((a, b)) = first.split_once('-').filter(|(a, _)| a.bytes().all(|c| c.is_ascii_hexdigit())) {
-            flush(region.take(), dirty);
-            dirty = 0;
+            flush(region.take(), copied);
+            copied = 0;
             let perms = fields.next().unwrap_or("");
             let path = fields.nth(3).unwrap_or("");
             let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else { continue };
             let read_only_private = perms.starts_with('r') && perms.as_bytes().get(1) == Some(&b'-') && perms.ends_with('p');
             region = Some((start, end, read_only_private && path.starts_with('/')));
-        } else if matches!(first, "Private_Dirty:" | "Anonymous:" | "Shared_Dirty:") {
-            dirty += fields.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        } else if first == "Anonymous:" {
+            copied += fields.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
         }
     }
-    flush(region, dirty);
+    flush(region, copied);
 }
 
 fn finish(files: &InstanceFiles, pid: Pid, out: OwnedFd, err: OwnedFd) -> ExitCode {
@@ -249,16 +255,28 @@ impl Log {
     }
 }
 
-/// Copies both pipes into the log, line by line, until the container closes them.
+/// Copies both pipes into the log, line by line, until the container closes them. After each
+/// burst of output, once the pipes have been quiet for [`TRIM_AFTER_IDLE_MS`], the shim trims its
+/// memory, so an idle instance costs as little as possible.
 fn pump_logs(files: &InstanceFiles, out: OwnedFd, err: OwnedFd) {
     let mut log = Log::open(&files.log(), LOG_ROTATE_BYTES);
     let mut streams: Vec<(OwnedFd, &str, Vec<u8>)> = vec![(out, "stdout", Vec::new()), (err, "stderr", Vec::new())];
-    let mut buf = vec![0u8; 64 << 10];
+    let mut buf = vec![0u8; 16 << 10];
+    let mut busy = true;
     while !streams.is_empty() {
         let ready: Vec<bool> = {
             let mut fds: Vec<PollFd<'_>> = streams.iter().map(|(fd, _, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)).collect();
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect(),
+            let timeout = if busy { PollTimeout::from(TRIM_AFTER_IDLE_MS) } else { PollTimeout::NONE };
+            match poll(&mut fds, timeout) {
+                Ok(0) => {
+                    trim_memory();
+                    busy = false;
+                    continue;
+                }
+                Ok(_) => {
+                    busy = true;
+                    fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect()
+                }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => return,
             }
