@@ -29,10 +29,14 @@ struct SurfaceLabels {
     surface: &'static str,
 }
 
+/// Writes more metric families in the text format (without `# EOF`), e.g. the router's.
+pub type MetricSource = Box<dyn Fn(&mut String) + Send + Sync>;
+
 pub struct Metrics {
     registry: PromRegistry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<SurfaceLabels, Histogram>,
+    sources: Vec<MetricSource>,
 }
 
 impl Default for Metrics {
@@ -50,7 +54,13 @@ impl Metrics {
             Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter())
         });
         registry.register("http_request_duration_seconds", "Time to the response head", latency.clone());
-        Metrics { registry, requests, latency }
+        Metrics { registry, requests, latency, sources: Vec::new() }
+    }
+
+    /// Adds families rendered by someone else to `/metrics`.
+    pub fn with_source(mut self, source: MetricSource) -> Metrics {
+        self.sources.push(source);
+        self
     }
 }
 
@@ -94,5 +104,12 @@ pub async fn render(State(state): State<AppState>, caller: Caller) -> Result<Res
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &state.metrics.registry)
         .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    if let Some(body) = out.strip_suffix("# EOF\n") {
+        out.truncate(body.len());
+    }
+    for source in &state.metrics.sources {
+        source(&mut out);
+    }
+    out.push_str("# EOF\n");
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response())
 }

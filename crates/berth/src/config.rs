@@ -33,6 +33,23 @@ pub struct RouterSettings {
     pub redirect_http_to_https: bool,
     /// Send `Strict-Transport-Security` on HTTPS answers. Default false.
     pub hsts: bool,
+    /// The access log (JSON lines), relative to the data directory unless absolute; `off`
+    /// disables it. Default `logs/access.log`.
+    pub access_log: String,
+    /// Certificates for custom domains, served instead of ones the local CA issues.
+    pub certificates: Vec<CertificateSettings>,
+}
+
+/// A user-supplied certificate: `[[router.certificates]]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSettings {
+    /// The names it serves: `www.example.com`, or `*.example.com` for one label under it.
+    pub domains: Vec<String>,
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the private key.
+    pub key: PathBuf,
 }
 
 impl Default for RouterSettings {
@@ -43,6 +60,8 @@ impl Default for RouterSettings {
             base_domain: None,
             redirect_http_to_https: false,
             hsts: false,
+            access_log: "logs/access.log".into(),
+            certificates: Vec::new(),
         }
     }
 }

@@ -13,8 +13,8 @@ use berth_api::{AppState, Authenticator, Metrics};
 use berth_core::{Pattern, Scope, TagPolicy};
 use berth_image::{ImageSource, SourceRouter};
 use berth_registry::{FsBlobStore, Registry, RegistryConfig};
-use berth_router::tls::{server_config, LocalCa, OnDemandCerts};
-use berth_router::{RouteSpec, Router, RouterOptions, RoutingTable};
+use berth_router::tls::{load_certificate, server_config, LocalCa, OnDemandCerts};
+use berth_router::{AccessLog, RouteSpec, Router, RouterOptions, RoutingTable};
 use berth_runtime::embedded::rootfs::{overlay_supported, RootfsKind};
 use berth_runtime::embedded::{EmbeddedConfig, EmbeddedRuntime};
 use berth_runtime::Runtime;
@@ -133,14 +133,20 @@ fn open_runtime(config: &Config, images: Arc<dyn ImageSource>) -> anyhow::Result
 
 /// The router's listeners. Until services exist, every running one-off instance is served at
 /// `<instance id>.localhost` (and `<instance id>.<base domain>`).
-async fn start_router(config: &Config, ca: LocalCa, runtime: Option<Arc<dyn Runtime>>) -> anyhow::Result<()> {
+async fn start_router(config: &Config, ca: LocalCa, table: Arc<RoutingTable>, runtime: Option<Arc<dyn Runtime>>) -> anyhow::Result<()> {
     let r = &config.router;
     let mut suffixes = vec![".localhost".to_owned()];
     if let Some(d) = &r.base_domain {
         suffixes.push(format!(".{}", d.trim_start_matches('.')));
     }
-    let tls = server_config(Arc::new(OnDemandCerts::new(ca, suffixes.clone()))).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
-    let table = Arc::new(RoutingTable::new());
+    let supplied = r
+        .certificates
+        .iter()
+        .map(|c| load_certificate(&c.domains, &c.cert, &c.key))
+        .collect::<Result<Vec<_>, _>>()
+        .context("loading router.certificates")?;
+    let certs = OnDemandCerts::new(ca, suffixes.clone()).with_supplied(supplied);
+    let tls = server_config(Arc::new(certs)).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
     let http = tokio::net::TcpListener::bind(r.listen_http)
         .await
         .with_context(|| format!("binding the router's HTTP listener to {}", r.listen_http))?;
@@ -148,7 +154,19 @@ async fn start_router(config: &Config, ca: LocalCa, runtime: Option<Arc<dyn Runt
         .await
         .with_context(|| format!("binding the router's HTTPS listener to {}", r.listen_https))?;
     let (http_addr, https_addr) = (http.local_addr()?, https.local_addr()?);
-    let options = RouterOptions { redirect_to_https_port: r.redirect_http_to_https.then_some(https_addr.port()), hsts: r.hsts };
+    let access_log = match r.access_log.as_str() {
+        "off" => None,
+        path => {
+            let path = config.data_dir.join(path);
+            Some(AccessLog::open(&path).with_context(|| format!("opening the access log {}", path.display()))?)
+        }
+    };
+    let options = RouterOptions {
+        redirect_to_https_port: r.redirect_http_to_https.then_some(https_addr.port()),
+        hsts: r.hsts,
+        access_log,
+        ..RouterOptions::default()
+    };
     let router = Router::with_options(table.clone(), options);
     write_private(&config.data_dir.join(ROUTER_ADDRESS_FILE), format!("http://{http_addr}\nhttps://{https_addr}\n").as_bytes())?;
     tracing::info!(http = %http_addr, https = %https_addr, "router listening");
@@ -162,13 +180,7 @@ async fn start_router(config: &Config, ca: LocalCa, runtime: Option<Arc<dyn Runt
                         .iter()
                         .filter(|i| i.state == berth_runtime::InstanceState::Running)
                         .filter_map(|i| i.address.map(|a| (i, a)))
-                        .flat_map(|(i, a)| {
-                            suffixes.iter().map(move |s| RouteSpec {
-                                host: format!("{}{s}", i.id),
-                                service: i.id.to_string(),
-                                upstreams: vec![a],
-                            })
-                        })
+                        .flat_map(|(i, a)| suffixes.iter().map(move |s| RouteSpec::new(format!("{}{s}", i.id), i.id.to_string(), vec![a])))
                         .collect();
                     table.replace(&specs);
                 }
@@ -201,9 +213,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let runtime_dyn: Option<Arc<dyn Runtime>> = runtime.clone().map(|r| r as Arc<dyn Runtime>);
     let ca = LocalCa::load_or_create(&data.join("tls")).map_err(|e| anyhow::anyhow!("the local certificate authority: {e}"))?;
     let ca_pem: Arc<str> = Arc::from(ca.cert_pem());
-    start_router(&config, ca, runtime_dyn.clone()).await?;
-    let state =
-        AppState { store, registry: registry.clone(), auth, metrics: Arc::new(Metrics::new()), runtime: runtime_dyn, images, ca_pem };
+    let table = Arc::new(RoutingTable::new());
+    start_router(&config, ca, table.clone(), runtime_dyn.clone()).await?;
+    let router_metrics = table.clone();
+    let metrics = Metrics::new().with_source(Box::new(move |out| berth_router::render_metrics(&router_metrics, out)));
+    let state = AppState { store, registry: registry.clone(), auth, metrics: Arc::new(metrics), runtime: runtime_dyn, images, ca_pem };
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

@@ -1,15 +1,21 @@
 //! berth's data plane: every request to a service passes through here. A request goes through
 //! named phases — route (Host → service), pick (least outstanding requests, power of two
-//! choices), forward (pooled upstream connections, one retry when connecting failed and nothing
-//! was sent), respond (hop-by-hop headers dropped, `X-Forwarded-*` and `X-Request-Id` added) and
-//! log.
+//! choices, under a per-instance concurrency cap with a bounded queue, or held while a first
+//! instance starts), forward (pooled upstream connections, one retry when connecting failed and
+//! nothing was sent; WebSocket tunnels), respond (hop-by-hop headers dropped, `X-Forwarded-*` and
+//! `X-Request-Id` added, the stream cut at the request timeout) and log (statistics, access log).
 //!
 //! Invariants: the router never writes desired state; it learns instances through the
-//! [`RoutingTable`], which is replaced atomically, and lookups take no lock.
+//! [`RoutingTable`], which is replaced atomically, and lookups take no lock. An upstream that
+//! leaves the table gets nothing new; its writer can wait for [`Upstream::drained`].
 
+mod access;
 mod proxy;
+mod stats;
 mod table;
 pub mod tls;
 
-pub use proxy::{Router, RouterOptions};
-pub use table::{Route, RouteSpec, RoutingTable, Upstream};
+pub use access::{AccessLog, AccessRecord};
+pub use proxy::{Activator, Body, BoxError, Router, RouterOptions};
+pub use stats::render as render_metrics;
+pub use table::{InFlight, NoPick, Route, RouteSettings, RouteSpec, RoutingTable, ServiceState, Upstream};

@@ -1,26 +1,33 @@
-//! The proxy: an HTTP/1.1 and HTTP/2 (h2c) server whose requests pass named phases —
-//! route, pick, forward, respond, log — over pooled upstream connections.
+//! The proxy: an HTTP/1.1 and HTTP/2 server (h2c with prior knowledge, or h2 over TLS) whose
+//! requests pass named phases — route, pick, forward, respond, log — over pooled upstream
+//! connections, with WebSocket (Upgrade) tunnels, per-service timeouts, body limits, a
+//! concurrency cap with a bounded queue, and requests held while a first instance starts.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body as _, Incoming};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::table::{Route, RoutingTable};
+use crate::access::{AccessLog, AccessRecord};
+use crate::table::{InFlight, NoPick, Route, RoutingTable};
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -28,17 +35,12 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+const HOP_BY_HOP: &[&str] =
+    &["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "transfer-encoding", "upgrade"];
+
+fn empty() -> Body {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(msg.into())).map_err(|never| match never {}).boxed());
@@ -89,18 +91,30 @@ fn upstream_headers(src: &HeaderMap, peer: SocketAddr, host: &str, request_id: &
     h
 }
 
+/// Starts instances of services that have none, on the router's request (scale from zero).
+pub trait Activator: Send + Sync {
+    /// A request for `service` is being held because it has no ready instance. Called once per
+    /// held request; the answer comes as a table change.
+    fn activate(&self, service: &str);
+}
+
 /// Behaviour switches of a router.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct RouterOptions {
     /// Answer plain-HTTP requests with a 308 redirect to HTTPS on this port (as clients see it).
     pub redirect_to_https_port: Option<u16>,
     /// Add `Strict-Transport-Security` to HTTPS responses.
     pub hsts: bool,
+    /// Asked for an instance when a scale-from-zero service gets a request and has none.
+    pub activator: Option<Arc<dyn Activator>>,
+    /// Where each request is recorded as a JSON line.
+    pub access_log: Option<AccessLog>,
 }
 
 pub struct Router {
     table: Arc<RoutingTable>,
-    client: Client<HttpConnector, Body>,
+    http1: Client<HttpConnector, Body>,
+    h2c: Client<HttpConnector, Body>,
     options: RouterOptions,
 }
 
@@ -115,6 +129,105 @@ fn redirect(host: &str, port: u16, path: &str) -> Response<Body> {
     r
 }
 
+/// A 503 that tells the client when to try again.
+fn busy(msg: String) -> Response<Body> {
+    let mut r = text(StatusCode::SERVICE_UNAVAILABLE, msg);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// The protocol a request asks to switch to (HTTP/1.1 `Connection: upgrade` + `Upgrade`).
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))));
+    if asks && req.version() == Version::HTTP_11 {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Why forwarding failed.
+struct SendError {
+    /// Connecting failed: nothing reached the instance.
+    connect: bool,
+    /// The request body went over the service's limit.
+    too_large: bool,
+    message: String,
+}
+
+impl SendError {
+    fn new(e: &(dyn std::error::Error + 'static), connect: bool) -> SendError {
+        let mut too_large = false;
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut message = e.to_string();
+        while let Some(s) = source {
+            too_large |= s.downcast_ref::<LengthLimitError>().is_some();
+            if let Some(next) = s.source() {
+                message = format!("{message}: {next}");
+            }
+            source = s.source();
+        }
+        SendError { connect, too_large, message }
+    }
+}
+
+/// A response body streamed from an instance: the instance counts as busy until it has been
+/// sent, and the stream is cut when the request's deadline passes.
+struct ResponseBody {
+    inner: Incoming,
+    _in_flight: InFlight,
+    deadline: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {
+                // The timer is armed only when the instance keeps the stream waiting.
+                let deadline = this.deadline;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err("the response did not finish within the request timeout".into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the phases share about one request.
+struct Exchange<'a> {
+    host: &'a str,
+    peer: SocketAddr,
+    scheme: &'static str,
+    request_id: &'a str,
+    deadline: tokio::time::Instant,
+    /// The instance the request went to, once picked.
+    upstream: Option<SocketAddr>,
+}
+
 impl Router {
     pub fn new(table: Arc<RoutingTable>) -> Arc<Router> {
         Router::with_options(table, RouterOptions::default())
@@ -124,9 +237,12 @@ impl Router {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client =
-            Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(256).build(connector);
-        Arc::new(Router { table, client, options })
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).http2_only(true).build(connector);
+        Arc::new(Router { table, http1, h2c, options })
     }
 
     /// Serves plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge) from `listener` until the
@@ -163,7 +279,8 @@ impl Router {
             let this = self.clone();
             async move { Ok::<_, Infallible>(this.handle(req, peer, scheme).await) }
         });
-        if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), service).await {
+        let builder = auto::Builder::new(TokioExecutor::new());
+        if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
             tracing::debug!(error = %e, %peer, "connection ended with an error");
         }
     }
@@ -191,78 +308,240 @@ impl Router {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .unwrap_or_else(|| format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()));
-        let (parts, body) = req.into_parts();
-        let headers = upstream_headers(&parts.headers, peer, &host, &request_id, scheme);
-        let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
-        let mut resp = self.forward(&route, &parts.method, &path, headers, body).await;
+        let method = req.method().clone();
+        let version = req.version();
+        let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+        let mut ex = Exchange {
+            host: &host,
+            peer,
+            scheme,
+            request_id: &request_id,
+            deadline: tokio::time::Instant::from_std(start + route.settings.request_timeout),
+            upstream: None,
+        };
+        let mut resp = match &route.paused {
+            Some(message) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")),
+            None => self.forward(&mut ex, route.clone(), req, &path).await,
+        };
         if self.options.hsts && scheme == "https" {
             resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
         }
-        // Phase: log. (At debug level until the router has its own access log.)
-        tracing::debug!(
-            service = %route.service,
-            method = %parts.method,
-            path = %path,
-            status = resp.status().as_u16(),
-            request_id = %request_id,
-            micros = start.elapsed().as_micros() as u64,
-            "request"
-        );
+        // Phase: log.
+        let status = resp.status().as_u16();
+        let elapsed = start.elapsed();
+        route.service.stats.response(status, elapsed);
+        if let Some(log) = &self.options.access_log {
+            log.record(&AccessRecord {
+                ts: time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                service: &route.service.name,
+                host: &host,
+                method: method.as_str(),
+                path: &path,
+                protocol: match version {
+                    Version::HTTP_2 => "HTTP/2",
+                    Version::HTTP_10 => "HTTP/1.0",
+                    _ => "HTTP/1.1",
+                },
+                status,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                upstream: ex.upstream.map(|a| a.to_string()),
+                request_id: &request_id,
+                client: peer.ip().to_string(),
+            });
+        }
         resp
     }
 
     /// Phases pick, forward and respond. A request whose body is empty is retried once on another
     /// instance when connecting failed; one with a body is never retried.
-    async fn forward(&self, route: &Route, method: &hyper::Method, path: &str, headers: HeaderMap, body: Incoming) -> Response<Body> {
-        let empty = body.is_end_stream();
-        let mut body = Some(body);
+    async fn forward(&self, ex: &mut Exchange<'_>, mut route: Arc<Route>, mut req: Request<Incoming>, path: &str) -> Response<Body> {
+        let settings = route.settings.clone();
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > settings.max_body_bytes) {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {} bytes\n", settings.max_body_bytes));
+        }
+        let upgrade = upgrade_protocol(&req);
+        let mut client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let h2c = settings.h2c || is_grpc(req.headers());
+        let (parts, body) = req.into_parts();
+        let mut headers = upstream_headers(&parts.headers, ex.peer, ex.host, ex.request_id, ex.scheme);
+        if let Some(proto) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto.clone());
+        }
+        let empty_request = body.is_end_stream();
+        let limit = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
+        let mut body = Some(Limited::new(body, limit).boxed());
         let mut failed = None;
         for _attempt in 0..2 {
             // Phase: pick.
-            let Some(upstream) = route.pick(failed) else { break };
-            let in_flight = upstream.begin();
-            let b: Body = if empty {
-                Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+            let in_flight = match self.acquire(ex, &mut route, failed).await {
+                Ok(g) => g,
+                Err(resp) => return resp,
+            };
+            let addr = in_flight.upstream().addr;
+            ex.upstream = Some(addr);
+            let b = if empty_request {
+                empty()
             } else {
                 match body.take() {
-                    Some(b) => b.boxed(),
+                    Some(b) => b,
                     None => break,
                 }
             };
             let mut up = Request::new(b);
-            *up.method_mut() = method.clone();
-            *up.version_mut() = Version::HTTP_11;
+            *up.method_mut() = parts.method.clone();
+            *up.version_mut() = if h2c { Version::HTTP_2 } else { Version::HTTP_11 };
             *up.headers_mut() = headers.clone();
-            match format!("http://{}{path}", upstream.addr).parse() {
+            match format!("http://{addr}{path}").parse() {
                 Ok(uri) => *up.uri_mut() = uri,
                 Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request target\n"),
             }
             // Phase: forward.
-            match self.client.request(up).await {
-                Ok(resp) => {
-                    // Phase: respond. The instance counts as busy until the body has been sent.
-                    let (mut parts, body) = resp.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    let body = body
-                        .map_frame(move |f| {
-                            let _ = &in_flight;
-                            f
-                        })
-                        .boxed();
-                    return Response::from_parts(parts, body);
+            let sent = if upgrade.is_some() {
+                Box::pin(send_upgrade(addr, up)) as Pin<Box<dyn Future<Output = Result<Response<Incoming>, SendError>> + Send>>
+            } else {
+                let client = if h2c { &self.h2c } else { &self.http1 };
+                let fut = client.request(up);
+                Box::pin(async move { fut.await.map_err(|e| SendError::new(&e, e.is_connect())) })
+            };
+            match tokio::time::timeout_at(ex.deadline, sent).await {
+                Ok(Ok(resp)) => return respond(resp, in_flight, ex.deadline, client_upgrade.take()),
+                Err(_) => {
+                    return text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("the instance did not answer within the request timeout ({:?})\n", settings.request_timeout),
+                    )
                 }
-                Err(e) if e.is_connect() && empty => {
-                    tracing::warn!(upstream = %upstream.addr, error = %e, "connecting failed, retrying on another instance");
-                    failed = Some(upstream.addr);
+                Ok(Err(e)) if e.connect && empty_request => {
+                    tracing::warn!(upstream = %addr, error = %e.message, "connecting failed, retrying on another instance");
+                    failed = Some(addr);
                 }
-                Err(e) => {
-                    tracing::warn!(upstream = %upstream.addr, error = %e, "upstream failed");
+                Ok(Err(e)) if e.too_large => {
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {} bytes\n", settings.max_body_bytes))
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(upstream = %addr, error = %e.message, "upstream failed");
                     return text(StatusCode::BAD_GATEWAY, "the instance failed to answer\n");
                 }
             }
         }
-        text(StatusCode::SERVICE_UNAVAILABLE, format!("no ready instance of `{}`\n", route.service))
+        busy(format!("no ready instance of `{}`\n", route.service.name))
     }
+
+    /// Phase pick: an instance below its concurrency cap. When all are busy the request waits in
+    /// the service's bounded queue; when there is none and the service scales from zero it is
+    /// held while the activator starts one. Both waits are bounded, then 503 with `Retry-After`.
+    async fn acquire(&self, ex: &Exchange<'_>, route: &mut Arc<Route>, exclude: Option<SocketAddr>) -> Result<InFlight, Response<Body>> {
+        let mut queued = None;
+        let mut activated = false;
+        let mut hold_until: Option<tokio::time::Instant> = None;
+        loop {
+            let service = route.service.clone();
+            let changed = service.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(message) = &route.paused {
+                return Err(text(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")));
+            }
+            let settings = &route.settings;
+            let (bound, why) = match route.pick(exclude) {
+                Ok(u) => {
+                    let in_flight = u.begin();
+                    if !u.retired() {
+                        return Ok(in_flight);
+                    }
+                    // It left the table after this request looked it up: look again.
+                    drop(in_flight);
+                    match self.table.lookup(ex.host) {
+                        Some(r) => *route = r,
+                        None => return Err(text(StatusCode::NOT_FOUND, format!("no service is served at `{}`\n", ex.host))),
+                    }
+                    continue;
+                }
+                Err(NoPick::Empty) if settings.scale_from_zero && exclude.is_none() => {
+                    if !activated {
+                        activated = true;
+                        service.begin_activation();
+                        if let Some(a) = &self.options.activator {
+                            a.activate(&service.name);
+                        }
+                    }
+                    (settings.activation_timeout, format!("no instance of `{}` became ready in time", service.name))
+                }
+                Err(NoPick::Empty) => return Err(busy(format!("no ready instance of `{}`\n", service.name))),
+                Err(NoPick::Full) => (settings.queue_timeout, format!("every instance of `{}` is at its concurrency limit", service.name)),
+            };
+            if queued.is_none() {
+                match service.enqueue(settings.queue_depth) {
+                    Some(q) => queued = Some(q),
+                    None => return Err(busy(format!("`{}` is overloaded: its request queue is full\n", service.name))),
+                }
+            }
+            let until = *hold_until.get_or_insert_with(|| tokio::time::Instant::now() + bound);
+            if tokio::time::timeout_at(until.min(ex.deadline), changed).await.is_err() {
+                return Err(busy(format!("{why}\n")));
+            }
+            match self.table.lookup(ex.host) {
+                Some(r) => *route = r,
+                None => return Err(text(StatusCode::NOT_FOUND, format!("no service is served at `{}`\n", ex.host))),
+            }
+        }
+    }
+}
+
+/// Forwards an upgrade request on a connection of its own, which becomes the tunnel.
+async fn send_upgrade(addr: SocketAddr, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+    let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(SendError::new(&e, true)),
+        Err(e) => return Err(SendError::new(&e, true)),
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| SendError::new(&e, false))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream upgrade connection ended with an error");
+        }
+    });
+    sender.send_request(req).await.map_err(|e| SendError::new(&e, false))
+}
+
+/// Phase respond: the instance's answer with hop-by-hop headers dropped, its body streamed. A
+/// `101 Switching Protocols` to an upgrade request joins both connections into a tunnel, which
+/// counts as a request in flight until either side closes.
+fn respond(
+    mut resp: Response<Incoming>,
+    in_flight: InFlight,
+    deadline: tokio::time::Instant,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Body> {
+    if let (StatusCode::SWITCHING_PROTOCOLS, Some(client)) = (resp.status(), client_upgrade) {
+        let upstream = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        let proto = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(p) = proto {
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, p);
+        }
+        tokio::spawn(async move {
+            match tokio::try_join!(client, upstream) {
+                Ok((c, u)) => {
+                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        tracing::debug!(error = %e, "tunnel ended with an error");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+            drop(in_flight);
+        });
+        return Response::from_parts(parts, empty());
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, ResponseBody { inner: body, _in_flight: in_flight, deadline, timer: None }.boxed())
 }
 
 #[cfg(test)]

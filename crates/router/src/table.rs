@@ -1,35 +1,198 @@
-//! The routing table: host → service → ready upstreams. Readers load an `Arc` snapshot without
-//! locking; a writer builds a new table and swaps it in. Upstreams that survive a replacement
-//! keep their identity, so their in-flight counts stay true across swaps.
+//! The routing table: host → service → ready upstreams, with each service's settings. Readers
+//! load an `Arc` snapshot without locking; a writer builds a new table and swaps it in.
+//! Upstreams and per-service state that survive a replacement keep their identity, so in-flight
+//! counts, queues and statistics stay true across swaps; upstreams that leave the table are
+//! handed back to the writer, which can wait for them to drain.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
+use crate::stats::ServiceStats;
+
+/// How the router treats one service's requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSettings {
+    /// The whole exchange — waiting for an instance, the response head and the body — must end
+    /// within this; 504 when the head is late, the stream is cut when the body is.
+    pub request_timeout: Duration,
+    /// Larger request bodies are refused with 413.
+    pub max_body_bytes: u64,
+    /// Requests one instance works on at once; more wait in the service's queue. 0: no cap.
+    pub max_concurrency: usize,
+    /// Requests that may wait for a free instance; beyond it, 503 at once.
+    pub queue_depth: usize,
+    /// How long a request may wait in the queue before 503 with `Retry-After`.
+    pub queue_timeout: Duration,
+    /// Speak HTTP/2 without TLS (h2c) to the instances, as gRPC servers need. gRPC requests use
+    /// it even when this is off.
+    pub h2c: bool,
+    /// With no ready instance, hold requests and ask the activator for one (scale from zero).
+    pub scale_from_zero: bool,
+    /// How long a held request waits for an instance before 503.
+    pub activation_timeout: Duration,
+}
+
+impl Default for RouteSettings {
+    fn default() -> Self {
+        RouteSettings {
+            request_timeout: Duration::from_secs(120),
+            max_body_bytes: 64 << 20,
+            max_concurrency: 100,
+            queue_depth: 1000,
+            queue_timeout: Duration::from_secs(10),
+            h2c: false,
+            scale_from_zero: false,
+            activation_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a service's routes share, across table swaps: its load and its statistics.
+#[derive(Debug)]
+pub struct ServiceState {
+    pub name: String,
+    /// Requests being worked on by its instances, draining ones included.
+    in_flight: AtomicUsize,
+    /// Requests waiting for a free instance or for one to start.
+    queued: AtomicUsize,
+    /// Ready instances in the current table.
+    ready: AtomicUsize,
+    /// Woken when capacity frees up or the table changes.
+    pub(crate) changed: Notify,
+    /// When the first request started waiting for an instance to start, if one is awaited.
+    activating_since: Mutex<Option<Instant>>,
+    pub stats: ServiceStats,
+}
+
+impl ServiceState {
+    fn new(name: &str) -> ServiceState {
+        ServiceState {
+            name: name.to_owned(),
+            in_flight: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            ready: AtomicUsize::new(0),
+            changed: Notify::new(),
+            activating_since: Mutex::new(None),
+            stats: ServiceStats::default(),
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    pub fn ready(&self) -> usize {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Counts a waiting request until the guard is dropped, unless `depth` are already waiting.
+    pub(crate) fn enqueue(self: &Arc<Self>, depth: usize) -> Option<Queued> {
+        let prior = self.queued.fetch_add(1, Ordering::Relaxed);
+        let guard = Queued(self.clone());
+        (prior < depth).then_some(guard)
+    }
+
+    /// Marks the start of a cold start unless one is already under way; true when this call
+    /// started it.
+    pub(crate) fn begin_activation(&self) -> bool {
+        let mut since = self.activating_since.lock().unwrap_or_else(|p| p.into_inner());
+        if since.is_none() {
+            *since = Some(Instant::now());
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Ends a cold start when instances have appeared, recording how long it took.
+    fn end_activation(&self) {
+        let started = self.activating_since.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = started {
+            self.stats.cold_start(t.elapsed());
+        }
+    }
+}
+
+/// A waiting request; the count drops with it.
+#[derive(Debug)]
+pub(crate) struct Queued(Arc<ServiceState>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// One instance the router may send requests to.
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
+    service: Arc<ServiceState>,
     in_flight: AtomicUsize,
+    served: AtomicU64,
+    idle: Notify,
+    /// Set once it has left the table.
+    retired: AtomicBool,
 }
 
 impl Upstream {
-    pub fn new(addr: SocketAddr) -> Upstream {
-        Upstream { addr, in_flight: AtomicUsize::new(0) }
+    fn new(addr: SocketAddr, service: Arc<ServiceState>) -> Upstream {
+        Upstream {
+            addr,
+            service,
+            in_flight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            idle: Notify::new(),
+            retired: AtomicBool::new(false),
+        }
     }
 
-    /// Requests sent to it and not yet answered.
+    /// Requests sent to it and not yet answered in full.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Whether it has left the table: a request that picked it from an older snapshot must pick
+    /// again.
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
+    }
+
+    /// Requests it has been given in all.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Counts a request until the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        // SeqCst pairs with `retire` + `drained`: either the request sees the upstream retired,
+        // or the drain sees the request.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.service.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Resolves once no request is in flight on this upstream. Once it has left the table nothing
+    /// new arrives, so after this it is safe to stop the instance.
+    pub async fn drained(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.in_flight() == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 }
 
@@ -37,46 +200,105 @@ impl Upstream {
 #[derive(Debug)]
 pub struct InFlight(Arc<Upstream>);
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+impl InFlight {
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.0
     }
 }
 
-/// A service's place in the table.
-#[derive(Debug)]
-pub struct Route {
-    pub service: String,
-    pub upstreams: Vec<Arc<Upstream>>,
-}
-
-impl Route {
-    /// Least outstanding requests between two upstreams picked at random (power of two
-    /// choices), skipping `exclude` (an upstream that just failed).
-    pub fn pick(&self, exclude: Option<SocketAddr>) -> Option<Arc<Upstream>> {
-        let candidates: Vec<&Arc<Upstream>> = self.upstreams.iter().filter(|u| Some(u.addr) != exclude).collect();
-        match candidates.len() {
-            0 => None,
-            1 => Some(candidates[0].clone()),
-            n => {
-                let a = rand::random::<usize>() % n;
-                let mut b = rand::random::<usize>() % (n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let (x, y) = (candidates[a], candidates[b]);
-                Some(if y.in_flight() < x.in_flight() { y.clone() } else { x.clone() })
-            }
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let up = &self.0;
+        if up.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            up.idle.notify_waiters();
+        }
+        up.service.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if up.service.queued() > 0 {
+            up.service.changed.notify_one();
         }
     }
 }
 
-/// What a writer declares: a host, the service behind it, its ready instances.
+/// Why no upstream could be picked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoPick {
+    /// The service has no ready instance.
+    Empty,
+    /// Every ready instance is at its concurrency cap.
+    Full,
+}
+
+/// A host's place in the table.
+#[derive(Debug)]
+pub struct Route {
+    pub service: Arc<ServiceState>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub settings: RouteSettings,
+    /// Set while the service is paused: the message requests get with their 503.
+    pub paused: Option<String>,
+}
+
+impl Route {
+    /// Least outstanding requests between two upstreams picked at random (power of two
+    /// choices), among those below the concurrency cap, skipping `exclude` (an upstream that
+    /// just failed).
+    pub fn pick(&self, exclude: Option<SocketAddr>) -> Result<Arc<Upstream>, NoPick> {
+        let cap = match self.settings.max_concurrency {
+            0 => usize::MAX,
+            n => n,
+        };
+        let n = self.upstreams.len();
+        let usable = |u: &Arc<Upstream>| Some(u.addr) != exclude;
+        let open = |u: &Arc<Upstream>| usable(u) && u.in_flight() < cap;
+        match n {
+            0 => return Err(NoPick::Empty),
+            1 => {
+                let u = &self.upstreams[0];
+                return if open(u) {
+                    Ok(u.clone())
+                } else if usable(u) {
+                    Err(NoPick::Full)
+                } else {
+                    Err(NoPick::Empty)
+                };
+            }
+            _ => {}
+        }
+        let a = rand::random::<usize>() % n;
+        let mut b = rand::random::<usize>() % (n - 1);
+        if b >= a {
+            b += 1;
+        }
+        let (x, y) = (&self.upstreams[a], &self.upstreams[b]);
+        let best = match (open(x), open(y)) {
+            (true, true) => Some(if y.in_flight() < x.in_flight() { y } else { x }),
+            (true, false) => Some(x),
+            (false, true) => Some(y),
+            (false, false) => self.upstreams.iter().filter(|u| open(u)).min_by_key(|u| u.in_flight()),
+        };
+        match best {
+            Some(u) => Ok(u.clone()),
+            None if self.upstreams.iter().any(usable) => Err(NoPick::Full),
+            None => Err(NoPick::Empty),
+        }
+    }
+}
+
+/// What a writer declares: a host, the service behind it, its ready instances and settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
     pub host: String,
     pub service: String,
     pub upstreams: Vec<SocketAddr>,
+    pub settings: RouteSettings,
+    pub paused: Option<String>,
+}
+
+impl RouteSpec {
+    /// A route to `upstreams` with default settings.
+    pub fn new(host: impl Into<String>, service: impl Into<String>, upstreams: Vec<SocketAddr>) -> RouteSpec {
+        RouteSpec { host: host.into(), service: service.into(), upstreams, settings: RouteSettings::default(), paused: None }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +309,10 @@ struct Table {
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     current: ArcSwap<Table>,
+    /// Every service in the table, by name; only writers and metric readers take the lock.
+    services: Mutex<HashMap<String, Arc<ServiceState>>>,
+    /// Serializes writers.
+    write: Mutex<()>,
 }
 
 /// Lowercases a Host header value and drops its port.
@@ -110,21 +336,69 @@ impl RoutingTable {
         self.current.load().hosts.get(&normalize_host(host)).cloned()
     }
 
+    /// Every service in the table.
+    pub fn services(&self) -> Vec<Arc<ServiceState>> {
+        let mut all: Vec<_> = self.services.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
     /// Replaces the whole table at once. New requests see the new table; requests in flight keep
-    /// the upstream they started on.
-    pub fn replace(&self, specs: &[RouteSpec]) {
+    /// the upstream they started on. Returns the upstreams that left the table: they get nothing
+    /// new, and [`Upstream::drained`] says when their last request has finished.
+    pub fn replace(&self, specs: &[RouteSpec]) -> Vec<Arc<Upstream>> {
+        let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
-        let existing: HashMap<SocketAddr, Arc<Upstream>> =
-            old.hosts.values().flat_map(|r| r.upstreams.iter().map(|u| (u.addr, u.clone()))).collect();
-        let hosts = specs
-            .iter()
-            .map(|s| {
-                let upstreams =
-                    s.upstreams.iter().map(|a| existing.get(a).cloned().unwrap_or_else(|| Arc::new(Upstream::new(*a)))).collect();
-                (normalize_host(&s.host), Arc::new(Route { service: s.service.clone(), upstreams }))
-            })
-            .collect();
-        self.current.store(Arc::new(Table { hosts }));
+        let existing: HashMap<(&str, SocketAddr), Arc<Upstream>> =
+            old.hosts.values().flat_map(|r| r.upstreams.iter().map(|u| ((r.service.name.as_str(), u.addr), u.clone()))).collect();
+        let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept: HashMap<String, Arc<ServiceState>> = HashMap::new();
+        let mut ready: HashMap<String, usize> = HashMap::new();
+        let mut hosts = HashMap::new();
+        for s in specs {
+            let state = kept
+                .entry(s.service.clone())
+                .or_insert_with(|| services.get(&s.service).cloned().unwrap_or_else(|| Arc::new(ServiceState::new(&s.service))))
+                .clone();
+            let upstreams: Vec<Arc<Upstream>> = s
+                .upstreams
+                .iter()
+                .map(|a| existing.get(&(s.service.as_str(), *a)).cloned().unwrap_or_else(|| Arc::new(Upstream::new(*a, state.clone()))))
+                .collect();
+            let count = ready.entry(s.service.clone()).or_default();
+            *count = (*count).max(if s.paused.is_some() { 0 } else { upstreams.len() });
+            hosts.insert(
+                normalize_host(&s.host),
+                Arc::new(Route { service: state, upstreams, settings: s.settings.clone(), paused: s.paused.clone() }),
+            );
+        }
+        let table = Table { hosts };
+        let now: std::collections::HashSet<(&str, SocketAddr)> =
+            table.hosts.values().flat_map(|r| r.upstreams.iter().map(|u| (r.service.name.as_str(), u.addr))).collect();
+        let mut left: Vec<Arc<Upstream>> = existing.iter().filter(|(k, _)| !now.contains(*k)).map(|(_, u)| u.clone()).collect();
+        left.sort_by_key(|u| u.addr);
+        left.dedup_by_key(|u| u.addr);
+        self.current.store(Arc::new(table));
+        for u in &left {
+            u.retired.store(true, Ordering::SeqCst);
+        }
+        for (name, state) in &kept {
+            let n = ready.get(name).copied().unwrap_or(0);
+            state.ready.store(n, Ordering::Relaxed);
+            if n > 0 {
+                state.end_activation();
+            }
+            state.changed.notify_waiters();
+        }
+        // Requests waiting on a service that left the table find out now.
+        for (name, state) in services.iter() {
+            if !kept.contains_key(name) {
+                state.ready.store(0, Ordering::Relaxed);
+                state.changed.notify_waiters();
+            }
+        }
+        *services = kept;
+        left
     }
 }
 
@@ -136,6 +410,16 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], p))
     }
 
+    fn route(upstreams: &[u16], max_concurrency: usize) -> Route {
+        let state = Arc::new(ServiceState::new("s"));
+        Route {
+            upstreams: upstreams.iter().map(|p| Arc::new(Upstream::new(addr(*p), state.clone()))).collect(),
+            service: state,
+            settings: RouteSettings { max_concurrency, ..RouteSettings::default() },
+            paused: None,
+        }
+    }
+
     #[test]
     fn hosts_are_normalized() {
         assert_eq!(normalize_host("Web.LOCALHOST:8443"), "web.localhost");
@@ -144,26 +428,62 @@ mod tests {
     }
 
     #[test]
-    fn replacement_keeps_surviving_upstreams() {
+    fn replacement_keeps_surviving_upstreams_and_returns_the_leavers() {
         let t = RoutingTable::new();
-        t.replace(&[RouteSpec { host: "a.localhost".into(), service: "a".into(), upstreams: vec![addr(1), addr(2)] }]);
+        t.replace(&[RouteSpec::new("a.localhost", "a", vec![addr(1), addr(2)])]);
         let before = t.lookup("a.localhost").and_then(|r| r.upstreams.first().cloned());
         let _busy = before.as_ref().map(|u| u.begin());
-        t.replace(&[RouteSpec { host: "a.localhost".into(), service: "a".into(), upstreams: vec![addr(1), addr(3)] }]);
+        let left = t.replace(&[RouteSpec::new("a.localhost", "a", vec![addr(1), addr(3)])]);
         let after = t.lookup("A.localhost:443").and_then(|r| r.upstreams.first().cloned());
         assert_eq!(after.map(|u| u.in_flight()), Some(1), "the in-flight count survived the swap");
+        assert_eq!(left.iter().map(|u| u.addr).collect::<Vec<_>>(), [addr(2)]);
         assert!(t.lookup("b.localhost").is_none());
+        let services = t.services();
+        assert_eq!((services.len(), services[0].ready(), services[0].in_flight()), (1, 2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_left_upstream_reports_when_drained() -> Result<(), Box<dyn std::error::Error>> {
+        let t = RoutingTable::new();
+        t.replace(&[RouteSpec::new("a.localhost", "a", vec![addr(1)])]);
+        let busy = t.lookup("a.localhost").map(|r| r.upstreams[0].begin());
+        let left = t.replace(&[]);
+        assert_eq!(left.len(), 1);
+        let up = left[0].clone();
+        let waiter = tokio::spawn(async move { up.drained().await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(busy);
+        tokio::time::timeout(Duration::from_secs(5), waiter).await??;
+        assert!(t.services().is_empty());
+        Ok(())
     }
 
     #[test]
     fn picks_the_less_busy_and_skips_the_failed() {
-        let r = Route { service: "s".into(), upstreams: vec![Arc::new(Upstream::new(addr(1))), Arc::new(Upstream::new(addr(2)))] };
+        let r = route(&[1, 2], 0);
         let _busy: Vec<_> = (0..3).map(|_| r.upstreams[0].begin()).collect();
         for _ in 0..20 {
-            assert_eq!(r.pick(None).map(|u| u.addr), Some(addr(2)));
+            assert_eq!(r.pick(None).map(|u| u.addr), Ok(addr(2)));
         }
-        assert_eq!(r.pick(Some(addr(2))).map(|u| u.addr), Some(addr(1)));
-        let lone = Route { service: "s".into(), upstreams: vec![Arc::new(Upstream::new(addr(1)))] };
-        assert!(lone.pick(Some(addr(1))).is_none());
+        assert_eq!(r.pick(Some(addr(2))).map(|u| u.addr), Ok(addr(1)));
+        let lone = route(&[1], 0);
+        assert_eq!(lone.pick(Some(addr(1))).err(), Some(NoPick::Empty));
+        assert_eq!(route(&[], 0).pick(None).err(), Some(NoPick::Empty));
+    }
+
+    #[test]
+    fn the_concurrency_cap_is_respected() -> Result<(), NoPick> {
+        let r = route(&[1, 2, 3], 2);
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            let u = r.pick(None)?;
+            held.push(u.begin());
+        }
+        assert!(r.upstreams.iter().all(|u| u.in_flight() == 2));
+        assert_eq!(r.pick(None).err(), Some(NoPick::Full));
+        held.pop();
+        assert!(r.pick(None).is_ok());
+        Ok(())
     }
 }

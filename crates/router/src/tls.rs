@@ -1,7 +1,8 @@
 //! HTTPS for the router: a local certificate authority created once in the data directory
 //! (`ca.pem`, and `ca-key.pem` readable by its owner only) that issues leaf certificates on
 //! demand, by SNI, for the names berth serves (`*.localhost` and the configured base domain).
-//! `berth ca export` prints `ca.pem` so curl and browsers can trust it.
+//! `berth ca export` prints `ca.pem` so curl and browsers can trust it. Certificates a user
+//! supplies for custom domains (PEM chain and key) are served for their names instead.
 
 use std::collections::HashMap;
 use std::io;
@@ -11,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -23,6 +25,27 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
+    #[error("{path}: {message}")]
+    Pem { path: String, message: String },
+}
+
+/// A certificate chain and its key, read from PEM files, served for `domains` (exact names, or
+/// `*.example.com` for one label under it).
+pub fn load_certificate(domains: &[String], cert: &Path, key: &Path) -> Result<(Vec<String>, Arc<CertifiedKey>), TlsError> {
+    let pem_err = |path: &Path, e: &dyn std::fmt::Display| TlsError::Pem { path: path.display().to_string(), message: e.to_string() };
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert).map_err(|e| pem_err(cert, &e))?.collect::<Result<_, _>>().map_err(|e| pem_err(cert, &e))?;
+    if chain.is_empty() {
+        return Err(pem_err(cert, &"no certificate in the file"));
+    }
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, &e))?;
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der)?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| pem_err(key, &format!("the key does not belong to the certificate ({e})")))?;
+    if domains.is_empty() {
+        return Err(pem_err(cert, &"name the domains it serves"));
+    }
+    Ok((domains.iter().map(|d| d.trim_end_matches('.').to_ascii_lowercase()).collect(), Arc::new(certified)))
 }
 
 /// The CA's parameters, rebuilt identically on every start so leaves chain to the stored cert.
@@ -100,6 +123,8 @@ pub struct OnDemandCerts {
     ca: LocalCa,
     suffixes: Vec<String>,
     cache: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// User-supplied certificates by name (`*.example.com` for wildcards).
+    supplied: HashMap<String, Arc<CertifiedKey>>,
 }
 
 impl std::fmt::Debug for OnDemandCerts {
@@ -111,7 +136,25 @@ impl std::fmt::Debug for OnDemandCerts {
 impl OnDemandCerts {
     /// `suffixes` such as `.localhost` or `.apps.example.com`.
     pub fn new(ca: LocalCa, suffixes: Vec<String>) -> OnDemandCerts {
-        OnDemandCerts { ca, suffixes, cache: Mutex::new(HashMap::new()) }
+        OnDemandCerts { ca, suffixes, cache: Mutex::new(HashMap::new()), supplied: HashMap::new() }
+    }
+
+    /// Adds certificates from [`load_certificate`]; they win over issued ones for their names.
+    pub fn with_supplied(mut self, certs: Vec<(Vec<String>, Arc<CertifiedKey>)>) -> OnDemandCerts {
+        for (names, cert) in certs {
+            for n in names {
+                self.supplied.insert(n, cert.clone());
+            }
+        }
+        self
+    }
+
+    fn supplied_for(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        if let Some(c) = self.supplied.get(name) {
+            return Some(c.clone());
+        }
+        let (_, parent) = name.split_once('.')?;
+        self.supplied.get(&format!("*.{parent}")).cloned()
     }
 
     fn allowed(&self, name: &str) -> bool {
@@ -122,6 +165,9 @@ impl OnDemandCerts {
 impl ResolvesServerCert for OnDemandCerts {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name()?.to_ascii_lowercase();
+        if let Some(c) = self.supplied_for(&name) {
+            return Some(c);
+        }
         if !self.allowed(&name) {
             tracing::debug!(sni = %name, "no certificate for this name");
             return None;

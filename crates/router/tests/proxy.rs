@@ -79,10 +79,10 @@ async fn routes_balances_retries_and_swaps() -> Result {
     let (a1, a2, b1, down) = (backend("a1").await?, backend("a2").await?, backend("b1").await?, dead().await?);
     let table = Arc::new(RoutingTable::new());
     table.replace(&[
-        RouteSpec { host: "a.localhost".into(), service: "a".into(), upstreams: vec![a1, a2] },
-        RouteSpec { host: "b.localhost".into(), service: "b".into(), upstreams: vec![b1] },
-        RouteSpec { host: "flaky.localhost".into(), service: "flaky".into(), upstreams: vec![down, b1] },
-        RouteSpec { host: "gone.localhost".into(), service: "gone".into(), upstreams: vec![down] },
+        RouteSpec::new("a.localhost", "a", vec![a1, a2]),
+        RouteSpec::new("b.localhost", "b", vec![b1]),
+        RouteSpec::new("flaky.localhost", "flaky", vec![down, b1]),
+        RouteSpec::new("gone.localhost", "gone", vec![down]),
     ]);
     let router = start_router(table.clone()).await?;
 
@@ -116,7 +116,7 @@ async fn routes_balances_retries_and_swaps() -> Result {
     assert!(body.starts_with("backend=b1"), "{body}");
 
     // The table is replaced at once: new requests go to the new instances.
-    table.replace(&[RouteSpec { host: "a.localhost".into(), service: "a".into(), upstreams: vec![b1] }]);
+    table.replace(&[RouteSpec::new("a.localhost", "a", vec![b1])]);
     for _ in 0..5 {
         assert!(curl(router, "a.localhost", &[]).await?.1.starts_with("backend=b1"));
     }

@@ -1,13 +1,13 @@
 //! HTTPS through the router with curl: certificates issued on demand by the local CA (which
-//! persists across restarts), HTTP/2 by ALPN, `X-Forwarded-Proto: https`, and no certificate
-//! for names berth does not serve.
+//! persists across restarts), HTTP/2 by ALPN, `X-Forwarded-Proto: https`, no certificate for
+//! names berth does not serve, and a user-supplied certificate for a custom domain.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 
-use berth_router::tls::{server_config, LocalCa, OnDemandCerts};
+use berth_router::tls::{load_certificate, server_config, LocalCa, OnDemandCerts};
 use berth_router::{RouteSpec, Router, RouterOptions, RoutingTable};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -52,11 +52,11 @@ async fn https_with_certificates_on_demand() -> Result {
     assert_eq!(ca.cert_pem(), pem);
 
     let table = Arc::new(RoutingTable::new());
-    table.replace(&[RouteSpec { host: "web.localhost".into(), service: "web".into(), upstreams: vec![backend().await?] }]);
+    table.replace(&[RouteSpec::new("web.localhost", "web", vec![backend().await?])]);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let config = server_config(Arc::new(OnDemandCerts::new(ca, vec![".localhost".into()])))?;
-    let router = Router::with_options(table, RouterOptions { redirect_to_https_port: Some(port), hsts: true });
+    let router = Router::with_options(table, RouterOptions { redirect_to_https_port: Some(port), hsts: true, ..RouterOptions::default() });
     let plain = TcpListener::bind("127.0.0.1:0").await?;
     let plain_port = plain.local_addr()?.port();
     tokio::spawn(router.clone().serve(plain));
@@ -108,5 +108,44 @@ async fn https_with_certificates_on_demand() -> Result {
     let mut args = base("other.localhost");
     args.push(format!("https://other.localhost:{port}/"));
     assert!(String::from_utf8_lossy(&curl(args).await?.stdout).ends_with("404 2"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_supplied_certificate_for_a_custom_domain() -> Result {
+    let dir = tempfile::tempdir()?;
+    // The user's own certificate (self-signed here; any chain works).
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()])?.self_signed(&key)?;
+    let (cert_path, key_path) = (dir.path().join("shop.pem"), dir.path().join("shop.key"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    let other = rcgen::KeyPair::generate()?;
+    let wrong_key = dir.path().join("wrong.key");
+    std::fs::write(&wrong_key, other.serialize_pem())?;
+    let mismatch = load_certificate(&["shop.example.com".into()], &cert_path, &wrong_key).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(mismatch.contains("the key does not belong to the certificate"), "{mismatch}");
+    assert!(load_certificate(&["shop.example.com".into()], &dir.path().join("missing.pem"), &key_path).is_err());
+
+    let supplied = load_certificate(&["Shop.Example.com".into()], &cert_path, &key_path)?;
+    let ca = LocalCa::load_or_create(&dir.path().join("ca"))?;
+    let certs = OnDemandCerts::new(ca, vec![".localhost".into()]).with_supplied(vec![supplied]);
+    let table = Arc::new(RoutingTable::new());
+    table.replace(&[RouteSpec::new("shop.example.com", "shop", vec![backend().await?])]);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(Router::new(table).serve_tls(listener, server_config(Arc::new(certs))?));
+    let out = curl(vec![
+        "-s".into(),
+        "--cacert".into(),
+        cert_path.display().to_string(),
+        "--resolve".into(),
+        format!("shop.example.com:{port}:127.0.0.1"),
+        "-w".into(),
+        "\n%{http_code}".into(),
+        format!("https://shop.example.com:{port}/"),
+    ])
+    .await?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "proto=https\n200", "{}", String::from_utf8_lossy(&out.stderr));
     Ok(())
 }

@@ -114,7 +114,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
 
     // berth's router, in this process, on its own runtime.
     let table = Arc::new(RoutingTable::new());
-    table.replace(&[RouteSpec { host: HOST.into(), service: "bench".into(), upstreams: vec![([127, 0, 0, 1], backend_port).into()] }]);
+    table.replace(&[RouteSpec::new(HOST, "bench", vec![([127, 0, 0, 1], backend_port).into()])]);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", berth_port)))?;
     rt.spawn(Router::new(table).serve(listener));

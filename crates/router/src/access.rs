@@ -1,0 +1,93 @@
+//! The access log: one JSON object per request, appended to a file by a background task so the
+//! request path never waits on the disk. When the writer falls behind, records are dropped and
+//! counted rather than queued without bound. The file is rotated at [`ROTATE_BYTES`] (one old
+//! file kept, `<name>.1`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+const ROTATE_BYTES: u64 = 64 << 20;
+const BACKLOG: usize = 8192;
+
+/// One request, as the access log records it.
+#[derive(Debug, Serialize)]
+pub struct AccessRecord<'a> {
+    pub ts: String,
+    pub service: &'a str,
+    pub host: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub protocol: &'a str,
+    pub status: u16,
+    /// Milliseconds from arrival to the response head.
+    pub duration_ms: f64,
+    pub upstream: Option<String>,
+    pub request_id: &'a str,
+    pub client: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    tx: mpsc::Sender<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Appends to `path` (created with its directory); must be called inside a Tokio runtime.
+    pub fn open(path: &Path) -> std::io::Result<AccessLog> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        tokio::spawn(write_lines(path.to_owned(), file, rx));
+        Ok(AccessLog { tx, dropped: Arc::new(AtomicU64::new(0)) })
+    }
+
+    pub(crate) fn record(&self, rec: &AccessRecord<'_>) {
+        let Ok(mut line) = serde_json::to_string(rec) else { return };
+        line.push('\n');
+        if self.tx.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records dropped because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+async fn write_lines(path: PathBuf, file: std::fs::File, mut rx: mpsc::Receiver<String>) {
+    let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, file);
+    while let Some(line) = rx.recv().await {
+        let mut batch = vec![line];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+            if batch.len() >= 1024 {
+                break;
+            }
+        }
+        for l in &batch {
+            size += l.len() as u64;
+            let _ = out.write_all(l.as_bytes());
+        }
+        let _ = out.flush();
+        if size >= ROTATE_BYTES {
+            let _ = std::fs::rename(&path, path.with_extension("log.1"));
+            match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+                Ok(f) => {
+                    out = std::io::BufWriter::with_capacity(64 << 10, f);
+                    size = 0;
+                }
+                Err(e) => tracing::warn!(error = %e, path = %path.display(), "reopening the access log failed"),
+            }
+        }
+    }
+}

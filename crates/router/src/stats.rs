@@ -1,0 +1,167 @@
+//! Per-service statistics kept with atomics on the request path, and their rendering in the
+//! Prometheus text format (`berth_router_*` on the API's `/metrics`).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::table::RoutingTable;
+
+/// Upper bounds of the latency buckets, seconds.
+const LATENCY_BOUNDS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Upper bounds of the cold-start buckets, seconds.
+const COLD_START_BOUNDS: [f64; 10] = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// A histogram with fixed buckets (non-cumulative counts; rendered cumulative).
+#[derive(Debug)]
+struct Histogram<const N: usize> {
+    bounds: &'static [f64; N],
+    buckets: [AtomicU64; N],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: &'static [f64; N]) -> Self {
+        Histogram { bounds, buckets: std::array::from_fn(|_| AtomicU64::new(0)), count: AtomicU64::new(0), sum_micros: AtomicU64::new(0) }
+    }
+
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, service: &str) {
+        let mut cumulative = 0;
+        for (b, n) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{service=\"{service}\",le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{service=\"{service}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_count{{service=\"{service}\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{service=\"{service}\"}} {}", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+    }
+}
+
+/// What the router counts for one service.
+#[derive(Debug)]
+pub struct ServiceStats {
+    /// Responses by status class: 1xx … 5xx.
+    responses: [AtomicU64; 5],
+    latency: Histogram<14>,
+    cold_starts: Histogram<10>,
+}
+
+impl Default for ServiceStats {
+    fn default() -> Self {
+        ServiceStats {
+            responses: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: Histogram::new(&LATENCY_BOUNDS),
+            cold_starts: Histogram::new(&COLD_START_BOUNDS),
+        }
+    }
+}
+
+impl ServiceStats {
+    /// Records a response head sent after `elapsed`.
+    pub fn response(&self, status: u16, elapsed: Duration) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.latency.observe(elapsed);
+    }
+
+    pub fn responses(&self, class: u16) -> u64 {
+        self.responses.get(class.wrapping_sub(1) as usize).map(|n| n.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    pub(crate) fn cold_start(&self, took: Duration) {
+        self.cold_starts.observe(took);
+    }
+
+    pub fn cold_start_count(&self) -> u64 {
+        self.cold_starts.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Quotes a label value for the text format.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Renders every service's metrics in the Prometheus/OpenMetrics text format (no `# EOF`).
+pub fn render(table: &RoutingTable, out: &mut String) {
+    let services = table.services();
+    let families: [(&str, &str, &str); 7] = [
+        ("berth_router_requests", "counter", "Responses sent by the router, by service and status class"),
+        ("berth_router_request_duration_seconds", "histogram", "Time from a request's arrival to its response head"),
+        ("berth_router_instances", "gauge", "Ready instances the router sends requests to"),
+        ("berth_router_concurrency", "gauge", "Requests being worked on by the service's instances"),
+        ("berth_router_queue_length", "gauge", "Requests waiting for a free instance or for one to start"),
+        ("berth_router_cold_starts", "counter", "Times requests had to wait for a first instance to start"),
+        ("berth_router_cold_start_duration_seconds", "histogram", "From the first held request until an instance was ready"),
+    ];
+    for (name, kind, help) in families {
+        let _ = writeln!(out, "# HELP {name} {help}.");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for s in &services {
+            let svc = label(&s.name);
+            match name {
+                "berth_router_requests" => {
+                    for class in 1..=5u16 {
+                        let _ = writeln!(out, "{name}_total{{service=\"{svc}\",code=\"{class}xx\"}} {}", s.stats.responses(class));
+                    }
+                }
+                "berth_router_request_duration_seconds" => s.stats.latency.render(out, name, &svc),
+                "berth_router_instances" => {
+                    let _ = writeln!(out, "{name}{{service=\"{svc}\"}} {}", s.ready());
+                }
+                "berth_router_concurrency" => {
+                    let _ = writeln!(out, "{name}{{service=\"{svc}\"}} {}", s.in_flight());
+                }
+                "berth_router_queue_length" => {
+                    let _ = writeln!(out, "{name}{{service=\"{svc}\"}} {}", s.queued());
+                }
+                "berth_router_cold_starts" => {
+                    let _ = writeln!(out, "{name}_total{{service=\"{svc}\"}} {}", s.stats.cold_start_count());
+                }
+                _ => s.stats.cold_starts.render(out, name, &svc),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::RouteSpec;
+
+    #[test]
+    fn renders_counts_and_cumulative_buckets() {
+        let t = RoutingTable::new();
+        t.replace(&[RouteSpec::new("a.localhost", "a\"b", vec![([127, 0, 0, 1], 1).into()])]);
+        let s = t.services().remove(0);
+        s.stats.response(200, Duration::from_micros(300));
+        s.stats.response(204, Duration::from_millis(3));
+        s.stats.response(503, Duration::from_secs(60));
+        let mut out = String::new();
+        render(&t, &mut out);
+        for line in [
+            "# TYPE berth_router_requests counter",
+            r#"berth_router_requests_total{service="a\"b",code="2xx"} 2"#,
+            r#"berth_router_requests_total{service="a\"b",code="5xx"} 1"#,
+            r#"berth_router_request_duration_seconds_bucket{service="a\"b",le="0.0005"} 1"#,
+            r#"berth_router_request_duration_seconds_bucket{service="a\"b",le="0.005"} 2"#,
+            r#"berth_router_request_duration_seconds_bucket{service="a\"b",le="10"} 2"#,
+            r#"berth_router_request_duration_seconds_bucket{service="a\"b",le="+Inf"} 3"#,
+            r#"berth_router_instances{service="a\"b"} 1"#,
+            r#"berth_router_cold_starts_total{service="a\"b"} 0"#,
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing `{line}` in\n{out}");
+        }
+    }
+}
