@@ -26,6 +26,10 @@ pub enum StoreError {
     TagImmutable { tag: String, current: Digest },
     #[error("token `{0}` already exists")]
     TokenExists(String),
+    #[error("service `{0}` already exists")]
+    ServiceExists(String),
+    #[error("service `{0}` does not exist")]
+    ServiceNotFound(String),
     #[error("state database error: {0}")]
     Database(#[from] rusqlite::Error),
     #[error("state database holds a malformed value: {0}")]
@@ -41,6 +45,27 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Desired and observed state. Every method is one transaction.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
+    // Services: documents owned by berth-services, keyed here.
+    async fn create_service(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<()>;
+    async fn put_service(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<()>;
+    async fn get_service(&self, name: &str) -> Result<Option<DocRecord>>;
+    async fn list_services(&self) -> Result<Vec<DocRecord>>;
+    /// Deletes the service and its revisions; its operations and events stay readable.
+    async fn delete_service(&self, name: &str) -> Result<bool>;
+    /// Stores a revision under the next number of the service, returned.
+    async fn create_revision(&self, service: &str, doc: &serde_json::Value, now: i64) -> Result<u32>;
+    /// A revision (`key` is its number).
+    async fn get_revision(&self, service: &str, number: u32) -> Result<Option<DocRecord>>;
+    async fn list_revisions(&self, service: &str) -> Result<Vec<DocRecord>>;
+    /// Creates or replaces an operation; `open` while it has not ended.
+    async fn put_operation(&self, id: &str, service: &str, open: bool, doc: &serde_json::Value, started_at: i64) -> Result<()>;
+    async fn get_operation(&self, id: &str) -> Result<Option<DocRecord>>;
+    /// Newest first.
+    async fn list_operations(&self, service: Option<&str>, open_only: bool, limit: usize) -> Result<Vec<DocRecord>>;
+    async fn add_service_event(&self, service: &str, at: i64, kind: &str, message: &str) -> Result<()>;
+    /// Newest first.
+    async fn service_events(&self, service: &str, limit: usize) -> Result<Vec<ServiceEvent>>;
+
     // Repositories.
     async fn create_repository(&self, repo: RepositoryRecord) -> Result<()>;
     /// Returns the repository, creating it with `default_policy` when it does not exist.

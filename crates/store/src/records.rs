@@ -64,3 +64,21 @@ pub struct TokenRecord {
     pub last_used_at: Option<i64>,
     pub revoked_at: Option<i64>,
 }
+
+/// A JSON document with its key (name, number or id) and its creation time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocRecord {
+    pub key: String,
+    pub doc: serde_json::Value,
+    pub at: i64,
+}
+
+/// Something that happened to a service: a status change, an instance replaced, a crash loop.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ServiceEvent {
+    pub id: i64,
+    pub service: String,
+    pub at: i64,
+    pub kind: String,
+    pub message: String,
+}

@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 use berth_core::{Digest, LifecycleRule, Scope, TagPolicy};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::{ManifestRecord, PushEvent, RepositoryRecord, Result, Store, StoreError, TagRecord, TagWrite, TokenRecord};
+use crate::{
+    DocRecord, ManifestRecord, PushEvent, RepositoryRecord, Result, ServiceEvent, Store, StoreError, TagRecord, TagWrite, TokenRecord,
+};
 
 /// Migrations in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("sqlite/001_initial.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("sqlite/001_initial.sql"), include_str!("sqlite/002_services.sql")];
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -148,8 +150,168 @@ fn insert_event(tx: &Connection, repo: &str, tag: Option<&str>, digest: &Digest,
     })
 }
 
+fn doc_row(r: &Row<'_>) -> rusqlite::Result<DocRecord> {
+    Ok(DocRecord { key: r.get(0)?, doc: json(r.get(1)?)?, at: r.get(2)? })
+}
+
+fn service_event_row(r: &Row<'_>) -> rusqlite::Result<ServiceEvent> {
+    Ok(ServiceEvent { id: r.get(0)?, service: r.get(1)?, at: r.get(2)?, kind: r.get(3)?, message: r.get(4)? })
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    async fn create_service(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<()> {
+        let (name, doc) = (name.to_owned(), to_json(doc)?);
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT INTO services (name, doc, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) ON CONFLICT DO NOTHING",
+                params![name, doc, now],
+            )?;
+            if n == 0 {
+                return Err(StoreError::ServiceExists(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_service(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<()> {
+        let (name, doc) = (name.to_owned(), to_json(doc)?);
+        self.call(move |c| {
+            let n = c.execute("UPDATE services SET doc = ?2, updated_at = ?3 WHERE name = ?1", params![name, doc, now])?;
+            if n == 0 {
+                return Err(StoreError::ServiceNotFound(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_service(&self, name: &str) -> Result<Option<DocRecord>> {
+        let name = name.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT name, doc, created_at FROM services WHERE name = ?1")?;
+            Ok(stmt.query_row([&name], doc_row).optional()?)
+        })
+        .await
+    }
+
+    async fn list_services(&self) -> Result<Vec<DocRecord>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT name, doc, created_at FROM services ORDER BY name")?;
+            let rows = stmt.query_map([], doc_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn delete_service(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM revisions WHERE service = ?1", [&name])?;
+            let n = tx.execute("DELETE FROM services WHERE name = ?1", [&name])?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn create_revision(&self, service: &str, doc: &serde_json::Value, now: i64) -> Result<u32> {
+        let (service, doc) = (service.to_owned(), to_json(doc)?);
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let next: i64 =
+                tx.query_row("SELECT COALESCE(MAX(number), 0) + 1 FROM revisions WHERE service = ?1", [&service], |r| r.get(0))?;
+            tx.execute(
+                "INSERT INTO revisions (service, number, doc, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![service, next, doc, now],
+            )?;
+            tx.commit()?;
+            Ok(next as u32)
+        })
+        .await
+    }
+
+    async fn get_revision(&self, service: &str, number: u32) -> Result<Option<DocRecord>> {
+        let service = service.to_owned();
+        self.call(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT CAST(number AS TEXT), doc, created_at FROM revisions WHERE service = ?1 AND number = ?2")?;
+            Ok(stmt.query_row(params![service, number], doc_row).optional()?)
+        })
+        .await
+    }
+
+    async fn list_revisions(&self, service: &str) -> Result<Vec<DocRecord>> {
+        let service = service.to_owned();
+        self.call(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT CAST(number AS TEXT), doc, created_at FROM revisions WHERE service = ?1 ORDER BY number")?;
+            let rows = stmt.query_map([&service], doc_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn put_operation(&self, id: &str, service: &str, open: bool, doc: &serde_json::Value, started_at: i64) -> Result<()> {
+        let (id, service, doc) = (id.to_owned(), service.to_owned(), to_json(doc)?);
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO operations (id, service, open, doc, started_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET open = excluded.open, doc = excluded.doc",
+                params![id, service, open, doc, started_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_operation(&self, id: &str) -> Result<Option<DocRecord>> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT id, doc, started_at FROM operations WHERE id = ?1")?;
+            Ok(stmt.query_row([&id], doc_row).optional()?)
+        })
+        .await
+    }
+
+    async fn list_operations(&self, service: Option<&str>, open_only: bool, limit: usize) -> Result<Vec<DocRecord>> {
+        let service = service.map(str::to_owned);
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, doc, started_at FROM operations WHERE (?1 IS NULL OR service = ?1) AND (?2 = 0 OR open = 1)
+                 ORDER BY started_at DESC, rowid DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![service, open_only, limit as i64], doc_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn add_service_event(&self, service: &str, at: i64, kind: &str, message: &str) -> Result<()> {
+        let (service, kind, message) = (service.to_owned(), kind.to_owned(), message.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO service_events (service, at, kind, message) VALUES (?1, ?2, ?3, ?4)",
+                params![service, at, kind, message],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn service_events(&self, service: &str, limit: usize) -> Result<Vec<ServiceEvent>> {
+        let service = service.to_owned();
+        self.call(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT id, service, at, kind, message FROM service_events WHERE service = ?1 ORDER BY id DESC LIMIT ?2")?;
+            let rows = stmt.query_map(params![service, limit as i64], service_event_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
     async fn create_repository(&self, repo: RepositoryRecord) -> Result<()> {
         self.call(move |c| {
             let n = c.execute(

@@ -129,3 +129,42 @@ async fn tokens() -> Result<()> {
     assert_eq!(store.get_token("abc").await?.and_then(|t| t.revoked_at), Some(9));
     Ok(())
 }
+
+#[tokio::test]
+async fn services_revisions_operations_and_events() -> Result<()> {
+    let (_dir, store) = open();
+    let doc = serde_json::json!({"spec": {"port": 8080}});
+    store.create_service("web", &doc, 10).await?;
+    assert!(matches!(store.create_service("web", &doc, 11).await, Err(StoreError::ServiceExists(_))));
+    store.put_service("web", &serde_json::json!({"spec": {"port": 9090}}), 12).await?;
+    assert!(matches!(store.put_service("nope", &doc, 12).await, Err(StoreError::ServiceNotFound(_))));
+    let got = store.get_service("web").await?.ok_or(StoreError::ServiceNotFound("web".into()))?;
+    assert_eq!((got.key.as_str(), got.doc["spec"]["port"].as_u64(), got.at), ("web", Some(9090), 10));
+
+    assert_eq!(store.create_revision("web", &serde_json::json!({"digest": "a"}), 20).await?, 1);
+    assert_eq!(store.create_revision("web", &serde_json::json!({"digest": "b"}), 21).await?, 2);
+    assert_eq!(store.create_revision("other", &serde_json::json!({}), 21).await?, 1);
+    let revs = store.list_revisions("web").await?;
+    assert_eq!(revs.iter().map(|r| (r.key.as_str(), r.doc["digest"].as_str())).collect::<Vec<_>>(), [("1", Some("a")), ("2", Some("b"))]);
+    assert_eq!(store.get_revision("web", 2).await?.map(|r| r.doc["digest"].clone()), Some(serde_json::json!("b")));
+
+    store.put_operation("op1", "web", true, &serde_json::json!({"status": "IN_PROGRESS"}), 30).await?;
+    store.put_operation("op2", "web", true, &serde_json::json!({"status": "PENDING"}), 31).await?;
+    store.put_operation("op1", "web", false, &serde_json::json!({"status": "SUCCEEDED"}), 30).await?;
+    let open_ops = store.list_operations(None, true, 10).await?;
+    assert_eq!(open_ops.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["op2"]);
+    let all = store.list_operations(Some("web"), false, 10).await?;
+    assert_eq!(all.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["op2", "op1"]);
+    assert_eq!(store.get_operation("op1").await?.map(|o| o.doc["status"].clone()), Some(serde_json::json!("SUCCEEDED")));
+
+    store.add_service_event("web", 40, "status", "RUNNING").await?;
+    store.add_service_event("web", 41, "instance_replaced", "web-1-abc failed its health check").await?;
+    let events = store.service_events("web", 10).await?;
+    assert_eq!(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["instance_replaced", "status"]);
+
+    assert!(store.delete_service("web").await?);
+    assert!(store.get_service("web").await?.is_none() && store.list_revisions("web").await?.is_empty());
+    assert_eq!(store.list_operations(Some("web"), false, 10).await?.len(), 2, "operations stay readable");
+    assert_eq!(store.list_services().await?.len(), 0);
+    Ok(())
+}
