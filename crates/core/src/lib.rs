@@ -9,6 +9,7 @@ pub mod pattern;
 pub mod policy;
 pub mod query;
 pub mod scope;
+pub mod service;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use lifecycle::LifecycleRule;
@@ -16,3 +17,4 @@ pub use name::{NameError, Reference, RepositoryName, Tag};
 pub use pattern::Pattern;
 pub use policy::{PolicyError, TagMutability, TagPolicy};
 pub use scope::{Action, Grant, Principal, Scope, ScopeError};
+pub use service::{OperationStatus, OperationType, ServiceSpec, ServiceStatus, SpecError};

@@ -10,12 +10,14 @@
 //! leaves the table gets nothing new; its writer can wait for [`Upstream::drained`].
 
 mod access;
+mod book;
 mod proxy;
 mod stats;
 mod table;
 pub mod tls;
 
 pub use access::{AccessLog, AccessRecord};
+pub use book::RouteBook;
 pub use proxy::{Activator, Body, BoxError, Router, RouterOptions};
 pub use stats::render as render_metrics;
 pub use table::{InFlight, NoPick, Route, RouteSettings, RouteSpec, RoutingTable, ServiceState, Upstream};

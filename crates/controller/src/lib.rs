@@ -1,0 +1,508 @@
+//! berth's controllers: they converge each service's desired revision to ready, routed
+//! instances through the [`Runtime`] trait and the router's [`RouteBook`].
+//!
+//! Every service has one supervisor task (`supervisor.rs`) that owns its instances, so two
+//! reconciles of one service never run at once. A mutation — create, update, deploy, rollback,
+//! pause, resume, delete — is an [`Operation`] stored before anything happens and finished by the
+//! supervisor; while one runs, another on the same service is **refused** (409) naming it. The
+//! auto-deployer (`autodeploy.rs`) follows the registry's pushes; the autoscaler's decisions
+//! arrive as scale commands.
+//!
+//! Crash safety: the serving revision is written to the store before routing switches to it, so
+//! after a restart an open deployment either completes (the switch was recorded) or rolls back
+//! (it was not); instances are re-adopted from the runtime's labels and health-checked before
+//! they get traffic again.
+
+mod autodeploy;
+pub mod health;
+pub mod model;
+mod supervisor;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_autoscale::{Autoscaler, Load, LoadSource, Scaler};
+use berth_core::service::{host_label, ImageSource};
+use berth_core::{Digest, OperationType, ServiceSpec, ServiceStatus, SpecError};
+use berth_router::{Activator, RouteBook, RoutingTable};
+use berth_runtime::Runtime;
+use berth_store::{SharedStore, StoreError};
+use tokio::sync::mpsc;
+
+pub use health::{NetProber, Probe, Prober};
+pub use model::{InstanceView, Operation, Revision, RevisionDoc, ServiceDoc, ServiceView};
+
+use model::{now, parse_revision};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("service `{0}` does not exist")]
+    NotFound(String),
+    #[error("a service named `{0}` already exists (service names are compared as DNS labels)")]
+    Exists(String),
+    #[error(transparent)]
+    Invalid(#[from] SpecError),
+    #[error("operation {id} ({kind}) is in progress on `{service}`; wait for it (`berth service operations {service}`) and try again")]
+    Busy { service: String, id: String, kind: OperationType },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("operation `{0}` does not exist")]
+    OperationNotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored state is malformed: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = ControllerError> = std::result::Result<T, E>;
+
+/// How the controllers behave; the defaults suit production.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    /// Services are served at `<name><suffix>` for each suffix (`.localhost`, `.apps.example.com`).
+    pub suffixes: Vec<String>,
+    /// How URLs are shown: `https://<name>.localhost:<port>`.
+    pub url_scheme: String,
+    pub url_port: u16,
+    /// A new revision must be healthy within this, or the deployment rolls back.
+    pub startup_deadline: Duration,
+    /// SIGTERM → SIGKILL grace when stopping instances.
+    pub stop_grace: Duration,
+    /// How often a starting instance is probed until it passes.
+    pub startup_probe_every: Duration,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        ControllerSettings {
+            suffixes: vec![".localhost".into()],
+            url_scheme: "https".into(),
+            url_port: 8443,
+            startup_deadline: Duration::from_secs(120),
+            stop_grace: Duration::from_secs(10),
+            startup_probe_every: Duration::from_millis(25),
+        }
+    }
+}
+
+/// What the controllers work with.
+pub struct Deps {
+    pub store: SharedStore,
+    pub runtime: Arc<dyn Runtime>,
+    pub book: Arc<RouteBook>,
+    pub prober: Arc<dyn Prober>,
+    /// Wakes the auto-deployer at once on a push (it also looks every few seconds).
+    pub pushes: Option<tokio::sync::broadcast::Receiver<berth_store::PushEvent>>,
+    pub settings: ControllerSettings,
+}
+
+pub(crate) enum Command {
+    /// Carry out an operation (already stored as PENDING).
+    Run(Operation),
+    /// The autoscaler's decision.
+    Scale(u32),
+}
+
+/// The supervisor of one service, as the rest of the controller reaches it.
+struct Handle {
+    tx: mpsc::UnboundedSender<Command>,
+    /// The operation in progress, if any.
+    busy: Arc<Mutex<Option<(String, OperationType)>>>,
+    view: Arc<Mutex<Vec<InstanceView>>>,
+    task: tokio::task::AbortHandle,
+}
+
+pub(crate) struct Shared {
+    store: SharedStore,
+    runtime: Arc<dyn Runtime>,
+    book: Arc<RouteBook>,
+    prober: Arc<dyn Prober>,
+    settings: ControllerSettings,
+    handles: Mutex<HashMap<String, Handle>>,
+    autoscaler: Arc<Autoscaler>,
+    /// Wakes the auto-deployer (after an operation ends, for instance).
+    autodeploy: tokio::sync::Notify,
+    /// The autoscaler's and auto-deployer's tasks.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+/// Sends the autoscaler's decisions to the supervisors.
+struct Relay(std::sync::Weak<Shared>);
+
+impl Scaler for Relay {
+    fn scale(&self, service: &str, desired: u32) {
+        if let Some(sh) = self.0.upgrade() {
+            if let Some(h) = sh.handles.lock().unwrap_or_else(|p| p.into_inner()).get(service) {
+                let _ = h.tx.send(Command::Scale(desired));
+            }
+        }
+    }
+}
+
+/// The autoscaler's view of the router: requests in flight and waiting, ready instances.
+struct TableLoad(Arc<RoutingTable>);
+
+impl LoadSource for TableLoad {
+    fn load(&self) -> Vec<Load> {
+        self.0
+            .services()
+            .iter()
+            .map(|s| Load { service: s.name.clone(), concurrency: s.in_flight() + s.queued(), ready: s.ready() as u32 })
+            .collect()
+    }
+}
+
+/// The router's activator: a request is held for a service with no instance.
+struct Wake(Arc<Autoscaler>);
+
+impl Activator for Wake {
+    fn activate(&self, service: &str) {
+        self.0.poke(service);
+    }
+}
+
+#[derive(Clone)]
+pub struct Controller {
+    sh: Arc<Shared>,
+}
+
+impl Controller {
+    /// Loads every service, recovers operations a crash interrupted, re-adopts instances, and
+    /// starts the supervisors, the autoscaler and the auto-deployer.
+    pub async fn start(deps: Deps) -> Result<Controller> {
+        let sh = Arc::new_cyclic(|weak| Shared {
+            store: deps.store,
+            runtime: deps.runtime,
+            book: deps.book,
+            prober: deps.prober,
+            settings: deps.settings,
+            handles: Mutex::new(HashMap::new()),
+            autoscaler: Autoscaler::new(Arc::new(Relay(weak.clone()))),
+            autodeploy: tokio::sync::Notify::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let controller = Controller { sh: sh.clone() };
+        for record in sh.store.list_services().await? {
+            controller.spawn(&record.key, None);
+        }
+        let scaler = tokio::spawn(sh.autoscaler.clone().run(Arc::new(TableLoad(sh.book.table().clone()))));
+        let deployer = tokio::spawn(autodeploy::run(Arc::downgrade(&sh), deps.pushes));
+        sh.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([scaler.abort_handle(), deployer.abort_handle()]);
+        Ok(controller)
+    }
+
+    /// Stops every controller task where it stands, as a crash would: instances keep running,
+    /// and the next start recovers open operations from the store.
+    pub fn shutdown(&self) {
+        for t in self.sh.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+        for (_, h) in self.sh.handles.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            h.task.abort();
+        }
+    }
+
+    /// For the router: asks for an instance when a request waits for a service that has none.
+    pub fn activator(&self) -> Arc<dyn Activator> {
+        Arc::new(Wake(self.sh.autoscaler.clone()))
+    }
+
+    fn spawn(&self, name: &str, first: Option<Operation>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let busy = Arc::new(Mutex::new(first.as_ref().map(|op| (op.id.clone(), op.kind))));
+        let view = Arc::new(Mutex::new(Vec::new()));
+        // The handle is in place before the task can look for it.
+        let mut handles = self.sh.handles.lock().unwrap_or_else(|p| p.into_inner());
+        let task = tokio::spawn(supervisor::run(self.sh.clone(), name.to_owned(), rx, busy.clone(), view.clone(), first));
+        handles.insert(name.to_owned(), Handle { tx, busy, view, task: task.abort_handle() });
+    }
+
+    /// Marks `name` busy with `op` and hands it to its supervisor; refused while another runs.
+    async fn submit(&self, op: Operation) -> Result<Operation> {
+        {
+            let handles = self.sh.handles.lock().unwrap_or_else(|p| p.into_inner());
+            let h = handles.get(&op.service).ok_or_else(|| ControllerError::NotFound(op.service.clone()))?;
+            let mut busy = h.busy.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((id, kind)) = busy.as_ref() {
+                return Err(ControllerError::Busy { service: op.service.clone(), id: id.clone(), kind: *kind });
+            }
+            *busy = Some((op.id.clone(), op.kind));
+        }
+        if let Err(e) = self.sh.store.put_operation(&op.id, &op.service, true, &to_value(&op)?, op.started_at).await {
+            self.release(&op.service);
+            return Err(e.into());
+        }
+        let sent = self.sh.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&op.service).map(|h| h.tx.send(Command::Run(op.clone())));
+        match sent {
+            Some(Ok(())) => Ok(op),
+            _ => {
+                self.release(&op.service);
+                Err(ControllerError::Conflict(format!("service `{}` is shutting down", op.service)))
+            }
+        }
+    }
+
+    fn release(&self, service: &str) {
+        if let Some(h) = self.sh.handles.lock().unwrap_or_else(|p| p.into_inner()).get(service) {
+            *h.busy.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    /// Creates a service and deploys its first revision.
+    pub async fn create(&self, spec: ServiceSpec) -> Result<Operation> {
+        spec.validate()?;
+        let label = host_label(&spec.name);
+        for existing in self.sh.store.list_services().await? {
+            if host_label(&existing.key) == label {
+                return Err(ControllerError::Exists(existing.key));
+            }
+        }
+        let rev = resolve(&self.sh.store, &spec, None).await?;
+        let doc = ServiceDoc { spec: spec.clone(), status: ServiceStatus::OperationInProgress, current_revision: None, paused: false };
+        match self.sh.store.create_service(&spec.name, &to_value(&doc)?, now()).await {
+            Err(StoreError::ServiceExists(n)) => return Err(ControllerError::Exists(n)),
+            other => other?,
+        }
+        let number = self.sh.store.create_revision(&spec.name, &to_value(&rev)?, now()).await?;
+        let mut op = Operation::new(&spec.name, OperationType::CreateService, Some(number), None);
+        op.say(format!("created service `{}`; revision {number}: {}@{} ({})", spec.name, rev.repository, rev.digest, tags_text(&rev.tags)));
+        self.sh.store.put_operation(&op.id, &op.service, true, &to_value(&op)?, op.started_at).await?;
+        self.spawn(&spec.name, Some(op.clone()));
+        Ok(op)
+    }
+
+    /// Changes a service's configuration: a new revision, deployed blue/green.
+    pub async fn update(&self, spec: ServiceSpec) -> Result<Operation> {
+        spec.validate()?;
+        let svc = self.service_doc(&spec.name).await?;
+        self.require_unpaused(&spec.name, &svc)?;
+        let rev = resolve(&self.sh.store, &spec, None).await?;
+        let number = self.sh.store.create_revision(&spec.name, &to_value(&rev)?, now()).await?;
+        let mut op = Operation::new(&spec.name, OperationType::UpdateService, Some(number), svc.current_revision);
+        op.say(format!("updating `{}`; revision {number}: {}@{} ({})", spec.name, rev.repository, rev.digest, tags_text(&rev.tags)));
+        self.submit(op).await
+    }
+
+    /// Deploys the service's source again (a tag is resolved anew), or `image` (`repo:tag` or
+    /// `repo@digest`) with the same configuration.
+    pub async fn deploy(&self, name: &str, image: Option<&str>) -> Result<Operation> {
+        let svc = self.service_doc(name).await?;
+        self.require_unpaused(name, &svc)?;
+        let rev = resolve(&self.sh.store, &svc.spec, image).await?;
+        self.deploy_revision_doc(name, &svc, rev, None).await
+    }
+
+    pub(crate) async fn deploy_revision_doc(
+        &self,
+        name: &str,
+        svc: &ServiceDoc,
+        rev: RevisionDoc,
+        why: Option<String>,
+    ) -> Result<Operation> {
+        // Refuse before writing a revision nobody will deploy.
+        if let Some(h) = self.sh.handles.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            if let Some((id, kind)) = h.busy.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                return Err(ControllerError::Busy { service: name.to_owned(), id: id.clone(), kind: *kind });
+            }
+        }
+        let number = self.sh.store.create_revision(name, &to_value(&rev)?, now()).await?;
+        let mut op = Operation::new(name, OperationType::StartDeployment, Some(number), svc.current_revision);
+        if let Some(w) = why {
+            op.say(w);
+        }
+        op.say(format!("deploying revision {number}: {}@{} ({})", rev.repository, rev.digest, tags_text(&rev.tags)));
+        self.submit(op).await
+    }
+
+    /// Deploys an earlier revision again, exactly: its digest and its configuration.
+    pub async fn rollback(&self, name: &str, revision: &str) -> Result<Operation> {
+        let svc = self.service_doc(name).await?;
+        self.require_unpaused(name, &svc)?;
+        let number = parse_revision(name, revision).ok_or_else(|| {
+            ControllerError::BadRequest(format!("`{revision}` is not a revision of `{name}` (like `{name}-0001` or `1`)"))
+        })?;
+        let rev = self.revision(name, number).await?;
+        if svc.current_revision == Some(number) && svc.status == ServiceStatus::Running {
+            return Err(ControllerError::Conflict(format!("revision {} is already serving", rev.id)));
+        }
+        let mut op = Operation::new(name, OperationType::StartDeployment, Some(number), svc.current_revision);
+        op.say(format!("rolling back to revision {}: {}@{} ({})", rev.id, rev.doc.repository, rev.doc.digest, tags_text(&rev.doc.tags)));
+        self.submit(op).await
+    }
+
+    pub async fn pause(&self, name: &str) -> Result<Operation> {
+        let svc = self.service_doc(name).await?;
+        if svc.status != ServiceStatus::Running {
+            return Err(ControllerError::Conflict(format!("`{name}` is {}; only a RUNNING service can be paused", svc.status)));
+        }
+        self.submit(Operation::new(name, OperationType::PauseService, None, svc.current_revision)).await
+    }
+
+    pub async fn resume(&self, name: &str) -> Result<Operation> {
+        let svc = self.service_doc(name).await?;
+        if svc.status != ServiceStatus::Paused {
+            return Err(ControllerError::Conflict(format!("`{name}` is {}, not PAUSED", svc.status)));
+        }
+        self.submit(Operation::new(name, OperationType::ResumeService, svc.current_revision, svc.current_revision)).await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<Operation> {
+        let svc = self.service_doc(name).await?;
+        self.submit(Operation::new(name, OperationType::DeleteService, None, svc.current_revision)).await
+    }
+
+    fn require_unpaused(&self, name: &str, svc: &ServiceDoc) -> Result<()> {
+        if svc.paused {
+            return Err(ControllerError::Conflict(format!("`{name}` is paused; resume it first (`berth service resume {name}`)")));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn service_doc(&self, name: &str) -> Result<ServiceDoc> {
+        load_service(&self.sh.store, name).await
+    }
+
+    pub async fn get(&self, name: &str) -> Result<ServiceView> {
+        let record = self.sh.store.get_service(name).await?.ok_or_else(|| ControllerError::NotFound(name.to_owned()))?;
+        self.view(record).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<ServiceView>> {
+        let mut out = Vec::new();
+        for record in self.sh.store.list_services().await? {
+            out.push(self.view(record).await?);
+        }
+        Ok(out)
+    }
+
+    async fn view(&self, record: berth_store::DocRecord) -> Result<ServiceView> {
+        let name = record.key.clone();
+        let doc: ServiceDoc = serde_json::from_value(record.doc).map_err(|e| ControllerError::Corrupt(e.to_string()))?;
+        let current = match doc.current_revision {
+            Some(n) => Some(self.revision(&name, n).await?),
+            None => None,
+        };
+        let (instances, busy) = match self.sh.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&name) {
+            Some(h) => (
+                h.view.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                h.busy.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|b| b.0.clone()),
+            ),
+            None => (Vec::new(), None),
+        };
+        Ok(ServiceView {
+            url: self.url(&name),
+            name,
+            status: doc.status,
+            spec: doc.spec,
+            current_revision: current,
+            instances,
+            operation_in_progress: busy,
+            created_at: record.at,
+        })
+    }
+
+    /// Where the service is reached.
+    pub fn url(&self, name: &str) -> String {
+        let s = &self.sh.settings;
+        let default_port = if s.url_scheme == "https" { 443 } else { 80 };
+        let port = if s.url_port == default_port { String::new() } else { format!(":{}", s.url_port) };
+        let suffix = s.suffixes.first().map(String::as_str).unwrap_or(".localhost");
+        format!("{}://{}{suffix}{port}", s.url_scheme, host_label(name))
+    }
+
+    pub async fn revision(&self, name: &str, number: u32) -> Result<Revision> {
+        let r = self
+            .sh
+            .store
+            .get_revision(name, number)
+            .await?
+            .ok_or_else(|| ControllerError::BadRequest(format!("`{name}` has no revision {number}")))?;
+        Revision::from_record(name, r)
+    }
+
+    pub async fn revisions(&self, name: &str) -> Result<Vec<Revision>> {
+        load_service(&self.sh.store, name).await?;
+        self.sh.store.list_revisions(name).await?.into_iter().map(|r| Revision::from_record(name, r)).collect()
+    }
+
+    pub async fn operations(&self, name: &str, limit: usize) -> Result<Vec<Operation>> {
+        self.sh.store.list_operations(Some(name), false, limit).await?.into_iter().map(|r| from_value(r.doc)).collect()
+    }
+
+    pub async fn operation(&self, id: &str) -> Result<Operation> {
+        let r = self.sh.store.get_operation(id).await?.ok_or_else(|| ControllerError::OperationNotFound(id.to_owned()))?;
+        from_value(r.doc)
+    }
+
+    pub async fn events(&self, name: &str, limit: usize) -> Result<Vec<berth_store::ServiceEvent>> {
+        Ok(self.sh.store.service_events(name, limit).await?)
+    }
+
+    /// The last `tail` log lines of each of the service's instances, oldest first, each with its
+    /// instance id and its index in that instance's log (for following).
+    pub async fn logs(&self, name: &str, tail: usize) -> Result<Vec<(String, usize, String)>> {
+        load_service(&self.sh.store, name).await?;
+        let mut out = Vec::new();
+        for inst in self.sh.runtime.list().await.map_err(|e| ControllerError::Conflict(e.to_string()))? {
+            if !inst.labels.iter().any(|(k, v)| k == supervisor::LABEL_SERVICE && v == name) {
+                continue;
+            }
+            let lines = self.sh.runtime.logs(&inst.id, 0).await.unwrap_or_default();
+            let skip = lines.len().saturating_sub(tail);
+            out.extend(lines.into_iter().enumerate().skip(skip).map(|(i, l)| (inst.id.to_string(), i, l)));
+        }
+        out.sort_by(|a, b| a.2.cmp(&b.2));
+        Ok(out)
+    }
+}
+
+pub(crate) fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(v).map_err(|e| ControllerError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn from_value<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| ControllerError::Corrupt(e.to_string()))
+}
+
+pub(crate) async fn load_service(store: &SharedStore, name: &str) -> Result<ServiceDoc> {
+    let record = store.get_service(name).await?.ok_or_else(|| ControllerError::NotFound(name.to_owned()))?;
+    from_value(record.doc)
+}
+
+fn tags_text(tags: &[String]) -> String {
+    if tags.is_empty() {
+        "no tags".into()
+    } else {
+        format!("tags {}", tags.join(", "))
+    }
+}
+
+/// The revision a deployment of `spec` (or of `image` with its configuration) runs: the digest
+/// the image resolves to now, and every tag pointing at it.
+pub(crate) async fn resolve(store: &SharedStore, spec: &ServiceSpec, image: Option<&str>) -> Result<RevisionDoc> {
+    let image = image.unwrap_or(&spec.source.image);
+    let src = ImageSource::parse(image).map_err(ControllerError::BadRequest)?;
+    let repo = src.repository.as_str();
+    let digest: Digest = match &src.reference {
+        berth_core::Reference::Tag(tag) => store.resolve_tag(repo, tag.as_str()).await?.ok_or_else(|| {
+            ControllerError::BadRequest(format!("`{image}`: repository `{repo}` has no tag `{tag}`; push the image first"))
+        })?,
+        berth_core::Reference::Digest(d) => {
+            if store.get_manifest(repo, d).await?.is_none() {
+                return Err(ControllerError::BadRequest(format!("`{image}`: repository `{repo}` has no manifest {d}")));
+            }
+            d.clone()
+        }
+    };
+    resolved(store, spec, repo, digest).await
+}
+
+/// A revision of `spec` running `repo@digest`, with the tags that point at it now.
+pub(crate) async fn resolved(store: &SharedStore, spec: &ServiceSpec, repo: &str, digest: Digest) -> Result<RevisionDoc> {
+    let mut tags: Vec<String> = store.list_tags(repo).await?.into_iter().filter(|t| t.digest == digest).map(|t| t.tag).collect();
+    tags.sort();
+    Ok(RevisionDoc { spec: spec.clone(), repository: repo.to_owned(), digest, tags })
+}

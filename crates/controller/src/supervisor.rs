@@ -1,0 +1,788 @@
+//! One task per service: it owns the service's instances — starts them, probes them, routes
+//! the healthy ones, replaces the failing ones, follows the autoscaler — and carries out its
+//! operations one at a time: blue/green deployments with rollback, pause, resume, delete.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_autoscale::ScalingSettings;
+use berth_core::service::host_label;
+use berth_core::{OperationStatus, OperationType, ServiceStatus};
+use berth_router::{RouteSettings, RouteSpec, Upstream};
+use berth_runtime::{ImageRef, InstanceId, InstanceSpec, InstanceState, Resources, RuntimeEvent};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::health::Probe;
+use crate::model::{now, InstanceView, Operation, Revision, ServiceDoc};
+use crate::{from_value, load_service, to_value, Command, Shared};
+
+pub(crate) const LABEL_SERVICE: &str = "berth.service";
+pub(crate) const LABEL_REVISION: &str = "berth.revision";
+
+/// A failure within this long of an instance's start counts toward a crash loop.
+const EARLY_FAILURE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Ready,
+    Unhealthy,
+}
+
+#[derive(Debug)]
+struct Inst {
+    id: InstanceId,
+    revision: u32,
+    addr: SocketAddr,
+    phase: Phase,
+    passes: u32,
+    failures: u32,
+    started: Instant,
+    next_check: Instant,
+    last_counted_failure: Option<Instant>,
+    /// Why it became unhealthy.
+    reason: String,
+}
+
+impl Inst {
+    fn view(&self) -> InstanceView {
+        InstanceView {
+            id: self.id.to_string(),
+            revision: self.revision,
+            address: Some(self.addr.to_string()),
+            state: match self.phase {
+                Phase::Starting => "starting",
+                Phase::Ready => "ready",
+                Phase::Unhealthy => "unhealthy",
+            },
+        }
+    }
+}
+
+struct Supervisor {
+    sh: Arc<Shared>,
+    name: String,
+    busy: Arc<Mutex<Option<(String, OperationType)>>>,
+    view: Arc<Mutex<Vec<InstanceView>>>,
+    svc: ServiceDoc,
+    current: Option<Revision>,
+    instances: Vec<Inst>,
+    /// How many instances the autoscaler wants (within the spec's bounds).
+    desired: u32,
+    /// Ready addresses last put in the table.
+    routed: Vec<SocketAddr>,
+    runtime_events: tokio::sync::broadcast::Receiver<RuntimeEvent>,
+    /// Start times of recent early failures, for crash-loop backoff.
+    early_failures: VecDeque<Instant>,
+    /// No new instance before this (crash-loop backoff).
+    hold_until: Option<Instant>,
+    deleted: bool,
+}
+
+pub(crate) async fn run(
+    sh: Arc<Shared>,
+    name: String,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    busy: Arc<Mutex<Option<(String, OperationType)>>>,
+    view: Arc<Mutex<Vec<InstanceView>>>,
+    first: Option<Operation>,
+) {
+    let svc = match load_service(&sh.store, &name).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(service = %name, error = %e, "cannot load the service; not supervising it");
+            return;
+        }
+    };
+    let runtime_events = sh.runtime.events();
+    let mut s = Supervisor {
+        sh,
+        name,
+        busy,
+        view,
+        svc,
+        current: None,
+        instances: Vec::new(),
+        desired: 1,
+        routed: Vec::new(),
+        runtime_events,
+        early_failures: VecDeque::new(),
+        hold_until: None,
+        deleted: false,
+    };
+    s.recover().await;
+    if let Some(op) = first {
+        s.carry_out(op).await;
+    }
+    while !s.deleted {
+        let wait = if s.instances.iter().any(|i| i.phase == Phase::Starting) {
+            s.sh.settings.startup_probe_every
+        } else {
+            Duration::from_millis(250)
+        };
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(Command::Run(op)) => s.carry_out(op).await,
+                Some(Command::Scale(n)) => s.scale_to(n),
+                None => break,
+            },
+            ev = s.runtime_events.recv() => s.on_runtime_event(ev),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if !s.deleted {
+            s.reconcile().await;
+        }
+    }
+    s.sh.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&s.name);
+}
+
+impl Supervisor {
+    // ---- bookkeeping ----
+
+    async fn save(&mut self) {
+        match to_value(&self.svc) {
+            Ok(doc) => {
+                if let Err(e) = self.sh.store.put_service(&self.name, &doc, now()).await {
+                    tracing::error!(service = %self.name, error = %e, "saving the service failed");
+                }
+            }
+            Err(e) => tracing::error!(service = %self.name, error = %e, "encoding the service failed"),
+        }
+    }
+
+    async fn set_status(&mut self, status: ServiceStatus) {
+        if self.svc.status != status {
+            self.event("status", &format!("{} → {status}", self.svc.status)).await;
+            self.svc.status = status;
+        }
+        self.save().await;
+    }
+
+    async fn event(&self, kind: &str, message: &str) {
+        tracing::info!(service = %self.name, kind, "{message}");
+        if let Err(e) = self.sh.store.add_service_event(&self.name, now(), kind, message).await {
+            tracing::warn!(service = %self.name, error = %e, "recording an event failed");
+        }
+    }
+
+    async fn save_op(&self, op: &Operation) {
+        let open = !op.status.is_final();
+        match to_value(op) {
+            Ok(doc) => {
+                if let Err(e) = self.sh.store.put_operation(&op.id, &op.service, open, &doc, op.started_at).await {
+                    tracing::error!(operation = %op.id, error = %e, "saving the operation failed");
+                }
+            }
+            Err(e) => tracing::error!(operation = %op.id, error = %e, "encoding the operation failed"),
+        }
+    }
+
+    async fn finish(&self, op: &mut Operation, status: OperationStatus, message: impl Into<String>) {
+        op.say(message);
+        op.status = status;
+        op.ended_at = Some(now());
+        self.save_op(op).await;
+        *self.busy.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.sh.autodeploy.notify_one();
+    }
+
+    fn publish_view(&self) {
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = self.instances.iter().map(Inst::view).collect();
+    }
+
+    async fn load_current(&mut self) {
+        self.current = match self.svc.current_revision {
+            Some(n) => match self.sh.store.get_revision(&self.name, n).await {
+                Ok(Some(r)) => Revision::from_record(&self.name, r).ok(),
+                _ => None,
+            },
+            None => None,
+        };
+    }
+
+    fn bounds(&self) -> (u32, u32) {
+        let a = &self.svc.spec.autoscaling;
+        (a.min_size, a.max_size.max(1))
+    }
+
+    fn scale_to(&mut self, n: u32) {
+        let (min, max) = self.bounds();
+        self.desired = n.clamp(min, max);
+    }
+
+    fn configure_autoscaler(&mut self) {
+        let a = &self.svc.spec.autoscaling;
+        let settings = ScalingSettings {
+            max_concurrency: a.max_concurrency,
+            min_size: a.min_size,
+            max_size: a.max_size,
+            ..ScalingSettings::default()
+        };
+        self.sh.autoscaler.configure(&self.name, settings, self.desired);
+    }
+
+    // ---- routing ----
+
+    fn route_settings(&self) -> RouteSettings {
+        let spec = &self.svc.spec;
+        RouteSettings {
+            request_timeout: Duration::from_secs(spec.traffic.request_timeout.into()),
+            max_body_bytes: u64::from(spec.traffic.max_body_mb) << 20,
+            max_concurrency: spec.autoscaling.max_concurrency as usize,
+            h2c: spec.traffic.h2c,
+            scale_from_zero: spec.autoscaling.min_size == 0,
+            ..RouteSettings::default()
+        }
+    }
+
+    /// Puts the ready instances (or the paused notice) in the router; returns who left.
+    fn route(&mut self) -> Vec<Arc<Upstream>> {
+        let ready: Vec<SocketAddr> = self.instances.iter().filter(|i| i.phase == Phase::Ready).map(|i| i.addr).collect();
+        let label = host_label(&self.name);
+        let paused =
+            self.svc.paused.then(|| format!("service `{}` is paused; `berth service resume {}` serves it again", self.name, self.name));
+        let settings = self.route_settings();
+        let specs = if self.svc.current_revision.is_none() && !self.svc.paused {
+            Vec::new()
+        } else {
+            self.sh
+                .settings
+                .suffixes
+                .iter()
+                .map(|suffix| RouteSpec {
+                    host: format!("{label}{suffix}"),
+                    service: self.name.clone(),
+                    upstreams: ready.clone(),
+                    settings: settings.clone(),
+                    paused: paused.clone(),
+                })
+                .collect()
+        };
+        self.routed = ready;
+        self.publish_view();
+        self.sh.book.set(&self.name, specs)
+    }
+
+    /// Waits (bounded by the request timeout) for requests on `left` to finish, then stops and
+    /// deletes `instances`.
+    async fn retire(&self, left: Vec<Arc<Upstream>>, instances: Vec<Inst>) {
+        let bound = Duration::from_secs(self.svc.spec.traffic.request_timeout.into());
+        let drains = left.iter().map(|u| u.drained());
+        if tokio::time::timeout(bound, futures_util::future::join_all(drains)).await.is_err() {
+            tracing::warn!(service = %self.name, "instances did not drain within the request timeout; stopping them anyway");
+        }
+        let stops = instances.iter().map(|i| self.remove_instance(&i.id));
+        futures_util::future::join_all(stops).await;
+    }
+
+    async fn remove_instance(&self, id: &InstanceId) {
+        if let Err(e) = self.sh.runtime.stop(id, self.sh.settings.stop_grace).await {
+            tracing::debug!(instance = %id, error = %e, "stopping");
+        }
+        if let Err(e) = self.sh.runtime.delete(id).await {
+            tracing::warn!(instance = %id, error = %e, "deleting the instance failed");
+        }
+    }
+
+    /// Retires in the background: the supervisor goes on serving meanwhile.
+    fn retire_later(&self, left: Vec<Arc<Upstream>>, instances: Vec<Inst>) {
+        if left.is_empty() && instances.is_empty() {
+            return;
+        }
+        let (sh, grace, bound) =
+            (self.sh.clone(), self.sh.settings.stop_grace, Duration::from_secs(self.svc.spec.traffic.request_timeout.into()));
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(bound, futures_util::future::join_all(left.iter().map(|u| u.drained()))).await;
+            for i in instances {
+                let _ = sh.runtime.stop(&i.id, grace).await;
+                if let Err(e) = sh.runtime.delete(&i.id).await {
+                    tracing::warn!(instance = %i.id, error = %e, "deleting the instance failed");
+                }
+            }
+        });
+    }
+
+    // ---- instances ----
+
+    async fn start_instance(&self, rev: &Revision) -> Result<Inst, String> {
+        let spec = &rev.doc.spec;
+        let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let id = InstanceId::new(format!("{}-{}-{suffix}", host_label(&self.name), rev.number)).map_err(|e| e.to_string())?;
+        let command = spec.image_config.start_command.as_ref().map(|c| c.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
+        let instance = InstanceSpec {
+            id: id.clone(),
+            labels: vec![(LABEL_SERVICE.into(), self.name.clone()), (LABEL_REVISION.into(), rev.number.to_string())],
+            image: ImageRef { repository: rev.doc.repository.clone(), digest: rev.doc.digest.clone() },
+            entrypoint: command,
+            cmd: spec.image_config.start_command.as_ref().map(|_| Vec::new()),
+            env: spec.image_config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            port: spec.image_config.port,
+            resources: Resources {
+                cpu_millis: spec.instance.cpu * 1000 / 1024,
+                memory_bytes: u64::from(spec.instance.memory) << 20,
+                ..Resources::default()
+            },
+            user: None,
+            read_only_rootfs: false,
+        };
+        let created = self.sh.runtime.create(instance).await.map_err(|e| format!("creating instance {id}: {e}"))?;
+        let started = match self.sh.runtime.start(&id).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.remove_instance(&id).await;
+                return Err(format!("starting instance {id}: {e}"));
+            }
+        };
+        let addr = started.address.or(created.address).ok_or_else(|| format!("instance {id} has no address"))?;
+        let now = Instant::now();
+        Ok(Inst {
+            id,
+            revision: rev.number,
+            addr,
+            phase: Phase::Starting,
+            passes: 0,
+            failures: 0,
+            started: now,
+            next_check: now,
+            last_counted_failure: None,
+            reason: String::new(),
+        })
+    }
+
+    /// Probes `inst` once and moves it between phases.
+    async fn check(&self, inst: &mut Inst) {
+        let hc = &self.svc.spec.health_check;
+        let hc = self.current.as_ref().filter(|r| r.number == inst.revision).map(|r| &r.doc.spec.health_check).unwrap_or(hc);
+        let interval = Duration::from_secs(hc.interval.into());
+        // An exited instance fails at once.
+        if let Ok(Some(st)) = self.sh.runtime.inspect(&inst.id).await {
+            if let InstanceState::Exited { code, oom_killed } = st.state {
+                inst.phase = Phase::Unhealthy;
+                inst.reason = if oom_killed { "was killed: out of memory".into() } else { format!("exited with code {code}") };
+                return;
+            }
+        }
+        let probe = self.sh.prober.probe(inst.id.as_str(), inst.addr, hc).await;
+        let now = Instant::now();
+        match (inst.phase, probe) {
+            (_, Probe::Pass) => {
+                inst.failures = 0;
+                inst.passes += 1;
+                if inst.phase == Phase::Starting && inst.passes >= hc.healthy_threshold {
+                    inst.phase = Phase::Ready;
+                }
+            }
+            (Phase::Starting, Probe::Refused) => {}
+            (_, Probe::Refused) => self.count_failure(inst, hc.unhealthy_threshold, interval, "refused connections".into(), now),
+            (_, Probe::Fail(why)) => self.count_failure(inst, hc.unhealthy_threshold, interval, why, now),
+        }
+        inst.next_check = now + if inst.phase == Phase::Starting { self.sh.settings.startup_probe_every } else { interval };
+    }
+
+    /// Failures count once per interval, so a starting instance probed often is judged at the
+    /// configured pace.
+    fn count_failure(&self, inst: &mut Inst, threshold: u32, interval: Duration, why: String, now: Instant) {
+        inst.passes = 0;
+        if inst.last_counted_failure.is_some_and(|t| now.duration_since(t) < interval) {
+            return;
+        }
+        inst.last_counted_failure = Some(now);
+        inst.failures += 1;
+        if inst.failures >= threshold {
+            inst.phase = Phase::Unhealthy;
+            inst.reason = format!("failed {} health checks in a row: {why}", inst.failures);
+        }
+    }
+
+    fn on_runtime_event(&mut self, ev: Result<RuntimeEvent, tokio::sync::broadcast::error::RecvError>) {
+        if let Ok(RuntimeEvent::Exited { id, code, oom_killed }) = ev {
+            if let Some(inst) = self.instances.iter_mut().find(|i| i.id == id) {
+                inst.phase = Phase::Unhealthy;
+                inst.reason = if oom_killed { "was killed: out of memory".into() } else { format!("exited with code {code}") };
+            }
+        }
+    }
+
+    /// One pass: probe what is due, replace what failed, match the desired count, route.
+    async fn reconcile(&mut self) {
+        if self.svc.paused || self.current.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let mut due: Vec<Inst> = Vec::new();
+        let mut rest = Vec::new();
+        for i in self.instances.drain(..) {
+            if i.phase != Phase::Unhealthy && i.next_check <= now {
+                due.push(i);
+            } else {
+                rest.push(i);
+            }
+        }
+        {
+            let this = &*self;
+            futures_util::future::join_all(due.iter_mut().map(|i| this.check(i))).await;
+        }
+        rest.extend(due);
+        self.instances = rest;
+
+        // Replace the failed.
+        let failed: Vec<Inst> = {
+            let (bad, good): (Vec<Inst>, Vec<Inst>) = self.instances.drain(..).partition(|i| i.phase == Phase::Unhealthy);
+            self.instances = good;
+            bad
+        };
+        for inst in &failed {
+            self.event("instance_replaced", &format!("instance {} {}; replacing it", inst.id, inst.reason)).await;
+            if inst.started.elapsed() < EARLY_FAILURE {
+                self.early_failures.push_back(Instant::now());
+            }
+        }
+        while self.early_failures.front().is_some_and(|t| t.elapsed() > Duration::from_secs(120)) {
+            self.early_failures.pop_front();
+        }
+        if !failed.is_empty() && self.early_failures.len() >= 3 {
+            let backoff = Duration::from_secs(1 << (self.early_failures.len() - 3).min(6)).min(Duration::from_secs(60));
+            self.hold_until = Some(Instant::now() + backoff);
+            let reason = failed.last().map(|i| i.reason.clone()).unwrap_or_default();
+            self.event(
+                "crash_loop",
+                &format!("instances keep failing soon after they start (last: {reason}); next attempt in {} s", backoff.as_secs()),
+            )
+            .await;
+        }
+
+        // Match the desired count.
+        let live = self.instances.len() as u32;
+        let held = self.hold_until.is_some_and(|t| Instant::now() < t);
+        if live < self.desired && !held {
+            if let Some(rev) = self.current.clone() {
+                for _ in live..self.desired {
+                    match self.start_instance(&rev).await {
+                        Ok(i) => self.instances.push(i),
+                        Err(e) => {
+                            self.event("instance_failed", &e).await;
+                            self.hold_until = Some(Instant::now() + Duration::from_secs(5));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let mut extra = Vec::new();
+        if live > self.desired && !self.instances.iter().any(|i| i.phase == Phase::Starting) {
+            let n = (live - self.desired) as usize;
+            // The newest go first.
+            self.instances.sort_by_key(|i| i.started);
+            extra = self.instances.split_off(self.instances.len() - n);
+        }
+        let ready: Vec<SocketAddr> = self.instances.iter().filter(|i| i.phase == Phase::Ready).map(|i| i.addr).collect();
+        if ready != self.routed || !failed.is_empty() || !extra.is_empty() {
+            let left = self.route();
+            let mut gone = failed;
+            gone.extend(extra);
+            self.retire_later(left, gone);
+        } else {
+            self.publish_view();
+        }
+    }
+
+    // ---- operations ----
+
+    async fn carry_out(&mut self, mut op: Operation) {
+        op.status = OperationStatus::InProgress;
+        self.save_op(&op).await;
+        match op.kind {
+            OperationType::CreateService | OperationType::UpdateService | OperationType::StartDeployment => self.deploy(op).await,
+            OperationType::PauseService => self.pause(op).await,
+            OperationType::ResumeService => self.resume(op).await,
+            OperationType::DeleteService => self.delete(op).await,
+        }
+    }
+
+    /// Starts `n` instances of `rev` and waits until every one is healthy; on failure they are
+    /// removed again and the reason returned.
+    async fn bring_up(&mut self, rev: &Revision, n: u32, op: &mut Operation) -> Result<Vec<Inst>, String> {
+        let mut new = Vec::new();
+        for _ in 0..n {
+            match self.start_instance(rev).await {
+                Ok(i) => {
+                    op.say(format!("started instance {} at {}", i.id, i.addr));
+                    new.push(i);
+                }
+                Err(e) => {
+                    self.retire(Vec::new(), new).await;
+                    return Err(e);
+                }
+            }
+        }
+        self.save_op(op).await;
+        let deadline = Instant::now() + self.sh.settings.startup_deadline;
+        let saved = self.current.clone();
+        // Health checks of the new revision use its own configuration.
+        self.current = Some(rev.clone());
+        let outcome = loop {
+            {
+                let this = &*self;
+                futures_util::future::join_all(new.iter_mut().filter(|i| i.next_check <= Instant::now()).map(|i| this.check(i))).await;
+            }
+            if let Some(bad) = new.iter().find(|i| i.phase == Phase::Unhealthy) {
+                let tail = self.sh.runtime.logs(&bad.id, 0).await.unwrap_or_default();
+                let tail: Vec<String> = tail.iter().rev().take(5).rev().cloned().collect();
+                let mut why = format!("instance {} {}", bad.id, bad.reason);
+                if !tail.is_empty() {
+                    why.push_str(&format!("; its last log lines: {}", tail.join(" | ")));
+                }
+                break Err(why);
+            }
+            if new.iter().all(|i| i.phase == Phase::Ready) {
+                break Ok(());
+            }
+            if Instant::now() >= deadline {
+                break Err(format!("not healthy within {} s", self.sh.settings.startup_deadline.as_secs()));
+            }
+            tokio::time::sleep(self.sh.settings.startup_probe_every).await;
+        };
+        self.current = saved;
+        match outcome {
+            Ok(()) => Ok(new),
+            Err(why) => {
+                self.retire(Vec::new(), new).await;
+                Err(why)
+            }
+        }
+    }
+
+    async fn deploy(&mut self, mut op: Operation) {
+        let Some(target) = op.target_revision else {
+            self.finish(&mut op, OperationStatus::Failed, "no revision to deploy").await;
+            return;
+        };
+        let rev = match self.sh.store.get_revision(&self.name, target).await {
+            Ok(Some(r)) => match Revision::from_record(&self.name, r) {
+                Ok(r) => r,
+                Err(e) => return self.finish(&mut op, OperationStatus::Failed, e.to_string()).await,
+            },
+            Ok(None) => return self.finish(&mut op, OperationStatus::Failed, format!("revision {target} does not exist")).await,
+            Err(e) => return self.finish(&mut op, OperationStatus::Failed, e.to_string()).await,
+        };
+        let first = self.svc.current_revision.is_none();
+        self.set_status(ServiceStatus::OperationInProgress).await;
+        let live = self.instances.iter().filter(|i| i.phase != Phase::Unhealthy).count() as u32;
+        let n = live.max(rev.doc.spec.autoscaling.min_size).max(1).min(rev.doc.spec.autoscaling.max_size.max(1));
+        op.say(format!("starting {n} instance(s) of revision {} and waiting for them to pass health checks", rev.id));
+        self.save_op(&op).await;
+        match self.bring_up(&rev, n, &mut op).await {
+            Ok(new) => {
+                op.say(format!("revision {} is healthy; switching traffic to it", rev.id));
+                // Record the switch before making it: after a crash the deployment completes.
+                self.svc.current_revision = Some(target);
+                self.svc.spec = rev.doc.spec.clone();
+                self.svc.status = ServiceStatus::Running;
+                self.save().await;
+                self.current = Some(rev.clone());
+                let old = std::mem::replace(&mut self.instances, new);
+                self.desired = n;
+                self.configure_autoscaler();
+                let left = self.route();
+                if !old.is_empty() {
+                    op.say(format!("draining and stopping {} instance(s) of the previous revision", old.len()));
+                    self.save_op(&op).await;
+                }
+                self.retire(left, old).await;
+                self.event("deployed", &format!("revision {} serves ({}@{})", rev.id, rev.doc.repository, rev.doc.digest)).await;
+                self.set_status(ServiceStatus::Running).await;
+                self.finish(&mut op, OperationStatus::Succeeded, format!("revision {} serves", rev.id)).await;
+            }
+            Err(why) if first => {
+                op.say(format!("revision {} failed: {why}", rev.id));
+                self.set_status(ServiceStatus::CreateFailed).await;
+                self.finish(&mut op, OperationStatus::Failed, "the service has no healthy revision: CREATE_FAILED").await;
+            }
+            Err(why) => {
+                op.status = OperationStatus::RollbackInProgress;
+                op.say(format!("revision {} failed: {why}; rolling back", rev.id));
+                self.save_op(&op).await;
+                self.event("rollback", &format!("revision {} failed: {why}", rev.id)).await;
+                self.set_status(ServiceStatus::Running).await;
+                let serving = self.current.as_ref().map(|r| r.id.clone()).unwrap_or_default();
+                self.finish(
+                    &mut op,
+                    OperationStatus::RollbackSucceeded,
+                    format!("rolled back: revision {serving} kept serving, untouched"),
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn pause(&mut self, mut op: Operation) {
+        self.set_status(ServiceStatus::OperationInProgress).await;
+        self.svc.paused = true;
+        self.save().await;
+        self.sh.autoscaler.remove(&self.name);
+        let left = self.route();
+        let all = std::mem::take(&mut self.instances);
+        op.say(format!("draining and stopping {} instance(s)", all.len()));
+        self.save_op(&op).await;
+        self.retire(left, all).await;
+        // The router keeps the route and answers 503 with the paused notice.
+        self.route();
+        self.set_status(ServiceStatus::Paused).await;
+        self.finish(&mut op, OperationStatus::Succeeded, "paused: configuration, URL and revisions are kept").await;
+    }
+
+    async fn resume(&mut self, mut op: Operation) {
+        self.set_status(ServiceStatus::OperationInProgress).await;
+        let Some(rev) = self.current.clone() else {
+            self.set_status(ServiceStatus::Paused).await;
+            return self.finish(&mut op, OperationStatus::Failed, "the service has no revision to resume").await;
+        };
+        let n = self.svc.spec.autoscaling.min_size.max(1);
+        op.say(format!("starting {n} instance(s) of revision {}", rev.id));
+        match self.bring_up(&rev, n, &mut op).await {
+            Ok(new) => {
+                self.instances = new;
+                self.svc.paused = false;
+                self.svc.status = ServiceStatus::Running;
+                self.save().await;
+                self.desired = n;
+                self.configure_autoscaler();
+                self.route();
+                self.set_status(ServiceStatus::Running).await;
+                self.finish(&mut op, OperationStatus::Succeeded, format!("resumed: revision {} serves", rev.id)).await;
+            }
+            Err(why) => {
+                self.set_status(ServiceStatus::Paused).await;
+                self.finish(&mut op, OperationStatus::Failed, format!("resuming failed: {why}; the service stays paused")).await;
+            }
+        }
+    }
+
+    async fn delete(&mut self, mut op: Operation) {
+        self.sh.autoscaler.remove(&self.name);
+        let left = self.sh.book.set(&self.name, Vec::new());
+        let mut all = std::mem::take(&mut self.instances);
+        // Instances the supervisor does not track (left over from a crash) go too.
+        if let Ok(list) = self.sh.runtime.list().await {
+            for st in list {
+                if st.labels.iter().any(|(k, v)| k == LABEL_SERVICE && v == &self.name) && !all.iter().any(|i| i.id == st.id) {
+                    self.remove_instance(&st.id).await;
+                }
+            }
+        }
+        op.say(format!("draining and stopping {} instance(s)", all.len()));
+        self.retire(left, std::mem::take(&mut all)).await;
+        match self.sh.store.delete_service(&self.name).await {
+            Ok(_) => {
+                self.deleted = true;
+                self.publish_view();
+                let _ = self.sh.store.add_service_event(&self.name, now(), "status", &format!("{} → DELETED", self.svc.status)).await;
+                self.finish(&mut op, OperationStatus::Succeeded, "deleted: instances, routes and revisions are gone").await;
+            }
+            Err(e) => {
+                self.set_status(ServiceStatus::DeleteFailed).await;
+                self.finish(&mut op, OperationStatus::Failed, format!("deleting the service's records failed: {e}")).await;
+            }
+        }
+    }
+
+    // ---- restart ----
+
+    /// Finishes what a crash interrupted and re-adopts the instances the runtime still runs.
+    async fn recover(&mut self) {
+        self.load_current().await;
+        let open: Vec<Operation> = match self.sh.store.list_operations(Some(&self.name), true, 10).await {
+            Ok(list) => list.into_iter().filter_map(|r| from_value(r.doc).ok()).collect(),
+            Err(e) => {
+                tracing::error!(service = %self.name, error = %e, "reading open operations failed");
+                Vec::new()
+            }
+        };
+        let mut rerun = Vec::new();
+        for mut op in open {
+            match op.kind {
+                OperationType::CreateService | OperationType::UpdateService | OperationType::StartDeployment => {
+                    if op.status == OperationStatus::Pending && self.svc.current_revision == op.previous_revision {
+                        // It never started: run it now.
+                        rerun.push(op);
+                        continue;
+                    }
+                    if self.svc.current_revision.is_some() && self.svc.current_revision == op.target_revision {
+                        self.finish(&mut op, OperationStatus::Succeeded, "berth restarted after the switch; the deployment is complete")
+                            .await;
+                    } else if self.svc.current_revision.is_some() {
+                        op.status = OperationStatus::RollbackInProgress;
+                        self.finish(
+                            &mut op,
+                            OperationStatus::RollbackSucceeded,
+                            "berth restarted before the new revision was serving; rolled back, the previous revision kept serving",
+                        )
+                        .await;
+                    } else {
+                        self.svc.status = ServiceStatus::CreateFailed;
+                        self.save().await;
+                        self.finish(
+                            &mut op,
+                            OperationStatus::Failed,
+                            "berth restarted before the first revision was serving: CREATE_FAILED",
+                        )
+                        .await;
+                    }
+                }
+                _ => rerun.push(op),
+            }
+        }
+        // Adopt the current revision's instances; remove every other of this service.
+        let list = self.sh.runtime.list().await.unwrap_or_default();
+        for st in list {
+            if !st.labels.iter().any(|(k, v)| k == LABEL_SERVICE && v == &self.name) {
+                continue;
+            }
+            let rev = st.labels.iter().find(|(k, _)| k == LABEL_REVISION).and_then(|(_, v)| v.parse::<u32>().ok());
+            let keep = !self.svc.paused && rev.is_some() && rev == self.svc.current_revision && st.state == InstanceState::Running;
+            match (keep, st.address) {
+                (true, Some(addr)) => {
+                    let now = Instant::now();
+                    self.instances.push(Inst {
+                        id: st.id.clone(),
+                        revision: rev.unwrap_or_default(),
+                        addr,
+                        phase: Phase::Starting,
+                        passes: 0,
+                        failures: 0,
+                        started: now - EARLY_FAILURE,
+                        next_check: now,
+                        last_counted_failure: None,
+                        reason: String::new(),
+                    });
+                }
+                _ => self.remove_instance(&st.id).await,
+            }
+        }
+        if !self.instances.is_empty() {
+            tracing::info!(service = %self.name, count = self.instances.len(), "re-adopted instances");
+        }
+        if self.svc.status == ServiceStatus::OperationInProgress && rerun.is_empty() {
+            let status = if self.svc.paused {
+                ServiceStatus::Paused
+            } else if self.svc.current_revision.is_some() {
+                ServiceStatus::Running
+            } else {
+                ServiceStatus::CreateFailed
+            };
+            self.set_status(status).await;
+        }
+        if !self.svc.paused && self.current.is_some() {
+            self.desired = self.svc.spec.autoscaling.min_size.max(1).max(self.instances.len() as u32);
+            self.configure_autoscaler();
+        }
+        self.route();
+        for op in rerun {
+            *self.busy.lock().unwrap_or_else(|p| p.into_inner()) = Some((op.id.clone(), op.kind));
+            self.carry_out(op).await;
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The controllers against the fake runtime and a prober that decides health per revision: create,
+//! blue/green deploy, automatic rollback, a refused concurrent deploy, replacement of a crashed
+//! instance, pause/resume/delete, auto-deploy on push, and recovery of an interrupted deployment.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_controller::{Controller, ControllerError, ControllerSettings, Deps, Operation, Probe, Prober};
+use berth_core::service::HealthCheck;
+use berth_core::{Digest, OperationStatus, OperationType, ServiceSpec, ServiceStatus};
+use berth_router::{RouteBook, RoutingTable};
+use berth_runtime::{Call, FakeRuntime, Runtime};
+use berth_store::{ManifestRecord, PushEvent, SharedStore, SqliteStore, TagWrite};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Healthy unless the instance's revision is listed.
+#[derive(Default)]
+struct RevisionProber {
+    broken: Mutex<HashSet<u32>>,
+}
+
+#[async_trait::async_trait]
+impl Prober for RevisionProber {
+    async fn probe(&self, instance: &str, _addr: SocketAddr, _check: &HealthCheck) -> Probe {
+        let rev = instance.rsplit('-').nth(1).and_then(|r| r.parse::<u32>().ok()).unwrap_or(0);
+        if self.broken.lock().unwrap_or_else(|p| p.into_inner()).contains(&rev) {
+            Probe::Fail("GET /healthz answered 503".into())
+        } else {
+            Probe::Pass
+        }
+    }
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    store: SharedStore,
+    runtime: Arc<FakeRuntime>,
+    book: Arc<RouteBook>,
+    prober: Arc<RevisionProber>,
+    pushes: tokio::sync::broadcast::Sender<PushEvent>,
+}
+
+impl World {
+    fn new() -> Result<World> {
+        let dir = tempfile::tempdir()?;
+        let store: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("state.db"))?);
+        Ok(World {
+            _dir: dir,
+            store,
+            runtime: Arc::new(FakeRuntime::new()),
+            book: Arc::new(RouteBook::new(Arc::new(RoutingTable::new()))),
+            prober: Arc::new(RevisionProber::default()),
+            pushes: tokio::sync::broadcast::channel(16).0,
+        })
+    }
+
+    async fn controller(&self) -> Result<Controller> {
+        let settings = ControllerSettings {
+            startup_deadline: Duration::from_secs(10),
+            stop_grace: Duration::from_millis(10),
+            startup_probe_every: Duration::from_millis(10),
+            ..ControllerSettings::default()
+        };
+        let runtime: Arc<dyn Runtime> = self.runtime.clone();
+        Ok(Controller::start(Deps {
+            store: self.store.clone(),
+            runtime,
+            book: self.book.clone(),
+            prober: self.prober.clone(),
+            pushes: Some(self.pushes.subscribe()),
+            settings,
+        })
+        .await?)
+    }
+
+    /// Pushes a manifest (`n` makes the digest) and points `tag` at it.
+    async fn push(&self, repo: &str, tag: &str, n: u8) -> Result<Digest> {
+        self.store.ensure_repository(repo, &Default::default(), 0).await?;
+        let m = ManifestRecord {
+            repository: repo.into(),
+            digest: Digest::sha256_of(&[n]),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 10,
+            artifact_type: None,
+            subject: None,
+            annotations: None,
+            references: vec![],
+            created_at: 0,
+        };
+        if let Some(ev) = self.store.put_manifest(&m, Some(TagWrite { tag, immutable: false }), 0).await? {
+            let _ = self.pushes.send(ev);
+        }
+        Ok(m.digest)
+    }
+
+    fn upstreams(&self, host: &str) -> Vec<SocketAddr> {
+        self.book.table().lookup(host).map(|r| r.upstreams.iter().map(|u| u.addr).collect()).unwrap_or_default()
+    }
+}
+
+fn spec(name: &str, image: &str) -> ServiceSpec {
+    serde_json::from_value(serde_json::json!({
+        "name": name,
+        "source": {"image": image},
+        "health_check": {"protocol": "HTTP", "path": "/healthz", "interval": 1, "unhealthy_threshold": 1},
+    }))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn wait_op(c: &Controller, id: &str) -> Result<Operation> {
+    for _ in 0..500 {
+        let op = c.operation(id).await?;
+        if op.status.is_final() {
+            return Ok(op);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("operation {id} did not end").into())
+}
+
+async fn until<F: Fn() -> bool>(what: &str, f: F) -> Result {
+    for _ in 0..500 {
+        if f() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("timed out waiting for {what}").into())
+}
+
+fn log_text(op: &Operation) -> String {
+    op.log.iter().map(|l| l.message.as_str()).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploys_rolls_back_refuses_replaces_pauses_and_deletes() -> Result {
+    let w = World::new()?;
+    let v1 = w.push("web", "v1", 1).await?;
+    w.push("web", "latest", 1).await?;
+    let c = w.controller().await?;
+
+    // Bad input is refused with every problem named; a missing tag says to push first.
+    let mut bad = spec("x", "web:latest");
+    bad.health_check.interval = 99;
+    let err = c.create(bad).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("name `x`") && err.contains("health_check.interval"), "{err}");
+    let err = c.create(spec("web-app", "web:nope")).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("has no tag `nope`; push the image first"), "{err}");
+
+    // Create: the first revision records the digest and every tag on it.
+    let op = c.create(spec("web-app", "web:latest")).await?;
+    assert_eq!(op.kind, OperationType::CreateService);
+    let op = wait_op(&c, &op.id).await?;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
+    let svc = c.get("web-app").await?;
+    assert_eq!(svc.status, ServiceStatus::Running);
+    assert_eq!(svc.url, "https://web-app.localhost:8443");
+    let rev1 = svc.current_revision.ok_or("no revision")?;
+    assert_eq!((rev1.id.as_str(), &rev1.doc.digest, rev1.doc.tags.clone()), ("web-app-0001", &v1, vec!["latest".to_string(), "v1".into()]));
+    assert_eq!(w.upstreams("web-app.localhost").len(), 1);
+    assert!(matches!(c.create(spec("Web_App", "web:latest")).await, Err(ControllerError::Exists(_))));
+
+    // A deploy of a new digest: blue/green, the old instance drained and removed.
+    let first_addr = w.upstreams("web-app.localhost");
+    let v2 = w.push("web", "v2", 2).await?;
+    let op = c.deploy("web-app", Some("web:v2")).await?;
+    // A second one while it runs is refused, naming the one in progress.
+    match c.deploy("web-app", None).await {
+        Err(ControllerError::Busy { id, kind, .. }) => assert_eq!((id.as_str(), kind), (op.id.as_str(), OperationType::StartDeployment)),
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    let op = wait_op(&c, &op.id).await?;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
+    let svc = c.get("web-app").await?;
+    assert_eq!(svc.current_revision.as_ref().map(|r| (r.number, r.doc.digest.clone())), Some((2, v2.clone())));
+    let now = w.upstreams("web-app.localhost");
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, first_addr);
+
+    // A revision that fails its health check rolls back; the old one keeps serving, untouched.
+    w.prober.broken.lock().unwrap_or_else(|p| p.into_inner()).insert(3);
+    w.push("web", "v3", 3).await?;
+    let op = wait_op(&c, &c.deploy("web-app", Some("web:v3")).await?.id).await?;
+    assert_eq!(op.status, OperationStatus::RollbackSucceeded, "{}", log_text(&op));
+    let log = log_text(&op);
+    assert!(log.contains("failed 1 health checks in a row: GET /healthz answered 503") && log.contains("kept serving"), "{log}");
+    assert_eq!(w.upstreams("web-app.localhost"), now, "the serving instance was not touched");
+    assert_eq!(c.get("web-app").await?.current_revision.map(|r| r.number), Some(2));
+    let created_v3: Vec<_> = w
+        .runtime
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Create(id) if id.as_str().starts_with("web-app-3-") => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert!(!created_v3.is_empty());
+    for id in &created_v3 {
+        assert!(w.runtime.inspect(id).await?.is_none(), "{id} was removed");
+    }
+
+    // A crashed instance is replaced.
+    let serving = w.runtime.list().await?.into_iter().find(|i| i.address == Some(now[0])).ok_or("serving instance")?;
+    w.runtime.crash(&serving.id, 137, false);
+    until("a replacement", || {
+        let u = w.upstreams("web-app.localhost");
+        u.len() == 1 && u != now
+    })
+    .await?;
+    let events = c.events("web-app", 20).await?;
+    assert!(events.iter().any(|e| e.kind == "instance_replaced" && e.message.contains("exited with code 137")), "{events:?}");
+
+    // Rollback to the first revision by its id.
+    let op = wait_op(&c, &c.rollback("web-app", "web-app-0001").await?.id).await?;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
+    assert_eq!(c.get("web-app").await?.current_revision.map(|r| r.doc.digest), Some(v1.clone()));
+
+    // Pause keeps the route with a notice and stops everything; resume serves again.
+    let op = wait_op(&c, &c.pause("web-app").await?.id).await?;
+    assert_eq!(op.status, OperationStatus::Succeeded);
+    let route = w.book.table().lookup("web-app.localhost").ok_or("route kept")?;
+    assert!(route.paused.as_deref().is_some_and(|m| m.contains("paused")) && route.upstreams.is_empty());
+    assert_eq!(c.get("web-app").await?.status, ServiceStatus::Paused);
+    assert!(w.runtime.list().await?.is_empty());
+    assert!(matches!(c.deploy("web-app", None).await, Err(ControllerError::Conflict(_))));
+    let op = wait_op(&c, &c.resume("web-app").await?.id).await?;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
+    assert_eq!(c.get("web-app").await?.status, ServiceStatus::Running);
+    assert_eq!(w.upstreams("web-app.localhost").len(), 1);
+    assert_eq!(c.revisions("web-app").await?.len(), 3);
+
+    // Delete frees everything.
+    let op = wait_op(&c, &c.delete("web-app").await?.id).await?;
+    assert_eq!(op.status, OperationStatus::Succeeded);
+    assert!(w.book.table().lookup("web-app.localhost").is_none());
+    assert!(w.runtime.list().await?.is_empty());
+    assert!(matches!(c.get("web-app").await, Err(ControllerError::NotFound(_))));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_deploys_pushes_once_and_a_failed_create_is_reported() -> Result {
+    let w = World::new()?;
+    w.push("api", "latest", 10).await?;
+    let c = w.controller().await?;
+    wait_op(&c, &c.create(spec("api-svc", "api:latest")).await?.id).await?;
+
+    // A push to the tag deploys it.
+    let d11 = w.push("api", "latest", 11).await?;
+    let mut serving = None;
+    for _ in 0..500 {
+        serving = c.get("api-svc").await?.current_revision.map(|r| r.doc.digest);
+        if serving.as_ref() == Some(&d11) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(serving.as_ref(), Some(&d11), "the pushed digest serves");
+    // A broken push rolls back and is not retried; pushing the same digest again does nothing.
+    w.prober.broken.lock().unwrap_or_else(|p| p.into_inner()).insert(3);
+    w.push("api", "latest", 12).await?;
+    let mut last = None;
+    for _ in 0..500 {
+        last = c.operations("api-svc", 10).await?.first().map(|o| o.status);
+        if last == Some(OperationStatus::RollbackSucceeded) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last, Some(OperationStatus::RollbackSucceeded));
+    w.push("api", "latest", 12).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ops = c.operations("api-svc", 10).await?;
+    assert_eq!(ops.len(), 3, "create, deploy, rolled-back deploy: {:?}", ops.iter().map(|o| o.status).collect::<Vec<_>>());
+    assert_eq!(c.get("api-svc").await?.current_revision.map(|r| r.doc.digest), Some(d11));
+
+    // A first deployment that cannot become healthy: CREATE_FAILED with the reason.
+    w.prober.broken.lock().unwrap_or_else(|p| p.into_inner()).insert(1);
+    let op = wait_op(&c, &c.create(spec("doomed", "api:latest")).await?.id).await?;
+    assert_eq!(op.status, OperationStatus::Failed);
+    assert!(log_text(&op).contains("CREATE_FAILED"), "{}", log_text(&op));
+    assert_eq!(c.get("doomed").await?.status, ServiceStatus::CreateFailed);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_interrupted_by_a_crash_completes_or_rolls_back() -> Result {
+    for switched in [false, true] {
+        let w = World::new()?;
+        w.push("web", "v1", 1).await?;
+        w.push("web", "v2", 2).await?;
+        // A first server deploys revision 1, then starts deploying revision 2 and "crashes":
+        // its supervisors are simply abandoned, the state is as the crash left it.
+        {
+            let c = w.controller().await?;
+            wait_op(&c, &c.create(spec("web-app", "web:v1")).await?.id).await?;
+            c.shutdown();
+        }
+        let rev2 =
+            serde_json::json!({"spec": spec("web-app", "web:v2"), "repository": "web", "digest": Digest::sha256_of(&[2]), "tags": ["v2"]});
+        assert_eq!(w.store.create_revision("web-app", &rev2, 0).await?, 2);
+        let mut svc = w.store.get_service("web-app").await?.ok_or("service")?.doc;
+        if switched {
+            svc["current_revision"] = 2.into();
+        }
+        svc["status"] = "OPERATION_IN_PROGRESS".into();
+        w.store.put_service("web-app", &svc, 0).await?;
+        let op = serde_json::json!({"id": "op-crash", "service": "web-app", "type": "START_DEPLOYMENT", "status": "IN_PROGRESS",
+            "target_revision": 2, "previous_revision": 1, "log": [], "started_at": 0, "ended_at": null});
+        w.store.put_operation("op-crash", "web-app", true, &op, 0).await?;
+        let spec2 = berth_runtime::InstanceSpec {
+            id: berth_runtime::InstanceId::new("web-app-2-aaaaaa")?,
+            labels: vec![("berth.service".into(), "web-app".into()), ("berth.revision".into(), "2".into())],
+            image: berth_runtime::ImageRef { repository: "web".into(), digest: Digest::sha256_of(&[2]) },
+            entrypoint: None,
+            cmd: None,
+            env: vec![],
+            port: 8080,
+            resources: Default::default(),
+            user: None,
+            read_only_rootfs: false,
+        };
+        w.runtime.create(spec2.clone()).await?;
+        w.runtime.start(&spec2.id).await?;
+
+        // The restarted server never leaves it half-done.
+        let c = w.controller().await?;
+        let op = wait_op(&c, "op-crash").await?;
+        let running: Vec<String> = w.runtime.list().await?.into_iter().map(|i| i.id.to_string()).collect();
+        if switched {
+            assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
+            assert!(running.iter().all(|id| id.starts_with("web-app-2-")), "{running:?}");
+        } else {
+            assert_eq!(op.status, OperationStatus::RollbackSucceeded, "{}", log_text(&op));
+            assert!(running.iter().all(|id| id.starts_with("web-app-1-")), "{running:?}");
+        }
+        until("the service to be routed", || w.upstreams("web-app.localhost").len() == 1).await?;
+        assert_eq!(c.get("web-app").await?.status, ServiceStatus::Running);
+    }
+    Ok(())
+}
