@@ -12,6 +12,7 @@ mod error;
 mod instances;
 mod metrics;
 mod repositories;
+mod services;
 mod tokens;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub images: Arc<dyn berth_image::ImageSource>,
     /// The local CA's certificate (PEM), which clients trust for the router's HTTPS.
     pub ca_pem: Arc<str>,
+    /// The services' controllers, when this server can run containers.
+    pub controller: Option<berth_controller::Controller>,
 }
 
 pub(crate) fn now() -> i64 {
@@ -56,6 +59,7 @@ pub fn app(state: AppState) -> Router {
         .merge(repositories::routes())
         .merge(tokens::routes())
         .merge(instances::routes())
+        .merge(services::routes())
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/ca", get(ca))
         .route("/token", get(auth::token_endpoint))

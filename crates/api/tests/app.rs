@@ -1,5 +1,6 @@
 //! The API router called in-process (`oneshot`, no socket): every operation of the OpenAPI
-//! document is routed, authentication is enforced, errors have stable codes.
+//! document is routed, authentication is enforced, errors have stable codes, services answer
+//! with operations.
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 struct Fixture {
     _dir: tempfile::TempDir,
+    store: SharedStore,
     router: axum::Router,
     admin: String,
     reader: String,
@@ -29,16 +31,39 @@ async fn fixture() -> Result<Fixture> {
     let registry_source: Arc<dyn berth_image::ImageSource> = registry.clone();
     let admin = issue_token(&store, "admin", vec![Scope::Admin]).await.map_err(|e| e.message)?.secret;
     let reader = issue_token(&store, "reader", vec![Scope::ReadOnly]).await.map_err(|e| e.message)?.secret;
+    /// Every instance is healthy: the fake runtime's addresses are never dialled.
+    struct AllHealthy;
+    #[async_trait::async_trait]
+    impl berth_controller::Prober for AllHealthy {
+        async fn probe(&self, _: &str, _: std::net::SocketAddr, _: &berth_core::service::HealthCheck) -> berth_controller::Probe {
+            berth_controller::Probe::Pass
+        }
+    }
+    let runtime: Arc<dyn berth_runtime::Runtime> = Arc::new(berth_runtime::FakeRuntime::new());
+    let controller = berth_controller::Controller::start(berth_controller::Deps {
+        store: store.clone(),
+        runtime: runtime.clone(),
+        book: Arc::new(berth_router::RouteBook::new(Arc::new(berth_router::RoutingTable::new()))),
+        prober: Arc::new(AllHealthy),
+        pushes: None,
+        settings: berth_controller::ControllerSettings {
+            startup_probe_every: std::time::Duration::from_millis(10),
+            stop_grace: std::time::Duration::from_millis(10),
+            ..Default::default()
+        },
+    })
+    .await?;
     let state = AppState {
-        store,
+        store: store.clone(),
         registry,
         auth: Arc::new(Authenticator::new([1; 32])),
         metrics: Arc::new(Metrics::new()),
-        runtime: Some(Arc::new(berth_runtime::FakeRuntime::new())),
+        runtime: Some(runtime),
         images: registry_source,
         ca_pem: Arc::from("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"),
+        controller: Some(controller),
     };
-    Ok(Fixture { _dir: dir, router: app(state), admin, reader })
+    Ok(Fixture { _dir: dir, store, router: app(state), admin, reader })
 }
 
 async fn call(f: &Fixture, method: &str, path: &str, token: Option<&str>, body: &str) -> Result<(StatusCode, serde_json::Value, String)> {
@@ -139,5 +164,80 @@ async fn repositories_and_tokens_round_trip() -> Result {
     let (s, j, _) = call(&f, "POST", "/api/v1/tokens", Some(&f.admin), r#"{"name":"x","scopes":["root"]}"#).await?;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(j["error"]["message"].as_str().unwrap_or("").contains("scope `root` is unknown"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn services_answer_with_operations() -> Result {
+    let f = fixture().await?;
+    f.store.ensure_repository("web", &Default::default(), 0).await?;
+    let manifest = berth_store::ManifestRecord {
+        repository: "web".into(),
+        digest: berth_core::Digest::sha256_of(b"m"),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        size: 1,
+        artifact_type: None,
+        subject: None,
+        annotations: None,
+        references: vec![],
+        created_at: 0,
+    };
+    f.store.put_manifest(&manifest, Some(berth_store::TagWrite { tag: "latest", immutable: false }), 0).await?;
+
+    // Invalid specs name every problem; unknown fields are refused.
+    let (s, j, _) = call(
+        &f,
+        "POST",
+        "/api/v1/services",
+        Some(&f.admin),
+        r#"{"name":"ab","source":{"image":"web:latest"},"autoscaling":{"max_size":99}}"#,
+    )
+    .await?;
+    assert_eq!((s, j["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_argument")));
+    let msg = j["error"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("name `ab`") && msg.contains("autoscaling.max_size must be 1–25 (got 99)"), "{msg}");
+    let (s, _, _) =
+        call(&f, "POST", "/api/v1/services", Some(&f.admin), r#"{"name":"web-app","source":{"image":"web:latest"},"color":1}"#).await?;
+    assert!(s.is_client_error());
+    // Read-only tokens cannot create.
+    let body = r#"{"name":"web-app","source":{"image":"web:latest"},"health_check":{"protocol":"HTTP","path":"/healthz"}}"#;
+    assert_eq!(call(&f, "POST", "/api/v1/services", Some(&f.reader), body).await?.0, StatusCode::FORBIDDEN);
+
+    let (s, j, text) = call(&f, "POST", "/api/v1/services", Some(&f.admin), body).await?;
+    assert_eq!(s, StatusCode::ACCEPTED, "{text}");
+    assert_eq!(j["operation"]["type"], "CREATE_SERVICE");
+    let id = j["operation"]["id"].as_str().ok_or("no id")?.to_owned();
+    let mut status = String::new();
+    for _ in 0..200 {
+        let (_, op, _) = call(&f, "GET", &format!("/api/v1/operations/{id}"), Some(&f.reader), "").await?;
+        status = op["status"].as_str().unwrap_or("").to_owned();
+        if status == "SUCCEEDED" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, "SUCCEEDED");
+    let (s, svc, _) = call(&f, "GET", "/api/v1/services/web-app", Some(&f.reader), "").await?;
+    assert_eq!((s, svc["status"].as_str(), svc["url"].as_str()), (StatusCode::OK, Some("RUNNING"), Some("https://web-app.localhost:8443")));
+    assert_eq!(svc["current_revision"]["id"], "web-app-0001");
+    assert_eq!(svc["current_revision"]["tags"], serde_json::json!(["latest"]));
+    assert_eq!(svc["spec"]["health_check"]["interval"], 5, "defaults are filled in");
+    let (_, revs, _) = call(&f, "GET", "/api/v1/services/web-app/revisions", Some(&f.reader), "").await?;
+    assert_eq!(revs["current"], 1);
+    assert_eq!(call(&f, "POST", "/api/v1/services", Some(&f.admin), body).await?.0, StatusCode::CONFLICT);
+
+    // A second mutation while one runs is refused with 409 naming it.
+    let (s, j, _) = call(&f, "POST", "/api/v1/services/web-app/pause", Some(&f.admin), "").await?;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let pausing = j["operation"]["id"].as_str().unwrap_or("").to_owned();
+    let (s, j, _) = call(&f, "POST", "/api/v1/services/web-app/deployments", Some(&f.admin), "{}").await?;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let msg = j["error"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains(&pausing) || msg.contains("paused"), "{msg}");
+    let (s, j, _) = call(&f, "POST", "/api/v1/services/web-app/rollback", Some(&f.admin), r#"{"revision":"web-app-0009"}"#).await?;
+    assert!(s == StatusCode::BAD_REQUEST || s == StatusCode::CONFLICT, "{s} {j}");
+    let (_, events, _) = call(&f, "GET", "/api/v1/services/web-app/events", Some(&f.reader), "").await?;
+    assert!(events["events"].as_array().is_some_and(|e| !e.is_empty()));
+    assert_eq!(call(&f, "GET", "/api/v1/services/nope", Some(&f.reader), "").await?.0, StatusCode::NOT_FOUND);
     Ok(())
 }

@@ -18,10 +18,18 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size of the largest variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Run the berth server (API, registry) in the foreground.
+    /// Run the berth server (API, registry, runtime, router) in the foreground.
     Server(ServerArgs),
+    /// Quick start: run the server and leave a demo service running (as root).
+    ///
+    /// Builds the bundled `hello` app into an image, pushes it to the `hello` repository (tags
+    /// immutable except `latest`), creates the `hello` service with an HTTP health check and prints
+    /// its URL. Running it again reuses what exists.
+    Up(ServerArgs),
     #[command(flatten)]
     Client(berth_cli::Command),
 }
@@ -44,33 +52,75 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.command {
-        Command::Server(args) => {
-            let loaded = config::Config::load(args.config.as_deref(), cli.global.data_dir.as_deref(), |k| std::env::var(k).ok());
-            let mut config = match loaded {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    return ExitCode::from(2);
-                }
-            };
-            if let Some(l) = args.listen {
-                config.api.listen = l;
-            }
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: starting the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(server::run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Server(args) => serve(&cli.global, args, false),
+        Command::Up(args) => serve(&cli.global, args, true),
         Command::Client(cmd) => berth_cli::run(&cli.global, cmd),
     }
+}
+
+/// The demo app `berth up` deploys, built from `examples/hello` by the build script.
+const HELLO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hello"));
+
+fn serve(global: &berth_cli::GlobalArgs, args: ServerArgs, demo: bool) -> ExitCode {
+    let loaded = config::Config::load(args.config.as_deref(), global.data_dir.as_deref(), |k| std::env::var(k).ok());
+    let mut config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(l) = args.listen {
+        config.api.listen = l;
+    }
+    if demo {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("error: `berth up` runs containers, which needs root: `sudo -E cargo run --release -- up` (or run `berth server` without containers)");
+            return ExitCode::from(2);
+        }
+        if let Err(e) = start_demo(global, &config) {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes the demo app into the data directory and, on a thread of its own, sets the demo
+/// service up through the API once the server answers.
+fn start_demo(global: &berth_cli::GlobalArgs, config: &config::Config) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if HELLO.is_empty() {
+        anyhow::bail!("this berth was built without the demo app (building examples/hello failed); use `berth server`");
+    }
+    let dir = config.data_dir.join("demo");
+    std::fs::create_dir_all(&dir)?;
+    let hello = dir.join("hello");
+    std::fs::write(&hello, HELLO)?;
+    std::fs::set_permissions(&hello, std::fs::Permissions::from_mode(0o755))?;
+    let mut g = global.clone();
+    g.data_dir = Some(config.data_dir.clone());
+    // With a fixed port the client need not wait for `api-address` to be rewritten.
+    if config.api.listen.port() != 0 {
+        g.server = Some(format!("http://{}", config.api.listen));
+    }
+    std::thread::spawn(move || {
+        if let Err(e) = berth_cli::quick_start(&g, &hello) {
+            eprintln!("error: setting up the demo service: {e:#}");
+        }
+    });
+    Ok(())
 }

@@ -1,5 +1,6 @@
-//! `berth server`: opens the data directory, wires the store, the registry and the API, serves
-//! the API listener until SIGTERM or SIGINT, and runs the periodic collector.
+//! `berth server`: opens the data directory, wires the store, the registry, the runtime, the
+//! service controllers, the router and the API, serves the API listener until SIGTERM or SIGINT,
+//! and runs the periodic collector.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -10,11 +11,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use berth_api::{AppState, Authenticator, Metrics};
+use berth_controller::{Controller, ControllerSettings, Deps, NetProber};
 use berth_core::{Pattern, Scope, TagPolicy};
 use berth_image::{ImageSource, SourceRouter};
 use berth_registry::{FsBlobStore, Registry, RegistryConfig};
 use berth_router::tls::{load_certificate, server_config, LocalCa, OnDemandCerts};
-use berth_router::{AccessLog, RouteSpec, Router, RouterOptions, RoutingTable};
+use berth_router::{AccessLog, RouteBook, RouteSpec, Router, RouterOptions, RoutingTable};
 use berth_runtime::embedded::rootfs::{overlay_supported, RootfsKind};
 use berth_runtime::embedded::{EmbeddedConfig, EmbeddedRuntime};
 use berth_runtime::Runtime;
@@ -131,22 +133,25 @@ fn open_runtime(config: &Config, images: Arc<dyn ImageSource>) -> anyhow::Result
     Ok(Some(rt))
 }
 
-/// The router's listeners. Until services exist, every running one-off instance is served at
-/// `<instance id>.localhost` (and `<instance id>.<base domain>`).
-async fn start_router(config: &Config, ca: LocalCa, table: Arc<RoutingTable>, runtime: Option<Arc<dyn Runtime>>) -> anyhow::Result<()> {
-    let r = &config.router;
+/// The names services are served under: `<name>.localhost`, and `<name>.<base domain>`.
+fn suffixes(config: &Config) -> Vec<String> {
     let mut suffixes = vec![".localhost".to_owned()];
-    if let Some(d) = &r.base_domain {
+    if let Some(d) = &config.router.base_domain {
         suffixes.push(format!(".{}", d.trim_start_matches('.')));
     }
-    let supplied = r
-        .certificates
-        .iter()
-        .map(|c| load_certificate(&c.domains, &c.cert, &c.key))
-        .collect::<Result<Vec<_>, _>>()
-        .context("loading router.certificates")?;
-    let certs = OnDemandCerts::new(ca, suffixes.clone()).with_supplied(supplied);
-    let tls = server_config(Arc::new(certs)).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    suffixes
+}
+
+/// The router's listeners, bound (so their ports are known) before anything routes to them.
+struct RouterListeners {
+    http: tokio::net::TcpListener,
+    https: tokio::net::TcpListener,
+    http_addr: std::net::SocketAddr,
+    https_addr: std::net::SocketAddr,
+}
+
+async fn bind_router(config: &Config) -> anyhow::Result<RouterListeners> {
+    let r = &config.router;
     let http = tokio::net::TcpListener::bind(r.listen_http)
         .await
         .with_context(|| format!("binding the router's HTTP listener to {}", r.listen_http))?;
@@ -154,6 +159,26 @@ async fn start_router(config: &Config, ca: LocalCa, table: Arc<RoutingTable>, ru
         .await
         .with_context(|| format!("binding the router's HTTPS listener to {}", r.listen_https))?;
     let (http_addr, https_addr) = (http.local_addr()?, https.local_addr()?);
+    Ok(RouterListeners { http, https, http_addr, https_addr })
+}
+
+/// Serves the router's listeners over `table`.
+fn serve_router(
+    config: &Config,
+    ca: LocalCa,
+    table: Arc<RoutingTable>,
+    listeners: RouterListeners,
+    activator: Option<Arc<dyn berth_router::Activator>>,
+) -> anyhow::Result<()> {
+    let r = &config.router;
+    let supplied = r
+        .certificates
+        .iter()
+        .map(|c| load_certificate(&c.domains, &c.cert, &c.key))
+        .collect::<Result<Vec<_>, _>>()
+        .context("loading router.certificates")?;
+    let certs = OnDemandCerts::new(ca, suffixes(config)).with_supplied(supplied);
+    let tls = server_config(Arc::new(certs)).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
     let access_log = match r.access_log.as_str() {
         "off" => None,
         path => {
@@ -161,34 +186,40 @@ async fn start_router(config: &Config, ca: LocalCa, table: Arc<RoutingTable>, ru
             Some(AccessLog::open(&path).with_context(|| format!("opening the access log {}", path.display()))?)
         }
     };
+    let RouterListeners { http, https, http_addr, https_addr } = listeners;
     let options = RouterOptions {
         redirect_to_https_port: r.redirect_http_to_https.then_some(https_addr.port()),
         hsts: r.hsts,
         access_log,
-        ..RouterOptions::default()
+        activator,
     };
-    let router = Router::with_options(table.clone(), options);
+    let router = Router::with_options(table, options);
     write_private(&config.data_dir.join(ROUTER_ADDRESS_FILE), format!("http://{http_addr}\nhttps://{https_addr}\n").as_bytes())?;
     tracing::info!(http = %http_addr, https = %https_addr, "router listening");
     tokio::spawn(router.clone().serve(http));
     tokio::spawn(router.serve_tls(https, tls));
-    if let Some(rt) = runtime {
-        tokio::spawn(async move {
-            loop {
-                if let Ok(list) = rt.list().await {
-                    let specs: Vec<RouteSpec> = list
-                        .iter()
-                        .filter(|i| i.state == berth_runtime::InstanceState::Running)
-                        .filter_map(|i| i.address.map(|a| (i, a)))
-                        .flat_map(|(i, a)| suffixes.iter().map(move |s| RouteSpec::new(format!("{}{s}", i.id), i.id.to_string(), vec![a])))
-                        .collect();
-                    table.replace(&specs);
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
-    }
     Ok(())
+}
+
+/// Serves every running one-off instance (`berth run`) at `<instance id>.localhost` (and under
+/// the base domain); services' instances are routed by their controllers.
+fn route_one_off_instances(book: Arc<RouteBook>, rt: Arc<dyn Runtime>, suffixes: Vec<String>) {
+    tokio::spawn(async move {
+        loop {
+            if let Ok(list) = rt.list().await {
+                let specs: Vec<RouteSpec> = list
+                    .iter()
+                    .filter(|i| i.state == berth_runtime::InstanceState::Running && !i.labels.iter().any(|(k, _)| k == "berth.service"))
+                    .filter_map(|i| i.address.map(|a| (i, a)))
+                    .flat_map(|(i, a)| suffixes.iter().map(move |s| RouteSpec::new(format!("{}{s}", i.id), i.id.to_string(), vec![a])))
+                    .collect();
+                if specs != book.get("instances") {
+                    book.set("instances", specs);
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -214,10 +245,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let ca = LocalCa::load_or_create(&data.join("tls")).map_err(|e| anyhow::anyhow!("the local certificate authority: {e}"))?;
     let ca_pem: Arc<str> = Arc::from(ca.cert_pem());
     let table = Arc::new(RoutingTable::new());
-    start_router(&config, ca, table.clone(), runtime_dyn.clone()).await?;
+    let book = Arc::new(RouteBook::new(table.clone()));
+    let listeners = bind_router(&config).await?;
+    let controller = match &runtime_dyn {
+        Some(rt) => {
+            let settings = ControllerSettings {
+                suffixes: suffixes(&config),
+                url_scheme: "https".into(),
+                url_port: listeners.https_addr.port(),
+                ..ControllerSettings::default()
+            };
+            let deps = Deps {
+                store: store.clone(),
+                runtime: rt.clone(),
+                book: book.clone(),
+                prober: Arc::new(NetProber),
+                pushes: Some(registry.subscribe()),
+                settings,
+            };
+            Some(Controller::start(deps).await.context("starting the service controllers")?)
+        }
+        None => None,
+    };
+    serve_router(&config, ca, table.clone(), listeners, controller.as_ref().map(Controller::activator))?;
+    if let Some(rt) = &runtime_dyn {
+        route_one_off_instances(book.clone(), rt.clone(), suffixes(&config));
+    }
     let router_metrics = table.clone();
     let metrics = Metrics::new().with_source(Box::new(move |out| berth_router::render_metrics(&router_metrics, out)));
-    let state = AppState { store, registry: registry.clone(), auth, metrics: Arc::new(metrics), runtime: runtime_dyn, images, ca_pem };
+    let state =
+        AppState { store, registry: registry.clone(), auth, metrics: Arc::new(metrics), runtime: runtime_dyn, images, ca_pem, controller };
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

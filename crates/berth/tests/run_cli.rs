@@ -4,12 +4,11 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_testkit::{hello_binary, RuntimeSandbox};
+use berth_testkit::hello_binary;
 use support::*;
 
 /// GETs `url` until the instance answers (it may still be starting).
@@ -25,25 +24,7 @@ fn get_when_up(agent: &ureq::Agent, url: &str) -> Result<String> {
 
 #[test]
 fn run_serve_survive_a_server_crash_and_clean_up() -> Result {
-    if !nix::unistd::geteuid().is_root() {
-        return Err("containers need root: this test runs as root (CI does)".into());
-    }
-    let n = std::process::id() % 200;
-    let (bridge, cidr, cgroup_parent) = (format!("btc{n}"), format!("10.252.{n}.0/24"), format!("berth-test-cli-{}", std::process::id()));
-    let mut s = Server::start_with_env(&[
-        ("BERTH_RUNTIME", "on"),
-        ("BERTH_RUNTIME_BRIDGE", &bridge),
-        ("BERTH_RUNTIME_CIDR", &cidr),
-        ("BERTH_RUNTIME_CGROUP_PARENT", &cgroup_parent),
-    ])?;
-    let _sb = RuntimeSandbox {
-        berth: PathBuf::from(BIN),
-        instances: s.dir.join("runtime/instances"),
-        netns_prefix: "berth-h".into(),
-        bridge,
-        cidr,
-        cgroup_parent,
-    };
+    let (mut s, _sandbox) = Server::start_with_runtime("c", 252)?;
     let tmp = tempfile::tempdir()?;
     let bin = hello_binary(tmp.path())?;
     s.cli_ok(&["image", "build", "--binary", &bin.display().to_string(), "--port", "8080", "--env", "HELLO_VERSION=v3", "-t", "hello:v3"])?;

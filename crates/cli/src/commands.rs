@@ -1,4 +1,4 @@
-//! The commands: `repo`, `registry`, `token`, `login`.
+//! The commands: `repo`, `registry`, `token`, `image`, `run`, `instance`, `service`, `ca`, `login`.
 
 use std::io::Read;
 
@@ -52,6 +52,9 @@ pub enum Command {
     /// Inspect and manage instances.
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// Services: images running as autoscaled HTTPS services, with revisions and rollbacks.
+    #[command(subcommand)]
+    Service(crate::services::ServiceCommand),
     /// The local certificate authority behind the router's HTTPS.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -414,6 +417,7 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Service(cmd) => crate::services::run(&Client::from_args(g)?, fmt, cmd)?,
         Command::Ca(CaCommand::Export) => {
             let c = Client::from_args(g)?;
             print!("{}", c.get_text("/api/v1/ca")?);
@@ -465,7 +469,7 @@ fn parse_target(t: &str) -> anyhow::Result<(String, String)> {
     Ok((repo.to_owned(), tag.to_owned()))
 }
 
-fn push_image(c: &Client, image: &berth_image::build::BuiltImage, targets: &[(String, String)]) -> anyhow::Result<()> {
+pub(crate) fn push_image(c: &Client, image: &berth_image::build::BuiltImage, targets: &[(String, String)]) -> anyhow::Result<()> {
     for (repo, tag) in targets {
         for blob in std::iter::once(&image.config).chain(&image.layers) {
             let path = format!("/v2/{repo}/blobs/{}", blob.digest);

@@ -8,11 +8,14 @@
 mod client;
 mod commands;
 mod output;
+mod quickstart;
+mod services;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub use commands::Command;
+pub use quickstart::quick_start;
 
 /// Options every command takes.
 #[derive(Debug, Clone, clap::Args)]

@@ -113,7 +113,7 @@ pub(crate) async fn run(
         hold_until: None,
         deleted: false,
     };
-    s.recover().await;
+    s.recover(first.as_ref().map(|op| op.id.as_str())).await;
     if let Some(op) = first {
         s.carry_out(op).await;
     }
@@ -513,7 +513,7 @@ impl Supervisor {
                     new.push(i);
                 }
                 Err(e) => {
-                    self.retire(Vec::new(), new).await;
+                    self.retire_later(Vec::new(), new);
                     return Err(e);
                 }
             }
@@ -549,7 +549,8 @@ impl Supervisor {
         match outcome {
             Ok(()) => Ok(new),
             Err(why) => {
-                self.retire(Vec::new(), new).await;
+                // They never had traffic: removing them need not hold up the rollback.
+                self.retire_later(Vec::new(), new);
                 Err(why)
             }
         }
@@ -692,7 +693,8 @@ impl Supervisor {
     // ---- restart ----
 
     /// Finishes what a crash interrupted and re-adopts the instances the runtime still runs.
-    async fn recover(&mut self) {
+    /// `handed` is an operation the caller carries out next itself.
+    async fn recover(&mut self, handed: Option<&str>) {
         self.load_current().await;
         let open: Vec<Operation> = match self.sh.store.list_operations(Some(&self.name), true, 10).await {
             Ok(list) => list.into_iter().filter_map(|r| from_value(r.doc).ok()).collect(),
@@ -702,7 +704,7 @@ impl Supervisor {
             }
         };
         let mut rerun = Vec::new();
-        for mut op in open {
+        for mut op in open.into_iter().filter(|op| Some(op.id.as_str()) != handed) {
             match op.kind {
                 OperationType::CreateService | OperationType::UpdateService | OperationType::StartDeployment => {
                     if op.status == OperationStatus::Pending && self.svc.current_revision == op.previous_revision {

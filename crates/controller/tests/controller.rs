@@ -161,6 +161,8 @@ async fn deploys_rolls_back_refuses_replaces_pauses_and_deletes() -> Result {
     let rev1 = svc.current_revision.ok_or("no revision")?;
     assert_eq!((rev1.id.as_str(), &rev1.doc.digest, rev1.doc.tags.clone()), ("web-app-0001", &v1, vec!["latest".to_string(), "v1".into()]));
     assert_eq!(w.upstreams("web-app.localhost").len(), 1);
+    let creates = w.runtime.calls().iter().filter(|c| matches!(c, Call::Create(_))).count();
+    assert_eq!(creates, 1, "the create operation ran once");
     assert!(matches!(c.create(spec("Web_App", "web:latest")).await, Err(ControllerError::Exists(_))));
 
     // A deploy of a new digest: blue/green, the old instance drained and removed.
@@ -199,6 +201,13 @@ async fn deploys_rolls_back_refuses_replaces_pauses_and_deletes() -> Result {
         })
         .collect();
     assert!(!created_v3.is_empty());
+    for _ in 0..500 {
+        let list = w.runtime.list().await?;
+        if !list.iter().any(|i| created_v3.contains(&i.id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for id in &created_v3 {
         assert!(w.runtime.inspect(id).await?.is_none(), "{id} was removed");
     }

@@ -39,6 +39,41 @@ impl Server {
         Ok(Server { dir, _tmp: Some(tmp), addr: p.addr.clone(), token: p.token.clone(), process: Some(p), env })
     }
 
+    /// Starts with the embedded runtime on (as root), on a bridge, CIDR (`10.<octet>.<n>.0/24`)
+    /// and cgroup parent of its own; the sandbox removes whatever is left when dropped.
+    /// `BERTH_TEST_LOG` sets the server's log filter.
+    pub fn start_with_runtime(name: &str, octet: u8) -> Result<(Server, berth_testkit::RuntimeSandbox)> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("containers need root: this test runs as root (CI does)".into());
+        }
+        let n = std::process::id() % 200;
+        let (bridge, cidr, cgroup_parent) =
+            (format!("bt{name}{n}"), format!("10.{octet}.{n}.0/24"), format!("berth-test-{name}-{}", std::process::id()));
+        let log = std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let s = Server::start_with_env(&[
+            ("BERTH_RUNTIME", "on"),
+            ("BERTH_RUNTIME_BRIDGE", &bridge),
+            ("BERTH_RUNTIME_CIDR", &cidr),
+            ("BERTH_RUNTIME_CGROUP_PARENT", &cgroup_parent),
+            ("BERTH_LOG", &log),
+        ])?;
+        let sandbox = berth_testkit::RuntimeSandbox {
+            berth: PathBuf::from(BIN),
+            instances: s.dir.join("runtime/instances"),
+            netns_prefix: "berth-h".into(),
+            bridge,
+            cidr,
+            cgroup_parent,
+        };
+        Ok((s, sandbox))
+    }
+
+    /// The router's plain-HTTP listener, `host:port`.
+    pub fn router_http(&self) -> Result<String> {
+        let routers = std::fs::read_to_string(self.dir.join("router-address"))?;
+        Ok(routers.lines().find_map(|l| l.strip_prefix("http://")).ok_or("no http listener")?.to_owned())
+    }
+
     /// Kills the server with SIGKILL (no graceful shutdown) and waits for it.
     pub fn kill9(&mut self) -> Result {
         drop(self.process.take());

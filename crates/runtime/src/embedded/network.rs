@@ -90,6 +90,10 @@ fn ip(args: &[&str]) -> Result<String, NetworkError> {
 struct Leases {
     /// address → instance id
     leases: BTreeMap<Ipv4Addr, String>,
+    /// The host number handed out last: the next lease starts after it, so a freed address is
+    /// reused as late as possible (peers may still hold it in caches).
+    #[serde(default)]
+    last: u32,
 }
 
 /// One instance's attachment.
@@ -160,8 +164,12 @@ impl Network {
             match existing {
                 Some(a) => a,
                 None => {
-                    let free = (2..self.cidr.size() - 1).map(|n| self.cidr.nth(n)).find(|a| !leases.leases.contains_key(a));
-                    let a = free.ok_or(NetworkError::Exhausted(self.cidr))?;
+                    let hosts = 2..self.cidr.size() - 1;
+                    let after = if hosts.contains(&leases.last) { leases.last + 1 } else { hosts.start };
+                    let order = (after..hosts.end).chain(hosts.start..after);
+                    let free = order.map(|n| (n, self.cidr.nth(n))).find(|(_, a)| !leases.leases.contains_key(a));
+                    let (n, a) = free.ok_or(NetworkError::Exhausted(self.cidr))?;
+                    leases.last = n;
                     leases.leases.insert(a, id.to_owned());
                     self.save(&leases)?;
                     a
@@ -185,6 +193,9 @@ impl Network {
         }
         ip(&["-n", &ns, "link", "set", "dev", "eth0", "up"])?;
         ip(&["-n", &ns, "link", "set", "dev", "lo", "up"])?;
+        // A neighbour entry left from an earlier holder of the address would send the host's
+        // packets to a veth that no longer exists until it expires.
+        let _ = ip(&["neigh", "flush", "to", &address.to_string(), "dev", &self.bridge]);
         if !ip(&["-n", &ns, "route", "show", "default"])?.contains("default") {
             ip(&["-n", &ns, "route", "add", "default", "via", &self.cidr.gateway().to_string()])?;
         }
@@ -206,6 +217,9 @@ impl Network {
                     other?;
                 }
             }
+        }
+        if let Some(a) = self.lease(id) {
+            let _ = ip(&["neigh", "flush", "to", &a.to_string(), "dev", &self.bridge]);
         }
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         let before = leases.leases.len();

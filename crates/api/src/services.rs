@@ -1,0 +1,194 @@
+//! `/api/v1/services` and `/api/v1/operations`: the service resource. Every mutation answers
+//! `202 Accepted` with the Operation carrying it out; a mutation while another runs on the same
+//! service is refused with `409` naming the one in progress.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use berth_controller::{Controller, ControllerError, Operation};
+use berth_core::{Action, ServiceSpec};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::caller::Caller;
+use crate::{ApiError, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/services", get(list).post(create))
+        .route("/api/v1/services/{name}", get(show).put(update).delete(delete))
+        .route("/api/v1/services/{name}/deployments", post(deploy))
+        .route("/api/v1/services/{name}/rollback", post(rollback))
+        .route("/api/v1/services/{name}/pause", post(pause))
+        .route("/api/v1/services/{name}/resume", post(resume))
+        .route("/api/v1/services/{name}/revisions", get(revisions))
+        .route("/api/v1/services/{name}/operations", get(operations))
+        .route("/api/v1/services/{name}/events", get(events))
+        .route("/api/v1/services/{name}/logs", get(logs))
+        .route("/api/v1/operations/{id}", get(operation))
+}
+
+impl From<ControllerError> for ApiError {
+    fn from(e: ControllerError) -> Self {
+        match e {
+            ControllerError::NotFound(_) | ControllerError::OperationNotFound(_) => ApiError::not_found(e.to_string()),
+            ControllerError::Invalid(_) | ControllerError::BadRequest(_) => ApiError::invalid(e.to_string()),
+            ControllerError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "already_exists", e.to_string()),
+            ControllerError::Busy { .. } | ControllerError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "failed_precondition", e.to_string())
+            }
+            ControllerError::Store(s) => s.into(),
+            ControllerError::Corrupt(_) => {
+                tracing::error!(error = %e, "controller state");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        }
+    }
+}
+
+fn controller(s: &AppState) -> Result<&Controller, ApiError> {
+    s.controller.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "services need the embedded runtime, which is off: run `berth server` as root (it needs namespaces, cgroups and mounts)",
+        )
+    })
+}
+
+fn accepted(op: Operation) -> (StatusCode, Json<Value>) {
+    (StatusCode::ACCEPTED, Json(json!({ "operation": op })))
+}
+
+async fn create(State(s): State<AppState>, caller: Caller, Json(spec): Json<ServiceSpec>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Action::Admin)?;
+    Ok(accepted(controller(&s)?.create(spec).await?))
+}
+
+async fn update(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(spec): Json<ServiceSpec>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Action::Admin)?;
+    if spec.name != name {
+        return Err(ApiError::invalid(format!("the spec names `{}` but the path `{name}`; a service cannot be renamed", spec.name)));
+    }
+    Ok(accepted(controller(&s)?.update(spec).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    /// `repo:tag` or `repo@sha256:…`; default: the service's source, resolved anew.
+    image: Option<String>,
+}
+
+async fn deploy(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Option<Json<DeployBody>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Action::Admin)?;
+    let body = body.map(|b| b.0).unwrap_or_default();
+    Ok(accepted(controller(&s)?.deploy(&name, body.image.as_deref()).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    /// A revision id (`web-0001`) or number.
+    revision: String,
+}
+
+async fn rollback(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<RollbackBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Action::Admin)?;
+    Ok(accepted(controller(&s)?.rollback(&name, &body.revision).await?))
+}
+
+async fn pause(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Action::Admin)?;
+    Ok(accepted(controller(&s)?.pause(&name).await?))
+}
+
+async fn resume(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Action::Admin)?;
+    Ok(accepted(controller(&s)?.resume(&name).await?))
+}
+
+async fn delete(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Action::Admin)?;
+    Ok(accepted(controller(&s)?.delete(&name).await?))
+}
+
+async fn list(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Read)?;
+    Ok(Json(json!({ "services": controller(&s)?.list().await? })))
+}
+
+async fn show(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Read)?;
+    Ok(Json(serde_json::to_value(controller(&s)?.get(&name).await?).unwrap_or_default()))
+}
+
+async fn revisions(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Read)?;
+    let c = controller(&s)?;
+    let current = c.get(&name).await?.current_revision.map(|r| r.number);
+    let revs = c.revisions(&name).await?;
+    Ok(Json(json!({ "current": current, "revisions": revs })))
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+    tail: Option<usize>,
+}
+
+async fn operations(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<Limit>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Read)?;
+    Ok(Json(json!({ "operations": controller(&s)?.operations(&name, q.limit.unwrap_or(50).min(1000)).await? })))
+}
+
+async fn events(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<Limit>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Read)?;
+    let c = controller(&s)?;
+    c.get(&name).await?;
+    Ok(Json(json!({ "events": c.events(&name, q.limit.unwrap_or(100).min(1000)).await? })))
+}
+
+async fn logs(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<Limit>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Read)?;
+    let lines = controller(&s)?.logs(&name, q.tail.unwrap_or(100).min(10_000)).await?;
+    let lines: Vec<Value> =
+        lines.into_iter().map(|(instance, index, line)| json!({"instance": instance, "index": index, "line": line})).collect();
+    Ok(Json(json!({ "lines": lines })))
+}
+
+async fn operation(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Read)?;
+    Ok(Json(serde_json::to_value(controller(&s)?.operation(&id).await?).unwrap_or_default()))
+}

@@ -1,0 +1,221 @@
+//! The story, part one, end to end with real containers (as root): CI pushes `examples/hello`
+//! as `<sha>` and `latest` to a repository that is immutable except `latest`; a service on
+//! `latest` auto-deploys. Under continuous load through the router: a new version is deployed
+//! with zero failed requests; a broken version rolls back with zero failed requests; a killed
+//! instance is replaced; pause answers 503 and resume serves again; a rollback to the first
+//! revision by its id brings the first version back.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_testkit::hello_binary;
+use support::*;
+
+/// What one request got: the body, or why it failed.
+type Answer = (Instant, std::result::Result<String, String>);
+
+/// Requests through the router's HTTP listener with `Host: web-app.localhost`, from two threads
+/// at about 200 requests/s, recording every answer.
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Answer>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(router: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..2)
+            .map(|_| {
+                let (stop, seen, url) = (stop.clone(), seen.clone(), format!("http://{router}/"));
+                std::thread::spawn(move || {
+                    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = match agent.get(&url).set("Host", "web-app.localhost").call() {
+                            Ok(resp) => resp.into_string().map(|s| s.trim().to_owned()).map_err(|e| e.to_string()),
+                            Err(ureq::Error::Status(code, resp)) => Err(format!("{code}: {}", resp.into_string().unwrap_or_default())),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        seen.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), r));
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                })
+            })
+            .collect();
+        Load { stop, seen, threads }
+    }
+
+    /// Answers since `from`: (successful bodies, failures).
+    fn since(&self, from: Instant) -> (Vec<String>, Vec<String>) {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        for (_, r) in seen.iter().filter(|(at, _)| *at >= from) {
+            match r {
+                Ok(body) => ok.push(body.clone()),
+                Err(e) => failed.push(e.clone()),
+            }
+        }
+        (ok, failed)
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> Result<bool>) -> Result {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("timed out waiting for {what}").into())
+}
+
+fn push(s: &Server, bin: &str, version: &str, healthy: bool, sha: &str) -> Result {
+    let healthy = format!("HELLO_HEALTHY={healthy}");
+    let version = format!("HELLO_VERSION={version}");
+    let (t1, t2) = (format!("web:{sha}"), "web:latest".to_string());
+    s.cli_ok(&["image", "build", "--binary", bin, "--port", "8080", "--env", &version, "--env", &healthy, "-t", &t1, "-t", &t2])?;
+    Ok(())
+}
+
+fn last_operation(s: &Server) -> Result<serde_json::Value> {
+    let ops: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "operations", "web-app"])?)?;
+    Ok(ops["operations"][0].clone())
+}
+
+#[test]
+fn push_deploy_roll_back_replace_pause_resume_and_roll_back_by_id() -> Result {
+    let (s, _sandbox) = Server::start_with_runtime("s", 251)?;
+    let tmp = tempfile::tempdir()?;
+    let bin = hello_binary(tmp.path())?.display().to_string();
+    let router = s.router_http()?;
+
+    // CI's repository and its first push.
+    s.cli_ok(&["repo", "create", "web", "--mutability", "IMMUTABLE_WITH_EXCLUSION", "--exclude", "latest"])?;
+    push(&s, &bin, "v1", true, "1111111-20261126")?;
+    let created = s.cli(&[
+        "service",
+        "create",
+        "web-app",
+        "--image",
+        "web:latest",
+        "--health-check",
+        "http",
+        "--health-path",
+        "/healthz",
+        "--health-interval",
+        "1",
+        "--unhealthy-threshold",
+        "2",
+        "--min-size",
+        "2",
+        "--memory",
+        "128",
+        "--wait",
+    ])?;
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let shown: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "web-app"])?)?;
+    assert_eq!(shown["status"], "RUNNING");
+    assert_eq!(shown["current_revision"]["tags"], serde_json::json!(["1111111-20261126", "latest"]));
+
+    // Over HTTPS at its URL, with the exported CA.
+    let ca = tmp.path().join("ca.pem");
+    std::fs::write(&ca, s.cli_ok(&["ca", "export"])?)?;
+    let url = shown["url"].as_str().ok_or("no url")?.to_owned();
+    let port = url.rsplit(':').next().unwrap_or("0").to_owned();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(&ca)
+        .args(["--resolve", &format!("web-app.localhost:{port}:127.0.0.1"), &format!("{url}/")])
+        .output()?;
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("hello from v1 on web-app-1-"), "{out:?}");
+
+    let load = Load::start(&router);
+    std::thread::sleep(Duration::from_millis(500));
+
+    // 1. A new version: deployed automatically, answers switch, nothing fails.
+    let t = Instant::now();
+    push(&s, &bin, "v2", true, "2222222-20261126")?;
+    wait_until("v2 to answer", Duration::from_secs(60), || Ok(load.since(t).0.last().is_some_and(|b| b.starts_with("hello from v2"))))?;
+    wait_until("the deployment to finish", Duration::from_secs(60), || Ok(last_operation(&s)?["status"] == "SUCCEEDED"))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed) = load.since(t);
+    assert!(failed.is_empty(), "{} requests failed during the deployment: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(ok.len() > 50, "only {} requests", ok.len());
+    assert!(ok.last().is_some_and(|b| b.starts_with("hello from v2")));
+
+    // 2. A broken version: rolled back, v2 keeps answering, nothing fails.
+    let t = Instant::now();
+    push(&s, &bin, "v3", false, "3333333-20261126")?;
+    wait_until("the rollback", Duration::from_secs(90), || {
+        let op = last_operation(&s)?;
+        Ok(op["target_revision"] == 3 && op["status"] == "ROLLBACK_SUCCEEDED")
+    })?;
+    let op = last_operation(&s)?;
+    assert!(op.to_string().contains("GET /healthz answered 503"), "{op}");
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed) = load.since(t);
+    assert!(failed.is_empty(), "{} requests failed during the rollback: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(ok.iter().all(|b| b.starts_with("hello from v2")), "only v2 answered");
+
+    // 3. kill -9 of an instance: it is replaced.
+    let shown: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "web-app"])?)?;
+    let victim = shown["instances"][0]["id"].as_str().ok_or("no instance")?.to_owned();
+    let pid = std::fs::read_to_string(s.dir.join("runtime/instances").join(&victim).join("container.pid"))?;
+    let t = Instant::now();
+    std::process::Command::new("kill").args(["-9", pid.trim()]).status()?;
+    wait_until("a replacement", Duration::from_secs(60), || {
+        let shown: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "web-app"])?)?;
+        let ready: Vec<&str> = shown["instances"]
+            .as_array()
+            .map(|a| a.iter().filter(|i| i["state"] == "ready").filter_map(|i| i["id"].as_str()).collect())
+            .unwrap_or_default();
+        Ok(ready.len() == 2 && !ready.contains(&victim.as_str()))
+    })?;
+    let events = s.cli_ok(&["service", "events", "web-app"])?;
+    assert!(events.contains("instance_replaced") && events.contains(&victim), "{events}");
+    let (_, failed) = load.since(t);
+    eprintln!("requests failed around the kill -9 of one of two instances: {}", failed.len());
+    load.finish();
+
+    // 4. Pause: 503 with a clear message; resume: it serves again.
+    s.cli_ok(&["service", "pause", "web-app", "--wait"])?;
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
+    match agent.get(&format!("http://{router}/")).set("Host", "web-app.localhost").call() {
+        Err(ureq::Error::Status(503, r)) => {
+            let body = r.into_string()?;
+            assert!(body.contains("is paused"), "{body}");
+        }
+        other => return Err(format!("expected 503 while paused, got {other:?}").into()),
+    }
+    s.cli_ok(&["service", "resume", "web-app", "--wait"])?;
+    let body = agent.get(&format!("http://{router}/")).set("Host", "web-app.localhost").call()?.into_string()?;
+    assert!(body.starts_with("hello from v2"), "{body}");
+
+    // 5. Roll back to the first revision by its id: v1 answers.
+    s.cli_ok(&["service", "rollback", "web-app", "web-app-0001", "--wait"])?;
+    let body = agent.get(&format!("http://{router}/")).set("Host", "web-app.localhost").call()?.into_string()?;
+    assert!(body.starts_with("hello from v1"), "{body}");
+    let revisions = s.cli_ok(&["service", "revisions", "web-app"])?;
+    assert!(
+        revisions.lines().any(|l| l.contains("web-app-0001") && l.contains("serving") && l.contains("1111111-20261126")),
+        "{revisions}"
+    );
+
+    // Deleting frees every instance.
+    s.cli_ok(&["service", "delete", "web-app", "--wait"])?;
+    let left = s.cli_ok(&["instance", "list"])?;
+    assert!(!left.contains("web-app-"), "{left}");
+    Ok(())
+}
