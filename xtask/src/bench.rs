@@ -1,6 +1,7 @@
 //! `cargo xtask bench <name>`: berth against its anchor on this machine, alternating rounds,
 //! printing medians, ratios (median of per-round ratios) and peak RSS, then one JSON line.
 
+mod deploy;
 mod http;
 mod registry;
 #[cfg(feature = "router-bench")]
@@ -22,6 +23,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .unwrap_or(3);
     match args.first().map(String::as_str) {
         Some("registry") => registry::run(rounds),
+        Some("deploy") => deploy::run(rounds),
         #[cfg(feature = "runtime-bench")]
         Some("runtime") => runtime::run(rounds),
         #[cfg(not(feature = "runtime-bench"))]
@@ -30,8 +32,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("router") => router::run(rounds),
         #[cfg(not(feature = "router-bench"))]
         Some("router") => with_feature("router-bench", args),
-        Some(other) => bail!("unknown benchmark `{other}`; available: registry, runtime, router"),
-        None => bail!("name a benchmark: registry, runtime, router"),
+        Some(other) => bail!("unknown benchmark `{other}`; available: registry, runtime, router, deploy"),
+        None => bail!("name a benchmark: registry, runtime, router, deploy"),
     }
 }
 

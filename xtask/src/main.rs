@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask test [-- <nextest args>]\n       cargo xtask bench registry|runtime|router [--rounds N]");
+    eprintln!("usage: cargo xtask test [-- <nextest args>]\n       cargo xtask bench registry|runtime|router|deploy [--rounds N]");
     ExitCode::from(2)
 }
 

@@ -96,7 +96,7 @@ fn last_operation(s: &Server) -> Result<serde_json::Value> {
 
 #[test]
 fn push_deploy_roll_back_replace_pause_resume_and_roll_back_by_id() -> Result {
-    let (s, _sandbox) = Server::start_with_runtime("s", 251)?;
+    let (s, _sandbox) = Server::start_with_runtime("s", 251, "web-app-")?;
     let tmp = tempfile::tempdir()?;
     let bin = hello_binary(tmp.path())?.display().to_string();
     let router = s.router_http()?;

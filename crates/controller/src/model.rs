@@ -60,7 +60,11 @@ pub fn parse_revision(service: &str, text: &str) -> Option<u32> {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogLine {
+    /// Unix seconds.
     pub at: i64,
+    /// Unix milliseconds, for measuring steps.
+    #[serde(default)]
+    pub at_ms: i64,
     pub message: String,
 }
 
@@ -99,7 +103,8 @@ impl Operation {
     pub(crate) fn say(&mut self, message: impl Into<String>) {
         let message = message.into();
         tracing::info!(service = %self.service, operation = %self.id, "{message}");
-        self.log.push(LogLine { at: now(), message });
+        let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        self.log.push(LogLine { at: at_ms / 1000, at_ms, message });
     }
 }
 

@@ -28,7 +28,12 @@ impl Response {
 
 impl Conn {
     pub fn connect(host: &str, auth: Option<String>) -> anyhow::Result<Conn> {
-        let stream = TcpStream::connect(host).with_context(|| format!("connecting to {host}"))?;
+        Conn::connect_as(host, host, auth)
+    }
+
+    /// Connects to `addr`, sending `Host: host` (a name the router routes by).
+    pub fn connect_as(addr: &str, host: &str, auth: Option<String>) -> anyhow::Result<Conn> {
+        let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         let writer = stream.try_clone()?;
         Ok(Conn { host: host.to_owned(), auth, reader: BufReader::with_capacity(1 << 20, stream), writer })

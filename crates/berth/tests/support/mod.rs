@@ -40,9 +40,10 @@ impl Server {
     }
 
     /// Starts with the embedded runtime on (as root), on a bridge, CIDR (`10.<octet>.<n>.0/24`)
-    /// and cgroup parent of its own; the sandbox removes whatever is left when dropped.
+    /// and cgroup parent of its own; the sandbox removes whatever is left when dropped, including
+    /// network namespaces named `berth-<instances>…` (the test's instance ids start with it).
     /// `BERTH_TEST_LOG` sets the server's log filter.
-    pub fn start_with_runtime(name: &str, octet: u8) -> Result<(Server, berth_testkit::RuntimeSandbox)> {
+    pub fn start_with_runtime(name: &str, octet: u8, instances: &str) -> Result<(Server, berth_testkit::RuntimeSandbox)> {
         if !nix::unistd::geteuid().is_root() {
             return Err("containers need root: this test runs as root (CI does)".into());
         }
@@ -60,7 +61,7 @@ impl Server {
         let sandbox = berth_testkit::RuntimeSandbox {
             berth: PathBuf::from(BIN),
             instances: s.dir.join("runtime/instances"),
-            netns_prefix: "berth-h".into(),
+            netns_prefix: format!("berth-{instances}"),
             bridge,
             cidr,
             cgroup_parent,
