@@ -222,14 +222,17 @@ fn route_one_off_instances(book: Arc<RouteBook>, rt: Arc<dyn Runtime>, suffixes:
     });
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
     init_logging(&config);
-    let data = &config.data_dir;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(data)
-        .with_context(|| format!("creating data directory {}", data.display()))?;
+        .create(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    // Shims and containers resolve paths from elsewhere: every path berth hands out is absolute.
+    config.data_dir = fs::canonicalize(&config.data_dir).with_context(|| format!("resolving {}", config.data_dir.display()))?;
+    let config = config;
+    let data = &config.data_dir;
     let store: SharedStore = Arc::new(SqliteStore::open(&data.join("state.db")).context("opening the state database")?);
     let blobs = Arc::new(FsBlobStore::open(&data.join("registry")).context("opening blob storage")?);
     let registry = Arc::new(Registry::new(store.clone(), blobs, registry_config(&config)?));

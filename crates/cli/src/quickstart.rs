@@ -19,7 +19,14 @@ const REPOSITORY: &str = "hello";
 pub fn quick_start(g: &GlobalArgs, hello: &Path) -> anyhow::Result<()> {
     let client = wait_for_server(g)?;
     if client.exists(&format!("/api/v1/services/{SERVICE}"))? {
-        let svc = client.get(&format!("/api/v1/services/{SERVICE}"))?;
+        let mut svc = client.get(&format!("/api/v1/services/{SERVICE}"))?;
+        if svc["status"] == "CREATE_FAILED" {
+            eprintln!("the demo service failed before; deploying it again…");
+            let op = client.send("POST", &format!("/api/v1/services/{SERVICE}/deployments"), &json!({}))?;
+            let id = op["operation"]["id"].as_str().context("no operation in the answer")?.to_owned();
+            crate::services::follow(&client, &id, true)?;
+            svc = client.get(&format!("/api/v1/services/{SERVICE}"))?;
+        }
         explain(&client, svc["url"].as_str().unwrap_or(""), svc["status"].as_str().unwrap_or(""));
         return Ok(());
     }

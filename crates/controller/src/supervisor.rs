@@ -767,7 +767,7 @@ impl Supervisor {
         if !self.instances.is_empty() {
             tracing::info!(service = %self.name, count = self.instances.len(), "re-adopted instances");
         }
-        if self.svc.status == ServiceStatus::OperationInProgress && rerun.is_empty() {
+        if self.svc.status == ServiceStatus::OperationInProgress && rerun.is_empty() && handed.is_none() {
             let status = if self.svc.paused {
                 ServiceStatus::Paused
             } else if self.svc.current_revision.is_some() {
