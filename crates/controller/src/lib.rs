@@ -71,7 +71,7 @@ pub struct ControllerSettings {
     pub startup_deadline: Duration,
     /// SIGTERM → SIGKILL grace when stopping instances.
     pub stop_grace: Duration,
-    /// How often a starting instance is probed until it passes.
+    /// A starting instance is probed 1, 2, 4 … ms apart, and then this often, until it passes.
     pub startup_probe_every: Duration,
 }
 
@@ -85,6 +85,14 @@ impl Default for ControllerSettings {
             stop_grace: Duration::from_secs(10),
             startup_probe_every: Duration::from_millis(25),
         }
+    }
+}
+
+impl ControllerSettings {
+    /// The wait before start-up probe number `attempt` (from 0): apps that start in a few
+    /// milliseconds are noticed at once, slower ones at `startup_probe_every`.
+    pub fn startup_probe_delay(&self, attempt: u32) -> Duration {
+        Duration::from_millis(1u64 << attempt.min(16)).min(self.startup_probe_every)
     }
 }
 

@@ -40,6 +40,8 @@ struct Inst {
     phase: Phase,
     passes: u32,
     failures: u32,
+    /// Probes so far, for the start-up cadence.
+    probes: u32,
     started: Instant,
     next_check: Instant,
     last_counted_failure: Option<Instant>,
@@ -118,11 +120,15 @@ pub(crate) async fn run(
         s.carry_out(op).await;
     }
     while !s.deleted {
-        let wait = if s.instances.iter().any(|i| i.phase == Phase::Starting) {
-            s.sh.settings.startup_probe_every
-        } else {
-            Duration::from_millis(250)
-        };
+        let now = Instant::now();
+        let wait = s
+            .instances
+            .iter()
+            .filter(|i| i.phase == Phase::Starting)
+            .map(|i| i.next_check.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_millis(250))
+            .max(Duration::from_millis(1));
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 Some(Command::Run(op)) => s.carry_out(op).await,
@@ -345,8 +351,9 @@ impl Supervisor {
             phase: Phase::Starting,
             passes: 0,
             failures: 0,
+            probes: 0,
             started: now,
-            next_check: now,
+            next_check: now + self.sh.settings.startup_probe_delay(0),
             last_counted_failure: None,
             reason: String::new(),
         })
@@ -379,7 +386,8 @@ impl Supervisor {
             (_, Probe::Refused) => self.count_failure(inst, hc.unhealthy_threshold, interval, "refused connections".into(), now),
             (_, Probe::Fail(why)) => self.count_failure(inst, hc.unhealthy_threshold, interval, why, now),
         }
-        inst.next_check = now + if inst.phase == Phase::Starting { self.sh.settings.startup_probe_every } else { interval };
+        inst.probes += 1;
+        inst.next_check = now + if inst.phase == Phase::Starting { self.sh.settings.startup_probe_delay(inst.probes) } else { interval };
     }
 
     /// Failures count once per interval, so a starting instance probed often is judged at the
@@ -543,7 +551,9 @@ impl Supervisor {
             if Instant::now() >= deadline {
                 break Err(format!("not healthy within {} s", self.sh.settings.startup_deadline.as_secs()));
             }
-            tokio::time::sleep(self.sh.settings.startup_probe_every).await;
+            let now = Instant::now();
+            let next = new.iter().map(|i| i.next_check.saturating_duration_since(now)).min().unwrap_or_default();
+            tokio::time::sleep(next.max(Duration::from_millis(1))).await;
         };
         self.current = saved;
         match outcome {
@@ -755,6 +765,7 @@ impl Supervisor {
                         phase: Phase::Starting,
                         passes: 0,
                         failures: 0,
+                        probes: 0,
                         started: now - EARLY_FAILURE,
                         next_check: now,
                         last_counted_failure: None,

@@ -321,7 +321,7 @@ impl Router {
         };
         let mut resp = match &route.paused {
             Some(message) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")),
-            None => self.forward(&mut ex, route.clone(), req, &path).await,
+            None => self.forward(&mut ex, route.clone(), req).await,
         };
         if self.options.hsts && scheme == "https" {
             resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
@@ -354,7 +354,7 @@ impl Router {
 
     /// Phases pick, forward and respond. A request whose body is empty is retried once on another
     /// instance when connecting failed; one with a body is never retried.
-    async fn forward(&self, ex: &mut Exchange<'_>, mut route: Arc<Route>, mut req: Request<Incoming>, path: &str) -> Response<Body> {
+    async fn forward(&self, ex: &mut Exchange<'_>, mut route: Arc<Route>, mut req: Request<Incoming>) -> Response<Body> {
         let settings = route.settings.clone();
         let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > settings.max_body_bytes) {
@@ -364,11 +364,7 @@ impl Router {
         let mut client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let h2c = settings.h2c || is_grpc(req.headers());
         let (parts, body) = req.into_parts();
-        let mut headers = upstream_headers(&parts.headers, ex.peer, ex.host, ex.request_id, ex.scheme);
-        if let Some(proto) = &upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, proto.clone());
-        }
+        let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
         let empty_request = body.is_end_stream();
         let limit = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
         let mut body = Some(Limited::new(body, limit).boxed());
@@ -379,8 +375,8 @@ impl Router {
                 Ok(g) => g,
                 Err(resp) => return resp,
             };
-            let addr = in_flight.upstream().addr;
-            ex.upstream = Some(addr);
+            let upstream = in_flight.upstream().clone();
+            ex.upstream = Some(upstream.addr);
             let b = if empty_request {
                 empty()
             } else {
@@ -389,14 +385,24 @@ impl Router {
                     None => break,
                 }
             };
+            // Built per attempt: a retry is rare, and cheaper than cloning every time.
+            let mut headers = upstream_headers(&parts.headers, ex.peer, ex.host, ex.request_id, ex.scheme);
+            if let Some(proto) = &upgrade {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, proto.clone());
+            }
+            let uri = hyper::Uri::builder()
+                .scheme(hyper::http::uri::Scheme::HTTP)
+                .authority(upstream.authority.clone())
+                .path_and_query(path_and_query.clone())
+                .build();
+            let Ok(uri) = uri else { return text(StatusCode::BAD_REQUEST, "invalid request target\n") };
             let mut up = Request::new(b);
             *up.method_mut() = parts.method.clone();
             *up.version_mut() = if h2c { Version::HTTP_2 } else { Version::HTTP_11 };
-            *up.headers_mut() = headers.clone();
-            match format!("http://{addr}{path}").parse() {
-                Ok(uri) => *up.uri_mut() = uri,
-                Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request target\n"),
-            }
+            *up.headers_mut() = headers;
+            *up.uri_mut() = uri;
+            let addr = upstream.addr;
             // Phase: forward.
             let sent = if upgrade.is_some() {
                 Box::pin(send_upgrade(addr, up)) as Pin<Box<dyn Future<Output = Result<Response<Incoming>, SendError>> + Send>>
@@ -436,11 +442,16 @@ impl Router {
         let mut queued = None;
         let mut activated = false;
         let mut hold_until: Option<tokio::time::Instant> = None;
+        // The fast path takes no lock: the waiter is registered only once a pick has failed, and
+        // the pick is tried again after registering, so no wake-up is missed.
+        let mut waiting = false;
         loop {
             let service = route.service.clone();
             let changed = service.changed.notified();
             tokio::pin!(changed);
-            changed.as_mut().enable();
+            if waiting {
+                changed.as_mut().enable();
+            }
             if let Some(message) = &route.paused {
                 return Err(text(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")));
             }
@@ -472,6 +483,10 @@ impl Router {
                 Err(NoPick::Empty) => return Err(busy(format!("no ready instance of `{}`\n", service.name))),
                 Err(NoPick::Full) => (settings.queue_timeout, format!("every instance of `{}` is at its concurrency limit", service.name)),
             };
+            if !waiting {
+                waiting = true;
+                continue;
+            }
             if queued.is_none() {
                 match service.enqueue(settings.queue_depth) {
                     Some(q) => queued = Some(q),

@@ -137,6 +137,8 @@ impl Drop for Queued {
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, made once.
+    pub(crate) authority: hyper::http::uri::Authority,
     service: Arc<ServiceState>,
     in_flight: AtomicUsize,
     served: AtomicU64,
@@ -149,6 +151,7 @@ impl Upstream {
     fn new(addr: SocketAddr, service: Arc<ServiceState>) -> Upstream {
         Upstream {
             addr,
+            authority: addr.to_string().parse().unwrap_or_else(|_| hyper::http::uri::Authority::from_static("invalid")),
             service,
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),

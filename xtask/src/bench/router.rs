@@ -1,16 +1,20 @@
 //! `cargo xtask bench router`: berth's router against nginx 1.22 (Debian) as reverse proxies
 //! in front of the same backend (an nginx answering a fixed 2 bytes), alternating rounds, with
-//! wrk and keep-alive: 64 connections (saturated: requests/s, p50, p99) and 1 connection (the
-//! p50 each proxy adds over going direct to the backend). HTTP only: the router has no TLS yet,
-//! and scale-from-zero does not exist yet, so those figures are null.
+//! wrk and keep-alive: 64 connections over HTTP and over HTTPS (saturated: requests/s, p50,
+//! p99; both proxies with an ECDSA P-256 certificate, TLS 1.3) and 1 connection (the p50 each
+//! proxy adds over going direct to the backend). Then scale from zero: a request to a service
+//! with no instance is held while an activator starts the backend (`examples/hello`, probed for
+//! readiness as berth's controller does), and the overhead is the time to first byte minus the
+//! backend's own start-up time (spawn → accepting).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use berth_router::{RouteSpec, Router, RoutingTable};
+use berth_router::tls::{server_config, LocalCa, OnDemandCerts};
+use berth_router::{Activator, RouteSettings, RouteSpec, Router, RouterOptions, RoutingTable};
 
 use super::{median, print_table, Figure};
 
@@ -58,6 +62,11 @@ fn nginx(dir: &Path, name: &str, workers: &str, server: &str) -> anyhow::Result<
 
 /// wrk's results: (requests/s, p50 µs, p99 µs).
 fn wrk(port: u16, connections: u32, threads: u32, secs: u32) -> anyhow::Result<(f64, f64, f64)> {
+    wrk_url(&format!("http://127.0.0.1:{port}/"), connections, threads, secs)
+}
+
+/// wrk against a URL (`https://localhost:<port>/` for TLS: wrk sends the URL's host as SNI).
+fn wrk_url(url: &str, connections: u32, threads: u32, secs: u32) -> anyhow::Result<(f64, f64, f64)> {
     let out = Command::new("wrk")
         .args([
             "-t",
@@ -70,7 +79,7 @@ fn wrk(port: u16, connections: u32, threads: u32, secs: u32) -> anyhow::Result<(
             "-H",
             &format!("Host: {HOST}"),
         ])
-        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(url)
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -97,27 +106,164 @@ fn wrk(port: u16, connections: u32, threads: u32, secs: u32) -> anyhow::Result<(
     Ok((rps, pct("50%")?, pct("99%")?))
 }
 
+/// A self-signed ECDSA P-256 certificate for `localhost` (for nginx), with openssl.
+fn nginx_certificate(dir: &Path) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let (cert, key) = (dir.join("localhost.pem"), dir.join("localhost.key"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            "2",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .context("running openssl")?
+        .success();
+    if !ok {
+        bail!("openssl could not make a certificate");
+    }
+    Ok((cert, key))
+}
+
+/// Starts the backend on demand, as berth's controller would: spawn, then probe at the
+/// controller's start-up cadence (1, 2, 4 … ms) until it accepts, then route to it.
+struct SpawnOnDemand {
+    table: Arc<RoutingTable>,
+    hello: std::path::PathBuf,
+    spec: Mutex<Option<RouteSpec>>,
+    /// (the backend process, its own start-up time)
+    started: Arc<Mutex<Option<(Child, Duration)>>>,
+}
+
+impl Activator for SpawnOnDemand {
+    /// Called on the router's request path: the work happens on a thread of its own.
+    fn activate(&self, _service: &str) {
+        let (table, hello, spec) = (self.table.clone(), self.hello.clone(), self.spec.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        let started = self.started.clone();
+        std::thread::spawn(move || {
+            let Ok(port) = free_port() else { return };
+            let t0 = std::time::Instant::now();
+            let Ok(child) = Command::new(&hello).env("PORT", port.to_string()).stdout(Stdio::null()).stderr(Stdio::null()).spawn() else {
+                return;
+            };
+            let settings = berth_controller::ControllerSettings::default();
+            let mut own = None;
+            let (mut probe_at, mut attempt) = (t0 + settings.startup_probe_delay(0), 0);
+            while t0.elapsed() < Duration::from_secs(10) {
+                // The backend's own start-up time, measured finely on the side…
+                if own.is_none() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    own = Some(t0.elapsed());
+                }
+                // …while readiness is noticed only at the controller's probe cadence.
+                if std::time::Instant::now() >= probe_at {
+                    if own.is_some() {
+                        break;
+                    }
+                    attempt += 1;
+                    probe_at += settings.startup_probe_delay(attempt);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            *started.lock().unwrap_or_else(|p| p.into_inner()) = Some((child, own.unwrap_or_default()));
+            if let Some(spec) = spec {
+                table.replace(&[RouteSpec { upstreams: vec![([127, 0, 0, 1], port).into()], ..spec }]);
+            }
+        });
+    }
+}
+
+/// Scale from zero: time to first byte of a request held while the backend starts, minus the
+/// backend's own start-up time; ms, one value per round.
+fn cold_starts(hello: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
+    let table = Arc::new(RoutingTable::new());
+    let settings = RouteSettings { scale_from_zero: true, ..RouteSettings::default() };
+    let spec = RouteSpec { settings, ..RouteSpec::new(HOST, "cold", vec![]) };
+    let activator = Arc::new(SpawnOnDemand {
+        table: table.clone(),
+        hello: hello.to_owned(),
+        spec: Mutex::new(Some(spec.clone())),
+        started: Arc::new(Mutex::new(None)),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let port = free_port()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))?;
+    let options = RouterOptions { activator: Some(activator.clone()), ..RouterOptions::default() };
+    rt.spawn(Router::with_options(table.clone(), options).serve(listener));
+    let mut out = Vec::new();
+    for round in 0..rounds.max(5) {
+        table.replace(std::slice::from_ref(&spec));
+        let t0 = std::time::Instant::now();
+        let mut conn = super::http::Conn::connect_as(&format!("127.0.0.1:{port}"), HOST, None)?;
+        let r = conn.request("GET", "/", &[], b"", true)?;
+        let ttfb = t0.elapsed();
+        if r.status != 200 {
+            bail!("the held request got {}", r.status);
+        }
+        let (mut child, own) =
+            activator.started.lock().unwrap_or_else(|p| p.into_inner()).take().context("the activator was not called")?;
+        let overhead = (ttfb.as_secs_f64() - own.as_secs_f64()) * 1000.0;
+        eprintln!(
+            "cold start {}/{}: first byte after {:.1} ms, the backend's own start-up {:.1} ms, overhead {overhead:.1} ms",
+            round + 1,
+            rounds.max(5),
+            ttfb.as_secs_f64() * 1000.0,
+            own.as_secs_f64() * 1000.0
+        );
+        out.push(overhead);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    drop(rt);
+    Ok(out)
+}
+
 pub fn run(rounds: usize) -> anyhow::Result<()> {
-    crate::test::ensure_tools(&[("nginx", "nginx-light"), ("wrk", "wrk")])?;
+    crate::test::ensure_tools(&[("nginx", "nginx-light"), ("wrk", "wrk"), ("openssl", "openssl")])?;
     let dir = tempfile::Builder::new().prefix("berth-bench-router").tempdir()?;
     let (backend_port, nginx_port, berth_port) = (free_port()?, free_port()?, free_port()?);
+    let (nginx_tls_port, berth_tls_port) = (free_port()?, free_port()?);
+    let (cert, key) = nginx_certificate(dir.path())?;
     let _backend =
         nginx(dir.path(), "backend", "1", &format!("  server {{ listen 127.0.0.1:{backend_port}; location / {{ return 200 \"ok\"; }} }}"))?;
+    let location =
+        "location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }";
     let _proxy = nginx(
         dir.path(),
         "proxy",
         "auto",
         &format!(
-            "  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 128; }}\n  server {{ listen 127.0.0.1:{nginx_port}; location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }} }}"
+            "  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 128; }}\n  server {{ listen 127.0.0.1:{nginx_port}; {location} }}\n  server {{ listen 127.0.0.1:{nginx_tls_port} ssl; ssl_certificate {}; ssl_certificate_key {}; ssl_protocols TLSv1.3; {location} }}",
+            cert.display(),
+            key.display()
         ),
     )?;
 
-    // berth's router, in this process, on its own runtime.
+    // berth's router, in this process, on its own runtime; over TLS with a certificate its local
+    // CA issued for `localhost` (supplied, as a user's own certificate would be).
     let table = Arc::new(RoutingTable::new());
     table.replace(&[RouteSpec::new(HOST, "bench", vec![([127, 0, 0, 1], backend_port).into()])]);
+    let ca = LocalCa::load_or_create(&dir.path().join("ca")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let leaf = Arc::new(ca.issue("localhost").map_err(|e| anyhow::anyhow!("{e}"))?);
+    let certs = OnDemandCerts::new(ca, vec![".localhost".into()]).with_supplied(vec![(vec!["localhost".into()], leaf)]);
+    let tls = server_config(Arc::new(certs)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", berth_port)))?;
-    rt.spawn(Router::new(table).serve(listener));
+    let tls_listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", berth_tls_port)))?;
+    let router = Router::new(table);
+    rt.spawn(router.clone().serve(listener));
+    rt.spawn(router.serve_tls(tls_listener, tls));
 
     // Warm up both (pools, caches).
     wrk(nginx_port, 64, 2, 1)?;
@@ -125,21 +271,24 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     let mut rps = Figure::new("HTTP, 64 conns", "req/s");
     let mut p50 = Figure::new("HTTP p50, 64 conns", "µs");
     let mut p99 = Figure::new("HTTP p99, 64 conns", "µs");
+    let mut rps_tls = Figure::new("HTTPS, 64 conns", "req/s");
+    let mut p99_tls = Figure::new("HTTPS p99, 64 conns", "µs");
     let mut added = Figure::new("added p50, 1 conn", "µs");
     for round in 0..rounds {
         let order = if round % 2 == 0 { [true, false] } else { [false, true] };
         let direct = wrk(backend_port, 1, 1, 3)?.1;
         for berth in order {
-            let port = if berth { berth_port } else { nginx_port };
+            let (port, tls_port) = if berth { (berth_port, berth_tls_port) } else { (nginx_port, nginx_tls_port) };
             let (r, a, b) = wrk(port, 64, 2, 5)?;
+            let (rt_, _, bt) = wrk_url(&format!("https://localhost:{tls_port}/"), 64, 2, 5)?;
             let (_, c1, _) = wrk(port, 1, 1, 3)?;
             eprintln!(
-                "round {}/{rounds} {:<6} {r:>9.0} req/s  p50 {a:>7.0} µs  p99 {b:>7.0} µs  c1 p50 {c1:>5.0} µs (direct {direct:.0})",
+                "round {}/{rounds} {:<6} http {r:>7.0} req/s p50 {a:>5.0} µs p99 {b:>6.0} µs | https {rt_:>7.0} req/s p99 {bt:>6.0} µs | c1 p50 {c1:>4.0} µs (direct {direct:.0})",
                 round + 1,
                 if berth { "berth" } else { "nginx" }
             );
             let add = (c1 - direct).max(1.0);
-            for (f, v) in [(&mut rps, r), (&mut p50, a), (&mut p99, b), (&mut added, add)] {
+            for (f, v) in [(&mut rps, r), (&mut p50, a), (&mut p99, b), (&mut rps_tls, rt_), (&mut p99_tls, bt), (&mut added, add)] {
                 if berth {
                     f.berth.push(v);
                 } else {
@@ -149,17 +298,27 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
         }
     }
     drop(rt);
+
+    let hello = dir.path().join("hello");
+    let src = crate::workspace_root().join("examples/hello/src/main.rs");
+    if !Command::new("rustc").args(["--edition", "2021", "-O", "-o"]).arg(&hello).arg(&src).status()?.success() {
+        bail!("compiling examples/hello failed");
+    }
+    let cold = cold_starts(&hello, rounds)?;
+
     println!();
-    let figures = [rps, p50, p99, added];
+    let figures = [rps, p50, p99, rps_tls, p99_tls, added];
     print_table("nginx", &figures);
+    let cold_ms = median(cold);
+    println!("{:<28} {:>14.1}", "scale-from-zero overhead (ms)", cold_ms);
     let round2 = |x: f64| (x * 100.0).round() / 100.0;
     let json = serde_json::json!({
         "bench": "router",
         "rps_ratio_http": round2(figures[0].ratio()),
-        "rps_ratio_https": null,
+        "rps_ratio_https": round2(figures[3].ratio()),
         "p99_ratio_http": round2(figures[2].ratio()),
-        "added_p50_ratio_c1": round2(median(figures[3].berth.iter().zip(&figures[3].anchor).map(|(b, a)| b / a).collect())),
-        "cold_start_overhead_ms": null,
+        "added_p50_ratio_c1": round2(median(figures[5].berth.iter().zip(&figures[5].anchor).map(|(b, a)| b / a).collect())),
+        "cold_start_overhead_ms": round2(cold_ms),
     });
     println!("{json}");
     Ok(())
