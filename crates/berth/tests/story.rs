@@ -219,3 +219,89 @@ fn push_deploy_roll_back_replace_pause_resume_and_roll_back_by_id() -> Result {
     assert!(!left.contains("web-app-"), "{left}");
     Ok(())
 }
+
+#[test]
+fn a_server_killed_during_a_deployment_finishes_it_after_the_restart() -> Result {
+    let (mut s, _sandbox) = Server::start_with_runtime("k", 250, "crash-app-")?;
+    let tmp = tempfile::tempdir()?;
+    let bin = hello_binary(tmp.path())?.display().to_string();
+    s.cli_ok(&["repo", "create", "web"])?;
+    push(&s, &bin, "v1", true, "aaaaaaa")?;
+    s.cli_ok(&[
+        "service",
+        "create",
+        "crash-app",
+        "--image",
+        "web:latest",
+        "--health-check",
+        "http",
+        "--health-path",
+        "/healthz",
+        "--memory",
+        "128",
+        "--wait",
+    ])?;
+
+    // A push starts an automatic deployment; the server is killed while it runs.
+    push(&s, &bin, "v2", true, "bbbbbbb")?;
+    std::thread::sleep(Duration::from_millis(30));
+    s.restart()?;
+
+    // After the restart the deployment is finished or started over (or, had it not started,
+    // auto-deploy catches the push up): v2 serves, and only its instances run.
+    let router = s.router_http()?;
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
+    wait_until("v2 to serve after the restart", Duration::from_secs(60), || {
+        let body =
+            agent.get(&format!("http://{router}/")).set("Host", "crash-app.localhost").call().ok().and_then(|r| r.into_string().ok());
+        Ok(body.is_some_and(|b| b.starts_with("hello from v2")))
+    })?;
+    wait_until("every operation to end", Duration::from_secs(60), || {
+        let ops: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "operations", "crash-app"])?)?;
+        Ok(ops["operations"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|o| !matches!(o["status"].as_str(), Some("PENDING" | "IN_PROGRESS" | "ROLLBACK_IN_PROGRESS")))))
+    })?;
+    let shown: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "crash-app"])?)?;
+    assert_eq!(shown["status"], "RUNNING");
+    let serving = shown["current_revision"]["number"].as_u64().ok_or("no revision")?;
+    wait_until("the other revision's instances to be gone", Duration::from_secs(30), || {
+        let list = s.cli_ok(&["instance", "list"])?;
+        Ok(list.lines().filter(|l| l.contains("crash-app-")).all(|l| l.contains(&format!("crash-app-{serving}-"))))
+    })?;
+    s.cli_ok(&["service", "delete", "crash-app", "--wait"])?;
+    Ok(())
+}
+
+#[test]
+fn berth_up_leaves_the_demo_service_running() -> Result {
+    // `berth up` on a data directory of its own, with a runtime sandbox of its own.
+    let dir = tempfile::tempdir()?;
+    let (env, _sandbox) = runtime_sandbox("u", 249, "hello-", dir.path())?;
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["up", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path());
+    cmd.envs(env).env("BERTH_ROUTER_HTTP", "127.0.0.1:0").env("BERTH_ROUTER_HTTPS", "127.0.0.1:0");
+    let out = dir.path().join("up.out");
+    let child = cmd.stdout(std::fs::File::create(&out)?).stderr(std::process::Stdio::null()).spawn()?;
+    let up = berth_testkit::BerthProcess { child, addr: String::new(), token: String::new() };
+    wait_until("the demo service", Duration::from_secs(90), || {
+        Ok(std::fs::read_to_string(&out)?.contains("The demo service `hello` is RUNNING"))
+    })?;
+    let text = std::fs::read_to_string(&out)?;
+    let url =
+        text.lines().find_map(|l| l.split(": ").nth(1).filter(|u| u.starts_with("https://hello.localhost:"))).ok_or("no URL")?.to_owned();
+    assert!(text.contains("berth ca export") && text.contains("berth service show hello"), "{text}");
+    let port = url.rsplit(':').next().unwrap_or("0").to_owned();
+    let ca = dir.path().join("tls/ca.pem");
+    let curl = std::process::Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(&ca)
+        .args(["--resolve", &format!("hello.localhost:{port}:127.0.0.1"), &format!("{url}/")])
+        .output()?;
+    assert!(String::from_utf8_lossy(&curl.stdout).starts_with("hello from v1"), "{curl:?}");
+    // Remove the demo's instances through the API before the server goes.
+    let del = std::process::Command::new(BIN).arg("--data-dir").arg(dir.path()).args(["service", "delete", "hello", "--wait"]).output()?;
+    assert!(del.status.success(), "{}", String::from_utf8_lossy(&del.stderr));
+    drop(up);
+    Ok(())
+}

@@ -9,8 +9,8 @@
 //! arrive as scale commands.
 //!
 //! Crash safety: the serving revision is written to the store before routing switches to it, so
-//! after a restart an open deployment either completes (the switch was recorded) or rolls back
-//! (it was not); instances are re-adopted from the runtime's labels and health-checked before
+//! after a restart an open deployment is finished (the switch was recorded) or started over (it
+//! was not; the old revision kept serving); instances are re-adopted from the runtime's labels and health-checked before
 //! they get traffic again.
 
 mod autodeploy;

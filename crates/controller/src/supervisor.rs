@@ -717,31 +717,16 @@ impl Supervisor {
         for mut op in open.into_iter().filter(|op| Some(op.id.as_str()) != handed) {
             match op.kind {
                 OperationType::CreateService | OperationType::UpdateService | OperationType::StartDeployment => {
-                    if op.status == OperationStatus::Pending && self.svc.current_revision == op.previous_revision {
-                        // It never started: run it now.
-                        rerun.push(op);
-                        continue;
-                    }
                     if self.svc.current_revision.is_some() && self.svc.current_revision == op.target_revision {
                         self.finish(&mut op, OperationStatus::Succeeded, "berth restarted after the switch; the deployment is complete")
                             .await;
-                    } else if self.svc.current_revision.is_some() {
-                        op.status = OperationStatus::RollbackInProgress;
-                        self.finish(
-                            &mut op,
-                            OperationStatus::RollbackSucceeded,
-                            "berth restarted before the new revision was serving; rolled back, the previous revision kept serving",
-                        )
-                        .await;
                     } else {
-                        self.svc.status = ServiceStatus::CreateFailed;
-                        self.save().await;
-                        self.finish(
-                            &mut op,
-                            OperationStatus::Failed,
-                            "berth restarted before the first revision was serving: CREATE_FAILED",
-                        )
-                        .await;
+                        // The switch was not recorded: the old revision (if any) still serves, and
+                        // the new one's instances are removed below. Start the deployment over.
+                        if op.status != OperationStatus::Pending {
+                            op.say("berth restarted before the new revision was serving; starting the deployment again");
+                        }
+                        rerun.push(op);
                     }
                 }
                 _ => rerun.push(op),

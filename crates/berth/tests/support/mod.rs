@@ -39,34 +39,15 @@ impl Server {
         Ok(Server { dir, _tmp: Some(tmp), addr: p.addr.clone(), token: p.token.clone(), process: Some(p), env })
     }
 
-    /// Starts with the embedded runtime on (as root), on a bridge, CIDR (`10.<octet>.<n>.0/24`)
-    /// and cgroup parent of its own; the sandbox removes whatever is left when dropped, including
-    /// network namespaces named `berth-<instances>…` (the test's instance ids start with it).
-    /// `BERTH_TEST_LOG` sets the server's log filter.
+    /// Starts with the embedded runtime on (as root); see [`runtime_sandbox`].
     pub fn start_with_runtime(name: &str, octet: u8, instances: &str) -> Result<(Server, berth_testkit::RuntimeSandbox)> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err("containers need root: this test runs as root (CI does)".into());
-        }
-        let n = std::process::id() % 200;
-        let (bridge, cidr, cgroup_parent) =
-            (format!("bt{name}{n}"), format!("10.{octet}.{n}.0/24"), format!("berth-test-{name}-{}", std::process::id()));
-        let log = std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into());
-        let s = Server::start_with_env(&[
-            ("BERTH_RUNTIME", "on"),
-            ("BERTH_RUNTIME_BRIDGE", &bridge),
-            ("BERTH_RUNTIME_CIDR", &cidr),
-            ("BERTH_RUNTIME_CGROUP_PARENT", &cgroup_parent),
-            ("BERTH_LOG", &log),
-        ])?;
-        let sandbox = berth_testkit::RuntimeSandbox {
-            berth: PathBuf::from(BIN),
-            instances: s.dir.join("runtime/instances"),
-            netns_prefix: format!("berth-{instances}"),
-            bridge,
-            cidr,
-            cgroup_parent,
-        };
-        Ok((s, sandbox))
+        let tmp = tempfile::tempdir()?;
+        let (env, sandbox) = runtime_sandbox(name, octet, instances, tmp.path())?;
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let p = BerthProcess::start(Path::new(BIN), tmp.path(), &env)?;
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let dir = tmp.path().to_path_buf();
+        Ok((Server { dir, _tmp: Some(tmp), addr: p.addr.clone(), token: p.token.clone(), process: Some(p), env }, sandbox))
     }
 
     /// The router's plain-HTTP listener, `host:port`.
@@ -129,6 +110,41 @@ impl Server {
         }
         Ok(String::from_utf8(out.stdout)?)
     }
+}
+
+/// The environment that turns the embedded runtime on (as root) for a server on `data_dir`,
+/// with a bridge, CIDR (`10.<octet>.<n>.0/24`) and cgroup parent of its own, and the sandbox
+/// that removes whatever is left when dropped — network namespaces included, named
+/// `berth-<instances>…` (the test's instance ids start with `instances`). `BERTH_TEST_LOG` sets
+/// the server's log filter.
+pub fn runtime_sandbox(
+    name: &str,
+    octet: u8,
+    instances: &str,
+    data_dir: &Path,
+) -> Result<(Vec<(String, String)>, berth_testkit::RuntimeSandbox)> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("containers need root: this test runs as root (CI does)".into());
+    }
+    let n = std::process::id() % 200;
+    let (bridge, cidr, cgroup_parent) =
+        (format!("bt{name}{n}"), format!("10.{octet}.{n}.0/24"), format!("berth-test-{name}-{}", std::process::id()));
+    let env = vec![
+        ("BERTH_RUNTIME".to_owned(), "on".to_owned()),
+        ("BERTH_RUNTIME_BRIDGE".to_owned(), bridge.clone()),
+        ("BERTH_RUNTIME_CIDR".to_owned(), cidr.clone()),
+        ("BERTH_RUNTIME_CGROUP_PARENT".to_owned(), cgroup_parent.clone()),
+        ("BERTH_LOG".to_owned(), std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into())),
+    ];
+    let sandbox = berth_testkit::RuntimeSandbox {
+        berth: PathBuf::from(BIN),
+        instances: data_dir.join("runtime/instances"),
+        netns_prefix: format!("berth-{instances}"),
+        bridge,
+        cidr,
+        cgroup_parent,
+    };
+    Ok((env, sandbox))
 }
 
 /// A response as the tests look at it.
