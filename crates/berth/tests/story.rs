@@ -89,6 +89,25 @@ fn push(s: &Server, bin: &str, version: &str, healthy: bool, sha: &str) -> Resul
     Ok(())
 }
 
+/// `berth service create <name>` on `web:latest` with an HTTP health check on `/healthz`.
+fn create(s: &Server, name: &str, extra: &[&str]) -> Result<std::process::Output> {
+    let base = [
+        "service",
+        "create",
+        name,
+        "--image",
+        "web:latest",
+        "--health-check",
+        "http",
+        "--health-path",
+        "/healthz",
+        "--memory",
+        "128",
+        "--wait",
+    ];
+    s.cli(&[&base[..], extra].concat())
+}
+
 fn last_operation(s: &Server) -> Result<serde_json::Value> {
     let ops: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "operations", "web-app"])?)?;
     Ok(ops["operations"][0].clone())
@@ -104,26 +123,7 @@ fn push_deploy_roll_back_replace_pause_resume_and_roll_back_by_id() -> Result {
     // CI's repository and its first push.
     s.cli_ok(&["repo", "create", "web", "--mutability", "IMMUTABLE_WITH_EXCLUSION", "--exclude", "latest"])?;
     push(&s, &bin, "v1", true, "1111111-20261126")?;
-    let created = s.cli(&[
-        "service",
-        "create",
-        "web-app",
-        "--image",
-        "web:latest",
-        "--health-check",
-        "http",
-        "--health-path",
-        "/healthz",
-        "--health-interval",
-        "1",
-        "--unhealthy-threshold",
-        "2",
-        "--min-size",
-        "2",
-        "--memory",
-        "128",
-        "--wait",
-    ])?;
+    let created = create(&s, "web-app", &["--health-interval", "1", "--unhealthy-threshold", "2", "--min-size", "2"])?;
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let shown: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "web-app"])?)?;
     assert_eq!(shown["status"], "RUNNING");
@@ -227,20 +227,8 @@ fn a_server_killed_during_a_deployment_finishes_it_after_the_restart() -> Result
     let bin = hello_binary(tmp.path())?.display().to_string();
     s.cli_ok(&["repo", "create", "web"])?;
     push(&s, &bin, "v1", true, "aaaaaaa")?;
-    s.cli_ok(&[
-        "service",
-        "create",
-        "crash-app",
-        "--image",
-        "web:latest",
-        "--health-check",
-        "http",
-        "--health-path",
-        "/healthz",
-        "--memory",
-        "128",
-        "--wait",
-    ])?;
+    let created = create(&s, "crash-app", &[])?;
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
 
     // A push starts an automatic deployment; the server is killed while it runs.
     push(&s, &bin, "v2", true, "bbbbbbb")?;
