@@ -38,6 +38,8 @@ pub struct RouterSettings {
     pub access_log: String,
     /// Certificates for custom domains, served instead of ones the local CA issues.
     pub certificates: Vec<CertificateSettings>,
+    /// Threads serving each listener, each with its own connections; 0 (default): one per CPU.
+    pub workers: usize,
 }
 
 /// A user-supplied certificate: `[[router.certificates]]`.
@@ -62,6 +64,7 @@ impl Default for RouterSettings {
             hsts: false,
             access_log: "logs/access.log".into(),
             certificates: Vec::new(),
+            workers: 0,
         }
     }
 }

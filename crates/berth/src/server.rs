@@ -142,34 +142,27 @@ fn suffixes(config: &Config) -> Vec<String> {
     suffixes
 }
 
-/// The router's listeners, bound (so their ports are known) before anything routes to them.
-struct RouterListeners {
-    http: tokio::net::TcpListener,
-    https: tokio::net::TcpListener,
-    http_addr: std::net::SocketAddr,
-    https_addr: std::net::SocketAddr,
+/// The activator the router is started with, pointed at the controller once that exists (the
+/// controller needs the router's port first, to show URLs).
+#[derive(Default)]
+struct LateActivator(std::sync::OnceLock<Arc<dyn berth_router::Activator>>);
+
+impl berth_router::Activator for LateActivator {
+    fn activate(&self, service: &str) {
+        if let Some(a) = self.0.get() {
+            a.activate(service);
+        }
+    }
 }
 
-async fn bind_router(config: &Config) -> anyhow::Result<RouterListeners> {
-    let r = &config.router;
-    let http = tokio::net::TcpListener::bind(r.listen_http)
-        .await
-        .with_context(|| format!("binding the router's HTTP listener to {}", r.listen_http))?;
-    let https = tokio::net::TcpListener::bind(r.listen_https)
-        .await
-        .with_context(|| format!("binding the router's HTTPS listener to {}", r.listen_https))?;
-    let (http_addr, https_addr) = (http.local_addr()?, https.local_addr()?);
-    Ok(RouterListeners { http, https, http_addr, https_addr })
-}
-
-/// Serves the router's listeners over `table`.
+/// Starts the router's HTTP and HTTPS listeners over `table` (each on `router.workers` threads)
+/// and returns their addresses.
 fn serve_router(
     config: &Config,
     ca: LocalCa,
     table: Arc<RoutingTable>,
-    listeners: RouterListeners,
-    activator: Option<Arc<dyn berth_router::Activator>>,
-) -> anyhow::Result<()> {
+    activator: Arc<LateActivator>,
+) -> anyhow::Result<(std::net::SocketAddr, std::net::SocketAddr)> {
     let r = &config.router;
     let supplied = r
         .certificates
@@ -186,19 +179,25 @@ fn serve_router(
             Some(AccessLog::open(&path).with_context(|| format!("opening the access log {}", path.display()))?)
         }
     };
-    let RouterListeners { http, https, http_addr, https_addr } = listeners;
-    let options = RouterOptions {
-        redirect_to_https_port: r.redirect_http_to_https.then_some(https_addr.port()),
-        hsts: r.hsts,
-        access_log,
-        activator,
+    let workers = match r.workers {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
     };
-    let router = Router::with_options(table, options);
+    let activator: Arc<dyn berth_router::Activator> = activator;
+    let options = |redirect: Option<u16>| RouterOptions {
+        redirect_to_https_port: redirect,
+        hsts: r.hsts,
+        access_log: access_log.clone(),
+        activator: Some(activator.clone()),
+    };
+    let https_addr = Router::serve_workers(table.clone(), options(None), r.listen_https, Some(tls), workers)
+        .with_context(|| format!("binding the router's HTTPS listener to {}", r.listen_https))?;
+    let redirect = r.redirect_http_to_https.then_some(https_addr.port());
+    let http_addr = Router::serve_workers(table, options(redirect), r.listen_http, None, workers)
+        .with_context(|| format!("binding the router's HTTP listener to {}", r.listen_http))?;
     write_private(&config.data_dir.join(ROUTER_ADDRESS_FILE), format!("http://{http_addr}\nhttps://{https_addr}\n").as_bytes())?;
-    tracing::info!(http = %http_addr, https = %https_addr, "router listening");
-    tokio::spawn(router.clone().serve(http));
-    tokio::spawn(router.serve_tls(https, tls));
-    Ok(())
+    tracing::info!(http = %http_addr, https = %https_addr, workers, "router listening");
+    Ok((http_addr, https_addr))
 }
 
 /// Serves every running one-off instance (`berth run`) at `<instance id>.localhost` (and under
@@ -249,13 +248,14 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let ca_pem: Arc<str> = Arc::from(ca.cert_pem());
     let table = Arc::new(RoutingTable::new());
     let book = Arc::new(RouteBook::new(table.clone()));
-    let listeners = bind_router(&config).await?;
+    let activator = Arc::new(LateActivator::default());
+    let (_, https_addr) = serve_router(&config, ca, table.clone(), activator.clone())?;
     let controller = match &runtime_dyn {
         Some(rt) => {
             let settings = ControllerSettings {
                 suffixes: suffixes(&config),
                 url_scheme: "https".into(),
-                url_port: listeners.https_addr.port(),
+                url_port: https_addr.port(),
                 ..ControllerSettings::default()
             };
             let deps = Deps {
@@ -266,11 +266,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                 pushes: Some(registry.subscribe()),
                 settings,
             };
-            Some(Controller::start(deps).await.context("starting the service controllers")?)
+            let controller = Controller::start(deps).await.context("starting the service controllers")?;
+            let _ = activator.0.set(controller.activator());
+            Some(controller)
         }
         None => None,
     };
-    serve_router(&config, ca, table.clone(), listeners, controller.as_ref().map(Controller::activator))?;
     if let Some(rt) = &runtime_dyn {
         route_one_off_instances(book.clone(), rt.clone(), suffixes(&config));
     }

@@ -245,6 +245,54 @@ impl Router {
         Arc::new(Router { table, http1, h2c, options })
     }
 
+    /// Serves `addr` on `workers` threads, each running a single-threaded runtime with a
+    /// listener of its own on the same port (`SO_REUSEPORT`, the kernel spreads connections) and
+    /// a router — so an upstream pool — of its own: a request and its upstream connection stay
+    /// on one thread, with no cross-thread wake-ups (nginx's worker model). With `tls`, serves
+    /// HTTPS. Returns the bound address (port 0 picks one).
+    pub fn serve_workers(
+        table: Arc<RoutingTable>,
+        options: RouterOptions,
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        workers: usize,
+    ) -> std::io::Result<SocketAddr> {
+        let mut bound = addr;
+        for i in 0..workers.max(1) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (table, options, tls) = (table.clone(), options.clone(), tls.clone());
+            std::thread::Builder::new().name(format!("berth-router-{i}")).spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match reuseport_listener(bound) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = tx.send(listener.local_addr());
+                    let router = Router::with_options(table, options);
+                    let served = match tls {
+                        Some(config) => router.serve_tls(listener, config).await,
+                        None => router.serve(listener).await,
+                    };
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "a router worker stopped");
+                    }
+                });
+            })?;
+            bound = rx.recv().map_err(|_| std::io::Error::other("a router worker died while starting"))??;
+        }
+        Ok(bound)
+    }
+
     /// Serves plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge) from `listener` until the
     /// task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
@@ -503,6 +551,16 @@ impl Router {
             }
         }
     }
+}
+
+/// A listener on `addr` that other workers may share (`SO_REUSEPORT`).
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Forwards an upgrade request on a connection of its own, which becomes the tunnel.

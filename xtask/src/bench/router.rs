@@ -232,8 +232,7 @@ fn cold_starts(hello: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
 pub fn run(rounds: usize) -> anyhow::Result<()> {
     crate::test::ensure_tools(&[("nginx", "nginx-light"), ("wrk", "wrk"), ("openssl", "openssl")])?;
     let dir = tempfile::Builder::new().prefix("berth-bench-router").tempdir()?;
-    let (backend_port, nginx_port, berth_port) = (free_port()?, free_port()?, free_port()?);
-    let (nginx_tls_port, berth_tls_port) = (free_port()?, free_port()?);
+    let (backend_port, nginx_port, nginx_tls_port) = (free_port()?, free_port()?, free_port()?);
     let (cert, key) = nginx_certificate(dir.path())?;
     let _backend =
         nginx(dir.path(), "backend", "1", &format!("  server {{ listen 127.0.0.1:{backend_port}; location / {{ return 200 \"ok\"; }} }}"))?;
@@ -258,12 +257,10 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     let leaf = Arc::new(ca.issue("localhost").map_err(|e| anyhow::anyhow!("{e}"))?);
     let certs = OnDemandCerts::new(ca, vec![".localhost".into()]).with_supplied(vec![(vec!["localhost".into()], leaf)]);
     let tls = server_config(Arc::new(certs)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", berth_port)))?;
-    let tls_listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", berth_tls_port)))?;
-    let router = Router::new(table);
-    rt.spawn(router.clone().serve(listener));
-    rt.spawn(router.serve_tls(tls_listener, tls));
+    // Two workers, as nginx runs two (`worker_processes auto` on two cores).
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let berth_port = Router::serve_workers(table.clone(), RouterOptions::default(), any, None, 2)?.port();
+    let berth_tls_port = Router::serve_workers(table, RouterOptions::default(), any, Some(tls), 2)?.port();
 
     // Warm up both (pools, caches).
     wrk(nginx_port, 64, 2, 1)?;
@@ -297,7 +294,6 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
             }
         }
     }
-    drop(rt);
 
     let hello = dir.path().join("hello");
     let src = crate::workspace_root().join("examples/hello/src/main.rs");

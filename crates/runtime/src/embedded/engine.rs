@@ -103,10 +103,11 @@ impl EmbeddedRuntime {
         tokio::spawn(async move {
             let mut reported: HashSet<InstanceId> = HashSet::new();
             loop {
+                // Waiting first lets whoever opened the runtime subscribe to its events before
+                // instances that ended while it was closed are reported.
+                tokio::time::sleep(WATCH_INTERVAL).await;
                 let Some(rt) = weak.upgrade() else { return };
                 rt.report_exits(&mut reported);
-                drop(rt);
-                tokio::time::sleep(WATCH_INTERVAL).await;
             }
         });
         Ok(rt)
