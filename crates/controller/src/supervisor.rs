@@ -718,6 +718,10 @@ impl Supervisor {
             match op.kind {
                 OperationType::CreateService | OperationType::UpdateService | OperationType::StartDeployment => {
                     if self.svc.current_revision.is_some() && self.svc.current_revision == op.target_revision {
+                        if let Some(spec) = self.current.as_ref().map(|r| r.doc.spec.clone()) {
+                            self.svc.spec = spec;
+                        }
+                        self.set_status(if self.svc.paused { ServiceStatus::Paused } else { ServiceStatus::Running }).await;
                         self.finish(&mut op, OperationStatus::Succeeded, "berth restarted after the switch; the deployment is complete")
                             .await;
                     } else {

@@ -360,3 +360,30 @@ async fn a_deployment_interrupted_by_a_crash_completes_or_starts_over() -> Resul
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_that_keep_failing_are_reported_as_a_crash_loop_and_backed_off() -> Result {
+    let w = World::new()?;
+    w.push("web", "v1", 1).await?;
+    let c = w.controller().await?;
+    wait_op(&c, &c.create(spec("loop-app", "web:v1")).await?.id).await?;
+    // The serving revision starts failing its health checks: every replacement fails too.
+    w.prober.broken.lock().unwrap_or_else(|p| p.into_inner()).insert(1);
+    let mut events = Vec::new();
+    for _ in 0..400 {
+        events = c.events("loop-app", 50).await?;
+        if events.iter().any(|e| e.kind == "crash_loop") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let crash = events.iter().find(|e| e.kind == "crash_loop").ok_or_else(|| format!("no crash_loop event in {events:?}"))?;
+    assert!(crash.message.contains("keep failing soon after they start") && crash.message.contains("next attempt in"), "{crash:?}");
+    assert!(events.iter().filter(|e| e.kind == "instance_replaced").count() >= 3, "{events:?}");
+    // Backed off: no new instance is started for a while.
+    let creates = || w.runtime.calls().iter().filter(|c| matches!(c, Call::Create(_))).count();
+    let before = creates();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(creates(), before, "no instance started during the backoff");
+    Ok(())
+}
