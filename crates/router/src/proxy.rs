@@ -113,9 +113,85 @@ pub struct RouterOptions {
 
 pub struct Router {
     table: Arc<RoutingTable>,
-    http1: Client<HttpConnector, Body>,
+    http1: Arc<Pool>,
     h2c: Client<HttpConnector, Body>,
     options: RouterOptions,
+}
+
+/// Idle HTTP/1.1 connections to instances, by address. With [`Router::serve_workers`] every
+/// worker thread has its own, so a connection is only ever used from the thread that made it.
+#[derive(Default)]
+struct Pool {
+    idle: std::sync::Mutex<std::collections::HashMap<SocketAddr, Vec<hyper::client::conn::http1::SendRequest<Body>>>>,
+}
+
+/// Idle connections kept per instance.
+const POOL_IDLE_PER_HOST: usize = 256;
+
+impl Pool {
+    fn take(&self, addr: SocketAddr) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some(s) = list.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, sender: hyper::client::conn::http1::SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(addr).or_default();
+        if list.len() < POOL_IDLE_PER_HOST {
+            list.push(sender);
+        }
+    }
+
+    async fn connect(addr: SocketAddr) -> Result<hyper::client::conn::http1::SendRequest<Body>, SendError> {
+        let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(SendError::new(&e, true)),
+            Err(e) => return Err(SendError::new(&e, true)),
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| SendError::new(&e, true))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends on an idle connection (or a new one when none is idle or the idle one turned out
+    /// closed before the request went out). The connection comes back with the response, to be
+    /// returned once its body has been read.
+    async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<(Response<Incoming>, hyper::client::conn::http1::SendRequest<Body>), SendError> {
+        while let Some(mut sender) = self.take(addr) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, sender)),
+                Err(mut e) => match e.take_message() {
+                    // Never sent: try another connection.
+                    Some(back) => req = back,
+                    None => return Err(SendError::new(&e.into_error(), false)),
+                },
+            }
+        }
+        let mut sender = Pool::connect(addr).await?;
+        let resp = sender.send_request(req).await.map_err(|e| SendError::new(&e, false))?;
+        Ok((resp, sender))
+    }
 }
 
 /// A 308 to the same host and path over HTTPS.
@@ -186,6 +262,15 @@ struct ResponseBody {
     _in_flight: InFlight,
     deadline: tokio::time::Instant,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The pooled connection it came on, returned once the body has been read to its end.
+    conn: Option<Returned>,
+}
+
+/// A pooled connection on its way back.
+struct Returned {
+    pool: Arc<Pool>,
+    addr: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<Body>,
 }
 
 impl hyper::body::Body for ResponseBody {
@@ -195,7 +280,22 @@ impl hyper::body::Body for ResponseBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Ready(None) => {
+                if let Some(r) = this.conn.take() {
+                    r.pool.put(r.addr, r.sender);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(frame) => {
+                // Servers stop polling once the body says it has ended: return the connection
+                // as soon as the last frame is out.
+                if this.inner.is_end_stream() {
+                    if let Some(r) = this.conn.take() {
+                        r.pool.put(r.addr, r.sender);
+                    }
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
             Poll::Pending => {
                 // The timer is armed only when the instance keeps the stream waiting.
                 let deadline = this.deadline;
@@ -237,10 +337,7 @@ impl Router {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(connector.clone());
+        let http1 = Arc::new(Pool::default());
         let h2c = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).http2_only(true).build(connector);
         Arc::new(Router { table, http1, h2c, options })
     }
@@ -439,11 +536,17 @@ impl Router {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 headers.insert(header::UPGRADE, proto.clone());
             }
-            let uri = hyper::Uri::builder()
-                .scheme(hyper::http::uri::Scheme::HTTP)
-                .authority(upstream.authority.clone())
-                .path_and_query(path_and_query.clone())
-                .build();
+            // HTTP/2 needs the authority in the URI; HTTP/1.1 connections of our own send the
+            // origin form (`/path?query`, with the Host header), as origin servers expect.
+            let uri = if h2c {
+                hyper::Uri::builder()
+                    .scheme(hyper::http::uri::Scheme::HTTP)
+                    .authority(upstream.authority.clone())
+                    .path_and_query(path_and_query.clone())
+                    .build()
+            } else {
+                hyper::Uri::builder().path_and_query(path_and_query.clone()).build()
+            };
             let Ok(uri) = uri else { return text(StatusCode::BAD_REQUEST, "invalid request target\n") };
             let mut up = Request::new(b);
             *up.method_mut() = parts.method.clone();
@@ -452,15 +555,18 @@ impl Router {
             *up.uri_mut() = uri;
             let addr = upstream.addr;
             // Phase: forward.
-            let sent = if upgrade.is_some() {
-                Box::pin(send_upgrade(addr, up)) as Pin<Box<dyn Future<Output = Result<Response<Incoming>, SendError>> + Send>>
+            type Sent = Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Option<Returned>), SendError>> + Send>>;
+            let sent: Sent = if upgrade.is_some() {
+                Box::pin(async move { send_upgrade(addr, up).await.map(|r| (r, None)) })
+            } else if h2c {
+                let fut = self.h2c.request(up);
+                Box::pin(async move { fut.await.map(|r| (r, None)).map_err(|e| SendError::new(&e, e.is_connect())) })
             } else {
-                let client = if h2c { &self.h2c } else { &self.http1 };
-                let fut = client.request(up);
-                Box::pin(async move { fut.await.map_err(|e| SendError::new(&e, e.is_connect())) })
+                let pool = self.http1.clone();
+                Box::pin(async move { pool.send(addr, up).await.map(|(r, s)| (r, Some(Returned { pool, addr, sender: s }))) })
             };
             match tokio::time::timeout_at(ex.deadline, sent).await {
-                Ok(Ok(resp)) => return respond(resp, in_flight, ex.deadline, client_upgrade.take()),
+                Ok(Ok((resp, conn))) => return respond(resp, in_flight, ex.deadline, client_upgrade.take(), conn),
                 Err(_) => {
                     return text(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -588,6 +694,7 @@ fn respond(
     in_flight: InFlight,
     deadline: tokio::time::Instant,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    conn: Option<Returned>,
 ) -> Response<Body> {
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(client)) = (resp.status(), client_upgrade) {
         let upstream = hyper::upgrade::on(&mut resp);
@@ -614,7 +721,14 @@ fn respond(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, ResponseBody { inner: body, _in_flight: in_flight, deadline, timer: None }.boxed())
+    // A body that is empty from the start is done already: the connection can go back now.
+    let mut conn = conn;
+    if body.is_end_stream() {
+        if let Some(r) = conn.take() {
+            r.pool.put(r.addr, r.sender);
+        }
+    }
+    Response::from_parts(parts, ResponseBody { inner: body, _in_flight: in_flight, deadline, timer: None, conn }.boxed())
 }
 
 #[cfg(test)]
