@@ -184,6 +184,18 @@ impl Activator for SpawnOnDemand {
     }
 }
 
+/// Stops a backend the activator started, however the measurement ends.
+struct KillStarted(Arc<Mutex<Option<(Child, Duration)>>>);
+
+impl Drop for KillStarted {
+    fn drop(&mut self) {
+        if let Some((mut child, _)) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Scale from zero: time to first byte of a request held while the backend starts, minus the
 /// backend's own start-up time; ms, one value per round.
 fn cold_starts(hello: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
@@ -201,6 +213,7 @@ fn cold_starts(hello: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
     let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))?;
     let options = RouterOptions { activator: Some(activator.clone()), ..RouterOptions::default() };
     rt.spawn(Router::with_options(table.clone(), options).serve(listener));
+    let _cleanup = KillStarted(activator.started.clone());
     let mut out = Vec::new();
     for round in 0..rounds.max(5) {
         table.replace(std::slice::from_ref(&spec));
