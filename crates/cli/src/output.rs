@@ -22,6 +22,31 @@ fn cell(v: Option<&Value>) -> String {
     }
 }
 
+/// A table cell for `field`: times (`at`, `*_at`, unix seconds) in UTC, like
+/// `2026-11-26 21:05:09Z`; JSON output keeps the numbers.
+fn field_cell(field: &str, v: Option<&Value>) -> String {
+    match v.and_then(Value::as_i64) {
+        Some(secs) if field == "at" || field.ends_with("_at") => utc(secs),
+        _ => cell(v),
+    }
+}
+
+/// Unix seconds as a UTC date and time (the proleptic Gregorian calendar).
+fn utc(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// Prints `rows` (JSON objects) as a table of `columns`, or `whole` as JSON.
 pub fn list(format: Format, whole: &Value, rows: &[Value], columns: &[Column<'_>]) {
     match format {
@@ -31,7 +56,7 @@ pub fn list(format: Format, whole: &Value, rows: &[Value], columns: &[Column<'_>
             t.load_preset(NOTHING);
             t.set_header(columns.iter().map(|(h, _)| Cell::new(h)));
             for r in rows {
-                t.add_row(columns.iter().map(|(_, f)| cell(r.get(*f))));
+                t.add_row(columns.iter().map(|(_, f)| field_cell(f, r.get(*f))));
             }
             println!("{t}");
         }
@@ -45,8 +70,23 @@ pub fn object(format: Format, v: &Value, fields: &[Column<'_>]) {
         Format::Table => {
             let width = fields.iter().map(|(h, _)| h.len()).max().unwrap_or(0);
             for (h, f) in fields {
-                println!("{:width$}  {}", format!("{h}:"), cell(v.get(*f)), width = width + 1);
+                println!("{:width$}  {}", format!("{h}:"), field_cell(f, v.get(*f)), width = width + 1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_shown_in_utc() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00Z");
+        assert_eq!(utc(1_795_726_398), "2026-11-26 20:53:18Z");
+        assert_eq!(field_cell("created_at", Some(&Value::from(0))), "1970-01-01 00:00:00Z");
+        assert_eq!(field_cell("size", Some(&Value::from(0))), "0");
+        assert_eq!(field_cell("ended_at", Some(&Value::Null)), "-");
     }
 }
