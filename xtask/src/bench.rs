@@ -53,6 +53,32 @@ fn with_feature(feature: &str, args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes what a benchmark's embedded runtime left on the host: its bridge, the CIDR's
+/// `unreachable` route and its cgroup parent.
+pub fn cleanup_runtime_host(bridge: &str, cidr: &str, cgroup_parent: &str) {
+    use std::process::Stdio;
+    let _ = Command::new("ip").args(["link", "del", "dev", bridge]).stderr(Stdio::null()).status();
+    let _ = Command::new("ip").args(["route", "del", "unreachable", cidr, "metric", "4000"]).stderr(Stdio::null()).status();
+    for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let _ = std::fs::remove_dir(ctl.path().join(cgroup_parent));
+    }
+}
+
+/// Compiles `examples/hello` (one std-only file) to `dest`; `static_libc` links it statically,
+/// as an image of just the binary needs.
+pub fn compile_hello(dest: &std::path::Path, static_libc: bool) -> anyhow::Result<()> {
+    let src = crate::workspace_root().join("examples/hello/src/main.rs");
+    let mut rustc = Command::new("rustc");
+    rustc.args(["--edition", "2021", "-O"]);
+    if static_libc {
+        rustc.args(["-C", "target-feature=+crt-static"]);
+    }
+    if !rustc.arg("-o").arg(dest).arg(&src).status()?.success() {
+        bail!("compiling examples/hello failed");
+    }
+    Ok(())
+}
+
 /// Builds the release `berth` binary and returns its path.
 pub fn build_berth() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -234,9 +234,7 @@ impl Controller {
             let handles = self.sh.handles.lock().unwrap_or_else(|p| p.into_inner());
             let h = handles.get(&op.service).ok_or_else(|| ControllerError::NotFound(op.service.clone()))?;
             let mut busy = h.busy.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((id, kind)) = busy.as_ref() {
-                return Err(ControllerError::Busy { service: op.service.clone(), id: id.clone(), kind: *kind });
-            }
+            refuse_if_busy(&op.service, &busy)?;
             *busy = Some((op.id.clone(), op.kind));
         }
         if let Err(e) = self.sh.store.put_operation(&op.id, &op.service, true, &to_value(&op)?, op.started_at).await {
@@ -312,9 +310,7 @@ impl Controller {
     ) -> Result<Operation> {
         // Refuse before writing a revision nobody will deploy.
         if let Some(h) = self.sh.handles.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
-            if let Some((id, kind)) = h.busy.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                return Err(ControllerError::Busy { service: name.to_owned(), id: id.clone(), kind: *kind });
-            }
+            refuse_if_busy(name, &h.busy.lock().unwrap_or_else(|p| p.into_inner()))?;
         }
         let number = self.sh.store.create_revision(name, &to_value(&rev)?, now()).await?;
         let mut op = Operation::new(name, OperationType::StartDeployment, Some(number), svc.current_revision);
@@ -464,6 +460,14 @@ impl Controller {
         }
         out.sort_by(|a, b| a.2.cmp(&b.2));
         Ok(out)
+    }
+}
+
+/// `Busy` naming the operation in progress on `service`, if one is.
+fn refuse_if_busy(service: &str, busy: &Option<(String, OperationType)>) -> Result<()> {
+    match busy {
+        Some((id, kind)) => Err(ControllerError::Busy { service: service.to_owned(), id: id.clone(), kind: *kind }),
+        None => Ok(()),
     }
 }
 

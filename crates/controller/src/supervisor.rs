@@ -50,6 +50,23 @@ struct Inst {
 }
 
 impl Inst {
+    /// A starting instance, first probed at `next_check`; `started` dates its early failures.
+    fn starting(id: InstanceId, revision: u32, addr: SocketAddr, started: Instant, next_check: Instant) -> Inst {
+        Inst {
+            id,
+            revision,
+            addr,
+            phase: Phase::Starting,
+            passes: 0,
+            failures: 0,
+            probes: 0,
+            started,
+            next_check,
+            last_counted_failure: None,
+            reason: String::new(),
+        }
+    }
+
     fn view(&self) -> InstanceView {
         InstanceView {
             id: self.id.to_string(),
@@ -61,6 +78,25 @@ impl Inst {
                 Phase::Unhealthy => "unhealthy",
             },
         }
+    }
+}
+
+/// Waits (bounded by `bound`, the request timeout) for requests on `left` to finish, then stops
+/// and deletes the instances.
+async fn drain_and_remove(sh: Arc<Shared>, bound: Duration, left: Vec<Arc<Upstream>>, ids: Vec<InstanceId>) {
+    if tokio::time::timeout(bound, futures_util::future::join_all(left.iter().map(|u| u.drained()))).await.is_err() {
+        tracing::warn!("instances did not drain within the request timeout; stopping them anyway");
+    }
+    futures_util::future::join_all(ids.iter().map(|id| remove_instance(&sh, id))).await;
+}
+
+/// SIGTERM, the grace period, SIGKILL, then everything the instance held is freed.
+async fn remove_instance(sh: &Shared, id: &InstanceId) {
+    if let Err(e) = sh.runtime.stop(id, sh.settings.stop_grace).await {
+        tracing::debug!(instance = %id, error = %e, "stopping");
+    }
+    if let Err(e) = sh.runtime.delete(id).await {
+        tracing::warn!(instance = %id, error = %e, "deleting the instance failed");
     }
 }
 
@@ -275,22 +311,12 @@ impl Supervisor {
     /// Waits (bounded by the request timeout) for requests on `left` to finish, then stops and
     /// deletes `instances`.
     async fn retire(&self, left: Vec<Arc<Upstream>>, instances: Vec<Inst>) {
-        let bound = Duration::from_secs(self.svc.spec.traffic.request_timeout.into());
-        let drains = left.iter().map(|u| u.drained());
-        if tokio::time::timeout(bound, futures_util::future::join_all(drains)).await.is_err() {
-            tracing::warn!(service = %self.name, "instances did not drain within the request timeout; stopping them anyway");
-        }
-        let stops = instances.iter().map(|i| self.remove_instance(&i.id));
-        futures_util::future::join_all(stops).await;
+        let ids = instances.into_iter().map(|i| i.id).collect();
+        drain_and_remove(self.sh.clone(), self.request_timeout(), left, ids).await;
     }
 
     async fn remove_instance(&self, id: &InstanceId) {
-        if let Err(e) = self.sh.runtime.stop(id, self.sh.settings.stop_grace).await {
-            tracing::debug!(instance = %id, error = %e, "stopping");
-        }
-        if let Err(e) = self.sh.runtime.delete(id).await {
-            tracing::warn!(instance = %id, error = %e, "deleting the instance failed");
-        }
+        remove_instance(&self.sh, id).await;
     }
 
     /// Retires in the background: the supervisor goes on serving meanwhile.
@@ -298,17 +324,12 @@ impl Supervisor {
         if left.is_empty() && instances.is_empty() {
             return;
         }
-        let (sh, grace, bound) =
-            (self.sh.clone(), self.sh.settings.stop_grace, Duration::from_secs(self.svc.spec.traffic.request_timeout.into()));
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(bound, futures_util::future::join_all(left.iter().map(|u| u.drained()))).await;
-            for i in instances {
-                let _ = sh.runtime.stop(&i.id, grace).await;
-                if let Err(e) = sh.runtime.delete(&i.id).await {
-                    tracing::warn!(instance = %i.id, error = %e, "deleting the instance failed");
-                }
-            }
-        });
+        let ids = instances.into_iter().map(|i| i.id).collect();
+        tokio::spawn(drain_and_remove(self.sh.clone(), self.request_timeout(), left, ids));
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.svc.spec.traffic.request_timeout.into())
     }
 
     // ---- instances ----
@@ -344,19 +365,7 @@ impl Supervisor {
         };
         let addr = started.address.or(created.address).ok_or_else(|| format!("instance {id} has no address"))?;
         let now = Instant::now();
-        Ok(Inst {
-            id,
-            revision: rev.number,
-            addr,
-            phase: Phase::Starting,
-            passes: 0,
-            failures: 0,
-            probes: 0,
-            started: now,
-            next_check: now + self.sh.settings.startup_probe_delay(0),
-            last_counted_failure: None,
-            reason: String::new(),
-        })
+        Ok(Inst::starting(id, rev.number, addr, now, now + self.sh.settings.startup_probe_delay(0)))
     }
 
     /// Probes `inst` once and moves it between phases.
@@ -746,20 +755,9 @@ impl Supervisor {
             let keep = !self.svc.paused && rev.is_some() && rev == self.svc.current_revision && st.state == InstanceState::Running;
             match (keep, st.address) {
                 (true, Some(addr)) => {
+                    // Adopted instances are not new: their failures do not count as early.
                     let now = Instant::now();
-                    self.instances.push(Inst {
-                        id: st.id.clone(),
-                        revision: rev.unwrap_or_default(),
-                        addr,
-                        phase: Phase::Starting,
-                        passes: 0,
-                        failures: 0,
-                        probes: 0,
-                        started: now - EARLY_FAILURE,
-                        next_check: now,
-                        last_counted_failure: None,
-                        reason: String::new(),
-                    });
+                    self.instances.push(Inst::starting(st.id.clone(), rev.unwrap_or_default(), addr, now - EARLY_FAILURE, now));
                 }
                 _ => self.remove_instance(&st.id).await,
             }

@@ -152,12 +152,7 @@ impl Pool {
     }
 
     async fn connect(addr: SocketAddr) -> Result<hyper::client::conn::http1::SendRequest<Body>, SendError> {
-        let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(SendError::new(&e, true)),
-            Err(e) => return Err(SendError::new(&e, true)),
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = connect(addr).await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| SendError::new(&e, true))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -273,6 +268,13 @@ struct Returned {
     sender: hyper::client::conn::http1::SendRequest<Body>,
 }
 
+/// Returns the connection to its pool, if it has not gone back yet.
+fn give_back(conn: &mut Option<Returned>) {
+    if let Some(r) = conn.take() {
+        r.pool.put(r.addr, r.sender);
+    }
+}
+
 impl hyper::body::Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -281,18 +283,14 @@ impl hyper::body::Body for ResponseBody {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
-                if let Some(r) = this.conn.take() {
-                    r.pool.put(r.addr, r.sender);
-                }
+                give_back(&mut this.conn);
                 Poll::Ready(None)
             }
             Poll::Ready(frame) => {
                 // Servers stop polling once the body says it has ended: return the connection
                 // as soon as the last frame is out.
                 if this.inner.is_end_stream() {
-                    if let Some(r) = this.conn.take() {
-                        r.pool.put(r.addr, r.sender);
-                    }
+                    give_back(&mut this.conn);
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
@@ -669,14 +667,20 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// Forwards an upgrade request on a connection of its own, which becomes the tunnel.
-async fn send_upgrade(addr: SocketAddr, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+/// A TCP connection to an instance (no Nagle), given up after 2 s.
+async fn connect(addr: SocketAddr) -> Result<TcpStream, SendError> {
     let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(SendError::new(&e, true)),
         Err(e) => return Err(SendError::new(&e, true)),
     };
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Forwards an upgrade request on a connection of its own, which becomes the tunnel.
+async fn send_upgrade(addr: SocketAddr, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+    let stream = connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| SendError::new(&e, false))?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
@@ -724,9 +728,7 @@ fn respond(
     // A body that is empty from the start is done already: the connection can go back now.
     let mut conn = conn;
     if body.is_end_stream() {
-        if let Some(r) = conn.take() {
-            r.pool.put(r.addr, r.sender);
-        }
+        give_back(&mut conn);
     }
     Response::from_parts(parts, ResponseBody { inner: body, _in_flight: in_flight, deadline, timer: None, conn }.boxed())
 }

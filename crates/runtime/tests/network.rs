@@ -75,14 +75,16 @@ fn bridge_veth_isolation_and_leases() -> Result {
         sb.servers.push(child);
     }
     let url_a = format!("http://{}:8080/", a.address);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !curl(None, &url_a) {
-        if Instant::now() > deadline {
-            return Err("the host cannot reach instance a".into());
+    // Each server may take a moment to start listening.
+    for (name, url) in [("a", url_a.clone()), ("b", format!("http://{}:8080/", b.address))] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !curl(None, &url) {
+            if Instant::now() > deadline {
+                return Err(format!("the host cannot reach instance {name}").into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(curl(None, &format!("http://{}:8080/", b.address)), "the host cannot reach instance b");
     // Bridge ports are isolated: b cannot reach a.
     assert!(!curl(Some(&format!("{}b", sb.prefix)), &url_a), "instances reach each other directly");
     // The CIDR never leaves the host.

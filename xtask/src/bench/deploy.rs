@@ -9,7 +9,7 @@
 //! run here, so its figures are quoted, not measured.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,11 +31,7 @@ const APP_RUNNER_DEPLOY_MS: f64 = 300_000.0;
 const APP_RUNNER_ROLLBACK_MS: f64 = 900_000.0;
 
 fn cleanup_host() {
-    let _ = Command::new("ip").args(["link", "del", "dev", BRIDGE]).stderr(Stdio::null()).status();
-    let _ = Command::new("ip").args(["route", "del", "unreachable", CIDR, "metric", "4000"]).stderr(Stdio::null()).status();
-    for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-        let _ = std::fs::remove_dir(ctl.path().join(CGROUP_PARENT));
-    }
+    super::cleanup_runtime_host(BRIDGE, CIDR, CGROUP_PARENT);
 }
 
 /// Continuous GETs through the router; remembers when each version first answered.
@@ -154,12 +150,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     let bin = build_berth()?;
     let tmp = tempfile::Builder::new().prefix("berth-bench-deploy").tempdir()?;
     let hello = tmp.path().join("hello");
-    let src = crate::workspace_root().join("examples/hello/src/main.rs");
-    let built =
-        Command::new("rustc").args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"]).arg(&hello).arg(&src).status()?;
-    if !built.success() {
-        bail!("compiling examples/hello failed");
-    }
+    super::compile_hello(&hello, true)?;
     cleanup_host();
     let result = measure(&bin, tmp.path(), &hello, rounds);
     cleanup_host();

@@ -309,10 +309,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     }
 
     let hello = dir.path().join("hello");
-    let src = crate::workspace_root().join("examples/hello/src/main.rs");
-    if !Command::new("rustc").args(["--edition", "2021", "-O", "-o"]).arg(&hello).arg(&src).status()?.success() {
-        bail!("compiling examples/hello failed");
-    }
+    super::compile_hello(&hello, false)?;
     let cold = cold_starts(&hello, rounds)?;
 
     println!();

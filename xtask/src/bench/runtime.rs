@@ -94,11 +94,7 @@ fn write_layout(image: &BuiltImage, dir: &Path) -> anyhow::Result<()> {
 }
 
 fn cleanup_host() {
-    let _ = Command::new("ip").args(["link", "del", "dev", BRIDGE]).stderr(Stdio::null()).status();
-    let _ = Command::new("ip").args(["route", "del", "unreachable", CIDR, "metric", "4000"]).stderr(Stdio::null()).status();
-    for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-        let _ = std::fs::remove_dir(ctl.path().join(CGROUP_PARENT));
-    }
+    super::cleanup_runtime_host(BRIDGE, CIDR, CGROUP_PARENT);
 }
 
 pub fn run(rounds: usize) -> anyhow::Result<()> {
@@ -109,16 +105,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     let bin = build_berth()?;
     let tmp = tempfile::Builder::new().prefix("berth-bench-runtime").tempdir()?;
     let hello = tmp.path().join("hello");
-    let src = crate::workspace_root().join("examples/hello/src/main.rs");
-    if !Command::new("rustc")
-        .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"])
-        .arg(&hello)
-        .arg(&src)
-        .status()?
-        .success()
-    {
-        bail!("compiling examples/hello failed");
-    }
+    super::compile_hello(&hello, true)?;
     let image = build_from_binary(&hello, false, &ImageSettings { port: Some(8080), ..Default::default() })?;
     let digest = image.manifest.digest.clone();
     cleanup_host();
