@@ -15,6 +15,7 @@ mod proxy;
 mod stats;
 mod table;
 pub mod tls;
+mod upstream;
 
 pub use access::{AccessLog, AccessRecord};
 pub use book::RouteBook;

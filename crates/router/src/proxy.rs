@@ -16,15 +16,17 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Version};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 
 use crate::access::{AccessLog, AccessRecord};
 use crate::table::{InFlight, NoPick, Route, RoutingTable};
+use crate::upstream::{self, Outgoing, Reply, RequestHead};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -35,8 +37,19 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] =
-    &["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Headers the router sets on the requests it forwards, replacing the client's.
+const ROUTER_SET: [HeaderName; 5] = [header::HOST, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, X_REQUEST_ID];
 
 fn empty() -> Body {
     Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
@@ -49,46 +62,77 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     r
 }
 
+/// Whether a comma-separated header (every field of that name) has `token` among its elements.
+pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
+}
+
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = headers
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-        .filter(|t| !t.is_empty())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    let keeps_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
-    for h in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(named) {
-        headers.remove(h.as_str());
-    }
-    if keeps_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    for name in named.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
     }
 }
 
-/// The request headers an upstream sees.
-fn upstream_headers(src: &HeaderMap, peer: SocketAddr, host: &str, request_id: &str, scheme: &str) -> HeaderMap {
-    let mut h = src.clone();
-    strip_hop_by_hop(&mut h);
-    let xff = match src.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    for (name, value) in
-        [(&X_FORWARDED_FOR, xff.as_str()), (&X_FORWARDED_PROTO, scheme), (&X_FORWARDED_HOST, host), (&X_REQUEST_ID, request_id)]
-    {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            h.insert(name.clone(), v);
+/// Every header field an instance sees, in order: the client's, minus hop-by-hop ones and those
+/// the router sets; `TE: trailers` when the client accepts trailers; then Host, the
+/// `X-Forwarded-*` headers (the client's address appended to any `X-Forwarded-For` it sent)
+/// and `X-Request-Id`.
+fn upstream_headers(src: &HeaderMap, ex: &Exchange<'_>, mut emit: impl FnMut(&HeaderName, &[u8])) {
+    // Connection may name more hop-by-hop headers (RFC 9110 §7.6.1).
+    let names_more = src.contains_key(header::CONNECTION);
+    for (name, value) in src {
+        let hop = HOP_BY_HOP.contains(name) || (names_more && has_token(src, &header::CONNECTION, name.as_str()));
+        if !hop && !ROUTER_SET.contains(name) {
+            emit(name, value.as_bytes());
         }
     }
-    if let Ok(v) = HeaderValue::from_str(host) {
-        h.insert(header::HOST, v);
+    if has_token(src, &header::TE, "trailers") {
+        emit(&header::TE, b"trailers");
     }
-    h
+    emit(&header::HOST, ex.host.as_bytes());
+    let mut prior = src.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if prior.peek().is_none() {
+        emit(&X_FORWARDED_FOR, ex.client.ip.as_bytes());
+    } else {
+        let mut chain = Vec::with_capacity(64);
+        for v in prior {
+            chain.extend_from_slice(v.as_bytes());
+            chain.extend_from_slice(b", ");
+        }
+        chain.extend_from_slice(ex.client.ip.as_bytes());
+        emit(&X_FORWARDED_FOR, &chain);
+    }
+    emit(&X_FORWARDED_PROTO, ex.client.scheme.as_bytes());
+    emit(&X_FORWARDED_HOST, ex.host.as_bytes());
+    emit(&X_REQUEST_ID, ex.request_id.as_bytes());
+}
+
+/// A new request id: 128 random bits in hex, written into `buf`.
+fn new_request_id(buf: &mut [u8; 32]) -> &str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n: u128 = rand::random();
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    std::str::from_utf8(buf).unwrap_or_default()
+}
+
+/// Who a connection comes from, worked out once per connection.
+struct Peer {
+    /// The client's IP as text, for `X-Forwarded-For` and the access log.
+    ip: String,
+    scheme: &'static str,
 }
 
 /// Starts instances of services that have none, on the router's request (scale from zero).
@@ -113,80 +157,9 @@ pub struct RouterOptions {
 
 pub struct Router {
     table: Arc<RoutingTable>,
-    http1: Arc<Pool>,
+    http1: Arc<upstream::Pool>,
     h2c: Client<HttpConnector, Body>,
     options: RouterOptions,
-}
-
-/// Idle HTTP/1.1 connections to instances, by address. With [`Router::serve_workers`] every
-/// worker thread has its own, so a connection is only ever used from the thread that made it.
-#[derive(Default)]
-struct Pool {
-    idle: std::sync::Mutex<std::collections::HashMap<SocketAddr, Vec<hyper::client::conn::http1::SendRequest<Body>>>>,
-}
-
-/// Idle connections kept per instance.
-const POOL_IDLE_PER_HOST: usize = 256;
-
-impl Pool {
-    fn take(&self, addr: SocketAddr) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&addr)?;
-        while let Some(s) = list.pop() {
-            if !s.is_closed() {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    fn put(&self, addr: SocketAddr, sender: hyper::client::conn::http1::SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(addr).or_default();
-        if list.len() < POOL_IDLE_PER_HOST {
-            list.push(sender);
-        }
-    }
-
-    async fn connect(addr: SocketAddr) -> Result<hyper::client::conn::http1::SendRequest<Body>, SendError> {
-        let stream = connect(addr).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| SendError::new(&e, true))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
-    }
-
-    /// Sends on an idle connection (or a new one when none is idle or the idle one turned out
-    /// closed before the request went out). The connection comes back with the response, to be
-    /// returned once its body has been read.
-    async fn send(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        mut req: Request<Body>,
-    ) -> Result<(Response<Incoming>, hyper::client::conn::http1::SendRequest<Body>), SendError> {
-        while let Some(mut sender) = self.take(addr) {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, sender)),
-                Err(mut e) => match e.take_message() {
-                    // Never sent: try another connection.
-                    Some(back) => req = back,
-                    None => return Err(SendError::new(&e.into_error(), false)),
-                },
-            }
-        }
-        let mut sender = Pool::connect(addr).await?;
-        let resp = sender.send_request(req).await.map_err(|e| SendError::new(&e, false))?;
-        Ok((resp, sender))
-    }
 }
 
 /// A 308 to the same host and path over HTTPS.
@@ -209,12 +182,7 @@ fn busy(msg: String) -> Response<Body> {
 
 /// The protocol a request asks to switch to (HTTP/1.1 `Connection: upgrade` + `Upgrade`).
 fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
-    let asks = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))));
-    if asks && req.version() == Version::HTTP_11 {
+    if req.version() == Version::HTTP_11 && has_token(req.headers(), &header::CONNECTION, "upgrade") {
         req.headers().get(header::UPGRADE).cloned()
     } else {
         None
@@ -226,16 +194,16 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// Why forwarding failed.
-struct SendError {
+pub(crate) struct SendError {
     /// Connecting failed: nothing reached the instance.
     connect: bool,
     /// The request body went over the service's limit.
     too_large: bool,
-    message: String,
+    pub(crate) message: String,
 }
 
 impl SendError {
-    fn new(e: &(dyn std::error::Error + 'static), connect: bool) -> SendError {
+    pub(crate) fn new(e: &(dyn std::error::Error + 'static), connect: bool) -> SendError {
         let mut too_large = false;
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
         let mut message = e.to_string();
@@ -248,52 +216,33 @@ impl SendError {
         }
         SendError { connect, too_large, message }
     }
+
+    pub(crate) fn message(message: String) -> SendError {
+        SendError { connect: false, too_large: false, message }
+    }
 }
 
 /// A response body streamed from an instance: the instance counts as busy until it has been
 /// sent, and the stream is cut when the request's deadline passes.
-struct ResponseBody {
-    inner: Incoming,
+struct Deadlined<B> {
+    inner: B,
     _in_flight: InFlight,
     deadline: tokio::time::Instant,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The pooled connection it came on, returned once the body has been read to its end.
-    conn: Option<Returned>,
 }
 
-/// A pooled connection on its way back.
-struct Returned {
-    pool: Arc<Pool>,
-    addr: SocketAddr,
-    sender: hyper::client::conn::http1::SendRequest<Body>,
-}
-
-/// Returns the connection to its pool, if it has not gone back yet.
-fn give_back(conn: &mut Option<Returned>) {
-    if let Some(r) = conn.take() {
-        r.pool.put(r.addr, r.sender);
-    }
-}
-
-impl hyper::body::Body for ResponseBody {
+impl<B> hyper::body::Body for Deadlined<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(None) => {
-                give_back(&mut this.conn);
-                Poll::Ready(None)
-            }
-            Poll::Ready(frame) => {
-                // Servers stop polling once the body says it has ended: return the connection
-                // as soon as the last frame is out.
-                if this.inner.is_end_stream() {
-                    give_back(&mut this.conn);
-                }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
             Poll::Pending => {
                 // The timer is armed only when the instance keeps the stream waiting.
                 let deadline = this.deadline;
@@ -315,11 +264,17 @@ impl hyper::body::Body for ResponseBody {
     }
 }
 
+/// An instance's answer: over HTTP/1.1 (a head, then a body or a tunnel) or over h2c.
+enum Answer {
+    H1(Response<()>, Reply),
+    H2(Response<Incoming>),
+}
+
 /// What the phases share about one request.
 struct Exchange<'a> {
+    /// The Host the client asked for, as it sent it.
     host: &'a str,
-    peer: SocketAddr,
-    scheme: &'static str,
+    client: &'a Peer,
     request_id: &'a str,
     deadline: tokio::time::Instant,
     /// The instance the request went to, once picked.
@@ -335,7 +290,7 @@ impl Router {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let http1 = Arc::new(Pool::default());
+        let http1 = Arc::new(upstream::Pool::default());
         let h2c = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).http2_only(true).build(connector);
         Arc::new(Router { table, http1, h2c, options })
     }
@@ -373,6 +328,7 @@ impl Router {
                         }
                     };
                     let _ = tx.send(listener.local_addr());
+                    tokio::spawn(near_timer());
                     let router = Router::with_options(table, options);
                     let served = match tls {
                         Some(config) => router.serve_tls(listener, config).await,
@@ -414,72 +370,68 @@ impl Router {
         }
     }
 
-    async fn connection<I>(self: Arc<Self>, io: I, peer: SocketAddr, scheme: &'static str)
+    async fn connection<I>(self: Arc<Self>, io: I, addr: SocketAddr, scheme: &'static str)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let peer = Arc::new(Peer { ip: addr.ip().to_string(), scheme });
         let service = hyper::service::service_fn(move |req| {
-            let this = self.clone();
-            async move { Ok::<_, Infallible>(this.handle(req, peer, scheme).await) }
+            let (this, peer) = (self.clone(), peer.clone());
+            async move { Ok::<_, Infallible>(this.handle(req, &peer).await) }
         });
         let builder = auto::Builder::new(TokioExecutor::new());
         if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
-            tracing::debug!(error = %e, %peer, "connection ended with an error");
+            tracing::debug!(error = %e, peer = %addr, "connection ended with an error");
         }
     }
 
     /// One request through the phases.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, scheme: &'static str) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let start = Instant::now();
         // Phase: route.
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default();
-        let Some(route) = self.table.lookup(&host) else {
+        let host_value =
+            req.headers().get(header::HOST).cloned().or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let host = host_value.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+        let Some(mut route) = self.table.lookup(host) else {
             return text(StatusCode::NOT_FOUND, format!("no service is served at `{host}`\n"));
         };
-        if let (Some(port), "http") = (self.options.redirect_to_https_port, scheme) {
-            return redirect(&host, port, req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+        if let (Some(port), "http") = (self.options.redirect_to_https_port, peer.scheme) {
+            return redirect(host, port, req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
         }
-        let request_id = req
-            .headers()
-            .get(&X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()));
+        let given_id = req.headers().get(&X_REQUEST_ID).cloned();
+        let mut id_buf = [0u8; 32];
+        let request_id = match given_id.as_ref().and_then(|v| v.to_str().ok()) {
+            Some(id) => id,
+            None => new_request_id(&mut id_buf),
+        };
         let method = req.method().clone();
         let version = req.version();
-        let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+        let path = self.options.access_log.as_ref().map(|_| req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned());
         let mut ex = Exchange {
-            host: &host,
-            peer,
-            scheme,
-            request_id: &request_id,
+            host,
+            client: peer,
+            request_id,
             deadline: tokio::time::Instant::from_std(start + route.settings.request_timeout),
             upstream: None,
         };
         let mut resp = match &route.paused {
             Some(message) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")),
-            None => self.forward(&mut ex, route.clone(), req).await,
+            None => self.forward(&mut ex, &mut route, req).await,
         };
-        if self.options.hsts && scheme == "https" {
+        if self.options.hsts && peer.scheme == "https" {
             resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
         }
         // Phase: log.
         let status = resp.status().as_u16();
         let elapsed = start.elapsed();
         route.service.stats.response(status, elapsed);
-        if let Some(log) = &self.options.access_log {
+        if let (Some(log), Some(path)) = (&self.options.access_log, &path) {
             log.record(&AccessRecord {
                 ts: time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
                 service: &route.service.name,
-                host: &host,
+                host,
                 method: method.as_str(),
-                path: &path,
+                path,
                 protocol: match version {
                     Version::HTTP_2 => "HTTP/2",
                     Version::HTTP_10 => "HTTP/1.0",
@@ -488,8 +440,8 @@ impl Router {
                 status,
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 upstream: ex.upstream.map(|a| a.to_string()),
-                request_id: &request_id,
-                client: peer.ip().to_string(),
+                request_id,
+                client: peer.ip.clone(),
             });
         }
         resp
@@ -497,7 +449,7 @@ impl Router {
 
     /// Phases pick, forward and respond. A request whose body is empty is retried once on another
     /// instance when connecting failed; one with a body is never retried.
-    async fn forward(&self, ex: &mut Exchange<'_>, mut route: Arc<Route>, mut req: Request<Incoming>) -> Response<Body> {
+    async fn forward(&self, ex: &mut Exchange<'_>, route: &mut Arc<Route>, mut req: Request<Incoming>) -> Response<Body> {
         let settings = route.settings.clone();
         let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > settings.max_body_bytes) {
@@ -507,64 +459,66 @@ impl Router {
         let mut client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let h2c = settings.h2c || is_grpc(req.headers());
         let (parts, body) = req.into_parts();
-        let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let empty_request = body.is_end_stream();
         let limit = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
-        let mut body = Some(Limited::new(body, limit).boxed());
+        let mut body = (!empty_request).then(|| Limited::new(body, limit).boxed());
         let mut failed = None;
         for _attempt in 0..2 {
             // Phase: pick.
-            let in_flight = match self.acquire(ex, &mut route, failed).await {
+            let in_flight = match self.acquire(ex, route, failed).await {
                 Ok(g) => g,
                 Err(resp) => return resp,
             };
-            let upstream = in_flight.upstream().clone();
+            let upstream = in_flight.upstream();
             ex.upstream = Some(upstream.addr);
-            let b = if empty_request {
-                empty()
-            } else {
-                match body.take() {
-                    Some(b) => b,
-                    None => break,
+            let b = match (empty_request, body.take()) {
+                (true, _) => None,
+                (false, Some(b)) => Some(b),
+                // The body went with the first attempt.
+                (false, None) => break,
+            };
+            let ex: &Exchange<'_> = ex;
+            // Phase: forward.
+            let sent = async {
+                if h2c {
+                    // HTTP/2 needs the authority in the URI.
+                    let uri = hyper::Uri::builder()
+                        .scheme(hyper::http::uri::Scheme::HTTP)
+                        .authority(upstream.authority.clone())
+                        .path_and_query(target)
+                        .build()
+                        .map_err(|e| SendError::new(&e, false))?;
+                    let mut up = Request::new(b.unwrap_or_else(empty));
+                    *up.method_mut() = parts.method.clone();
+                    *up.version_mut() = Version::HTTP_2;
+                    *up.uri_mut() = uri;
+                    let headers = up.headers_mut();
+                    upstream_headers(&parts.headers, ex, |name, value| {
+                        if let Ok(v) = HeaderValue::from_bytes(value) {
+                            headers.append(name.clone(), v);
+                        }
+                    });
+                    self.h2c.request(up).await.map(Answer::H2).map_err(|e| SendError::new(&e, e.is_connect()))
+                } else {
+                    let mut head = RequestHead::new(&parts.method, target);
+                    upstream_headers(&parts.headers, ex, |name, value| head.header(name, value));
+                    if let Some(proto) = &upgrade {
+                        head.header(&header::CONNECTION, b"upgrade");
+                        head.header(&header::UPGRADE, proto.as_bytes());
+                    }
+                    let out = Outgoing {
+                        head,
+                        chunked: b.is_some() && !parts.headers.contains_key(header::CONTENT_LENGTH),
+                        body: b,
+                        head_only: parts.method == Method::HEAD,
+                        idempotent: parts.method.is_idempotent(),
+                    };
+                    self.http1.send(upstream.addr, out).await.map(|(head, reply)| Answer::H1(head, reply))
                 }
             };
-            // Built per attempt: a retry is rare, and cheaper than cloning every time.
-            let mut headers = upstream_headers(&parts.headers, ex.peer, ex.host, ex.request_id, ex.scheme);
-            if let Some(proto) = &upgrade {
-                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                headers.insert(header::UPGRADE, proto.clone());
-            }
-            // HTTP/2 needs the authority in the URI; HTTP/1.1 connections of our own send the
-            // origin form (`/path?query`, with the Host header), as origin servers expect.
-            let uri = if h2c {
-                hyper::Uri::builder()
-                    .scheme(hyper::http::uri::Scheme::HTTP)
-                    .authority(upstream.authority.clone())
-                    .path_and_query(path_and_query.clone())
-                    .build()
-            } else {
-                hyper::Uri::builder().path_and_query(path_and_query.clone()).build()
-            };
-            let Ok(uri) = uri else { return text(StatusCode::BAD_REQUEST, "invalid request target\n") };
-            let mut up = Request::new(b);
-            *up.method_mut() = parts.method.clone();
-            *up.version_mut() = if h2c { Version::HTTP_2 } else { Version::HTTP_11 };
-            *up.headers_mut() = headers;
-            *up.uri_mut() = uri;
-            let addr = upstream.addr;
-            // Phase: forward.
-            type Sent = Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Option<Returned>), SendError>> + Send>>;
-            let sent: Sent = if upgrade.is_some() {
-                Box::pin(async move { send_upgrade(addr, up).await.map(|r| (r, None)) })
-            } else if h2c {
-                let fut = self.h2c.request(up);
-                Box::pin(async move { fut.await.map(|r| (r, None)).map_err(|e| SendError::new(&e, e.is_connect())) })
-            } else {
-                let pool = self.http1.clone();
-                Box::pin(async move { pool.send(addr, up).await.map(|(r, s)| (r, Some(Returned { pool, addr, sender: s }))) })
-            };
             match tokio::time::timeout_at(ex.deadline, sent).await {
-                Ok(Ok((resp, conn))) => return respond(resp, in_flight, ex.deadline, client_upgrade.take(), conn),
+                Ok(Ok(answer)) => return respond(answer, in_flight, ex.deadline, client_upgrade.take()),
                 Err(_) => {
                     return text(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -572,14 +526,14 @@ impl Router {
                     )
                 }
                 Ok(Err(e)) if e.connect && empty_request => {
-                    tracing::warn!(upstream = %addr, error = %e.message, "connecting failed, retrying on another instance");
-                    failed = Some(addr);
+                    tracing::warn!(upstream = %upstream.addr, error = %e.message, "connecting failed, retrying on another instance");
+                    failed = Some(upstream.addr);
                 }
                 Ok(Err(e)) if e.too_large => {
                     return text(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {} bytes\n", settings.max_body_bytes))
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(upstream = %addr, error = %e.message, "upstream failed");
+                    tracing::warn!(upstream = %upstream.addr, error = %e.message, "upstream failed");
                     return text(StatusCode::BAD_GATEWAY, "the instance failed to answer\n");
                 }
             }
@@ -657,6 +611,16 @@ impl Router {
     }
 }
 
+/// Keeps a timer due within a second on a worker's runtime. Every request arms a deadline; when
+/// that deadline is the runtime's earliest timer, arming it wakes the runtime's driver through
+/// its eventfd — a system call per request. With this one always earlier, none is needed.
+async fn near_timer() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+    }
+}
+
 /// A listener on `addr` that other workers may share (`SO_REUSEPORT`).
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
@@ -667,75 +631,76 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// A TCP connection to an instance (no Nagle), given up after 2 s.
-async fn connect(addr: SocketAddr) -> Result<TcpStream, SendError> {
-    let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(SendError::new(&e, true)),
-        Err(e) => return Err(SendError::new(&e, true)),
-    };
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
-
-/// Forwards an upgrade request on a connection of its own, which becomes the tunnel.
-async fn send_upgrade(addr: SocketAddr, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
-    let stream = connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| SendError::new(&e, false))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream upgrade connection ended with an error");
-        }
-    });
-    sender.send_request(req).await.map_err(|e| SendError::new(&e, false))
-}
-
 /// Phase respond: the instance's answer with hop-by-hop headers dropped, its body streamed. A
 /// `101 Switching Protocols` to an upgrade request joins both connections into a tunnel, which
 /// counts as a request in flight until either side closes.
 fn respond(
-    mut resp: Response<Incoming>,
+    answer: Answer,
     in_flight: InFlight,
     deadline: tokio::time::Instant,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    conn: Option<Returned>,
 ) -> Response<Body> {
-    if let (StatusCode::SWITCHING_PROTOCOLS, Some(client)) = (resp.status(), client_upgrade) {
-        let upstream = hyper::upgrade::on(&mut resp);
-        let (mut parts, _) = resp.into_parts();
-        let proto = parts.headers.get(header::UPGRADE).cloned();
+    fn streamed<B>(resp: Response<B>, in_flight: InFlight, deadline: tokio::time::Instant) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, inner) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if let Some(p) = proto {
-            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, p);
-        }
-        tokio::spawn(async move {
-            match tokio::try_join!(client, upstream) {
-                Ok((c, u)) => {
-                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                        tracing::debug!(error = %e, "tunnel ended with an error");
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        Response::from_parts(parts, Deadlined { inner, _in_flight: in_flight, deadline, timer: None }.boxed())
+    }
+    match answer {
+        Answer::H2(resp) => streamed(resp, in_flight, deadline),
+        Answer::H1(head, Reply::Body(body)) => streamed(head.map(|()| body), in_flight, deadline),
+        Answer::H1(head, Reply::Tunnel(conn)) => {
+            let Some(client) = client_upgrade else {
+                return text(StatusCode::BAD_GATEWAY, "the instance switched protocols unasked\n");
+            };
+            let (mut parts, ()) = head.into_parts();
+            let proto = parts.headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(&mut parts.headers);
+            if let Some(p) = proto {
+                parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(header::UPGRADE, p);
             }
-            drop(in_flight);
-        });
-        return Response::from_parts(parts, empty());
+            tokio::spawn(async move {
+                let _in_flight = in_flight;
+                let (mut upstream, early) = conn.into_tunnel();
+                match client.await {
+                    Ok(c) => {
+                        let mut c = TokioIo::new(c);
+                        let copied = async {
+                            c.write_all(&early).await?;
+                            tokio::io::copy_bidirectional(&mut c, &mut upstream).await
+                        };
+                        if let Err(e) = copied.await {
+                            tracing::debug!(error = %e, "tunnel ended with an error");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+            Response::from_parts(parts, empty())
+        }
     }
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    // A body that is empty from the start is done already: the connection can go back now.
-    let mut conn = conn;
-    if body.is_end_stream() {
-        give_back(&mut conn);
-    }
-    Response::from_parts(parts, ResponseBody { inner: body, _in_flight: in_flight, deadline, timer: None, conn }.boxed())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The headers an instance would see, for a client at `ip`.
+    fn forwarded(src: &HeaderMap, ip: [u8; 4], host: &str, scheme: &'static str) -> HeaderMap {
+        let client = Peer { ip: std::net::IpAddr::from(ip).to_string(), scheme };
+        let ex = Exchange { host, client: &client, request_id: "rid", deadline: tokio::time::Instant::now(), upstream: None };
+        let mut out = HeaderMap::new();
+        upstream_headers(src, &ex, |n, v| {
+            if let Ok(v) = HeaderValue::from_bytes(v) {
+                out.append(n.clone(), v);
+            }
+        });
+        out
+    }
 
     #[test]
     fn hop_by_hop_headers_are_dropped() {
@@ -746,23 +711,42 @@ mod tests {
             ("x-private", "1"),
             ("te", "trailers, gzip"),
             ("upgrade", "h2c"),
+            ("host", "other"),
             ("x-app", "kept"),
         ] {
             h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let out = upstream_headers(&h, SocketAddr::from(([10, 0, 0, 9], 5555)), "web.localhost", "rid", "http");
+        let out = forwarded(&h, [10, 0, 0, 9], "web.localhost", "http");
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, ["host", "te", "x-app", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-request-id"]);
         assert_eq!(out.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+        assert_eq!(out.get("host").map(|v| v.as_bytes()), Some(&b"web.localhost"[..]));
         assert_eq!(out.get("x-forwarded-for").map(|v| v.as_bytes()), Some(&b"10.0.0.9"[..]));
+        let mut resp = h.clone();
+        strip_hop_by_hop(&mut resp);
+        let mut names: Vec<&str> = resp.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["host", "x-app"]);
     }
 
     #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
-        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
-        let out = upstream_headers(&h, SocketAddr::from(([127, 0, 0, 1], 1)), "a", "r", "https");
-        assert_eq!(out.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()), Some(&b"1.2.3.4, 127.0.0.1"[..]));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("5.6.7.8"));
+        let out = forwarded(&h, [127, 0, 0, 1], "a", "https");
+        assert_eq!(out.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()), Some(&b"1.2.3.4, 5.6.7.8, 127.0.0.1"[..]));
+        assert_eq!(out.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(out.get(&X_FORWARDED_PROTO).map(|v| v.as_bytes()), Some(&b"https"[..]));
+    }
+
+    #[test]
+    fn request_ids_are_128_bit_hex() {
+        let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+        let (a, b) = (new_request_id(&mut a).to_owned(), new_request_id(&mut b));
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
     }
 }

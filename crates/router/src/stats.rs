@@ -2,7 +2,7 @@
 //! Prometheus text format (`berth_router_*` on the API's `/metrics`).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::table::RoutingTable;
@@ -12,39 +12,80 @@ const LATENCY_BOUNDS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 /// Upper bounds of the cold-start buckets, seconds.
 const COLD_START_BOUNDS: [f64; 10] = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
+/// How many copies of the request-path counters there are. Each thread writes the copy its
+/// index picks, so router workers on different cores do not keep taking one cache line from
+/// each other; reading sums the copies.
+const SHARDS: usize = 4;
+
+/// The copy of the counters this thread writes.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// One copy of `N` counters, on cache lines of its own.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Cells<const N: usize>([AtomicU64; N]);
+
+/// `N` counters, kept per [`shard`].
+#[derive(Debug)]
+struct Counters<const N: usize>([Cells<N>; SHARDS]);
+
+impl<const N: usize> Counters<N> {
+    fn new() -> Self {
+        Counters(std::array::from_fn(|_| Cells(std::array::from_fn(|_| AtomicU64::new(0)))))
+    }
+
+    fn add(&self, i: usize, n: u64) {
+        self.0[shard()].0[i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn get(&self, i: usize) -> u64 {
+        self.0.iter().map(|c| c.0[i].load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// A histogram with fixed buckets (non-cumulative counts; rendered cumulative).
 #[derive(Debug)]
 struct Histogram<const N: usize> {
     bounds: &'static [f64; N],
-    buckets: [AtomicU64; N],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    buckets: Counters<N>,
+    /// Observations, and their sum in microseconds.
+    totals: Counters<2>,
 }
 
 impl<const N: usize> Histogram<N> {
     fn new(bounds: &'static [f64; N]) -> Self {
-        Histogram { bounds, buckets: std::array::from_fn(|_| AtomicU64::new(0)), count: AtomicU64::new(0), sum_micros: AtomicU64::new(0) }
+        Histogram { bounds, buckets: Counters::new(), totals: Counters::new() }
     }
 
     fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
         if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            self.buckets.add(i, 1);
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.totals.add(0, 1);
+        self.totals.add(1, d.as_micros() as u64);
+    }
+
+    fn count(&self) -> u64 {
+        self.totals.get(0)
     }
 
     fn render(&self, out: &mut String, name: &str, service: &str) {
         let mut cumulative = 0;
-        for (b, n) in self.bounds.iter().zip(&self.buckets) {
-            cumulative += n.load(Ordering::Relaxed);
+        for (i, b) in self.bounds.iter().enumerate() {
+            cumulative += self.buckets.get(i);
             let _ = writeln!(out, "{name}_bucket{{service=\"{service}\",le=\"{b}\"}} {cumulative}");
         }
-        let count = self.count.load(Ordering::Relaxed);
+        let count = self.count();
         let _ = writeln!(out, "{name}_bucket{{service=\"{service}\",le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "{name}_count{{service=\"{service}\"}} {count}");
-        let _ = writeln!(out, "{name}_sum{{service=\"{service}\"}} {}", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_sum{{service=\"{service}\"}} {}", self.totals.get(1) as f64 / 1e6);
     }
 }
 
@@ -52,7 +93,7 @@ impl<const N: usize> Histogram<N> {
 #[derive(Debug)]
 pub struct ServiceStats {
     /// Responses by status class: 1xx … 5xx.
-    responses: [AtomicU64; 5],
+    responses: Counters<5>,
     latency: Histogram<14>,
     cold_starts: Histogram<10>,
 }
@@ -60,7 +101,7 @@ pub struct ServiceStats {
 impl Default for ServiceStats {
     fn default() -> Self {
         ServiceStats {
-            responses: std::array::from_fn(|_| AtomicU64::new(0)),
+            responses: Counters::new(),
             latency: Histogram::new(&LATENCY_BOUNDS),
             cold_starts: Histogram::new(&COLD_START_BOUNDS),
         }
@@ -71,12 +112,15 @@ impl ServiceStats {
     /// Records a response head sent after `elapsed`.
     pub fn response(&self, status: u16, elapsed: Duration) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.responses.add(class, 1);
         self.latency.observe(elapsed);
     }
 
     pub fn responses(&self, class: u16) -> u64 {
-        self.responses.get(class.wrapping_sub(1) as usize).map(|n| n.load(Ordering::Relaxed)).unwrap_or(0)
+        match class {
+            1..=5 => self.responses.get(usize::from(class) - 1),
+            _ => 0,
+        }
     }
 
     pub(crate) fn cold_start(&self, took: Duration) {
@@ -84,7 +128,7 @@ impl ServiceStats {
     }
 
     pub fn cold_start_count(&self) -> u64 {
-        self.cold_starts.count.load(Ordering::Relaxed)
+        self.cold_starts.count()
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -141,7 +141,6 @@ pub struct Upstream {
     pub(crate) authority: hyper::http::uri::Authority,
     service: Arc<ServiceState>,
     in_flight: AtomicUsize,
-    served: AtomicU64,
     idle: Notify,
     /// Set once it has left the table.
     retired: AtomicBool,
@@ -154,7 +153,6 @@ impl Upstream {
             authority: addr.to_string().parse().unwrap_or_else(|_| hyper::http::uri::Authority::from_static("invalid")),
             service,
             in_flight: AtomicUsize::new(0),
-            served: AtomicU64::new(0),
             idle: Notify::new(),
             retired: AtomicBool::new(false),
         }
@@ -171,17 +169,11 @@ impl Upstream {
         self.retired.load(Ordering::SeqCst)
     }
 
-    /// Requests it has been given in all.
-    pub fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
-    }
-
     /// Counts a request until the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         // SeqCst pairs with `retire` + `drained`: either the request sees the upstream retired,
         // or the drain sees the request.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.served.fetch_add(1, Ordering::Relaxed);
         self.service.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }

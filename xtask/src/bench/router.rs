@@ -1,7 +1,8 @@
 //! `cargo xtask bench router`: berth's router against nginx 1.22 (Debian) as reverse proxies
 //! in front of the same backend (an nginx answering a fixed 2 bytes), alternating rounds, with
 //! wrk and keep-alive: 64 connections over HTTP and over HTTPS (saturated: requests/s, p50,
-//! p99; both proxies with an ECDSA P-256 certificate, TLS 1.3) and 1 connection (the p50 each
+//! p99, and the proxy's own CPU time per request, which the noise of a shared machine moves
+//! least; both proxies with an ECDSA P-256 certificate, TLS 1.3) and 1 connection (the p50 each
 //! proxy adds over going direct to the backend). Then scale from zero: a request to a service
 //! with no instance is held while an activator starts the backend (`examples/hello`, probed for
 //! readiness as berth's controller does), and the overhead is the time to first byte minus the
@@ -104,6 +105,69 @@ fn wrk_url(url: &str, connections: u32, threads: u32, secs: u32) -> anyhow::Resu
         bail!("requests failed during the benchmark:\n{text}");
     }
     Ok((rps, pct("50%")?, pct("99%")?))
+}
+
+/// Where the CPU time of a proxy's processes or threads is read: `/proc/.../stat` files.
+enum CpuOf {
+    /// The workers of an nginx master.
+    NginxWorkers(u32),
+    /// This process's router threads (`berth-router-N`).
+    RouterThreads,
+}
+
+impl CpuOf {
+    /// CPU seconds (user + system) used so far.
+    fn seconds(&self) -> f64 {
+        let stats: Vec<String> = match self {
+            CpuOf::NginxWorkers(master) => std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+                .filter(|s| stat_fields(s).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok())) == Some(*master))
+                .collect(),
+            CpuOf::RouterThreads => std::fs::read_dir("/proc/self/task")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.starts_with("berth-router")))
+                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+                .collect(),
+        };
+        let ticks: f64 = stats
+            .iter()
+            .filter_map(|s| stat_fields(s))
+            .map(|f| {
+                f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+            })
+            .sum();
+        ticks / clock_ticks_per_second()
+    }
+}
+
+/// The fields of a `/proc/.../stat` line after the command name (the state is field 0).
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// wrk's results plus the proxy's CPU time per request (µs) over the run.
+fn wrk_cpu(url: &str, cpu: &CpuOf, secs: u32) -> anyhow::Result<(f64, f64, f64, f64)> {
+    let before = cpu.seconds();
+    let (rps, p50, p99) = wrk_url(url, 64, 2, secs)?;
+    let used = cpu.seconds() - before;
+    Ok((rps, p50, p99, used * 1e6 / (rps * f64::from(secs))))
 }
 
 /// A self-signed ECDSA P-256 certificate for `localhost` (for nginx), with openssl.
@@ -284,21 +348,34 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     let mut rps_tls = Figure::new("HTTPS, 64 conns", "req/s");
     let mut p99_tls = Figure::new("HTTPS p99, 64 conns", "µs");
     let mut added = Figure::new("added p50, 1 conn", "µs");
+    let mut cpu = Figure::new("CPU per request, HTTP", "µs");
+    let mut cpu_tls = Figure::new("CPU per request, HTTPS", "µs");
+    let nginx_cpu = CpuOf::NginxWorkers(_proxy.0.id());
     for round in 0..rounds {
         let order = if round % 2 == 0 { [true, false] } else { [false, true] };
         let direct = wrk(backend_port, 1, 1, 3)?.1;
         for berth in order {
             let (port, tls_port) = if berth { (berth_port, berth_tls_port) } else { (nginx_port, nginx_tls_port) };
-            let (r, a, b) = wrk(port, 64, 2, 5)?;
-            let (rt_, _, bt) = wrk_url(&format!("https://localhost:{tls_port}/"), 64, 2, 5)?;
+            let of = if berth { &CpuOf::RouterThreads } else { &nginx_cpu };
+            let (r, a, b, c) = wrk_cpu(&format!("http://127.0.0.1:{port}/"), of, 5)?;
+            let (rt_, _, bt, ct) = wrk_cpu(&format!("https://localhost:{tls_port}/"), of, 5)?;
             let (_, c1, _) = wrk(port, 1, 1, 3)?;
             eprintln!(
-                "round {}/{rounds} {:<6} http {r:>7.0} req/s p50 {a:>5.0} µs p99 {b:>6.0} µs | https {rt_:>7.0} req/s p99 {bt:>6.0} µs | c1 p50 {c1:>4.0} µs (direct {direct:.0})",
+                "round {}/{rounds} {:<6} http {r:>7.0} req/s p50 {a:>5.0} µs p99 {b:>6.0} µs cpu {c:>4.1} µs/req | https {rt_:>7.0} req/s p99 {bt:>6.0} µs cpu {ct:>4.1} µs/req | c1 p50 {c1:>4.0} µs (direct {direct:.0})",
                 round + 1,
                 if berth { "berth" } else { "nginx" }
             );
             let add = (c1 - direct).max(1.0);
-            for (f, v) in [(&mut rps, r), (&mut p50, a), (&mut p99, b), (&mut rps_tls, rt_), (&mut p99_tls, bt), (&mut added, add)] {
+            for (f, v) in [
+                (&mut rps, r),
+                (&mut p50, a),
+                (&mut p99, b),
+                (&mut rps_tls, rt_),
+                (&mut p99_tls, bt),
+                (&mut added, add),
+                (&mut cpu, c),
+                (&mut cpu_tls, ct),
+            ] {
                 if berth {
                     f.berth.push(v);
                 } else {
@@ -313,7 +390,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     let cold = cold_starts(&hello, rounds)?;
 
     println!();
-    let figures = [rps, p50, p99, rps_tls, p99_tls, added];
+    let figures = [rps, p50, p99, rps_tls, p99_tls, added, cpu, cpu_tls];
     print_table("nginx", &figures);
     let cold_ms = median(cold);
     println!("{:<28} {:>14.1}", "scale-from-zero overhead (ms)", cold_ms);
