@@ -1,5 +1,7 @@
 //! `cargo xtask bench router`: berth's router against nginx 1.22 (Debian) as reverse proxies
-//! in front of the same backend (an nginx answering a fixed 2 bytes), alternating rounds, with
+//! in front of the same backend (an nginx answering a fixed 2 bytes), nginx set to do the same
+//! work per request (the Host as sent, `X-Forwarded-For/-Proto/-Host`, the client's
+//! `X-Request-Id` or a new one; keep-alive upstream connections), alternating rounds, with
 //! wrk and keep-alive: 64 connections over HTTP and over HTTPS (saturated: requests/s, p50,
 //! p99, and the proxy's own CPU time per request, which the noise of a shared machine moves
 //! least; both proxies with an ECDSA P-256 certificate, TLS 1.3) and 1 connection (the p50 each
@@ -313,14 +315,19 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     let (cert, key) = nginx_certificate(dir.path())?;
     let _backend =
         nginx(dir.path(), "backend", "1", &format!("  server {{ listen 127.0.0.1:{backend_port}; location / {{ return 200 \"ok\"; }} }}"))?;
-    let location =
-        "location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }";
+    // nginx does the work berth's router does for every request: the Host as the client sent
+    // it, X-Forwarded-For/-Proto/-Host, and the client's X-Request-Id or a new random one.
+    let request_id = "  map $http_x_request_id $berth_request_id { default $http_x_request_id; \"\" $request_id; }\n";
+    let location = "location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; \
+        proxy_set_header Host $http_host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; \
+        proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $http_host; \
+        proxy_set_header X-Request-Id $berth_request_id; }";
     let _proxy = nginx(
         dir.path(),
         "proxy",
         "auto",
         &format!(
-            "  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 128; }}\n  server {{ listen 127.0.0.1:{nginx_port}; {location} }}\n  server {{ listen 127.0.0.1:{nginx_tls_port} ssl; ssl_certificate {}; ssl_certificate_key {}; ssl_protocols TLSv1.3; {location} }}",
+            "{request_id}  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 128; }}\n  server {{ listen 127.0.0.1:{nginx_port}; {location} }}\n  server {{ listen 127.0.0.1:{nginx_tls_port} ssl; ssl_certificate {}; ssl_certificate_key {}; ssl_protocols TLSv1.3; {location} }}",
             cert.display(),
             key.display()
         ),
