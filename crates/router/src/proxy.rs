@@ -328,8 +328,8 @@ impl Router {
                         }
                     };
                     let _ = tx.send(listener.local_addr());
-                    tokio::spawn(near_timer());
                     let router = Router::with_options(table, options);
+                    tokio::spawn(worker_chores(router.http1.clone()));
                     let served = match tls {
                         Some(config) => router.serve_tls(listener, config).await,
                         None => router.serve(listener).await,
@@ -611,13 +611,15 @@ impl Router {
     }
 }
 
-/// Keeps a timer due within a second on a worker's runtime. Every request arms a deadline; when
-/// that deadline is the runtime's earliest timer, arming it wakes the runtime's driver through
-/// its eventfd — a system call per request. With this one always earlier, none is needed.
-async fn near_timer() {
+/// A worker's once-a-second chores: closing upstream connections idle too long, and keeping a
+/// timer due within a second on its runtime. Every request arms a deadline; when that deadline
+/// is the runtime's earliest timer, arming it wakes the runtime's driver through its eventfd — a
+/// system call per request. With this one always earlier, none is needed.
+async fn worker_chores(pool: Arc<upstream::Pool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
+        pool.sweep(Instant::now());
     }
 }
 

@@ -83,6 +83,19 @@ struct Slots {
     swept: Option<Instant>,
 }
 
+impl Slots {
+    fn sweep(&mut self, now: Instant) {
+        if self.swept.is_some_and(|t| now.saturating_duration_since(t) < IDLE_TIMEOUT) {
+            return;
+        }
+        self.swept = Some(now);
+        self.by_addr.retain(|_, list| {
+            list.retain(|i| now.saturating_duration_since(i.since) < IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+    }
+}
+
 /// Idle connections to instances, by address. With [`crate::Router::serve_workers`] every
 /// worker thread has its own, so a connection is only ever used from the thread that made it.
 #[derive(Default)]
@@ -103,22 +116,21 @@ impl Pool {
         None
     }
 
-    /// Keeps a connection whose last answer was read to its end. Once per idle timeout, drops
-    /// the connections that have been idle longer (and so addresses no longer routed).
+    /// Keeps a connection whose last answer was read to its end.
     fn put(&self, addr: SocketAddr, conn: Conn) {
         let now = Instant::now();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if slots.swept.is_none_or(|t| now.duration_since(t) >= IDLE_TIMEOUT) {
-            slots.swept = Some(now);
-            slots.by_addr.retain(|_, list| {
-                list.retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT);
-                !list.is_empty()
-            });
-        }
+        slots.sweep(now);
         let list = slots.by_addr.entry(addr).or_default();
         if list.len() < IDLE_PER_HOST {
             list.push(Idle { conn, since: now });
         }
+    }
+
+    /// Closes the connections idle for longer than the idle timeout (so also those to
+    /// addresses no longer routed); does the work at most once per timeout.
+    pub(crate) fn sweep(&self, now: Instant) {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).sweep(now);
     }
 
     /// Sends a request and reads its answer's head; the body follows as the returned
@@ -715,6 +727,9 @@ mod tests {
         // The second request goes over the same connection (the instance accepts only once).
         let (status, body, _) = fetch(&pool, addr, get("/second")).await?;
         assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+        // Idle past the timeout: closed by the sweep.
+        pool.sweep(Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1));
+        assert!(pool.take(addr).is_none());
         let seen = server.await?;
         assert!(seen[0].starts_with(b"GET /a?b=1 HTTP/1.1\r\nhost: web.localhost\r\n\r\n"), "{:?}", String::from_utf8_lossy(&seen[0]));
         assert!(seen[1].starts_with(b"GET /second HTTP/1.1\r\n"));
