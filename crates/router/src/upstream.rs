@@ -2,8 +2,9 @@
 //! does all the work: it writes the request head and streams the body, reads the answer's head,
 //! and the answer's body is read from the socket as the client takes it — no connection task
 //! and no channel in between. A connection goes back to its pool once its answer has been read
-//! to the end; one that turns out closed when reused is replaced for requests that may be sent
-//! again (idempotent, no body).
+//! to the end. A reused connection that turns out closed is replaced when the request is known
+//! not to have reached the instance (its head could not be written) or may be sent again (an
+//! idempotent request without a body to which no byte of an answer came).
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
