@@ -11,6 +11,7 @@
 
 mod access;
 mod book;
+mod h1;
 mod proxy;
 mod stats;
 mod table;

@@ -1,7 +1,8 @@
-//! The proxy: an HTTP/1.1 and HTTP/2 server (h2c with prior knowledge, or h2 over TLS) whose
-//! requests pass named phases — route, pick, forward, respond, log — over pooled upstream
-//! connections, with WebSocket (Upgrade) tunnels, per-service timeouts, body limits, a
+//! The proxy: requests pass named phases — route, pick, forward, respond, log — over pooled
+//! upstream connections, with WebSocket (Upgrade) tunnels, per-service timeouts, body limits, a
 //! concurrency cap with a bounded queue, and requests held while a first instance starts.
+//! Client connections start in the router's own HTTP/1.1 loop (`h1.rs`); HTTP/2 (h2 over TLS,
+//! h2c with prior knowledge) and the requests that loop leaves are served through hyper.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -55,7 +56,7 @@ fn empty() -> Body {
     Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
 }
 
-fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(msg.into())).map_err(|never| match never {}).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -84,38 +85,81 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A request's header fields: hyper's map, or the raw fields of a head the router parsed itself.
+#[derive(Clone, Copy)]
+pub(crate) enum Fields<'a> {
+    Map(&'a HeaderMap),
+    Raw(&'a [httparse::Header<'a>]),
+}
+
+impl<'a> Fields<'a> {
+    /// Every field, in order, as (name, value).
+    fn each(&self, mut f: impl FnMut(&[u8], &'a [u8])) {
+        match *self {
+            Fields::Map(m) => m.iter().for_each(|(n, v)| f(n.as_str().as_bytes(), v.as_bytes())),
+            Fields::Raw(r) => r.iter().for_each(|h| f(h.name.as_bytes(), h.value)),
+        }
+    }
+
+    /// The values of the fields named `name` (any case).
+    pub(crate) fn values(&self, name: &str, mut f: impl FnMut(&'a [u8])) {
+        self.each(|n, v| {
+            if n.eq_ignore_ascii_case(name.as_bytes()) {
+                f(v)
+            }
+        })
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        let mut found = false;
+        self.values(name, |_| found = true);
+        found
+    }
+
+    /// Whether a comma-separated field has `token` among its elements.
+    fn has_token(&self, name: &str, token: &[u8]) -> bool {
+        let mut found = false;
+        self.values(name, |v| found |= v.split(|&c| c == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token)));
+        found
+    }
+}
+
+/// Whether `name` is one of `names` (any case).
+fn named(names: &[HeaderName], name: &[u8]) -> bool {
+    names.iter().any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
+
 /// Every header field an instance sees, in order: the client's, minus hop-by-hop ones and those
 /// the router sets; `TE: trailers` when the client accepts trailers; then Host, the
 /// `X-Forwarded-*` headers (the client's address appended to any `X-Forwarded-For` it sent)
 /// and `X-Request-Id`.
-fn upstream_headers(src: &HeaderMap, ex: &Exchange<'_>, mut emit: impl FnMut(&HeaderName, &[u8])) {
+fn upstream_headers(src: Fields<'_>, ex: &Exchange<'_>, mut emit: impl FnMut(&[u8], &[u8])) {
     // Connection may name more hop-by-hop headers (RFC 9110 §7.6.1).
-    let names_more = src.contains_key(header::CONNECTION);
-    for (name, value) in src {
-        let hop = HOP_BY_HOP.contains(name) || (names_more && has_token(src, &header::CONNECTION, name.as_str()));
-        if !hop && !ROUTER_SET.contains(name) {
-            emit(name, value.as_bytes());
+    let names_more = src.contains("connection");
+    src.each(|name, value| {
+        let hop = named(&HOP_BY_HOP, name) || (names_more && src.has_token("connection", name));
+        if !hop && !named(&ROUTER_SET, name) {
+            emit(name, value);
         }
+    });
+    if src.has_token("te", b"trailers") {
+        emit(b"te", b"trailers");
     }
-    if has_token(src, &header::TE, "trailers") {
-        emit(&header::TE, b"trailers");
-    }
-    emit(&header::HOST, ex.host.as_bytes());
-    let mut prior = src.get_all(&X_FORWARDED_FOR).iter().peekable();
-    if prior.peek().is_none() {
-        emit(&X_FORWARDED_FOR, ex.client.ip.as_bytes());
+    emit(b"host", ex.host.as_bytes());
+    let mut chain: Vec<u8> = Vec::new();
+    src.values("x-forwarded-for", |v| {
+        chain.extend_from_slice(v);
+        chain.extend_from_slice(b", ");
+    });
+    if chain.is_empty() {
+        emit(b"x-forwarded-for", ex.client.ip.as_bytes());
     } else {
-        let mut chain = Vec::with_capacity(64);
-        for v in prior {
-            chain.extend_from_slice(v.as_bytes());
-            chain.extend_from_slice(b", ");
-        }
         chain.extend_from_slice(ex.client.ip.as_bytes());
-        emit(&X_FORWARDED_FOR, &chain);
+        emit(b"x-forwarded-for", &chain);
     }
-    emit(&X_FORWARDED_PROTO, ex.client.scheme.as_bytes());
-    emit(&X_FORWARDED_HOST, ex.host.as_bytes());
-    emit(&X_REQUEST_ID, ex.request_id.as_bytes());
+    emit(b"x-forwarded-proto", ex.client.scheme.as_bytes());
+    emit(b"x-forwarded-host", ex.host.as_bytes());
+    emit(b"x-request-id", ex.request_id.as_bytes());
 }
 
 /// A new request id: 128 random bits in hex, written into `buf`.
@@ -129,10 +173,10 @@ fn new_request_id(buf: &mut [u8; 32]) -> &str {
 }
 
 /// Who a connection comes from, worked out once per connection.
-struct Peer {
+pub(crate) struct Peer {
     /// The client's IP as text, for `X-Forwarded-For` and the access log.
-    ip: String,
-    scheme: &'static str,
+    pub(crate) ip: String,
+    pub(crate) scheme: &'static str,
 }
 
 /// Starts instances of services that have none, on the router's request (scale from zero).
@@ -156,10 +200,10 @@ pub struct RouterOptions {
 }
 
 pub struct Router {
-    table: Arc<RoutingTable>,
+    pub(crate) table: Arc<RoutingTable>,
     http1: Arc<upstream::Pool>,
     h2c: Client<HttpConnector, Body>,
-    options: RouterOptions,
+    pub(crate) options: RouterOptions,
 }
 
 /// A 308 to the same host and path over HTTPS.
@@ -173,6 +217,11 @@ fn redirect(host: &str, port: u16, path: &str) -> Response<Body> {
     r
 }
 
+/// A 413 naming the limit.
+fn too_large(limit: u64) -> Response<Body> {
+    text(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {limit} bytes\n"))
+}
+
 /// A 503 that tells the client when to try again.
 fn busy(msg: String) -> Response<Body> {
     let mut r = text(StatusCode::SERVICE_UNAVAILABLE, msg);
@@ -181,16 +230,19 @@ fn busy(msg: String) -> Response<Body> {
 }
 
 /// The protocol a request asks to switch to (HTTP/1.1 `Connection: upgrade` + `Upgrade`).
-fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() == Version::HTTP_11 && has_token(req.headers(), &header::CONNECTION, "upgrade") {
-        req.headers().get(header::UPGRADE).cloned()
+fn upgrade_protocol(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
+    if version == Version::HTTP_11 && has_token(headers, &header::CONNECTION, "upgrade") {
+        headers.get(header::UPGRADE).cloned()
     } else {
         None
     }
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/grpc"))
+/// Whether a request is gRPC (which instances only speak over HTTP/2).
+pub(crate) fn is_grpc(fields: Fields<'_>) -> bool {
+    let mut grpc = false;
+    fields.values("content-type", |v| grpc |= v.starts_with(b"application/grpc"));
+    grpc
 }
 
 /// Why forwarding failed.
@@ -271,14 +323,83 @@ enum Answer {
 }
 
 /// What the phases share about one request.
-struct Exchange<'a> {
+pub(crate) struct Exchange<'a> {
     /// The Host the client asked for, as it sent it.
-    host: &'a str,
-    client: &'a Peer,
-    request_id: &'a str,
-    deadline: tokio::time::Instant,
+    pub(crate) host: &'a str,
+    pub(crate) client: &'a Peer,
+    pub(crate) request_id: &'a str,
+    pub(crate) method: Method,
+    pub(crate) version: Version,
+    /// The request target, kept only for the access log.
+    pub(crate) path: Option<String>,
+    pub(crate) start: Instant,
+    pub(crate) deadline: tokio::time::Instant,
     /// The instance the request went to, once picked.
-    upstream: Option<SocketAddr>,
+    pub(crate) upstream: Option<SocketAddr>,
+}
+
+/// A request line.
+pub(crate) struct Line<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) version: Version,
+    /// In origin form (`/path?query`).
+    pub(crate) target: &'a str,
+}
+
+impl<'a> Exchange<'a> {
+    /// The exchange of a request to `route` that arrived at `start`.
+    pub(crate) fn begin(
+        router: &Router,
+        route: &Route,
+        host: &'a str,
+        client: &'a Peer,
+        request_id: &'a str,
+        start: Instant,
+        line: Line<'_>,
+    ) -> Exchange<'a> {
+        Exchange {
+            host,
+            client,
+            request_id,
+            method: line.method.clone(),
+            version: line.version,
+            path: router.options.access_log.as_ref().map(|_| line.target.to_owned()),
+            start,
+            deadline: tokio::time::Instant::from_std(start + route.settings.request_timeout),
+            upstream: None,
+        }
+    }
+}
+
+/// A field value as text, if it is visible ASCII (as [`HeaderValue::to_str`] accepts).
+pub(crate) fn visible(v: &[u8]) -> Option<&str> {
+    v.iter().all(|&c| c == b'\t' || (0x20..0x7f).contains(&c)).then(|| std::str::from_utf8(v).ok()).flatten()
+}
+
+/// The request's id: the client's `X-Request-Id`, or a new one written into `buf`.
+pub(crate) fn request_id<'a>(fields: Fields<'a>, buf: &'a mut [u8; 32]) -> &'a str {
+    let mut given = None;
+    fields.values("x-request-id", |v| given = given.or(visible(v)));
+    match given {
+        Some(id) => id,
+        None => new_request_id(buf),
+    }
+}
+
+/// What is forwarded to an instance.
+pub(crate) struct Ask<'a> {
+    pub(crate) method: &'a Method,
+    /// The target in origin form (`/path?query`).
+    pub(crate) target: &'a str,
+    pub(crate) fields: Fields<'a>,
+    /// `None`: the request has no body.
+    pub(crate) body: Option<Body>,
+    /// The body's length was declared, so it goes as is rather than chunked.
+    pub(crate) declared: bool,
+    /// Over h2c rather than HTTP/1.1.
+    pub(crate) h2c: bool,
+    /// The protocol an Upgrade request asks for, and the client side of the switch.
+    pub(crate) upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
 }
 
 impl Router {
@@ -350,7 +471,7 @@ impl Router {
         loop {
             let (stream, peer) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
-            tokio::spawn(self.clone().connection(stream, peer, "http"));
+            tokio::spawn(self.clone().connection(stream, peer, "http", false));
         }
     }
 
@@ -363,76 +484,109 @@ impl Router {
             let (this, acceptor) = (self.clone(), acceptor.clone());
             tokio::spawn(async move {
                 match acceptor.accept(stream).await {
-                    Ok(tls) => this.connection(tls, peer, "https").await,
+                    Ok(tls) => {
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        this.connection(tls, peer, "https", h2).await
+                    }
                     Err(e) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                 }
             });
         }
     }
 
-    async fn connection<I>(self: Arc<Self>, io: I, addr: SocketAddr, scheme: &'static str)
+    /// Serves a client connection: HTTP/2 (ALPN `h2`) through hyper; anything else starts in the
+    /// router's own HTTP/1.1 loop, which hands the connection to hyper at the first request it
+    /// leaves to it.
+    async fn connection<I>(self: Arc<Self>, io: I, addr: SocketAddr, scheme: &'static str, h2: bool)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let peer = Arc::new(Peer { ip: addr.ip().to_string(), scheme });
+        if h2 {
+            self.serve_hyper(io, peer).await;
+        } else {
+            crate::h1::serve(self, io, peer).await;
+        }
+    }
+
+    /// Serves a connection (HTTP/1.1, or HTTP/2 with prior knowledge or by ALPN) with hyper.
+    pub(crate) async fn serve_hyper<I>(self: Arc<Self>, io: I, peer: Arc<Peer>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let ip = peer.ip.clone();
         let service = hyper::service::service_fn(move |req| {
             let (this, peer) = (self.clone(), peer.clone());
             async move { Ok::<_, Infallible>(this.handle(req, &peer).await) }
         });
         let builder = auto::Builder::new(TokioExecutor::new());
         if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
-            tracing::debug!(error = %e, peer = %addr, "connection ended with an error");
+            tracing::debug!(error = %e, peer = %ip, "connection ended with an error");
         }
     }
 
-    /// One request through the phases.
+    /// One request hyper parsed, through the phases.
     async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let start = Instant::now();
+        let (mut parts, body) = req.into_parts();
         // Phase: route.
-        let host_value =
-            req.headers().get(header::HOST).cloned().or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        let host = host_value.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+        let authority = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        let host = parts.headers.get(header::HOST).or(authority.as_ref()).and_then(|h| h.to_str().ok()).unwrap_or("");
         let Some(mut route) = self.table.lookup(host) else {
             return text(StatusCode::NOT_FOUND, format!("no service is served at `{host}`\n"));
         };
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         if let (Some(port), "http") = (self.options.redirect_to_https_port, peer.scheme) {
-            return redirect(host, port, req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+            return redirect(host, port, target);
         }
-        let given_id = req.headers().get(&X_REQUEST_ID).cloned();
+        let fields = Fields::Map(&parts.headers);
         let mut id_buf = [0u8; 32];
-        let request_id = match given_id.as_ref().and_then(|v| v.to_str().ok()) {
-            Some(id) => id,
-            None => new_request_id(&mut id_buf),
-        };
-        let method = req.method().clone();
-        let version = req.version();
-        let path = self.options.access_log.as_ref().map(|_| req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned());
-        let mut ex = Exchange {
-            host,
-            client: peer,
-            request_id,
-            deadline: tokio::time::Instant::from_std(start + route.settings.request_timeout),
-            upstream: None,
-        };
+        let line = Line { method: &parts.method, version: parts.version, target };
+        let mut ex = Exchange::begin(self, &route, host, peer, request_id(fields, &mut id_buf), start, line);
         let mut resp = match &route.paused {
             Some(message) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")),
-            None => self.forward(&mut ex, &mut route, req).await,
+            None => {
+                let settings = &route.settings;
+                let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+                let upgrade = upgrade_protocol(parts.version, &parts.headers)
+                    .and_then(|p| parts.extensions.remove::<hyper::upgrade::OnUpgrade>().map(|on| (p, on)));
+                if declared.is_some_and(|n| n > settings.max_body_bytes) {
+                    too_large(settings.max_body_bytes)
+                } else {
+                    let limit = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
+                    let ask = Ask {
+                        method: &parts.method,
+                        target,
+                        fields,
+                        body: (!body.is_end_stream()).then(|| Limited::new(body, limit).boxed()),
+                        declared: declared.is_some(),
+                        h2c: settings.h2c || is_grpc(fields),
+                        upgrade,
+                    };
+                    self.forward(&mut ex, &mut route, ask).await
+                }
+            }
         };
-        if self.options.hsts && peer.scheme == "https" {
+        self.finish(&route, &ex, &mut resp);
+        resp
+    }
+
+    /// Adds what the router adds to every response, and records the exchange (phase log).
+    pub(crate) fn finish(&self, route: &Route, ex: &Exchange<'_>, resp: &mut Response<Body>) {
+        if self.options.hsts && ex.client.scheme == "https" {
             resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
         }
-        // Phase: log.
         let status = resp.status().as_u16();
-        let elapsed = start.elapsed();
+        let elapsed = ex.start.elapsed();
         route.service.stats.response(status, elapsed);
-        if let (Some(log), Some(path)) = (&self.options.access_log, &path) {
+        if let (Some(log), Some(path)) = (&self.options.access_log, &ex.path) {
             log.record(&AccessRecord {
                 ts: time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
                 service: &route.service.name,
-                host,
-                method: method.as_str(),
+                host: ex.host,
+                method: ex.method.as_str(),
                 path,
-                protocol: match version {
+                protocol: match ex.version {
                     Version::HTTP_2 => "HTTP/2",
                     Version::HTTP_10 => "HTTP/1.0",
                     _ => "HTTP/1.1",
@@ -440,29 +594,22 @@ impl Router {
                 status,
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 upstream: ex.upstream.map(|a| a.to_string()),
-                request_id,
-                client: peer.ip.clone(),
+                request_id: ex.request_id,
+                client: ex.client.ip.clone(),
             });
         }
-        resp
     }
 
     /// Phases pick, forward and respond. A request whose body is empty is retried once on another
     /// instance when connecting failed; one with a body is never retried.
-    async fn forward(&self, ex: &mut Exchange<'_>, route: &mut Arc<Route>, mut req: Request<Incoming>) -> Response<Body> {
-        let settings = route.settings.clone();
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > settings.max_body_bytes) {
-            return text(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {} bytes\n", settings.max_body_bytes));
-        }
-        let upgrade = upgrade_protocol(&req);
-        let mut client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let h2c = settings.h2c || is_grpc(req.headers());
-        let (parts, body) = req.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let empty_request = body.is_end_stream();
-        let limit = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
-        let mut body = (!empty_request).then(|| Limited::new(body, limit).boxed());
+    pub(crate) async fn forward(&self, ex: &mut Exchange<'_>, route: &mut Arc<Route>, ask: Ask<'_>) -> Response<Body> {
+        let Ask { method, target, fields, body, declared, h2c, upgrade } = ask;
+        let empty_request = body.is_none();
+        let (upgrade, mut client_upgrade) = match upgrade {
+            Some((proto, on)) => (Some(proto), Some(on)),
+            None => (None, None),
+        };
+        let mut body = body;
         let mut failed = None;
         for _attempt in 0..2 {
             // Phase: pick.
@@ -490,29 +637,29 @@ impl Router {
                         .build()
                         .map_err(|e| SendError::new(&e, false))?;
                     let mut up = Request::new(b.unwrap_or_else(empty));
-                    *up.method_mut() = parts.method.clone();
+                    *up.method_mut() = method.clone();
                     *up.version_mut() = Version::HTTP_2;
                     *up.uri_mut() = uri;
                     let headers = up.headers_mut();
-                    upstream_headers(&parts.headers, ex, |name, value| {
-                        if let Ok(v) = HeaderValue::from_bytes(value) {
-                            headers.append(name.clone(), v);
+                    upstream_headers(fields, ex, |name, value| {
+                        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                            headers.append(n, v);
                         }
                     });
                     self.h2c.request(up).await.map(Answer::H2).map_err(|e| SendError::new(&e, e.is_connect()))
                 } else {
-                    let mut head = RequestHead::new(&parts.method, target);
-                    upstream_headers(&parts.headers, ex, |name, value| head.header(name, value));
+                    let mut head = RequestHead::new(method, target);
+                    upstream_headers(fields, ex, |name, value| head.header(name, value));
                     if let Some(proto) = &upgrade {
-                        head.header(&header::CONNECTION, b"upgrade");
-                        head.header(&header::UPGRADE, proto.as_bytes());
+                        head.header(b"connection", b"upgrade");
+                        head.header(b"upgrade", proto.as_bytes());
                     }
                     let out = Outgoing {
                         head,
-                        chunked: b.is_some() && !parts.headers.contains_key(header::CONTENT_LENGTH),
+                        chunked: b.is_some() && !declared,
                         body: b,
-                        head_only: parts.method == Method::HEAD,
-                        idempotent: parts.method.is_idempotent(),
+                        head_only: *method == Method::HEAD,
+                        idempotent: method.is_idempotent(),
                     };
                     self.http1.send(upstream.addr, out).await.map(|(head, reply)| Answer::H1(head, reply))
                 }
@@ -522,16 +669,14 @@ impl Router {
                 Err(_) => {
                     return text(
                         StatusCode::GATEWAY_TIMEOUT,
-                        format!("the instance did not answer within the request timeout ({:?})\n", settings.request_timeout),
+                        format!("the instance did not answer within the request timeout ({:?})\n", route.settings.request_timeout),
                     )
                 }
                 Ok(Err(e)) if e.connect && empty_request => {
                     tracing::warn!(upstream = %upstream.addr, error = %e.message, "connecting failed, retrying on another instance");
                     failed = Some(upstream.addr);
                 }
-                Ok(Err(e)) if e.too_large => {
-                    return text(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {} bytes\n", settings.max_body_bytes))
-                }
+                Ok(Err(e)) if e.too_large => return too_large(route.settings.max_body_bytes),
                 Ok(Err(e)) => {
                     tracing::warn!(upstream = %upstream.addr, error = %e.message, "upstream failed");
                     return text(StatusCode::BAD_GATEWAY, "the instance failed to answer\n");
@@ -692,16 +837,43 @@ mod tests {
     use super::*;
 
     /// The headers an instance would see, for a client at `ip`.
-    fn forwarded(src: &HeaderMap, ip: [u8; 4], host: &str, scheme: &'static str) -> HeaderMap {
+    fn forwarded_from(src: Fields<'_>, ip: [u8; 4], host: &str, scheme: &'static str) -> HeaderMap {
         let client = Peer { ip: std::net::IpAddr::from(ip).to_string(), scheme };
-        let ex = Exchange { host, client: &client, request_id: "rid", deadline: tokio::time::Instant::now(), upstream: None };
+        let ex = Exchange {
+            host,
+            client: &client,
+            request_id: "rid",
+            method: Method::GET,
+            version: Version::HTTP_11,
+            path: None,
+            start: Instant::now(),
+            deadline: tokio::time::Instant::now(),
+            upstream: None,
+        };
         let mut out = HeaderMap::new();
         upstream_headers(src, &ex, |n, v| {
-            if let Ok(v) = HeaderValue::from_bytes(v) {
-                out.append(n.clone(), v);
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
+                out.append(n, v);
             }
         });
         out
+    }
+
+    /// The same, from a header map and from the raw fields of the same head: both must agree.
+    fn forwarded(src: &HeaderMap, ip: [u8; 4], host: &str, scheme: &'static str) -> HeaderMap {
+        let from_map = forwarded_from(Fields::Map(src), ip, host, scheme);
+        let mut head = String::from("GET / HTTP/1.1\r\n");
+        for (n, v) in src {
+            // Raw names keep the case clients send.
+            head.push_str(&format!("{}: {}\r\n", n.as_str().to_uppercase(), v.to_str().unwrap_or_default()));
+        }
+        head.push_str("\r\n");
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut fields);
+        assert!(matches!(req.parse(head.as_bytes()), Ok(httparse::Status::Complete(_))));
+        let from_raw = forwarded_from(Fields::Raw(req.headers), ip, host, scheme);
+        assert_eq!(from_map, from_raw);
+        from_map
     }
 
     #[test]

@@ -196,8 +196,8 @@ impl RequestHead {
     }
 
     /// One header field; `value` must be a valid field value (as a [`HeaderValue`]'s bytes are).
-    pub(crate) fn header(&mut self, name: &HeaderName, value: &[u8]) {
-        self.0.extend_from_slice(name.as_str().as_bytes());
+    pub(crate) fn header(&mut self, name: &[u8], value: &[u8]) {
+        self.0.extend_from_slice(name);
         self.0.extend_from_slice(b": ");
         self.0.extend_from_slice(value);
         self.0.extend_from_slice(b"\r\n");
@@ -371,7 +371,7 @@ impl Framing {
 }
 
 /// Where the head at the start of `buf` ends: just after its first empty line.
-fn head_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
     buf.iter().enumerate().skip(1).find_map(|(i, &c)| match (c, buf[i - 1]) {
         (b'\n', b'\n') => Some(i + 1),
         (b'\n', b'\r') if i >= 2 && buf[i - 2] == b'\n' => Some(i + 1),
@@ -696,7 +696,7 @@ mod tests {
 
     fn get(target: &str) -> Outgoing {
         let mut head = RequestHead::new(&Method::GET, target);
-        head.header(&header::HOST, b"web.localhost");
+        head.header(b"host", b"web.localhost");
         Outgoing { head, body: None, chunked: false, head_only: false, idempotent: true }
     }
 
