@@ -98,6 +98,7 @@ async fn one<I>(router: &Router, io: &mut I, peer: &Peer, head: &Bytes, out: &mu
 where
     I: AsyncWrite + Unpin,
 {
+    let start = Instant::now();
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
     if !matches!(req.parse_with_uninit_headers(head, &mut slots), Ok(httparse::Status::Complete(_))) {
@@ -120,7 +121,6 @@ where
     if route.paused.is_some() || route.settings.h2c || redirects {
         return Served::HandOver;
     }
-    let start = Instant::now();
     let mut id_buf = [0u8; 32];
     let line = Line { method: &method, version: Version::HTTP_11, target };
     let mut ex = Exchange::begin(router, &route, host, peer, request_id(fields, &mut id_buf), start, line);
