@@ -63,24 +63,11 @@ pub(crate) fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body>
     r
 }
 
-/// Whether a comma-separated header (every field of that name) has `token` among its elements.
-pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
-}
-
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(&HOP_BY_HOP) {
+    let fields = Fields::Map(headers);
+    let found: Vec<HeaderName> = headers.keys().filter(|k| is_hop_by_hop(fields, k.as_str().as_bytes())).cloned().collect();
+    for name in found {
         headers.remove(name);
     }
 }
@@ -117,7 +104,7 @@ impl<'a> Fields<'a> {
     }
 
     /// Whether a comma-separated field has `token` among its elements.
-    fn has_token(&self, name: &str, token: &[u8]) -> bool {
+    pub(crate) fn has_token(&self, name: &str, token: &[u8]) -> bool {
         let mut found = false;
         self.values(name, |v| found |= v.split(|&c| c == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token)));
         found
@@ -129,16 +116,19 @@ fn named(names: &[HeaderName], name: &[u8]) -> bool {
     names.iter().any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
 }
 
+/// Whether the field `name` describes only this hop in a message with these fields: one of
+/// RFC 9110's (§7.6.1), or one its Connection header names.
+pub(crate) fn is_hop_by_hop(fields: Fields<'_>, name: &[u8]) -> bool {
+    named(&HOP_BY_HOP, name) || fields.has_token("connection", name)
+}
+
 /// Every header field an instance sees, in order: the client's, minus hop-by-hop ones and those
 /// the router sets; `TE: trailers` when the client accepts trailers; then Host, the
 /// `X-Forwarded-*` headers (the client's address appended to any `X-Forwarded-For` it sent)
 /// and `X-Request-Id`.
 fn upstream_headers(src: Fields<'_>, ex: &Exchange<'_>, mut emit: impl FnMut(&[u8], &[u8])) {
-    // Connection may name more hop-by-hop headers (RFC 9110 §7.6.1).
-    let names_more = src.contains("connection");
     src.each(|name, value| {
-        let hop = named(&HOP_BY_HOP, name) || (names_more && src.has_token("connection", name));
-        if !hop && !named(&ROUTER_SET, name) {
+        if !is_hop_by_hop(src, name) && !named(&ROUTER_SET, name) {
             emit(name, value);
         }
     });
@@ -231,7 +221,7 @@ fn busy(msg: String) -> Response<Body> {
 
 /// The protocol a request asks to switch to (HTTP/1.1 `Connection: upgrade` + `Upgrade`).
 fn upgrade_protocol(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
-    if version == Version::HTTP_11 && has_token(headers, &header::CONNECTION, "upgrade") {
+    if version == Version::HTTP_11 && Fields::Map(headers).has_token("connection", b"upgrade") {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
@@ -792,12 +782,15 @@ fn respond(
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        let (mut parts, inner) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        let (parts, inner) = resp.into_parts();
         Response::from_parts(parts, Deadlined { inner, _in_flight: in_flight, deadline, timer: None }.boxed())
     }
     match answer {
-        Answer::H2(resp) => streamed(resp, in_flight, deadline),
+        Answer::H2(mut resp) => {
+            strip_hop_by_hop(resp.headers_mut());
+            streamed(resp, in_flight, deadline)
+        }
+        // The head came without its hop-by-hop fields.
         Answer::H1(head, Reply::Body(body)) => streamed(head.map(|()| body), in_flight, deadline),
         Answer::H1(head, Reply::Tunnel(conn)) => {
             let Some(client) = client_upgrade else {

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::{Body, BoxError, SendError};
+use crate::proxy::{is_hop_by_hop, Body, BoxError, Fields, SendError};
 
 /// Idle connections kept per instance.
 const IDLE_PER_HOST: usize = 256;
@@ -380,12 +380,13 @@ pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Parses a response head at the start of `buf` (taking it out of `buf`): `None` while it is
-/// incomplete. Header values share the head's bytes.
+/// incomplete. The head's hop-by-hop fields are left out (but `Upgrade` on a 101), and so is a
+/// `Content-Length` that chunked coding overrides; values share the head's bytes.
 fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<(Response<()>, Framing)>, SendError> {
     let Some(len) = head_end(buf) else { return Ok(None) };
     let head = buf.split_to(len).freeze();
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
     match parsed.parse(&head) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(invalid("the instance sent an incomplete response head")),
@@ -393,54 +394,54 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<(Response<()
     }
     let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|_| invalid("the instance sent an invalid status code"))?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let fields = Fields::Raw(parsed.headers);
+    let framing = framing(fields, status, version, head_only)?;
+    let drop_length = matches!(framing, Framing::Chunked { .. } | Framing::Close) && fields.contains("transfer-encoding");
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = version;
     let headers = resp.headers_mut();
     headers.reserve(parsed.headers.len());
     for f in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| invalid("the instance sent an invalid header name"))?;
+        let name = f.name.as_bytes();
+        let kept_upgrade = switching && name.eq_ignore_ascii_case(b"upgrade");
+        if (is_hop_by_hop(fields, name) && !kept_upgrade) || (drop_length && name.eq_ignore_ascii_case(b"content-length")) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| invalid("the instance sent an invalid header name"))?;
         let value =
             HeaderValue::from_maybe_shared(head.slice_ref(f.value)).map_err(|_| invalid("the instance sent an invalid header value"))?;
         headers.append(name, value);
     }
-    let framing = framing(headers, status, version, head_only)?;
     Ok(Some((resp, framing)))
 }
 
-/// Whether a comma-separated header has `token` among its elements.
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
-}
-
-/// How the body of an answer with these headers is delimited; drops a `Content-Length` that
-/// chunked coding overrides.
-fn framing(headers: &mut HeaderMap, status: StatusCode, version: Version, head_only: bool) -> Result<Framing, SendError> {
-    let keep = if version == Version::HTTP_10 {
-        has_token(headers, &header::CONNECTION, "keep-alive")
-    } else {
-        !has_token(headers, &header::CONNECTION, "close")
-    };
+/// How the body of an answer with these fields is delimited.
+fn framing(fields: Fields<'_>, status: StatusCode, version: Version, head_only: bool) -> Result<Framing, SendError> {
+    let keep =
+        if version == Version::HTTP_10 { fields.has_token("connection", b"keep-alive") } else { !fields.has_token("connection", b"close") };
     if head_only || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Done { keep });
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    let mut codings: Option<&[u8]> = None;
+    fields.values("transfer-encoding", |v| codings = Some(v));
+    if let Some(last) = codings {
         // Chunked must be the last coding; anything else is delimited by the close.
-        let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back().and_then(|v| v.to_str().ok()).unwrap_or("");
-        let chunked = last.rsplit(',').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
-        headers.remove(header::CONTENT_LENGTH);
+        let chunked = last.rsplit(|&c| c == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         return Ok(if chunked { Framing::Chunked { state: Chunk::Size, keep } } else { Framing::Close });
     }
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    match lengths.next() {
-        None => Ok(Framing::Close),
-        Some(v) => {
-            let n = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
-            match n {
-                Some(n) if lengths.all(|o| o == v) => Ok(if n == 0 { Framing::Done { keep } } else { Framing::Length { left: n, keep } }),
-                _ => Err(invalid("the instance sent an invalid Content-Length")),
-            }
-        }
+    let (mut length, mut lengths, mut agree) = (None, 0, true);
+    fields.values("content-length", |v| {
+        lengths += 1;
+        let n = std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<u64>().ok());
+        agree &= n.is_some() && (length.is_none() || length == n);
+        length = n;
+    });
+    match (lengths, length) {
+        (0, _) => Ok(Framing::Close),
+        (_, Some(n)) if agree => Ok(if n == 0 { Framing::Done { keep } } else { Framing::Length { left: n, keep } }),
+        _ => Err(invalid("the instance sent an invalid Content-Length")),
     }
 }
 
@@ -643,6 +644,19 @@ mod tests {
         assert_eq!(head_end(b"HTTP/1.1 200 OK\r\na: b\r\n\r\nbody"), Some(25));
         assert_eq!(head_end(b"HTTP/1.1 200 OK\na: b\n\nbody"), Some(22));
         assert_eq!(head_end(b"HTTP/1.1 200 OK\r\na: b\r\n"), None);
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_left_out_of_the_head() {
+        let names = |raw: &str| -> Vec<String> {
+            let mut n: Vec<String> =
+                head(raw, false).ok().flatten().map(|(r, _)| r.headers().keys().map(|k| k.to_string()).collect()).unwrap_or_default();
+            n.sort();
+            n
+        };
+        let ok = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\nX-App: 2\r\ncontent-length: 1\r\n\r\n";
+        assert_eq!(names(ok), ["content-length", "x-app"]);
+        assert_eq!(names("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"), ["upgrade"]);
     }
 
     #[test]
