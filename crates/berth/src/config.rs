@@ -40,6 +40,9 @@ pub struct RouterSettings {
     pub certificates: Vec<CertificateSettings>,
     /// Threads serving each listener, each with its own connections; 0 (default): one per CPU.
     pub workers: usize,
+    /// Seconds an HTTP/1.1 client connection may wait for its next request head (idle
+    /// keep-alive, or a head sent too slowly) before it is closed. Default 75.
+    pub idle_timeout_secs: u64,
 }
 
 /// A user-supplied certificate: `[[router.certificates]]`.
@@ -65,6 +68,7 @@ impl Default for RouterSettings {
             access_log: "logs/access.log".into(),
             certificates: Vec::new(),
             workers: 0,
+            idle_timeout_secs: 75,
         }
     }
 }
@@ -245,6 +249,9 @@ impl Config {
         if config.runtime.bridge.is_empty() || config.runtime.bridge.len() > 15 {
             bail!("runtime.bridge `{}` must be 1 to 15 characters (a Linux interface name)", config.runtime.bridge);
         }
+        if config.router.idle_timeout_secs == 0 {
+            bail!("router.idle_timeout_secs must be at least 1");
+        }
         if !matches!(config.log.format.as_str(), "text" | "json") {
             bail!("log format `{}` is unknown; use `text` or `json`", config.log.format);
         }
@@ -295,6 +302,9 @@ mod tests {
             Config::load(None, Some(dir.path()), env(&[("BERTH_API_LISTEN", "7070")])).err().unwrap_or_else(|| anyhow::anyhow!("no error"))
         );
         assert!(err.contains("BERTH_API_LISTEN=`7070` is not an address"), "{err}");
+        std::fs::write(&f, "[router]\nidle_timeout_secs = 0\n")?;
+        let err = format!("{:#}", Config::load(Some(&f), None, env(&[])).err().unwrap_or_else(|| anyhow::anyhow!("no error")));
+        assert!(err.contains("router.idle_timeout_secs must be at least 1"), "{err}");
         Ok(())
     }
 }

@@ -189,6 +189,7 @@ fn serve_router(
         hsts: r.hsts,
         access_log: access_log.clone(),
         activator: Some(activator.clone()),
+        idle_timeout: std::time::Duration::from_secs(r.idle_timeout_secs),
     };
     let https_addr = Router::serve_workers(table.clone(), options(None), r.listen_https, Some(tls), workers)
         .with_context(|| format!("binding the router's HTTPS listener to {}", r.listen_https))?;

@@ -47,7 +47,13 @@ where
 {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::with_capacity(4096);
+    // One timer per connection, moved on for every request (moving it later costs no timer
+    // operation).
+    let idle = router.options.idle_timeout;
+    let timeout = tokio::time::sleep(idle);
+    tokio::pin!(timeout);
     loop {
+        timeout.as_mut().reset(tokio::time::Instant::now() + idle);
         let len = loop {
             if let Some(n) = head_end(&buf) {
                 break n;
@@ -56,9 +62,16 @@ where
                 return hand_over(router, io, buf, peer).await;
             }
             buf.reserve(4096);
-            match io.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            tokio::select! {
+                biased;
+                read = io.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                () = &mut timeout => {
+                    tracing::debug!(peer = %peer.ip, "no request head within the idle timeout; closing the connection");
+                    return;
+                }
             }
         };
         let head = buf.split_to(len).freeze();

@@ -20,7 +20,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -177,7 +177,7 @@ pub trait Activator: Send + Sync {
 }
 
 /// Behaviour switches of a router.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RouterOptions {
     /// Answer plain-HTTP requests with a 308 redirect to HTTPS on this port (as clients see it).
     pub redirect_to_https_port: Option<u16>,
@@ -187,6 +187,22 @@ pub struct RouterOptions {
     pub activator: Option<Arc<dyn Activator>>,
     /// Where each request is recorded as a JSON line.
     pub access_log: Option<AccessLog>,
+    /// An HTTP/1.1 client connection is closed when a request head has not arrived in full this
+    /// long after the connection opened or the previous answer was sent (idle keep-alive
+    /// connections, and clients that send their heads too slowly).
+    pub idle_timeout: Duration,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions {
+            redirect_to_https_port: None,
+            hsts: false,
+            activator: None,
+            access_log: None,
+            idle_timeout: Duration::from_secs(75),
+        }
+    }
 }
 
 pub struct Router {
@@ -505,11 +521,13 @@ impl Router {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let ip = peer.ip.clone();
+        let idle = self.options.idle_timeout;
         let service = hyper::service::service_fn(move |req| {
             let (this, peer) = (self.clone(), peer.clone());
             async move { Ok::<_, Infallible>(this.handle(req, &peer).await) }
         });
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
         if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
             tracing::debug!(error = %e, peer = %ip, "connection ended with an error");
         }

@@ -88,10 +88,14 @@ async fn backend() -> Result<std::net::SocketAddr> {
 }
 
 /// A router serving `web.localhost` from [`backend`].
-async fn router() -> Result<std::net::SocketAddr> {
+async fn router_with(options: RouterOptions) -> Result<std::net::SocketAddr> {
     let table = Arc::new(RoutingTable::new());
     table.replace(&[RouteSpec::new("web.localhost", "web", vec![backend().await?])]);
-    start_router(table, RouterOptions::default()).await
+    start_router(table, options).await
+}
+
+async fn router() -> Result<std::net::SocketAddr> {
+    router_with(RouterOptions::default()).await
 }
 
 #[tokio::test]
@@ -148,5 +152,25 @@ async fn a_connection_goes_to_hyper_at_a_request_with_a_body_and_keeps_serving()
     assert_eq!(response(&mut stream, &mut buf, false).await?.0, 404);
     let (status, head, body) = response(&mut stream, &mut buf, false).await?;
     assert_eq!((status, body.as_slice()), (200, &b"hello"[..]), "{head}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn connections_without_a_request_head_in_time_are_closed() -> Result {
+    let router = router_with(RouterOptions { idle_timeout: std::time::Duration::from_millis(300), ..RouterOptions::default() }).await?;
+    let silent = TcpStream::connect(router).await?;
+    let mut slow = TcpStream::connect(router).await?;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: web.localhost\r\n").await?;
+    let mut served = TcpStream::connect(router).await?;
+    served.write_all(b"GET / HTTP/1.1\r\nHost: web.localhost\r\n\r\n").await?;
+    assert_eq!(response(&mut served, &mut Vec::new(), false).await?.2, b"hello");
+    let mut handed = TcpStream::connect(router).await?;
+    handed.write_all(b"POST /echo HTTP/1.1\r\nHost: web.localhost\r\nContent-Length: 2\r\n\r\nhi").await?;
+    assert_eq!(response(&mut handed, &mut Vec::new(), false).await?.2, b"hi");
+    for (what, mut stream) in [("silent", silent), ("slow", slow), ("served", served), ("handed to hyper", handed)] {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the {what} connection is still open after 5 s");
+    }
     Ok(())
 }
