@@ -24,12 +24,8 @@ use hyper::{Method, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::proxy::{is_grpc, request_id, visible, Ask, Body, Exchange, Fields, Line, Peer, Router};
-use crate::upstream::head_end;
+use crate::upstream::{head_end, MAX_HEAD, MAX_HEADERS};
 
-/// The largest request head the loop reads; a larger one goes to hyper, which refuses it.
-const MAX_HEAD: usize = 64 * 1024;
-/// The most header fields the loop parses; more go to hyper.
-const MAX_FIELDS: usize = 100;
 /// Response bytes gathered before they are written.
 const WRITE_AT: usize = 64 * 1024;
 
@@ -112,7 +108,7 @@ where
     I: AsyncWrite + Unpin,
 {
     let start = Instant::now();
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     if !matches!(req.parse_with_uninit_headers(head, &mut slots), Ok(httparse::Status::Complete(_))) {
         return Served::HandOver;

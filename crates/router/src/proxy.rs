@@ -538,8 +538,16 @@ impl Router {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
         // Phase: route.
-        let authority = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-        let host = parts.headers.get(header::HOST).or(authority.as_ref()).and_then(|h| h.to_str().ok()).unwrap_or("");
+        // HTTP/2 carries the host in the URI's authority (made into a value only then).
+        let authority;
+        let host_value = match parts.headers.get(header::HOST) {
+            Some(h) => Some(h),
+            None => {
+                authority = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+                authority.as_ref()
+            }
+        };
+        let host = host_value.and_then(|h| h.to_str().ok()).unwrap_or("");
         let Some(mut route) = self.table.lookup(host) else {
             return text(StatusCode::NOT_FOUND, format!("no service is served at `{host}`\n"));
         };
@@ -814,12 +822,11 @@ fn respond(
             let Some(client) = client_upgrade else {
                 return text(StatusCode::BAD_GATEWAY, "the instance switched protocols unasked\n");
             };
+            // The head came without its hop-by-hop fields but Upgrade; the switch is announced
+            // again on the client's side.
             let (mut parts, ()) = head.into_parts();
-            let proto = parts.headers.get(header::UPGRADE).cloned();
-            strip_hop_by_hop(&mut parts.headers);
-            if let Some(p) = proto {
+            if parts.headers.contains_key(header::UPGRADE) {
                 parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                parts.headers.insert(header::UPGRADE, p);
             }
             tokio::spawn(async move {
                 let _in_flight = in_flight;

@@ -29,10 +29,12 @@ const IDLE_PER_HOST: usize = 256;
 /// An idle connection older than this is closed rather than reused (below the keep-alive
 /// timeouts servers commonly use, so the instance rarely closes one first).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest response head accepted.
-const MAX_HEAD: usize = 64 * 1024;
-/// The most header fields in a response head (or in chunked trailers).
-const MAX_HEADERS: usize = 100;
+/// The largest head read: an instance's response head, or a client's request head the router's
+/// own HTTP/1.1 loop parses (a larger one goes to hyper, which refuses it).
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields parsed in a head or in chunked trailers (a client's request with more
+/// goes to hyper).
+pub(crate) const MAX_HEADERS: usize = 100;
 /// How much is read from an instance at a time.
 const READ_SIZE: usize = 16 * 1024;
 /// The longest chunk-size line (with extensions) accepted.
