@@ -40,6 +40,8 @@ pub struct RouterSettings {
     pub certificates: Vec<CertificateSettings>,
     /// Threads serving each listener, each with its own connections; 0 (default): one per CPU.
     pub workers: usize,
+    /// Pin router worker `i` to the `i`-th CPU berth may use. Default true.
+    pub pin_workers: bool,
     /// Seconds an HTTP/1.1 client connection may wait for its next request head (idle
     /// keep-alive, or a head sent too slowly) before it is closed. Default 75.
     pub idle_timeout_secs: u64,
@@ -68,6 +70,7 @@ impl Default for RouterSettings {
             access_log: "logs/access.log".into(),
             certificates: Vec::new(),
             workers: 0,
+            pin_workers: true,
             idle_timeout_secs: 75,
         }
     }
@@ -275,6 +278,7 @@ mod tests {
         let c = Config::load(None, Some(&dir.path().join("d")), env(&[]))?;
         assert_eq!(c.api.listen.to_string(), "127.0.0.1:7070");
         assert_eq!(c.registry.gc_grace_secs, 3600);
+        assert!(c.router.pin_workers);
         Ok(())
     }
 
@@ -282,10 +286,11 @@ mod tests {
     fn file_then_env() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let f = dir.path().join("berth.toml");
-        std::fs::write(&f, "[api]\nlisten = \"127.0.0.1:9000\"\n[registry]\ngc_grace_secs = 5\n")?;
+        std::fs::write(&f, "[api]\nlisten = \"127.0.0.1:9000\"\n[registry]\ngc_grace_secs = 5\n[router]\npin_workers = false\n")?;
         let c = Config::load(Some(&f), None, env(&[("BERTH_API_LISTEN", "127.0.0.1:0"), ("BERTH_DATA", "/srv/berth")]))?;
         assert_eq!(c.api.listen.port(), 0);
         assert_eq!(c.registry.gc_grace_secs, 5);
+        assert!(!c.router.pin_workers);
         assert_eq!(c.data_dir, PathBuf::from("/srv/berth"));
         Ok(())
     }

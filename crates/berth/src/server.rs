@@ -16,7 +16,7 @@ use berth_core::{Pattern, Scope, TagPolicy};
 use berth_image::{ImageSource, SourceRouter};
 use berth_registry::{FsBlobStore, Registry, RegistryConfig};
 use berth_router::tls::{load_certificate, server_config, LocalCa, OnDemandCerts};
-use berth_router::{AccessLog, RouteBook, RouteSpec, Router, RouterOptions, RoutingTable};
+use berth_router::{AccessLog, RouteBook, RouteSpec, Router, RouterOptions, RoutingTable, Workers};
 use berth_runtime::embedded::rootfs::{overlay_supported, RootfsKind};
 use berth_runtime::embedded::{EmbeddedConfig, EmbeddedRuntime};
 use berth_runtime::Runtime;
@@ -179,9 +179,12 @@ fn serve_router(
             Some(AccessLog::open(&path).with_context(|| format!("opening the access log {}", path.display()))?)
         }
     };
-    let workers = match r.workers {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        n => n,
+    let workers = Workers {
+        count: match r.workers {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        },
+        pin: r.pin_workers,
     };
     let activator: Arc<dyn berth_router::Activator> = activator;
     let options = |redirect: Option<u16>| RouterOptions {
@@ -197,7 +200,7 @@ fn serve_router(
     let http_addr = Router::serve_workers(table, options(redirect), r.listen_http, None, workers)
         .with_context(|| format!("binding the router's HTTP listener to {}", r.listen_http))?;
     write_private(&config.data_dir.join(ROUTER_ADDRESS_FILE), format!("http://{http_addr}\nhttps://{https_addr}\n").as_bytes())?;
-    tracing::info!(http = %http_addr, https = %https_addr, workers, "router listening");
+    tracing::info!(http = %http_addr, https = %https_addr, workers = workers.count, pinned = workers.pin, "router listening");
     Ok((http_addr, https_addr))
 }
 

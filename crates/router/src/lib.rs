@@ -17,9 +17,11 @@ mod stats;
 mod table;
 pub mod tls;
 mod upstream;
+mod workers;
 
 pub use access::{AccessLog, AccessRecord};
 pub use book::RouteBook;
 pub use proxy::{Activator, Body, BoxError, Router, RouterOptions};
 pub use stats::render as render_metrics;
 pub use table::{InFlight, NoPick, Route, RouteSettings, RouteSpec, RoutingTable, ServiceState, Upstream};
+pub use workers::Workers;

@@ -207,7 +207,7 @@ impl Default for RouterOptions {
 
 pub struct Router {
     pub(crate) table: Arc<RoutingTable>,
-    http1: Arc<upstream::Pool>,
+    pub(crate) http1: Arc<upstream::Pool>,
     h2c: Client<HttpConnector, Body>,
     pub(crate) options: RouterOptions,
 }
@@ -420,55 +420,6 @@ impl Router {
         let http1 = Arc::new(upstream::Pool::default());
         let h2c = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).http2_only(true).build(connector);
         Arc::new(Router { table, http1, h2c, options })
-    }
-
-    /// Serves `addr` on `workers` threads, each running a single-threaded runtime with a
-    /// listener of its own on the same port (`SO_REUSEPORT`, the kernel spreads connections) and
-    /// a router — so an upstream pool — of its own: a request and its upstream connection stay
-    /// on one thread, with no cross-thread wake-ups (nginx's worker model). With `tls`, serves
-    /// HTTPS. Returns the bound address (port 0 picks one).
-    pub fn serve_workers(
-        table: Arc<RoutingTable>,
-        options: RouterOptions,
-        addr: SocketAddr,
-        tls: Option<Arc<rustls::ServerConfig>>,
-        workers: usize,
-    ) -> std::io::Result<SocketAddr> {
-        let mut bound = addr;
-        for i in 0..workers.max(1) {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let (table, options, tls) = (table.clone(), options.clone(), tls.clone());
-            std::thread::Builder::new().name(format!("berth-router-{i}")).spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let listener = match reuseport_listener(bound) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = tx.send(listener.local_addr());
-                    let router = Router::with_options(table, options);
-                    tokio::spawn(worker_chores(router.http1.clone()));
-                    let served = match tls {
-                        Some(config) => router.serve_tls(listener, config).await,
-                        None => router.serve(listener).await,
-                    };
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "a router worker stopped");
-                    }
-                });
-            })?;
-            bound = rx.recv().map_err(|_| std::io::Error::other("a router worker died while starting"))??;
-        }
-        Ok(bound)
     }
 
     /// Serves plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge) from `listener` until the
@@ -770,28 +721,6 @@ impl Router {
             }
         }
     }
-}
-
-/// A worker's once-a-second chores: closing upstream connections idle too long, and keeping a
-/// timer due within a second on its runtime. Every request arms a deadline; when that deadline
-/// is the runtime's earliest timer, arming it wakes the runtime's driver through its eventfd — a
-/// system call per request. With this one always earlier, none is needed.
-async fn worker_chores(pool: Arc<upstream::Pool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        pool.sweep(Instant::now());
-    }
-}
-
-/// A listener on `addr` that other workers may share (`SO_REUSEPORT`).
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
 }
 
 /// Phase respond: the instance's answer with hop-by-hop headers dropped, its body streamed. A

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use berth_router::tls::{server_config, LocalCa, OnDemandCerts};
-use berth_router::{Activator, RouteSettings, RouteSpec, Router, RouterOptions, RoutingTable};
+use berth_router::{Activator, RouteSettings, RouteSpec, Router, RouterOptions, RoutingTable, Workers};
 
 use super::{median, print_table, Figure};
 
@@ -341,10 +341,12 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     let leaf = Arc::new(ca.issue("localhost").map_err(|e| anyhow::anyhow!("{e}"))?);
     let certs = OnDemandCerts::new(ca, vec![".localhost".into()]).with_supplied(vec![(vec!["localhost".into()], leaf)]);
     let tls = server_config(Arc::new(certs)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    // Two workers, as nginx runs two (`worker_processes auto` on two cores).
+    // Two workers, as nginx runs two (`worker_processes auto` on two cores), each pinned to a
+    // CPU as berth's are by default (`router.pin_workers`).
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let berth_port = Router::serve_workers(table.clone(), RouterOptions::default(), any, None, 2)?.port();
-    let berth_tls_port = Router::serve_workers(table, RouterOptions::default(), any, Some(tls), 2)?.port();
+    let workers = Workers { count: 2, pin: true };
+    let berth_port = Router::serve_workers(table.clone(), RouterOptions::default(), any, None, workers)?.port();
+    let berth_tls_port = Router::serve_workers(table, RouterOptions::default(), any, Some(tls), workers)?.port();
 
     // Warm up both (pools, caches).
     wrk(nginx_port, 64, 2, 1)?;
