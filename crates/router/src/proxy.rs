@@ -172,7 +172,9 @@ pub(crate) struct Peer {
 /// Starts instances of services that have none, on the router's request (scale from zero).
 pub trait Activator: Send + Sync {
     /// A request for `service` is being held because it has no ready instance. Called once per
-    /// held request; the answer comes as a table change.
+    /// held request; the answer comes as a table change. It runs on a router worker, which may
+    /// be pinned to one CPU: it should only signal whatever starts instances (a process started
+    /// from this thread would inherit the pinning) and must not block.
     fn activate(&self, service: &str);
 }
 
