@@ -315,10 +315,6 @@ impl Supervisor {
         drain_and_remove(self.sh.clone(), self.request_timeout(), left, ids).await;
     }
 
-    async fn remove_instance(&self, id: &InstanceId) {
-        remove_instance(&self.sh, id).await;
-    }
-
     /// Retires in the background: the supervisor goes on serving meanwhile.
     fn retire_later(&self, left: Vec<Arc<Upstream>>, instances: Vec<Inst>) {
         if left.is_empty() && instances.is_empty() {
@@ -359,7 +355,7 @@ impl Supervisor {
         let started = match self.sh.runtime.start(&id).await {
             Ok(s) => s,
             Err(e) => {
-                self.remove_instance(&id).await;
+                remove_instance(&self.sh, &id).await;
                 return Err(format!("starting instance {id}: {e}"));
             }
         };
@@ -689,7 +685,7 @@ impl Supervisor {
         if let Ok(list) = self.sh.runtime.list().await {
             for st in list {
                 if st.labels.iter().any(|(k, v)| k == LABEL_SERVICE && v == &self.name) && !all.iter().any(|i| i.id == st.id) {
-                    self.remove_instance(&st.id).await;
+                    remove_instance(&self.sh, &st.id).await;
                 }
             }
         }
@@ -759,7 +755,7 @@ impl Supervisor {
                     let now = Instant::now();
                     self.instances.push(Inst::starting(st.id.clone(), rev.unwrap_or_default(), addr, now - EARLY_FAILURE, now));
                 }
-                _ => self.remove_instance(&st.id).await,
+                _ => remove_instance(&self.sh, &st.id).await,
             }
         }
         if !self.instances.is_empty() {

@@ -20,11 +20,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame};
 use hyper::header;
-use hyper::{Method, Response, StatusCode, Version};
+use hyper::{Method, Response, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::proxy::{is_grpc, request_id, visible, Ask, Body, Exchange, Fields, Line, Peer, Router};
-use crate::upstream::{head_end, MAX_HEAD, MAX_HEADERS};
+use crate::upstream::{bodiless, field, head_end, MAX_HEAD, MAX_HEADERS};
 
 /// Response bytes gathered before they are written.
 const WRITE_AT: usize = 64 * 1024;
@@ -145,13 +145,6 @@ where
     }
 }
 
-fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Now as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`), formatted at most once a second per
 /// thread.
 fn http_date(out: &mut BytesMut) {
@@ -209,10 +202,10 @@ where
     let status = parts.status;
     out.clear();
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or(""));
-    let bodiless = head_request || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let no_body = bodiless(status, head_request);
     // A length the instance sent stays (for HEAD and 304 too: it is the representation's).
     let mut chunked = false;
-    if !bodiless && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+    if !no_body && !parts.headers.contains_key(header::CONTENT_LENGTH) {
         match body.size_hint().exact() {
             Some(n) => {
                 let _ = write!(out, "content-length: {n}\r\n");
@@ -230,7 +223,7 @@ where
         http_date(out);
     }
     out.extend_from_slice(b"\r\n");
-    if bodiless {
+    if no_body {
         io.write_all(out).await?;
         return io.flush().await;
     }

@@ -199,11 +199,22 @@ impl RequestHead {
 
     /// One header field; `value` must be a valid field value (as a [`HeaderValue`]'s bytes are).
     pub(crate) fn header(&mut self, name: &[u8], value: &[u8]) {
-        self.0.extend_from_slice(name);
-        self.0.extend_from_slice(b": ");
-        self.0.extend_from_slice(value);
-        self.0.extend_from_slice(b"\r\n");
+        field(&mut self.0, name, value);
     }
+}
+
+/// Writes one header field line (`name: value`).
+pub(crate) fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether an answer has no body whatever its head says (RFC 9112 §6.3): to a HEAD request, or
+/// 1xx, 204 or 304.
+pub(crate) fn bodiless(status: StatusCode, head_request: bool) -> bool {
+    head_request || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
 }
 
 /// The answer's body, or the connection a `101 Switching Protocols` handed over.
@@ -287,10 +298,7 @@ async fn send_body<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, mut body: Body, 
     if chunked {
         let mut end = BytesMut::from(&b"0\r\n"[..]);
         for (name, value) in trailers.iter().flatten() {
-            end.extend_from_slice(name.as_str().as_bytes());
-            end.extend_from_slice(b": ");
-            end.extend_from_slice(value.as_bytes());
-            end.extend_from_slice(b"\r\n");
+            field(&mut end, name.as_str().as_bytes(), value.as_bytes());
         }
         end.extend_from_slice(b"\r\n");
         w.write_all(&end).await.map_err(|e| SendError::new(&e, false))?;
@@ -423,7 +431,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<(Response<()
 fn framing(fields: Fields<'_>, status: StatusCode, version: Version, head_only: bool) -> Result<Framing, SendError> {
     let keep =
         if version == Version::HTTP_10 { fields.has_token("connection", b"keep-alive") } else { !fields.has_token("connection", b"close") };
-    if head_only || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+    if bodiless(status, head_only) {
         return Ok(Framing::Done { keep });
     }
     let mut codings: Option<&[u8]> = None;
