@@ -6,8 +6,14 @@ use std::process::Command;
 use anyhow::{bail, Context};
 
 /// Commands the tests run, and the Debian packages that provide them.
-pub const TOOLS: &[(&str, &str)] =
-    &[("skopeo", "skopeo"), ("docker-registry", "docker-registry"), ("curl", "curl"), ("ip", "iproute2"), ("nsenter", "util-linux")];
+pub const TOOLS: &[(&str, &str)] = &[
+    ("skopeo", "skopeo"),
+    ("umoci", "umoci"),
+    ("docker-registry", "docker-registry"),
+    ("curl", "curl"),
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+];
 
 fn have(cmd: &str) -> bool {
     Command::new("sh").arg("-c").arg(format!("command -v {cmd} >/dev/null 2>&1")).status().is_ok_and(|s| s.success())

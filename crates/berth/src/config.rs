@@ -17,7 +17,54 @@ pub struct Config {
     pub registry: RegistrySettings,
     pub runtime: RuntimeSettings,
     pub router: RouterSettings,
+    pub image: ImageSettings,
     pub log: LogConfig,
+}
+
+/// Bounds on unpacking images (`[image]`): what one image may write to this host's disk.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageSettings {
+    /// Uncompressed size of one layer, in MiB. Default 8192.
+    pub max_layer_mib: u64,
+    /// Uncompressed size of all layers of one image, in MiB. Default 16384.
+    pub max_image_mib: u64,
+    /// Files, directories and links in one layer. Default 500000.
+    pub max_layer_entries: u64,
+    /// Files, directories and links in all layers of one image. Default 1000000.
+    pub max_image_entries: u64,
+    /// Unpacking stops when the data directory's disk would have less than this free, in MiB.
+    /// Default 1024.
+    pub min_free_disk_mib: u64,
+    /// Seconds unpacking one image may take. Default 900.
+    pub unpack_timeout_secs: u64,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        let d = berth_image::UnpackLimits::default();
+        ImageSettings {
+            max_layer_mib: d.layer_bytes >> 20,
+            max_image_mib: d.image_bytes >> 20,
+            max_layer_entries: d.layer_entries,
+            max_image_entries: d.image_entries,
+            min_free_disk_mib: d.min_free_bytes >> 20,
+            unpack_timeout_secs: d.timeout.as_secs(),
+        }
+    }
+}
+
+impl ImageSettings {
+    pub fn limits(&self) -> berth_image::UnpackLimits {
+        berth_image::UnpackLimits {
+            layer_bytes: self.max_layer_mib.saturating_mul(1 << 20),
+            image_bytes: self.max_image_mib.saturating_mul(1 << 20),
+            layer_entries: self.max_layer_entries,
+            image_entries: self.max_image_entries,
+            min_free_bytes: self.min_free_disk_mib.saturating_mul(1 << 20),
+            timeout: std::time::Duration::from_secs(self.unpack_timeout_secs),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -153,6 +200,7 @@ impl Default for Config {
             registry: RegistrySettings::default(),
             runtime: RuntimeSettings::default(),
             router: RouterSettings::default(),
+            image: ImageSettings::default(),
             log: LogConfig::default(),
         }
     }
@@ -254,6 +302,18 @@ impl Config {
         }
         if config.router.idle_timeout_secs == 0 {
             bail!("router.idle_timeout_secs must be at least 1");
+        }
+        let i = &config.image;
+        for (key, v) in [
+            ("max_layer_mib", i.max_layer_mib),
+            ("max_image_mib", i.max_image_mib),
+            ("max_layer_entries", i.max_layer_entries),
+            ("max_image_entries", i.max_image_entries),
+            ("unpack_timeout_secs", i.unpack_timeout_secs),
+        ] {
+            if v == 0 {
+                bail!("image.{key} must be at least 1");
+            }
         }
         if !matches!(config.log.format.as_str(), "text" | "json") {
             bail!("log format `{}` is unknown; use `text` or `json`", config.log.format);

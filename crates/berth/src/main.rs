@@ -90,7 +90,11 @@ fn serve(global: &berth_cli::GlobalArgs, args: ServerArgs, demo: bool) -> ExitCo
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(server::run(config)) {
+    let result = rt.block_on(server::run(config));
+    // Work still running on blocking threads (an image being unpacked) must not hold up the exit:
+    // it is bounded by its own limits, and what it leaves half done is cleared at the next start.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -127,6 +127,7 @@ fn open_runtime(config: &Config, images: Arc<dyn ImageSource>) -> anyhow::Result
         cgroup_parent: r.cgroup_parent.clone(),
         rootfs,
         outbound_nat: r.outbound_nat,
+        unpack_limits: config.image.limits(),
     };
     let rt = EmbeddedRuntime::open(embedded, images).map_err(|e| anyhow::anyhow!("starting the embedded runtime: {e}"))?;
     tracing::info!(bridge = %r.bridge, cidr = %r.cidr, ?rootfs, "embedded runtime ready");

@@ -59,7 +59,8 @@ fn runs_hello_in_an_isolated_container() -> Result {
         build_from_binary(&bin, false, &ImageSettings { port: Some(8080), env: vec!["HELLO_VERSION=v7".into()], ..Default::default() })?;
     let cache = LayerCache::open(&tmp.path().join("cache"))?;
     let layer = &image.layers[0];
-    let (layer_dir, _) = cache.ensure(&layer.digest, layer.media_type, layer.data.as_slice())?;
+    let (layer_dir, _) =
+        cache.ensure(&layer.digest, layer.media_type, layer.data.as_slice(), &mut berth_image::UnpackBudget::new(Default::default()))?;
 
     let id = format!("berth-test-{}", std::process::id());
     let files = InstanceFiles::new(&tmp.path().join("instances").join(&id));

@@ -45,12 +45,15 @@ async fn pulls_from_docker_registry_anonymously() -> Result {
     let dir = tempfile::tempdir()?;
     let cache = LayerCache::open(&dir.path().join("cache"))?;
     let source = RemoteRegistry::new(&anchor.addr, true, None);
-    let pulled = berth_image::pull(&source, &cache, "web", "v1", &dir.path().join("tmp")).await?;
+    let pulled = berth_image::pull(&source, &cache, "web", "v1", &dir.path().join("tmp"), Default::default()).await?;
     assert_eq!(pulled.digest, img.manifest.digest);
     assert_eq!(pulled.config.exposed_ports, [9000]);
     assert_eq!(std::fs::read(pulled.layer_dirs[0].join("srv/index.html"))?, b"<h1>remote</h1>");
-    let err =
-        berth_image::pull(&source, &cache, "web", "nope", &dir.path().join("tmp")).await.err().map(|e| e.to_string()).unwrap_or_default();
+    let err = berth_image::pull(&source, &cache, "web", "nope", &dir.path().join("tmp"), Default::default())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(!err.is_empty());
     Ok(())
 }
@@ -66,12 +69,12 @@ async fn pulls_from_berth_through_the_token_flow() -> Result {
         serde_json::from_str(&s.cli_ok(&["-o", "json", "token", "create", "puller", "--scope", "pull:team/*"])?)?;
     let token = reader["token"].as_str().ok_or("no token")?.to_owned();
     let source = RemoteRegistry::new(&s.addr, true, Some(("puller".into(), token)));
-    let pulled = berth_image::pull(&source, &cache, "team/web", "v1", &dir.path().join("tmp")).await?;
+    let pulled = berth_image::pull(&source, &cache, "team/web", "v1", &dir.path().join("tmp"), Default::default()).await?;
     assert_eq!(pulled.digest, img.manifest.digest);
     assert_eq!(std::fs::read(pulled.layer_dirs[0].join("srv/index.html"))?, b"<h1>remote</h1>");
     // Without credentials berth refuses.
     let anonymous = RemoteRegistry::new(&s.addr, true, None);
     let other = LayerCache::open(&dir.path().join("cache2"))?;
-    assert!(berth_image::pull(&anonymous, &other, "team/web", "v1", &dir.path().join("tmp")).await.is_err());
+    assert!(berth_image::pull(&anonymous, &other, "team/web", "v1", &dir.path().join("tmp"), Default::default()).await.is_err());
     Ok(())
 }

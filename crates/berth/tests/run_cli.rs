@@ -117,3 +117,33 @@ fn run_serve_survive_a_server_crash_and_clean_up() -> Result {
     s.cli_ok(&["instance", "delete", "h2"])?;
     Ok(())
 }
+
+/// An image made by umoci, whose layer starts with a `/` entry for the root directory (as
+/// `umoci insert … /` writes it), runs like any other: pushed with skopeo, run with `berth run`.
+#[test]
+fn images_made_by_umoci_run() -> Result {
+    let (s, _sandbox) = Server::start_with_runtime("m", 248, "m")?;
+    let tmp = tempfile::tempdir()?;
+    let bin = hello_binary(tmp.path())?;
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("app"))?;
+    std::fs::copy(&bin, src.join("app/hello"))?;
+    let layout = tmp.path().join("layout");
+    let image = format!("{}:v1", layout.display());
+    let umoci = |args: &[&str]| -> Result {
+        let out = std::process::Command::new("umoci").args(args).output()?;
+        support::ok(&out)
+    };
+    umoci(&["init", "--layout", &layout.display().to_string()])?;
+    umoci(&["new", "--image", &image])?;
+    umoci(&["insert", "--image", &image, &src.display().to_string(), "/"])?;
+    umoci(&["config", "--image", &image, "--config.entrypoint", "/app/hello", "--config.env", "HELLO_VERSION=umoci"])?;
+    support::ok(&skopeo_copy(&format!("oci:{image}"), &format!("docker://{}/umoci:v1", s.addr), &s.creds())?)?;
+
+    let out: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "run", "umoci:v1", "--name", "m1", "--port", "8080"])?)?;
+    let url = format!("http://{}/", out["address"].as_str().ok_or("no address")?);
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
+    assert_eq!(get_when_up(&agent, &url)?.trim(), "hello from umoci on m1");
+    s.cli_ok(&["instance", "delete", "m1"])?;
+    Ok(())
+}

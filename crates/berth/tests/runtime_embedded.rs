@@ -93,6 +93,7 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
         cgroup_parent: sb.cgroup_parent.clone(),
         rootfs: RootfsKind::Overlay,
         outbound_nat: false,
+        unpack_limits: Default::default(),
     };
     let rt = EmbeddedRuntime::open(config.clone(), source.clone())?;
     let mut events = rt.events();

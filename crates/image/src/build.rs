@@ -268,7 +268,11 @@ mod tests {
         assert_eq!(config["config"]["Env"][1], "A=1");
 
         let out = tempfile::tempdir()?;
-        crate::flatten(out.path(), [(LAYER_MEDIA_TYPE, Box::new(a.layers[0].data.as_slice()) as Box<dyn io::Read>)])?;
+        crate::flatten(
+            out.path(),
+            [(LAYER_MEDIA_TYPE, Box::new(a.layers[0].data.as_slice()) as Box<dyn io::Read>)],
+            &mut crate::UnpackBudget::new(Default::default()),
+        )?;
         assert_eq!(fs::read(out.path().join("bin/app"))?, b"#!/bin/sh\necho hi\n");
         assert_eq!(fs::read_link(out.path().join("bin/alias"))?, Path::new("app"));
         Ok(())
@@ -278,7 +282,11 @@ mod tests {
     fn a_dynamic_binary_brings_its_libraries() -> Result<(), Box<dyn std::error::Error>> {
         let img = build_from_binary(Path::new("/bin/ls"), true, &ImageSettings::default())?;
         let out = tempfile::tempdir()?;
-        crate::flatten(out.path(), [(LAYER_MEDIA_TYPE, Box::new(img.layers[0].data.as_slice()) as Box<dyn io::Read>)])?;
+        crate::flatten(
+            out.path(),
+            [(LAYER_MEDIA_TYPE, Box::new(img.layers[0].data.as_slice()) as Box<dyn io::Read>)],
+            &mut crate::UnpackBudget::new(Default::default()),
+        )?;
         assert!(out.path().join("app/ls").is_file());
         let libs: Vec<_> = shared_libraries(Path::new("/bin/ls"))?;
         assert!(!libs.is_empty());

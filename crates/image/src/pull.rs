@@ -10,6 +10,7 @@ use berth_core::Digest;
 use serde::Deserialize;
 
 use crate::cache::{CacheError, LayerCache};
+use crate::unpack::{UnpackBudget, UnpackLimits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -148,13 +149,14 @@ async fn fetch_manifest(source: &dyn ImageSource, repository: &str, reference: &
     Ok((m, actual))
 }
 
-/// Pulls `repository:reference` into `cache`, staging downloads in `tmp`.
+/// Pulls `repository:reference` into `cache` within `limits`, staging downloads in `tmp`.
 pub async fn pull(
     source: &dyn ImageSource,
     cache: &LayerCache,
     repository: &str,
     reference: &str,
     tmp: &Path,
+    limits: UnpackLimits,
 ) -> Result<PulledImage, PullError> {
     let name = format!("{repository}:{reference}");
     let (mut manifest, mut digest) = fetch_manifest(source, repository, reference).await?;
@@ -198,23 +200,27 @@ pub async fn pull(
 
     let mut layers = Vec::new();
     let mut layer_dirs = Vec::new();
+    let mut budget = UnpackBudget::new(limits);
     for l in &manifest.layers {
         let d = parse_digest(&l.digest, &name)?;
-        if !cache.contains(&d) {
+        if cache.contains(&d) {
+            budget.charge(cache.stats(&d)).map_err(|source| CacheError::Unpack { digest: d.clone(), source })?;
+        } else {
             let file = tmp.join(format!("layer-{}", d.hex()));
             source.blob(repository, &d, &file).await?;
             let (cache_root, media_type, dd, f2) = (cache.root().to_owned(), l.media_type.clone(), d.clone(), file.clone());
-            let res = tokio::task::spawn_blocking(move || -> Result<(), PullError> {
+            let mut b = budget.clone();
+            let res = tokio::task::spawn_blocking(move || -> Result<UnpackBudget, PullError> {
                 let cache = LayerCache::open_existing(&cache_root);
                 let blob =
                     std::fs::File::open(&f2).map_err(|e| PullError::Io { context: "opening a downloaded layer".into(), source: e })?;
-                cache.ensure(&dd, &media_type, std::io::BufReader::with_capacity(1 << 20, blob))?;
-                Ok(())
+                cache.ensure(&dd, &media_type, std::io::BufReader::with_capacity(1 << 20, blob), &mut b)?;
+                Ok(b)
             })
             .await
             .map_err(|e| PullError::Source(format!("unpack task failed: {e}")))?;
             let _ = tokio::fs::remove_file(&file).await;
-            res?;
+            budget = res?;
         }
         layer_dirs.push(cache.path(&d));
         layers.push(d);

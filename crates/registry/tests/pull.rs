@@ -40,7 +40,7 @@ async fn pulls_from_the_registry_in_process() -> Result {
 
     let cache = LayerCache::open(&dir.path().join("cache"))?;
     let tmp = dir.path().join("tmp");
-    let pulled = berth_image::pull(&reg, &cache, "app", "v1", &tmp).await?;
+    let pulled = berth_image::pull(&reg, &cache, "app", "v1", &tmp, Default::default()).await?;
     assert_eq!(pulled.digest, digest);
     assert_eq!(pulled.config.entrypoint, ["/app/server"]);
     assert_eq!(pulled.config.exposed_ports, [9000]);
@@ -48,7 +48,7 @@ async fn pulls_from_the_registry_in_process() -> Result {
     assert_eq!(std::fs::read(pulled.layer_dirs[0].join("app/server"))?, b"binary");
 
     // By digest, the same; the layer is not unpacked twice.
-    let again = berth_image::pull(&reg, &cache, "app", &digest.to_string(), &tmp).await?;
+    let again = berth_image::pull(&reg, &cache, "app", &digest.to_string(), &tmp, Default::default()).await?;
     assert_eq!(again.layers, pulled.layers);
 
     // Through an index: this host's platform is picked.
@@ -57,16 +57,18 @@ async fn pulls_from_the_registry_in_process() -> Result {
         {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest.to_string(), "size": img.manifest.data.len(), "platform": {"os": os, "architecture": arch}}]});
     let r: Reference = "multi".parse()?;
     reg.put_manifest("app", &r, Some("application/vnd.oci.image.index.v1+json"), Bytes::from(index.to_string())).await?;
-    assert_eq!(berth_image::pull(&reg, &cache, "app", "multi", &tmp).await?.digest, digest);
+    assert_eq!(berth_image::pull(&reg, &cache, "app", "multi", &tmp, Default::default()).await?.digest, digest);
 
     // Missing things are named.
-    let err = berth_image::pull(&reg, &cache, "app", "nope", &tmp).await.err().map(|e| e.to_string()).unwrap_or_default();
+    let err =
+        berth_image::pull(&reg, &cache, "app", "nope", &tmp, Default::default()).await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("tag `nope` is not in repository `app`"), "{err}");
     let other = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
         {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest.to_string(), "size": 1, "platform": {"os": "linux", "architecture": "s390x"}}]});
     let r: Reference = "s390x".parse()?;
     reg.put_manifest("app", &r, None, Bytes::from(other.to_string())).await?;
-    let err = berth_image::pull(&reg, &cache, "app", "s390x", &tmp).await.err().map(|e| e.to_string()).unwrap_or_default();
+    let err =
+        berth_image::pull(&reg, &cache, "app", "s390x", &tmp, Default::default()).await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains(&format!("has no manifest for linux/{arch}")), "{err}");
     Ok(())
 }

@@ -125,6 +125,7 @@ async fn measure(bin: &Path, dir: &Path, image: BuiltImage, digest: Digest, roun
         cgroup_parent: CGROUP_PARENT.into(),
         rootfs: RootfsKind::Overlay,
         outbound_nat: false,
+        unpack_limits: Default::default(),
     };
     let rt = EmbeddedRuntime::open(config, Arc::new(MemorySource(image)))?;
     let runc_root = dir.join("runc-state");
@@ -216,7 +217,12 @@ async fn measure(bin: &Path, dir: &Path, image: BuiltImage, digest: Digest, roun
             let t0 = Instant::now();
             if berth {
                 let cache = LayerCache::open(&out)?;
-                cache.ensure(&layer.digest, layer.media_type, layer.data.as_slice())?;
+                cache.ensure(
+                    &layer.digest,
+                    layer.media_type,
+                    layer.data.as_slice(),
+                    &mut berth_image::UnpackBudget::new(Default::default()),
+                )?;
             } else {
                 let ok = Command::new("umoci")
                     .args(["unpack", "--image"])

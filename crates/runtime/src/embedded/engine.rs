@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_image::{ImageSource, LayerCache};
+use berth_image::{ImageSource, LayerCache, UnpackLimits};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::broadcast;
@@ -44,6 +44,8 @@ pub struct EmbeddedConfig {
     pub rootfs: RootfsKind,
     /// Masquerade instance traffic leaving the host. Off by default.
     pub outbound_nat: bool,
+    /// What unpacking one image may write.
+    pub unpack_limits: UnpackLimits,
 }
 
 /// What an instance directory records about its instance.
@@ -193,7 +195,8 @@ impl EmbeddedRuntime {
 
     async fn build(&self, spec: &InstanceSpec, files: &InstanceFiles) -> Result<InstanceRecord> {
         let digest = spec.image.digest.to_string();
-        let pulled = berth_image::pull(&*self.source, &self.cache, &spec.image.repository, &digest, &self.config.root.join("tmp"))
+        let tmp = self.config.root.join("tmp");
+        let pulled = berth_image::pull(&*self.source, &self.cache, &spec.image.repository, &digest, &tmp, self.config.unpack_limits)
             .await
             .map_err(|e| RuntimeError::Image(format!("{}@{digest}", spec.image.repository), e.to_string()))?;
         std::fs::create_dir_all(files.bundle()).map_err(backend)?;

@@ -60,27 +60,39 @@ fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
 }
 
 /// Resolves `user` (`uid`, `uid:gid`, `name`, `name:group`) against the image's /etc/passwd and
-/// /etc/group.
+/// /etc/group, as runc does: a numeric uid takes its primary group from the passwd entry with
+/// that uid (0 when there is none). The files are read as the container sees them, confined to
+/// its root filesystem.
 pub fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), RuntimeError> {
     let (u, g) = user.split_once(':').map(|(u, g)| (u, Some(g))).unwrap_or((user, None));
-    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
-        text.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&name)).then(|| Some((f.get(2)?.parse().ok()?, f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0))))?
-        })
+    // Each line: name, password, id, (primary gid for passwd).
+    let read = |file: &str| -> Vec<(String, u32, u32)> {
+        let text = berth_image::read_in_root(rootfs, Path::new(file), 4 << 20).unwrap_or_default();
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                Some((f.first()?.to_string(), f.get(2)?.parse().ok()?, f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0)))
+            })
+            .collect()
     };
+    let passwd = read("etc/passwd");
     let (uid, primary_gid) = match u.parse::<u32>() {
-        Ok(uid) => (uid, lookup("etc/passwd", u).map(|(_, g)| g).unwrap_or(0)),
-        Err(_) => lookup("etc/passwd", u)
+        Ok(uid) => (uid, passwd.iter().find(|(_, id, _)| *id == uid).map(|(_, _, g)| *g).unwrap_or(0)),
+        Err(_) => passwd
+            .iter()
+            .find(|(name, _, _)| name == u)
+            .map(|(_, id, g)| (*id, *g))
             .ok_or_else(|| RuntimeError::InvalidSpec(format!("user `{u}` is not in the image's /etc/passwd; use a numeric uid")))?,
     };
     let gid = match g {
         None => primary_gid,
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => lookup("etc/group", g)
-                .map(|(gid, _)| gid)
+            Err(_) => read("etc/group")
+                .iter()
+                .find(|(name, _, _)| name == g)
+                .map(|(_, gid, _)| *gid)
                 .ok_or_else(|| RuntimeError::InvalidSpec(format!("group `{g}` is not in the image's /etc/group; use a numeric gid")))?,
         },
     };
@@ -243,6 +255,26 @@ mod tests {
         let p = process_plan(&image(), &s, root.path())?;
         assert_eq!(p.args, ["/bin/sh", "-c", "sleep 1"]);
         assert_eq!((p.uid, p.gid), (0, 50));
+        Ok(())
+    }
+
+    #[test]
+    fn numeric_users_take_their_passwd_group_and_lookups_stay_in_the_root() -> Result<(), Box<dyn std::error::Error>> {
+        let root = rootfs()?;
+        assert_eq!(resolve_user("1000", root.path())?, (1000, 1001));
+        assert_eq!(resolve_user("4242", root.path())?, (4242, 0));
+        assert_eq!(resolve_user("1000:7", root.path())?, (1000, 7));
+        // A passwd that links to an absolute path is looked up inside the root, never on the host.
+        let host = tempfile::tempdir()?;
+        std::fs::write(host.path().join("passwd"), "app:x:1000:4444::/:/bin/sh\n")?;
+        let passwd = root.path().join("etc/passwd");
+        std::fs::remove_file(&passwd)?;
+        std::os::unix::fs::symlink(host.path().join("passwd"), &passwd)?;
+        assert_eq!(resolve_user("1000", root.path())?, (1000, 0));
+        // A FIFO in its place is not waited on.
+        std::fs::remove_file(&passwd)?;
+        nix::unistd::mkfifo(&passwd, nix::sys::stat::Mode::from_bits_truncate(0o644))?;
+        assert_eq!(resolve_user("1000", root.path())?, (1000, 0));
         Ok(())
     }
 

@@ -19,6 +19,8 @@ pub enum RootfsError {
     Mount { target: PathBuf, source: nix::Error },
     #[error("unmounting {target} failed: {source}")]
     Unmount { target: PathBuf, source: nix::Error },
+    #[error("copying a layer into the root filesystem: {0}")]
+    Copy(#[from] berth_image::CopyError),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
@@ -81,7 +83,7 @@ impl Rootfs {
             RootfsKind::Copy => {
                 if fs::read_dir(&target).map_err(io_ctx("listing the root filesystem"))?.next().is_none() {
                     for l in layers {
-                        copy_layer(l, &target)?;
+                        berth_image::copy_layer(l, &target)?;
                     }
                 }
             }
@@ -119,62 +121,6 @@ pub fn is_mountpoint(path: &Path) -> Result<bool, RootfsError> {
 
 fn unescape_mountinfo(s: &str) -> String {
     s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-}
-
-/// Copies one overlay-format layer onto `dest`, applying its whiteouts (0:0 character devices)
-/// and opaque directories.
-fn copy_layer(layer: &Path, dest: &Path) -> Result<(), RootfsError> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    for entry in fs::read_dir(layer).map_err(io_ctx(format!("listing {}", layer.display())))? {
-        let entry = entry.map_err(io_ctx("listing a layer"))?;
-        let (src, dst) = (entry.path(), dest.join(entry.file_name()));
-        let meta = fs::symlink_metadata(&src).map_err(io_ctx("inspecting a layer entry"))?;
-        let ft = meta.file_type();
-        let existing = fs::symlink_metadata(&dst).ok();
-        if ft.is_char_device() && meta.rdev() == 0 {
-            match existing {
-                Some(m) if m.is_dir() => fs::remove_dir_all(&dst),
-                Some(_) => fs::remove_file(&dst),
-                None => Ok(()),
-            }
-            .map_err(io_ctx(format!("applying the whiteout {}", dst.display())))?;
-            continue;
-        }
-        if ft.is_dir() {
-            let opaque = xattr::get(&src, "trusted.overlay.opaque").ok().flatten().is_some_and(|v| v == b"y");
-            match existing {
-                Some(m) if m.is_dir() && opaque => {
-                    fs::remove_dir_all(&dst).map_err(io_ctx("applying an opaque directory"))?;
-                    fs::create_dir(&dst).map_err(io_ctx("creating a directory"))?;
-                }
-                Some(m) if m.is_dir() => {}
-                Some(_) => {
-                    fs::remove_file(&dst).map_err(io_ctx("replacing a file with a directory"))?;
-                    fs::create_dir(&dst).map_err(io_ctx("creating a directory"))?;
-                }
-                None => fs::create_dir(&dst).map_err(io_ctx("creating a directory"))?,
-            }
-            fs::set_permissions(&dst, meta.permissions()).map_err(io_ctx("copying a directory mode"))?;
-            let _ = std::os::unix::fs::lchown(&dst, Some(meta.uid()), Some(meta.gid()));
-            copy_layer(&src, &dst)?;
-            continue;
-        }
-        match existing {
-            Some(m) if m.is_dir() => fs::remove_dir_all(&dst),
-            Some(_) => fs::remove_file(&dst),
-            None => Ok(()),
-        }
-        .map_err(io_ctx(format!("replacing {}", dst.display())))?;
-        if ft.is_symlink() {
-            let target = fs::read_link(&src).map_err(io_ctx("reading a symlink"))?;
-            std::os::unix::fs::symlink(target, &dst).map_err(io_ctx("copying a symlink"))?;
-        } else {
-            // A hard link would share the cached layer's inode with a writable instance: copy.
-            fs::copy(&src, &dst).map_err(io_ctx(format!("copying {}", src.display())))?;
-        }
-        let _ = std::os::unix::fs::lchown(&dst, Some(meta.uid()), Some(meta.gid()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
