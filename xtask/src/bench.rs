@@ -53,17 +53,6 @@ fn with_feature(feature: &str, args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes what a benchmark's embedded runtime left on the host: its bridge, the CIDR's
-/// `unreachable` route and its cgroup parent.
-pub fn cleanup_runtime_host(bridge: &str, cidr: &str, cgroup_parent: &str) {
-    use std::process::Stdio;
-    let _ = Command::new("ip").args(["link", "del", "dev", bridge]).stderr(Stdio::null()).status();
-    let _ = Command::new("ip").args(["route", "del", "unreachable", cidr, "metric", "4000"]).stderr(Stdio::null()).status();
-    for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-        let _ = std::fs::remove_dir(ctl.path().join(cgroup_parent));
-    }
-}
-
 /// Compiles `examples/hello` (one std-only file) to `dest`; `static_libc` links it statically,
 /// as an image of just the binary needs.
 pub fn compile_hello(dest: &std::path::Path, static_libc: bool) -> anyhow::Result<()> {

@@ -78,7 +78,7 @@ fn serve(global: &berth_cli::GlobalArgs, args: ServerArgs, demo: bool) -> ExitCo
             eprintln!("error: `berth up` runs containers, which needs root: `sudo -E cargo run --release -- up` (or run `berth server` without containers)");
             return ExitCode::from(2);
         }
-        if let Err(e) = start_demo(global, &config) {
+        if let Err(e) = ensure_host_packages().and_then(|()| start_demo(global, &config)) {
             eprintln!("error: {e:#}");
             return ExitCode::FAILURE;
         }
@@ -101,6 +101,30 @@ fn serve(global: &berth_cli::GlobalArgs, args: ServerArgs, demo: bool) -> ExitCo
             ExitCode::FAILURE
         }
     }
+}
+
+/// Commands the embedded runtime runs, and the Debian packages that have them.
+const HOST_COMMANDS: &[(&str, &str)] = &[("ip", "iproute2"), ("nft", "nftables")];
+
+/// `berth up` sets a fresh host up: it installs the packages behind missing runtime commands
+/// with apt-get (saying so), where apt-get exists. `berth server` only says what is missing.
+fn ensure_host_packages() -> anyhow::Result<()> {
+    let on_path = |cmd: &str| std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(cmd).is_file());
+    let missing: Vec<&str> = HOST_COMMANDS.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !on_path("apt-get") {
+        anyhow::bail!("the container runtime needs {}; install them and run `berth up` again", missing.join(" and "));
+    }
+    eprintln!("berth up: installing {} (the container runtime needs them)", missing.join(" "));
+    let apt = |args: &[&str]| {
+        std::process::Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().is_ok_and(|s| s.success())
+    };
+    if !(apt(&["update", "-qq"]) && apt(&[&["install", "-y", "-qq", "--no-install-recommends"][..], &missing].concat())) {
+        anyhow::bail!("installing {} with apt-get failed; install them and run `berth up` again", missing.join(" "));
+    }
+    Ok(())
 }
 
 /// Writes the demo app into the data directory and, on a thread of its own, sets the demo

@@ -5,6 +5,7 @@
 
 mod engine;
 pub mod files;
+pub mod firewall;
 pub mod network;
 pub mod oci;
 pub mod rootfs;

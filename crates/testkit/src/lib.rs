@@ -140,15 +140,26 @@ mod tests {
 
 /// Compiles `examples/hello` into one static binary in `dir` (rustc alone: standard library only).
 pub fn hello_binary(dir: &Path) -> Result<PathBuf, Error> {
+    example_binary("hello", dir)
+}
+
+/// Compiles `examples/probe`, the isolation probe, into one static binary in `dir`.
+pub fn probe_binary(dir: &Path) -> Result<PathBuf, Error> {
+    example_binary("probe", dir)
+}
+
+/// Compiles the one-file, std-only `examples/<name>` into a static binary `dir/<name>`.
+fn example_binary(name: &str, dir: &Path) -> Result<PathBuf, Error> {
     // Found from the running package's directory (cargo sets it when running tests and xtasks),
     // so a build cache shared between checkouts never points at another checkout.
     let start = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let rel = format!("examples/{name}/src/main.rs");
     let src = start
         .ancestors()
-        .map(|d| d.join("examples/hello/src/main.rs"))
+        .map(|d| d.join(&rel))
         .find(|p| p.exists())
-        .ok_or("examples/hello not found above the package directory")?;
-    let out = dir.join("hello");
+        .ok_or_else(|| format!("{rel} not found above the package directory"))?;
+    let out = dir.join(name);
     let ok = Command::new("rustc")
         .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"])
         .arg(&out)
@@ -158,7 +169,7 @@ pub fn hello_binary(dir: &Path) -> Result<PathBuf, Error> {
     if ok {
         Ok(out)
     } else {
-        Err("compiling examples/hello failed".into())
+        Err(format!("compiling examples/{name} failed").into())
     }
 }
 
@@ -196,10 +207,19 @@ impl Drop for RuntimeSandbox {
                 }
             }
         }
-        let _ = Command::new("ip").args(["link", "del", "dev", &self.bridge]).stderr(Stdio::null()).status();
-        let _ = Command::new("ip").args(["route", "del", "unreachable", &self.cidr, "metric", "4000"]).stderr(Stdio::null()).status();
-        for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let _ = std::fs::remove_dir(ctl.path().join(&self.cgroup_parent));
-        }
+        cleanup_runtime_host(&self.bridge, &self.cidr, &self.cgroup_parent);
+    }
+}
+
+/// Removes what an embedded runtime set up on the host for a bridge: the bridge, the CIDR's
+/// `unreachable` route, its nftables tables (host guard, outbound NAT) and its cgroup parent.
+pub fn cleanup_runtime_host(bridge: &str, cidr: &str, cgroup_parent: &str) {
+    let _ = Command::new("ip").args(["link", "del", "dev", bridge]).stderr(Stdio::null()).status();
+    let _ = Command::new("ip").args(["route", "del", "unreachable", cidr, "metric", "4000"]).stderr(Stdio::null()).status();
+    for (family, table) in [("inet", format!("berth_{bridge}")), ("ip", format!("berth_nat_{bridge}"))] {
+        let _ = Command::new("nft").args(["delete", "table", family, &table]).stderr(Stdio::null()).status();
+    }
+    for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let _ = std::fs::remove_dir(ctl.path().join(cgroup_parent));
     }
 }

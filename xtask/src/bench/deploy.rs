@@ -31,7 +31,7 @@ const APP_RUNNER_DEPLOY_MS: f64 = 300_000.0;
 const APP_RUNNER_ROLLBACK_MS: f64 = 900_000.0;
 
 fn cleanup_host() {
-    super::cleanup_runtime_host(BRIDGE, CIDR, CGROUP_PARENT);
+    berth_testkit::cleanup_runtime_host(BRIDGE, CIDR, CGROUP_PARENT);
 }
 
 /// Continuous GETs through the router; remembers when each version first answered.

@@ -94,7 +94,7 @@ fn write_layout(image: &BuiltImage, dir: &Path) -> anyhow::Result<()> {
 }
 
 fn cleanup_host() {
-    super::cleanup_runtime_host(BRIDGE, CIDR, CGROUP_PARENT);
+    berth_testkit::cleanup_runtime_host(BRIDGE, CIDR, CGROUP_PARENT);
 }
 
 pub fn run(rounds: usize) -> anyhow::Result<()> {

@@ -1,9 +1,10 @@
 //! Instance networking on one host: a Linux bridge with the gateway address (so the host
 //! reaches every `instance-ip:port`), one network namespace and veth pair per instance, and an
 //! address from a persistent IPAM. Bridge ports are isolated, so instances cannot reach each
-//! other directly — only through the host (the router). An `unreachable` route for the whole
-//! CIDR keeps traffic for it on this host even when the bridge is gone. Outbound NAT is an
-//! option, off by default (and never on in tests).
+//! other directly — only through the host (the router) — and the host guard
+//! ([`super::firewall`]) keeps them from opening connections to the host itself. An
+//! `unreachable` route for the whole CIDR keeps traffic for it on this host even when the bridge
+//! is gone. Outbound NAT is an option, off by default (and never on in tests).
 //!
 //! Links and namespaces are managed with iproute2's `ip`.
 
@@ -18,6 +19,7 @@ use std::sync::Mutex;
 use sha2::{Digest as _, Sha256};
 
 use super::files::write_atomic;
+use super::firewall;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -27,6 +29,8 @@ pub enum NetworkError {
     Exhausted(Cidr),
     #[error("`ip {args}` failed: {stderr}")]
     Ip { args: String, stderr: String },
+    #[error("loading nftables rules failed: {0}")]
+    Nft(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
 }
@@ -143,7 +147,7 @@ impl Network {
             ip(&["addr", "add", &gw, "dev", &self.bridge])?;
         }
         ip(&["link", "set", "dev", &self.bridge, "up"])?;
-        Ok(())
+        firewall::apply(&firewall::host_guard(&self.bridge))
     }
 
     fn save(&self, leases: &Leases) -> Result<(), NetworkError> {
@@ -241,41 +245,17 @@ impl Network {
             ip(&["link", "del", "dev", &self.bridge])?;
         }
         let _ = ip(&["route", "del", "unreachable", &self.cidr.to_string(), "metric", "4000"]);
-        Ok(())
+        firewall::delete_table("inet", &firewall::guard_table(&self.bridge))?;
+        firewall::delete_table("ip", &firewall::nat_table(&self.bridge))
     }
 }
 
-/// The nftables ruleset that masquerades instance traffic leaving the host (outbound NAT). Off
-/// by default: instances reach nothing beyond the host unless an operator turns it on.
-pub fn nat_ruleset(bridge: &str, cidr: Cidr) -> String {
-    format!(
-        "table ip berth_nat_{bridge} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {cidr} oifname != \"{bridge}\" masquerade\n  }}\n}}\n"
-    )
-}
-
 impl Network {
-    /// Turns outbound NAT on: IPv4 forwarding and [`nat_ruleset`], loaded with `nft`.
+    /// Turns outbound NAT on: IPv4 forwarding and [`firewall::outbound_nat`].
     pub fn enable_outbound_nat(&self) -> Result<(), NetworkError> {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| NetworkError::Io { context: "enabling IPv4 forwarding".into(), source: e })?;
-        let table = format!("berth_nat_{}", self.bridge);
-        let _ = Command::new("nft").args(["delete", "table", "ip", &table]).stderr(std::process::Stdio::null()).status();
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| NetworkError::Io { context: "running nft (install nftables) for outbound NAT".into(), source: e })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            use std::io::Write;
-            stdin
-                .write_all(nat_ruleset(&self.bridge, self.cidr).as_bytes())
-                .map_err(|e| NetworkError::Io { context: "loading the NAT ruleset".into(), source: e })?;
-        }
-        let status = child.wait().map_err(|e| NetworkError::Io { context: "loading the NAT ruleset".into(), source: e })?;
-        if !status.success() {
-            return Err(NetworkError::Ip { args: "nft -f - (outbound NAT)".into(), stderr: format!("exit {status}") });
-        }
-        Ok(())
+        firewall::apply(&firewall::outbound_nat(&self.bridge, self.cidr))
     }
 }
 
@@ -309,20 +289,6 @@ mod tests {
         assert!("10.88.0.0".parse::<Cidr>().is_err());
         assert!("10.88.0.0/31".parse::<Cidr>().is_err());
         assert!("banana/8".parse::<Cidr>().is_err());
-    }
-
-    #[test]
-    fn nat_ruleset_masquerades_only_traffic_leaving_the_bridge() {
-        let c = Cidr { addr: Ipv4Addr::new(10, 88, 0, 0), prefix: 16 };
-        expect_test::expect![[r#"
-            table ip berth_nat_berth0 {
-              chain postrouting {
-                type nat hook postrouting priority srcnat; policy accept;
-                ip saddr 10.88.0.0/16 oifname != "berth0" masquerade
-              }
-            }
-        "#]]
-        .assert_eq(&nat_ruleset("berth0", c));
     }
 
     #[test]
