@@ -155,17 +155,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Middleware: attaches the caller's [`Principal`] to the request when its credentials are valid.
+/// The REST API and `/metrics` answer a caller without valid credentials here, before anything
+/// reads the request's body; the registry and `/token` answer with their own challenges.
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let mut invalid = None;
     if let Some(auth) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
         match state.auth.principal(&state.store, &auth).await {
             Ok(Some(p)) => {
                 req.extensions_mut().insert(p);
             }
             Ok(None) => {
-                req.extensions_mut().insert(InvalidCredentials("the presented token is invalid, expired or revoked"));
+                let i = InvalidCredentials("the presented token is invalid, expired or revoked");
+                invalid = Some(i.clone());
+                req.extensions_mut().insert(i);
             }
             Err(e) => return e.into_response(),
         }
+    }
+    let path = req.uri().path();
+    if (path.starts_with("/api/") || path == "/metrics") && req.extensions().get::<Principal>().is_none() {
+        let msg = invalid.map(|i| i.0).unwrap_or("authentication required; pass a berth token as `Authorization: Bearer <token>`");
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", msg).into_response();
     }
     next.run(req).await
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::caller::Caller;
+use crate::page::Page;
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -120,21 +121,25 @@ async fn run(State(s): State<AppState>, caller: Caller, Json(body): Json<RunBody
         port: body.port.unwrap_or(8080),
         resources: Resources {
             cpu_millis: body.cpu_millis.unwrap_or(defaults.cpu_millis),
-            memory_bytes: body.memory_mb.map(|m| m << 20).unwrap_or(defaults.memory_bytes),
+            memory_bytes: body.memory_mb.map(|m| m.saturating_mul(1 << 20)).unwrap_or(defaults.memory_bytes),
             pids: defaults.pids,
         },
         user: None,
         read_only_rootfs: false,
     };
+    spec.resources.validate().map_err(ApiError::invalid)?;
     rt.create(spec.clone()).await?;
     let status = rt.start(&spec.id).await?;
     Ok((StatusCode::CREATED, Json(status_json(&status))))
 }
 
-async fn list(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+/// Instances in id order; the cursor is an instance id.
+async fn list(State(s): State<AppState>, caller: Caller, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Read)?;
-    let all = runtime(&s)?.list().await?;
-    Ok(Json(json!({ "instances": all.iter().map(status_json).collect::<Vec<_>>() })))
+    let mut all = runtime(&s)?.list().await?;
+    all.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+    let (page, next) = page.slice(all, |i| i.id.to_string())?;
+    Ok(Json(json!({ "instances": page.iter().map(status_json).collect::<Vec<_>>(), "next": next })))
 }
 
 async fn show(State(s): State<AppState>, caller: Caller, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -172,6 +177,7 @@ async fn delete(State(s): State<AppState>, caller: Caller, Path(raw): Path<Strin
 #[derive(Deserialize)]
 struct LogsQuery {
     since: Option<usize>,
+    limit: Option<usize>,
 }
 
 async fn logs(
@@ -182,6 +188,7 @@ async fn logs(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Read)?;
     let since = q.since.unwrap_or(0);
-    let lines = runtime(&s)?.logs(&id(&raw)?, since).await?;
+    let mut lines = runtime(&s)?.logs(&id(&raw)?, since).await?;
+    lines.truncate(q.limit.unwrap_or(1000).clamp(1, 10_000));
     Ok(Json(json!({ "next": since + lines.len(), "lines": lines })))
 }

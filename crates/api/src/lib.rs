@@ -11,6 +11,7 @@ mod caller;
 mod error;
 mod instances;
 mod metrics;
+mod page;
 mod repositories;
 mod services;
 mod tokens;

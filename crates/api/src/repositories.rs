@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::caller::Caller;
+use crate::page::Page;
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -52,19 +53,14 @@ fn event_json(e: &PushEvent) -> Value {
     })
 }
 
-#[derive(Deserialize)]
-struct Page {
-    after: Option<String>,
-    limit: Option<usize>,
-}
-
 async fn list(State(s): State<AppState>, caller: Caller, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
     // Any caller may list; each sees the repositories it may pull.
     let p = caller.authenticated()?;
-    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let repos = s.registry.repositories(page.after.as_deref(), limit).await?;
+    let after: Option<String> = page.after()?;
+    let repos = s.registry.repositories(after.as_deref(), page.limit() + 1).await?;
+    let (repos, next) = page.finish(repos, |r| r.name.clone());
     let visible: Vec<Value> = repos.iter().filter(|r| p.allows(Action::Pull(&r.name))).map(repository_json).collect();
-    Ok(Json(json!({ "repositories": visible, "next": (repos.len() == limit).then(|| repos.last().map(|r| r.name.clone())).flatten() })))
+    Ok(Json(json!({ "repositories": visible, "next": next })))
 }
 
 #[derive(Deserialize)]
@@ -101,9 +97,8 @@ async fn create(State(s): State<AppState>, caller: Caller, Json(body): Json<Crea
 async fn show(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Pull(&name))?;
     let rec = s.registry.repository(&name).await?;
-    let tags = s.registry.tags(&name).await?;
     let mut v = repository_json(&rec);
-    v["tag_count"] = tags.len().into();
+    v["tag_count"] = s.registry.tag_count(&name).await?.into();
     Ok(Json(v))
 }
 
@@ -149,29 +144,32 @@ async fn set_lifecycle(
     Ok(Json(repository_json(&s.registry.repository(&name).await?)))
 }
 
-async fn tags(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn tags(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Pull(&name))?;
-    let tags = s.registry.tags(&name).await?;
+    let after: Option<String> = page.after()?;
+    let tags = s.registry.tags(&name, after.as_deref(), page.limit() + 1).await?;
+    let (tags, next) = page.finish(tags, |t| t.tag.clone());
     let list: Vec<Value> = tags.iter().map(|t| json!({ "tag": t.tag, "digest": t.digest, "updated_at": rfc3339(t.updated_at) })).collect();
-    Ok(Json(json!({ "repository": name, "tags": list })))
+    Ok(Json(json!({ "repository": name, "tags": list, "next": next })))
 }
 
-#[derive(Deserialize)]
-struct EventsQuery {
-    after: Option<i64>,
-    limit: Option<usize>,
-}
-
+/// Push events, oldest first; the cursor is an event id.
 async fn events(
     State(s): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    Query(q): Query<EventsQuery>,
+    Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Pull(&name))?;
     s.registry.repository(&name).await?;
-    let list = s.registry.events(Some(&name), q.after.unwrap_or(0), q.limit.unwrap_or(100).clamp(1, 1000)).await?;
-    Ok(Json(json!({ "repository": name, "events": list.iter().map(event_json).collect::<Vec<_>>() })))
+    let list = s.registry.events(Some(&name), page.after()?.unwrap_or(0), page.limit() + 1).await?;
+    let (list, next) = page.finish(list, |e| e.id);
+    Ok(Json(json!({ "repository": name, "events": list.iter().map(event_json).collect::<Vec<_>>(), "next": next })))
 }
 
 #[derive(Deserialize)]

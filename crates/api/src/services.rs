@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::caller::Caller;
+use crate::page::Page;
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -129,58 +130,92 @@ async fn delete(State(s): State<AppState>, caller: Caller, Path(name): Path<Stri
     Ok(accepted(controller(&s)?.delete(&name).await?))
 }
 
-async fn list(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+/// What a caller sees of a service or revision document: environment values only when it may
+/// change the service (they often hold credentials); the names always.
+fn redacted(mut v: Value, caller: &Caller) -> Value {
+    if caller.require(Action::Admin).is_ok() {
+        return v;
+    }
+    /// Hides the environment values of the spec inside `doc` (a service or a revision).
+    fn hide(doc: Option<&mut Value>) {
+        let env = doc.and_then(|d| d.pointer_mut("/spec/image_config/env")).and_then(Value::as_object_mut);
+        for value in env.into_iter().flat_map(|e| e.values_mut()) {
+            *value = Value::String(REDACTED.into());
+        }
+    }
+    hide(Some(&mut v));
+    hide(v.get_mut("current_revision"));
+    for r in v.get_mut("revisions").and_then(Value::as_array_mut).into_iter().flatten() {
+        hide(Some(r));
+    }
+    v
+}
+
+/// What environment values read as for callers who may not change the service.
+const REDACTED: &str = "(hidden: needs a token that may change this service)";
+
+/// Services in name order; the cursor is a service name.
+async fn list(State(s): State<AppState>, caller: Caller, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Read)?;
-    Ok(Json(json!({ "services": controller(&s)?.list().await? })))
+    let after: Option<String> = page.after()?;
+    let (services, next) = page.finish(controller(&s)?.list(after.as_deref(), page.limit() + 1).await?, |v| v.name.clone());
+    let services: Vec<Value> = services.into_iter().map(|v| redacted(serde_json::to_value(v).unwrap_or_default(), &caller)).collect();
+    Ok(Json(json!({ "services": services, "next": next })))
 }
 
 async fn show(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Read)?;
-    Ok(Json(serde_json::to_value(controller(&s)?.get(&name).await?).unwrap_or_default()))
+    Ok(Json(redacted(serde_json::to_value(controller(&s)?.get(&name).await?).unwrap_or_default(), &caller)))
 }
 
-async fn revisions(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+/// Revisions in number order; the cursor is a revision number.
+async fn revisions(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Read)?;
     let c = controller(&s)?;
     let current = c.get(&name).await?.current_revision.map(|r| r.number);
-    let revs = c.revisions(&name).await?;
-    Ok(Json(json!({ "current": current, "revisions": revs })))
+    let (revs, next) = page.slice(c.revisions(&name).await?, |r| r.number)?;
+    Ok(Json(redacted(json!({ "current": current, "revisions": revs, "next": next }), &caller)))
 }
 
-#[derive(Deserialize)]
-struct Limit {
-    limit: Option<usize>,
-    tail: Option<usize>,
-}
-
+/// Operations, newest first; the cursor is an operation id.
 async fn operations(
     State(s): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    Query(q): Query<Limit>,
+    Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Read)?;
-    Ok(Json(json!({ "operations": controller(&s)?.operations(&name, q.limit.unwrap_or(50).min(1000)).await? })))
+    let after: Option<String> = page.after()?;
+    let ops = controller(&s)?.operations(&name, after.as_deref(), page.limit() + 1).await?;
+    let (ops, next) = page.finish(ops, |o| o.id.clone());
+    Ok(Json(json!({ "operations": ops, "next": next })))
 }
 
+/// Events, newest first; the cursor is an event id.
 async fn events(
     State(s): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    Query(q): Query<Limit>,
+    Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Read)?;
     let c = controller(&s)?;
     c.get(&name).await?;
-    Ok(Json(json!({ "events": c.events(&name, q.limit.unwrap_or(100).min(1000)).await? })))
+    let (events, next) = page.finish(c.events(&name, page.after()?, page.limit() + 1).await?, |e| e.id);
+    Ok(Json(json!({ "events": events, "next": next })))
 }
 
-async fn logs(
-    State(s): State<AppState>,
-    caller: Caller,
-    Path(name): Path<String>,
-    Query(q): Query<Limit>,
-) -> Result<Json<Value>, ApiError> {
+#[derive(Deserialize)]
+struct Tail {
+    tail: Option<usize>,
+}
+
+async fn logs(State(s): State<AppState>, caller: Caller, Path(name): Path<String>, Query(q): Query<Tail>) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Read)?;
     let lines = controller(&s)?.logs(&name, q.tail.unwrap_or(100).min(10_000)).await?;
     let lines: Vec<Value> =

@@ -1,7 +1,7 @@
 //! `/api/v1/tokens` and `/api/v1/whoami`: creating, listing and revoking API tokens. A token's
 //! secret is returned once, at creation, and stored only as a hash.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::caller::Caller;
+use crate::page::Page;
 use crate::repositories::rfc3339;
 use crate::{issue_token, ApiError, AppState};
 
@@ -32,10 +33,13 @@ fn token_json(t: &TokenRecord) -> Value {
     })
 }
 
-async fn list(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+/// Tokens in id order; the cursor is a token id.
+async fn list(State(s): State<AppState>, caller: Caller, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Admin)?;
-    let tokens = s.store.list_tokens().await?;
-    Ok(Json(json!({ "tokens": tokens.iter().map(token_json).collect::<Vec<_>>() })))
+    let mut tokens = s.store.list_tokens().await?;
+    tokens.sort_by(|a, b| a.id.cmp(&b.id));
+    let (tokens, next) = page.slice(tokens, |t| t.id.clone())?;
+    Ok(Json(json!({ "tokens": tokens.iter().map(token_json).collect::<Vec<_>>(), "next": next })))
 }
 
 #[derive(Deserialize)]

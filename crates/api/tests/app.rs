@@ -115,6 +115,14 @@ async fn authentication_and_scopes() -> Result {
     assert!(j["error"]["message"].as_str().unwrap_or("").contains("invalid, expired or revoked"));
     let (s, _, _) = call(&f, "GET", "/healthz", None, "").await?;
     assert_eq!(s, StatusCode::OK);
+    // Nothing reads a body before the caller is known: no schema details for strangers.
+    for (method, path, body) in
+        [("POST", "/api/v1/repositories", "{not json"), ("POST", "/api/v1/services", r#"{"name":1}"#), ("PUT", "/api/v1/services/x", "")]
+    {
+        let (s, j, _) = call(&f, method, path, None, body).await?;
+        assert_eq!((s, j["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthenticated")), "{method} {path}");
+    }
+    assert_eq!(call(&f, "GET", "/api/v1/openapi.json", None, "").await?.0, StatusCode::UNAUTHORIZED);
     assert_eq!(call(&f, "GET", "/metrics", None, "").await?.0, StatusCode::UNAUTHORIZED);
     let (s, _, text) = call(&f, "GET", "/metrics", Some(&f.reader), "").await?;
     assert_eq!(s, StatusCode::OK);
@@ -167,13 +175,11 @@ async fn repositories_and_tokens_round_trip() -> Result {
     Ok(())
 }
 
-#[tokio::test]
-async fn services_answer_with_operations() -> Result {
-    let f = fixture().await?;
-    f.store.ensure_repository("web", &Default::default(), 0).await?;
-    let manifest = berth_store::ManifestRecord {
-        repository: "web".into(),
-        digest: berth_core::Digest::sha256_of(b"m"),
+/// A manifest record of `repository` whose digest is that of `seed`.
+fn manifest(repository: &str, seed: &[u8]) -> berth_store::ManifestRecord {
+    berth_store::ManifestRecord {
+        repository: repository.into(),
+        digest: berth_core::Digest::sha256_of(seed),
         media_type: "application/vnd.oci.image.manifest.v1+json".into(),
         size: 1,
         artifact_type: None,
@@ -181,8 +187,57 @@ async fn services_answer_with_operations() -> Result {
         annotations: None,
         references: vec![],
         created_at: 0,
-    };
-    f.store.put_manifest(&manifest, Some(berth_store::TagWrite { tag: "latest", immutable: false }), 0).await?;
+    }
+}
+
+/// Follows `next` from page to page and returns every item under `key`.
+async fn all_pages(f: &Fixture, path: &str, key: &str, limit: usize) -> Result<Vec<serde_json::Value>> {
+    let mut items = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..100 {
+        let cursor = after.as_deref().map(|a| format!("&after={a}")).unwrap_or_default();
+        let (s, page, text) = call(f, "GET", &format!("{path}?limit={limit}{cursor}"), Some(&f.admin), "").await?;
+        assert_eq!(s, StatusCode::OK, "{text}");
+        let got = page[key].as_array().ok_or("no items")?;
+        assert!(got.len() <= limit, "a page holds more than its limit");
+        items.extend(got.iter().cloned());
+        after = match &page["next"] {
+            serde_json::Value::Null => return Ok(items),
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        };
+    }
+    Err("pagination did not end".into())
+}
+
+#[tokio::test]
+async fn every_list_is_paginated() -> Result {
+    let f = fixture().await?;
+    f.store.ensure_repository("web", &Default::default(), 0).await?;
+    for i in 0..7u8 {
+        f.store.put_manifest(&manifest("web", &[i]), Some(berth_store::TagWrite { tag: &format!("v{i}"), immutable: false }), 0).await?;
+    }
+    let tags: Vec<_> = all_pages(&f, "/api/v1/repositories/web/tags", "tags", 3).await?.iter().map(|t| t["tag"].to_string()).collect();
+    assert_eq!(tags.len(), 7);
+    let events = all_pages(&f, "/api/v1/repositories/web/events", "events", 2).await?;
+    assert_eq!(events.len(), 7);
+    for i in 0..3 {
+        call(&f, "POST", "/api/v1/tokens", Some(&f.admin), &format!(r#"{{"name":"t{i}","scopes":["read-only"]}}"#)).await?;
+    }
+    let tokens = all_pages(&f, "/api/v1/tokens", "tokens", 2).await?;
+    let mut ids: Vec<_> = tokens.iter().map(|t| t["id"].to_string()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "every token once");
+    let (s, j, _) = call(&f, "GET", "/api/v1/tokens?after=zz&limit=5000", Some(&f.admin), "").await?;
+    assert_eq!((s, j["tokens"].as_array().map(Vec::len), &j["next"]), (StatusCode::OK, Some(0), &serde_json::Value::Null));
+    Ok(())
+}
+
+#[tokio::test]
+async fn services_answer_with_operations() -> Result {
+    let f = fixture().await?;
+    f.store.ensure_repository("web", &Default::default(), 0).await?;
+    f.store.put_manifest(&manifest("web", b"m"), Some(berth_store::TagWrite { tag: "latest", immutable: false }), 0).await?;
 
     // Invalid specs name every problem; unknown fields are refused.
     let (s, j, _) = call(
@@ -200,7 +255,7 @@ async fn services_answer_with_operations() -> Result {
         call(&f, "POST", "/api/v1/services", Some(&f.admin), r#"{"name":"web-app","source":{"image":"web:latest"},"color":1}"#).await?;
     assert!(s.is_client_error());
     // Read-only tokens cannot create.
-    let body = r#"{"name":"web-app","source":{"image":"web:latest"},"health_check":{"protocol":"HTTP","path":"/healthz"}}"#;
+    let body = r#"{"name":"web-app","source":{"image":"web:latest"},"health_check":{"protocol":"HTTP","path":"/healthz"},"image_config":{"env":{"DB_PASSWORD":"s3cret"}}}"#;
     assert_eq!(call(&f, "POST", "/api/v1/services", Some(&f.reader), body).await?.0, StatusCode::FORBIDDEN);
 
     let (s, j, text) = call(&f, "POST", "/api/v1/services", Some(&f.admin), body).await?;
@@ -222,6 +277,15 @@ async fn services_answer_with_operations() -> Result {
     assert_eq!(svc["current_revision"]["id"], "web-app-0001");
     assert_eq!(svc["current_revision"]["tags"], serde_json::json!(["latest"]));
     assert_eq!(svc["spec"]["health_check"]["interval"], 5, "defaults are filled in");
+    // Environment values are for tokens that may change the service.
+    assert!(!svc.to_string().contains("s3cret"), "a read-only token read an env value");
+    assert!(svc["spec"]["image_config"]["env"]["DB_PASSWORD"].as_str().is_some_and(|v| v.starts_with("(hidden")));
+    let (_, revs, _) = call(&f, "GET", "/api/v1/services/web-app/revisions", Some(&f.reader), "").await?;
+    assert!(!revs.to_string().contains("s3cret"));
+    let (_, all, _) = call(&f, "GET", "/api/v1/services", Some(&f.reader), "").await?;
+    assert!(!all.to_string().contains("s3cret"));
+    let (_, svc_admin, _) = call(&f, "GET", "/api/v1/services/web-app", Some(&f.admin), "").await?;
+    assert_eq!(svc_admin["spec"]["image_config"]["env"]["DB_PASSWORD"], "s3cret");
     let (_, revs, _) = call(&f, "GET", "/api/v1/services/web-app/revisions", Some(&f.reader), "").await?;
     assert_eq!(revs["current"], 1);
     assert_eq!(call(&f, "POST", "/api/v1/services", Some(&f.admin), body).await?.0, StatusCode::CONFLICT);

@@ -181,6 +181,10 @@ pub struct RegistrySettings {
     /// The token endpoint announced in registry challenges, when clients reach the server through
     /// another address than its Host header says (a proxy). Default: derived per request.
     pub token_realm: Option<String>,
+    /// Upload sessions one repository may have open at once. Default 256.
+    pub max_uploads_per_repository: usize,
+    /// Upload sessions one token may have open at once. Default 64.
+    pub max_uploads_per_token: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -221,6 +225,8 @@ impl Default for RegistrySettings {
             upload_expiry_secs: 86_400,
             gc_interval_secs: 3600,
             token_realm: None,
+            max_uploads_per_repository: 256,
+            max_uploads_per_token: 64,
         }
     }
 }

@@ -93,6 +93,8 @@ fn registry_config(config: &Config) -> anyhow::Result<RegistryConfig> {
         upload_expiry: Duration::from_secs(r.upload_expiry_secs),
         token_realm: r.token_realm.clone(),
         service: "berth".into(),
+        max_uploads_per_repository: r.max_uploads_per_repository,
+        max_uploads_per_token: r.max_uploads_per_token,
     })
 }
 
@@ -123,7 +125,8 @@ fn open_runtime(config: &Config, images: Arc<dyn ImageSource>) -> anyhow::Result
         shim: std::env::current_exe().context("finding the berth binary for the shim")?,
         bridge: r.bridge.clone(),
         cidr: r.cidr.parse().map_err(|e| anyhow::anyhow!("runtime.cidr: {e}"))?,
-        netns_prefix: "berth-".into(),
+        // Namespace names are host-global: this server's carry its bridge's name.
+        netns_prefix: format!("berth-{}-", r.bridge),
         cgroup_parent: r.cgroup_parent.clone(),
         rootfs,
         outbound_nat: r.outbound_nat,
@@ -226,30 +229,71 @@ fn route_one_off_instances(book: Arc<RouteBook>, rt: Arc<dyn Runtime>, suffixes:
     });
 }
 
+/// Creates the data directory (mode 0700), or makes an existing one private: it holds the state
+/// database, keys, tokens and instances' environments. One owned by another user is refused.
+fn private_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    let meta = fs::metadata(dir).with_context(|| format!("inspecting data directory {}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        anyhow::bail!(
+            "data directory {} belongs to uid {}, not to the user berth runs as (uid {me}); `chown -R {me} {}` or choose another with --data-dir",
+            dir.display(),
+            meta.uid(),
+            dir.display()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        tracing::warn!(data_dir = %dir.display(), mode = format!("{:o}", meta.mode() & 0o777), "the data directory was readable by others; making it 0700");
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).with_context(|| format!("making {} private", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Whether the data directory shows that a server ran here before: an admin token, or blobs.
+fn used_before(data: &Path) -> bool {
+    data.join(ADMIN_TOKEN_FILE).exists() || fs::read_dir(data.join("registry/blobs")).is_ok_and(|mut d| d.next().is_some())
+}
+
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
     init_logging(&config);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    private_data_dir(&config.data_dir)?;
     // Shims and containers resolve paths from elsewhere: every path berth hands out is absolute.
     config.data_dir = fs::canonicalize(&config.data_dir).with_context(|| format!("resolving {}", config.data_dir.display()))?;
     let config = config;
     let data = &config.data_dir;
-    let store: SharedStore = Arc::new(SqliteStore::open(&data.join("state.db")).context("opening the state database")?);
+    let db = data.join("state.db");
+    let store: SharedStore = Arc::new(SqliteStore::open(&db).context("opening the state database")?);
+    // A server always has its admin token; an empty database beside one, or beside blobs, means
+    // state.db was lost or replaced. Starting over would lock everyone out and orphan the blobs.
+    if store.list_tokens().await?.is_empty() && used_before(data) {
+        anyhow::bail!(
+            "{} holds no tokens, but this data directory was used before (it has an admin token or blobs): the state database \
+             was lost or replaced. Restore state.db from a backup; to start afresh instead, move the data directory away",
+            db.display()
+        );
+    }
     let blobs = Arc::new(FsBlobStore::open(&data.join("registry")).context("opening blob storage")?);
     let registry = Arc::new(Registry::new(store.clone(), blobs, registry_config(&config)?));
     let auth = Arc::new(Authenticator::new(signing_key(data)?));
     if let Some(token) = bootstrap_admin_token(&store, data).await? {
-        // Printed once, to the terminal that started berth; never logged.
-        println!("Admin token (saved to {}; shown only now):\n  {token}", data.join(ADMIN_TOKEN_FILE).display());
+        // Shown once, and only to a person at a terminal: a service manager's log keeps stdout.
+        use std::io::IsTerminal;
+        let path = data.join(ADMIN_TOKEN_FILE);
+        if std::io::stdout().is_terminal() {
+            println!("Admin token (saved to {}; shown only now):\n  {token}", path.display());
+        } else {
+            println!("Admin token created and saved to {} (mode 0600); the CLI on this host uses it", path.display());
+        }
     }
     // Images come from berth's registry in-process, or from the registry their name names.
     let images: Arc<dyn ImageSource> = Arc::new(SourceRouter::new(registry.clone(), config.runtime.insecure_registries.clone()));
     let runtime = open_runtime(&config, images.clone())?;
     let runtime_dyn: Option<Arc<dyn Runtime>> = runtime.clone().map(|r| r as Arc<dyn Runtime>);
-    let ca = LocalCa::load_or_create(&data.join("tls")).map_err(|e| anyhow::anyhow!("the local certificate authority: {e}"))?;
+    let ca_domains: Vec<String> = suffixes(&config).iter().map(|s| s.trim_start_matches('.').to_owned()).collect();
+    let ca =
+        LocalCa::load_or_create(&data.join("tls"), &ca_domains).map_err(|e| anyhow::anyhow!("the local certificate authority: {e}"))?;
     let ca_pem: Arc<str> = Arc::from(ca.cert_pem());
     let table = Arc::new(RoutingTable::new());
     let book = Arc::new(RouteBook::new(table.clone()));

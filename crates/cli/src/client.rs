@@ -108,6 +108,33 @@ impl Client {
         self.finish(self.request("GET", path).call())
     }
 
+    /// Every page of a list endpoint, following `next`: the first page's answer with the items
+    /// of all pages under `key`.
+    pub fn get_all(&self, path: &str, key: &str) -> anyhow::Result<Value> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut first: Option<Value> = None;
+        let mut items = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let cursor = after.as_deref().map(|a| format!("&after={}", segment(a))).unwrap_or_default();
+            let mut page = self.get(&format!("{path}{sep}limit=1000{cursor}"))?;
+            items.extend(page.get_mut(key).and_then(Value::as_array_mut).map(std::mem::take).unwrap_or_default());
+            after = match page.get("next") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            };
+            first.get_or_insert(page);
+            if after.is_none() {
+                break;
+            }
+        }
+        let mut whole = first.unwrap_or_else(|| Value::Object(Default::default()));
+        whole[key] = Value::Array(items);
+        whole["next"] = Value::Null;
+        Ok(whole)
+    }
+
     /// A GET whose answer is text, not JSON.
     pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
         match self.request("GET", path).call() {

@@ -275,18 +275,8 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                     output::object(fmt, &v, REPO_COLUMNS);
                 }
                 RepoCommand::List => {
-                    let mut all = Vec::new();
-                    let mut after: Option<String> = None;
-                    loop {
-                        let q = after.as_ref().map(|a| format!("&after={}", segment(a))).unwrap_or_default();
-                        let v = c.get(&format!("/api/v1/repositories?limit=1000{q}"))?;
-                        all.extend(rows(&v, "repositories"));
-                        match v.get("next").and_then(Value::as_str) {
-                            Some(n) => after = Some(n.to_owned()),
-                            None => break,
-                        }
-                    }
-                    output::list(fmt, &json!({ "repositories": all }), &all, REPO_COLUMNS);
+                    let v = c.get_all("/api/v1/repositories", "repositories")?;
+                    output::list(fmt, &v, &rows(&v, "repositories"), REPO_COLUMNS);
                 }
                 RepoCommand::Show { name } => {
                     let v = c.get(&repo_path(&name))?;
@@ -317,7 +307,7 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                     output::object(fmt, &v, &[("NAME", "name"), ("LIFECYCLE", "lifecycle")]);
                 }
                 RepoCommand::Tags { name } => {
-                    let v = c.get(&format!("{}/tags", repo_path(&name)))?;
+                    let v = c.get_all(&format!("{}/tags", repo_path(&name)), "tags")?;
                     output::list(fmt, &v, &rows(&v, "tags"), &[("TAG", "tag"), ("DIGEST", "digest"), ("UPDATED", "updated_at")]);
                 }
                 RepoCommand::Events { name, after } => {
@@ -388,7 +378,7 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             let path = |id: &str| format!("/api/v1/instances/{}", segment(id));
             match cmd {
                 InstanceCommand::List => {
-                    let v = c.get("/api/v1/instances")?;
+                    let v = c.get_all("/api/v1/instances", "instances")?;
                     let rows: Vec<Value> = rows(&v, "instances").into_iter().map(flatten_state).collect();
                     output::list(fmt, &v, &rows, INSTANCE_FIELDS);
                 }
@@ -438,7 +428,7 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                     }
                 }
                 TokenCommand::List => {
-                    let v = c.get("/api/v1/tokens")?;
+                    let v = c.get_all("/api/v1/tokens", "tokens")?;
                     output::list(fmt, &v, &rows(&v, "tokens"), TOKEN_COLUMNS);
                 }
                 TokenCommand::Revoke { id } => {

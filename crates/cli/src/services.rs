@@ -340,7 +340,7 @@ pub fn run(c: &Client, fmt: Format, cmd: ServiceCommand) -> anyhow::Result<()> {
         }
         ServiceCommand::Delete { name, wait } => started(c, fmt, &c.delete(&path(&name))?, &wait, None)?,
         ServiceCommand::List => {
-            let v = c.get("/api/v1/services")?;
+            let v = c.get_all("/api/v1/services", "services")?;
             let rows: Vec<Value> = rows(&v, "services").into_iter().map(flatten_service).collect();
             output::list(fmt, &v, &rows, SERVICE_COLUMNS);
         }
@@ -365,7 +365,7 @@ pub fn run(c: &Client, fmt: Format, cmd: ServiceCommand) -> anyhow::Result<()> {
             }
         }
         ServiceCommand::Revisions { name } => {
-            let v = c.get(&format!("{}/revisions", path(&name)))?;
+            let v = c.get_all(&format!("{}/revisions", path(&name)), "revisions")?;
             let current = v["current"].as_u64();
             let rows: Vec<Value> = rows(&v, "revisions")
                 .into_iter()

@@ -374,9 +374,11 @@ impl Controller {
         self.view(record).await
     }
 
-    pub async fn list(&self) -> Result<Vec<ServiceView>> {
+    /// Services in name order after `after`, at most `limit`.
+    pub async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<ServiceView>> {
         let mut out = Vec::new();
-        for record in self.sh.store.list_services().await? {
+        let records = self.sh.store.list_services().await?;
+        for record in records.into_iter().filter(|r| after.is_none_or(|a| r.key.as_str() > a)).take(limit) {
             out.push(self.view(record).await?);
         }
         Ok(out)
@@ -432,8 +434,9 @@ impl Controller {
         self.sh.store.list_revisions(name).await?.into_iter().map(|r| Revision::from_record(name, r)).collect()
     }
 
-    pub async fn operations(&self, name: &str, limit: usize) -> Result<Vec<Operation>> {
-        self.sh.store.list_operations(Some(name), false, limit).await?.into_iter().map(|r| from_value(r.doc)).collect()
+    /// The service's operations, newest first, after the operation `after` in that order.
+    pub async fn operations(&self, name: &str, after: Option<&str>, limit: usize) -> Result<Vec<Operation>> {
+        self.sh.store.list_operations(Some(name), false, after, limit).await?.into_iter().map(|r| from_value(r.doc)).collect()
     }
 
     pub async fn operation(&self, id: &str) -> Result<Operation> {
@@ -441,8 +444,9 @@ impl Controller {
         from_value(r.doc)
     }
 
-    pub async fn events(&self, name: &str, limit: usize) -> Result<Vec<berth_store::ServiceEvent>> {
-        Ok(self.sh.store.service_events(name, limit).await?)
+    /// The service's events, newest first, older than the event `before` when given.
+    pub async fn events(&self, name: &str, before: Option<i64>, limit: usize) -> Result<Vec<berth_store::ServiceEvent>> {
+        Ok(self.sh.store.service_events(name, before, limit).await?)
     }
 
     /// The last `tail` log lines of each of the service's instances, oldest first, each with its
@@ -514,7 +518,6 @@ pub(crate) async fn resolve(store: &SharedStore, spec: &ServiceSpec, image: Opti
 
 /// A revision of `spec` running `repo@digest`, with the tags that point at it now.
 pub(crate) async fn resolved(store: &SharedStore, spec: &ServiceSpec, repo: &str, digest: Digest) -> Result<RevisionDoc> {
-    let mut tags: Vec<String> = store.list_tags(repo).await?.into_iter().filter(|t| t.digest == digest).map(|t| t.tag).collect();
-    tags.sort();
+    let tags = store.tags_at(repo, &digest).await?;
     Ok(RevisionDoc { spec: spec.clone(), repository: repo.to_owned(), digest, tags })
 }

@@ -711,7 +711,7 @@ impl Supervisor {
     /// `handed` is an operation the caller carries out next itself.
     async fn recover(&mut self, handed: Option<&str>) {
         self.load_current().await;
-        let open: Vec<Operation> = match self.sh.store.list_operations(Some(&self.name), true, 10).await {
+        let open: Vec<Operation> = match self.sh.store.list_operations(Some(&self.name), true, None, 10).await {
             Ok(list) => list.into_iter().filter_map(|r| from_value(r.doc).ok()).collect(),
             Err(e) => {
                 tracing::error!(service = %self.name, error = %e, "reading open operations failed");

@@ -221,7 +221,7 @@ async fn deploys_rolls_back_refuses_replaces_pauses_and_deletes() -> Result {
         u.len() == 1 && u != now
     })
     .await?;
-    let events = c.events("web-app", 20).await?;
+    let events = c.events("web-app", None, 20).await?;
     assert!(events.iter().any(|e| e.kind == "instance_replaced" && e.message.contains("exited with code 137")), "{events:?}");
 
     // Rollback to the first revision by its id.
@@ -275,7 +275,7 @@ async fn auto_deploys_pushes_once_and_a_failed_create_is_reported() -> Result {
     w.push("api", "latest", 12).await?;
     let mut last = None;
     for _ in 0..500 {
-        last = c.operations("api-svc", 10).await?.first().map(|o| o.status);
+        last = c.operations("api-svc", None, 10).await?.first().map(|o| o.status);
         if last == Some(OperationStatus::RollbackSucceeded) {
             break;
         }
@@ -284,7 +284,7 @@ async fn auto_deploys_pushes_once_and_a_failed_create_is_reported() -> Result {
     assert_eq!(last, Some(OperationStatus::RollbackSucceeded));
     w.push("api", "latest", 12).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ops = c.operations("api-svc", 10).await?;
+    let ops = c.operations("api-svc", None, 10).await?;
     assert_eq!(ops.len(), 3, "create, deploy, rolled-back deploy: {:?}", ops.iter().map(|o| o.status).collect::<Vec<_>>());
     assert_eq!(c.get("api-svc").await?.current_revision.map(|r| r.doc.digest), Some(d11));
 
@@ -371,7 +371,7 @@ async fn instances_that_keep_failing_are_reported_as_a_crash_loop_and_backed_off
     w.prober.broken.lock().unwrap_or_else(|p| p.into_inner()).insert(1);
     let mut events = Vec::new();
     for _ in 0..400 {
-        events = c.events("loop-app", 50).await?;
+        events = c.events("loop-app", None, 50).await?;
         if events.iter().any(|e| e.kind == "crash_loop") {
             break;
         }

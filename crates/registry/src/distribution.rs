@@ -129,6 +129,20 @@ pub(crate) enum Need<'a> {
     Push(&'a str),
 }
 
+/// Whether a Host header is a plain `host[:port]` (a DNS name, an IPv4 address or a bracketed
+/// IPv6 address): nothing that could end the challenge's quoted parameter or add one.
+fn is_host_and_port(h: &str) -> bool {
+    let (host, port) = match h.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !port.contains(']') => (host, Some(port)),
+        _ => (h, None),
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|v6| v6.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && host.len() <= 253 && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
+    };
+    host_ok && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Checks the caller, answering 401 with a challenge when there is none (or when its bearer
 /// token was issued for less than this needs) and 403 DENIED when its token does not allow it.
 pub(crate) fn authorize<'p>(reg: &Registry, parts: &'p Parts, need: Need<'_>) -> Result<&'p Principal, RegistryError> {
@@ -140,7 +154,7 @@ pub(crate) fn authorize<'p>(reg: &Registry, parts: &'p Parts, need: Need<'_>) ->
     };
     let challenge = |insufficient: bool| {
         let realm = reg.config.token_realm.clone().unwrap_or_else(|| {
-            let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| is_host_and_port(h)).unwrap_or("localhost");
             format!("http://{host}/token")
         });
         let mut v = format!("Bearer realm=\"{realm}\",service=\"{}\"", reg.config.service);
@@ -192,6 +206,16 @@ pub(crate) fn query_param(parts: &Parts, key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_hosts_make_the_token_realm() {
+        for ok in ["127.0.0.1:7070", "berth.example.com", "registry-1.internal:443", "[::1]:7070", "[fe80::1]"] {
+            assert!(is_host_and_port(ok), "{ok}");
+        }
+        for bad in ["evil\",scope=\"x", "a b", "h:port", "[::1", "user@host", "", "host:", "x:123456", "a/b"] {
+            assert!(!is_host_and_port(bad), "{bad}");
+        }
+    }
     use expect_test::expect;
 
     #[test]

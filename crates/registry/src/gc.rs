@@ -67,7 +67,7 @@ impl Registry {
             }
         }
 
-        let grace_cutoff = SystemTime::now() - self.config.gc_grace;
+        let grace_cutoff = SystemTime::now().checked_sub(self.config.gc_grace).unwrap_or(SystemTime::UNIX_EPOCH);
         let referenced = self.referenced(&doomed).await?;
         let candidates: Vec<_> =
             self.blobs.list().await?.into_iter().filter(|b| b.modified < grace_cutoff && !referenced.contains(&b.digest)).collect();
@@ -86,7 +86,7 @@ impl Registry {
         }
         report.bytes = report.blobs.iter().map(|b| b.size).sum();
 
-        let upload_cutoff = SystemTime::now() - self.config.upload_expiry;
+        let upload_cutoff = SystemTime::now().checked_sub(self.config.upload_expiry).unwrap_or(SystemTime::UNIX_EPOCH);
         for u in self.blobs.list_uploads().await? {
             if u.started_at < upload_cutoff {
                 if !dry_run {
@@ -94,6 +94,9 @@ impl Registry {
                 }
                 report.uploads.push(u.id);
             }
+        }
+        if !dry_run {
+            self.close_uploads(report.uploads.iter().map(String::as_str)).await;
         }
         Ok(report)
     }

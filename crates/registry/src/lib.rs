@@ -38,6 +38,10 @@ pub struct RegistryConfig {
     pub token_realm: Option<String>,
     /// The `service` announced in challenges.
     pub service: String,
+    /// Upload sessions one repository may have open at once.
+    pub max_uploads_per_repository: usize,
+    /// Upload sessions one token may have open at once.
+    pub max_uploads_per_token: usize,
 }
 
 impl Default for RegistryConfig {
@@ -48,6 +52,8 @@ impl Default for RegistryConfig {
             upload_expiry: Duration::from_secs(24 * 3600),
             token_realm: None,
             service: "berth".into(),
+            max_uploads_per_repository: 256,
+            max_uploads_per_token: 64,
         }
     }
 }
@@ -62,6 +68,15 @@ pub struct Registry {
     /// Manifest writes hold it shared; the collector's delete phase holds it exclusively, so a
     /// blob cannot vanish between a manifest's reference check and its commit.
     gc_lock: tokio::sync::RwLock<()>,
+    uploads: tokio::sync::Mutex<OpenUploads>,
+}
+
+/// Upload sessions in progress, with the repository and the token that opened each (unknown for
+/// sessions found on disk at start), to cap them.
+#[derive(Default)]
+struct OpenUploads {
+    loaded: bool,
+    sessions: std::collections::HashMap<String, (String, Option<String>)>,
 }
 
 pub(crate) fn now() -> i64 {
@@ -82,7 +97,7 @@ pub struct StoredManifest {
 impl Registry {
     pub fn new(store: SharedStore, blobs: Arc<dyn BlobStore>, config: RegistryConfig) -> Registry {
         let (events, _) = broadcast::channel(1024);
-        Registry { store, blobs, config, events, gc_lock: tokio::sync::RwLock::new(()) }
+        Registry { store, blobs, config, events, gc_lock: tokio::sync::RwLock::new(()), uploads: Default::default() }
     }
 
     pub fn config(&self) -> &RegistryConfig {
@@ -95,6 +110,48 @@ impl Registry {
 
     pub fn store(&self) -> &SharedStore {
         &self.store
+    }
+
+    /// Opens an upload session for `repository` on behalf of `token`, within the caps on open
+    /// sessions per repository and per token.
+    pub(crate) async fn open_upload(&self, repository: &str, token: &str, token_name: &str) -> Result<String, RegistryError> {
+        let mut open = self.uploads.lock().await;
+        if !open.loaded {
+            for u in self.blobs.list_uploads().await? {
+                open.sessions.insert(u.id, (u.repository, None));
+            }
+            open.loaded = true;
+        }
+        let per_repo = open.sessions.values().filter(|(r, _)| r == repository).count();
+        let per_token = open.sessions.values().filter(|(_, t)| t.as_deref() == Some(token)).count();
+        let busy = |what: String, cap: usize| {
+            RegistryError::new(
+                Code::TooManyRequests,
+                format!(
+                    "{what} has {cap} uploads in progress, the most it may; finish or cancel some (they expire after {} s)",
+                    self.config.upload_expiry.as_secs()
+                ),
+            )
+        };
+        if per_repo >= self.config.max_uploads_per_repository {
+            return Err(busy(format!("repository `{repository}`"), self.config.max_uploads_per_repository));
+        }
+        if per_token >= self.config.max_uploads_per_token {
+            return Err(busy(format!("token `{token_name}`"), self.config.max_uploads_per_token));
+        }
+        let id = self.blobs.create_upload(repository).await?;
+        open.sessions.insert(id.clone(), (repository.to_owned(), Some(token.to_owned())));
+        Ok(id)
+    }
+
+    /// Forgets upload sessions that ended (finished, cancelled, discarded or expired).
+    pub(crate) async fn close_uploads(&self, ids: impl IntoIterator<Item = &str>) {
+        let mut open = self.uploads.lock().await;
+        for id in ids {
+            if self.blobs.upload_info(id).await.ok().flatten().is_none() {
+                open.sessions.remove(id);
+            }
+        }
     }
 
     /// Push events as they happen. A subscriber that falls behind, or that starts late, catches up
@@ -151,9 +208,14 @@ impl Registry {
         }
     }
 
-    pub async fn tags(&self, name: &str) -> Result<Vec<TagRecord>, RegistryError> {
+    /// Tags of repository `name` in lexical order after `after`, at most `limit`.
+    pub async fn tags(&self, name: &str, after: Option<&str>, limit: usize) -> Result<Vec<TagRecord>, RegistryError> {
         self.repository(name).await?;
-        Ok(self.store.list_tags(name).await?)
+        Ok(self.store.list_tags_page(name, after, limit).await?)
+    }
+
+    pub async fn tag_count(&self, name: &str) -> Result<u64, RegistryError> {
+        Ok(self.store.count_tags(name).await?)
     }
 
     /// Stores a manifest under `reference` (a tag, or the digest it must have).

@@ -1,8 +1,10 @@
 //! HTTPS for the router: a local certificate authority created once in the data directory
 //! (`ca.pem`, and `ca-key.pem` readable by its owner only) that issues leaf certificates on
 //! demand, by SNI, for the names berth serves (`*.localhost` and the configured base domain).
-//! `berth ca export` prints `ca.pem` so curl and browsers can trust it. Certificates a user
-//! supplies for custom domains (PEM chain and key) are served for their names instead.
+//! The CA is name-constrained to exactly those domains, so a client that trusts it trusts it for
+//! nothing else even if its key leaked; leaves live 30 days and are renewed 10 days before they
+//! expire. `berth ca export` prints `ca.pem` so curl and browsers can trust it. Certificates a
+//! user supplies for custom domains (PEM chain and key) are served for their names instead.
 
 use std::collections::HashMap;
 use std::io;
@@ -10,7 +12,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, NameConstraints,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -48,8 +51,17 @@ pub fn load_certificate(domains: &[String], cert: &Path, key: &Path) -> Result<(
     Ok((domains.iter().map(|d| d.trim_end_matches('.').to_ascii_lowercase()).collect(), Arc::new(certified)))
 }
 
-/// The CA's parameters, rebuilt identically on every start so leaves chain to the stored cert.
-fn ca_params() -> Result<CertificateParams, TlsError> {
+/// How long a leaf certificate lives, and how long before its end it is renewed.
+const LEAF_LIFETIME: time::Duration = time::Duration::days(30);
+const LEAF_RENEW_BEFORE: time::Duration = time::Duration::days(10);
+/// Issued certificates kept at most.
+const MAX_CACHED_CERTS: usize = 10_000;
+/// How long the CA lives.
+const CA_LIFETIME: time::Duration = time::Duration::days(3650);
+
+/// The CA's parameters for the domains it may certify (`localhost`, `apps.example.com`): its
+/// name, and name constraints that permit those domains and the names below them only.
+fn ca_params(domains: &[String]) -> Result<CertificateParams, TlsError> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "berth local CA");
@@ -57,8 +69,10 @@ fn ca_params() -> Result<CertificateParams, TlsError> {
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    p.not_before = time::macros::datetime!(2024-01-01 0:00 UTC);
-    p.not_after = time::macros::datetime!(2044-01-01 0:00 UTC);
+    p.name_constraints = Some(NameConstraints {
+        permitted_subtrees: domains.iter().map(|d| GeneralSubtree::DnsName(d.clone())).collect(),
+        excluded_subtrees: Vec::new(),
+    });
     Ok(p)
 }
 
@@ -76,23 +90,51 @@ fn write_private(path: &Path, content: &str) -> Result<(), TlsError> {
 }
 
 impl LocalCa {
-    /// Loads the CA from `dir`, creating it on first use.
-    pub fn load_or_create(dir: &Path) -> Result<LocalCa, TlsError> {
-        let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
-        let read =
-            |p: &Path| std::fs::read_to_string(p).map_err(|e| TlsError::Io { context: format!("reading {}", p.display()), source: e });
+    /// Loads the CA from `dir`, creating it on first use, for `domains` (`localhost`, the base
+    /// domain). A CA made for other domains, or before CAs were name-constrained, is replaced by
+    /// a new one (clients must trust the new `ca.pem`; a warning says so).
+    pub fn load_or_create(dir: &Path, domains: &[String]) -> Result<LocalCa, TlsError> {
+        let domains: Vec<String> = domains.iter().map(|d| d.trim_matches('.').to_ascii_lowercase()).collect();
+        let (cert_path, key_path, names_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"), dir.join("ca-domains"));
+        let io_err = |p: &Path| {
+            let context = format!("reading {}", p.display());
+            move |source| TlsError::Io { context, source }
+        };
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(io_err(p));
         if cert_path.exists() && key_path.exists() {
-            let key = KeyPair::from_pem(&read(&key_path)?)?;
-            return Ok(LocalCa { issuer: Issuer::new(ca_params()?, key), cert_pem: read(&cert_path)? });
+            let covered = std::fs::read_to_string(&names_path).unwrap_or_default();
+            let covered: Vec<&str> = covered.lines().collect();
+            if domains.iter().all(|d| covered.contains(&d.as_str())) {
+                let key = KeyPair::from_pem(&read(&key_path)?)?;
+                return Ok(LocalCa {
+                    issuer: Issuer::new(ca_params(&covered.iter().map(|c| c.to_string()).collect::<Vec<_>>())?, key),
+                    cert_pem: read(&cert_path)?,
+                });
+            }
+            tracing::warn!(
+                domains = %domains.join(","),
+                "the local CA was not made for these domains (or predates name constraints); making a new one: \
+                 clients must trust the new certificate (`berth ca export`)"
+            );
+            for p in [&cert_path, &key_path, &names_path] {
+                let _ = std::fs::remove_file(p);
+            }
         }
         std::fs::create_dir_all(dir).map_err(|e| TlsError::Io { context: format!("creating {}", dir.display()), source: e })?;
         let key = KeyPair::generate()?;
-        let cert = ca_params()?.self_signed(&key)?;
+        let mut params = ca_params(&domains)?;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + CA_LIFETIME;
+        let cert = params.self_signed(&key)?;
         write_private(&key_path, &key.serialize_pem())?;
         let cert_pem = cert.pem();
-        std::fs::write(&cert_path, &cert_pem)
-            .map_err(|e| TlsError::Io { context: format!("writing {}", cert_path.display()), source: e })?;
-        Ok(LocalCa { issuer: Issuer::new(ca_params()?, key), cert_pem })
+        let write = |p: &Path, content: &str| {
+            std::fs::write(p, content).map_err(|e| TlsError::Io { context: format!("writing {}", p.display()), source: e })
+        };
+        write(&cert_path, &cert_pem)?;
+        write(&names_path, &domains.iter().map(|d| format!("{d}\n")).collect::<String>())?;
+        Ok(LocalCa { issuer: Issuer::new(ca_params(&domains)?, key), cert_pem })
     }
 
     /// The CA certificate, PEM, for clients to trust.
@@ -100,20 +142,20 @@ impl LocalCa {
         &self.cert_pem
     }
 
-    /// A leaf certificate for `name`, valid for a year.
-    pub fn issue(&self, name: &str) -> Result<CertifiedKey, TlsError> {
+    /// A leaf certificate for `name`, valid for [`LEAF_LIFETIME`], and when it ends.
+    pub fn issue(&self, name: &str) -> Result<(CertifiedKey, time::OffsetDateTime), TlsError> {
         let mut p = CertificateParams::new(vec![name.to_owned()])?;
         p.distinguished_name.push(DnType::CommonName, name);
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         p.use_authority_key_identifier_extension = true;
         let now = time::OffsetDateTime::now_utc();
         p.not_before = now - time::Duration::days(1);
-        p.not_after = now + time::Duration::days(365);
+        p.not_after = now + LEAF_LIFETIME;
         let key = KeyPair::generate()?;
         let cert = p.signed_by(&key, &self.issuer)?;
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der)?;
-        Ok(CertifiedKey::new(vec![cert.der().clone()], signing))
+        Ok((CertifiedKey::new(vec![cert.der().clone()], signing), p.not_after))
     }
 }
 
@@ -122,7 +164,8 @@ impl LocalCa {
 pub struct OnDemandCerts {
     ca: LocalCa,
     suffixes: Vec<String>,
-    cache: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// Issued certificates by name, with when they end.
+    cache: Mutex<HashMap<String, (Arc<CertifiedKey>, time::OffsetDateTime)>>,
     /// User-supplied certificates by name (`*.example.com` for wildcards).
     supplied: HashMap<String, Arc<CertifiedKey>>,
 }
@@ -173,13 +216,23 @@ impl ResolvesServerCert for OnDemandCerts {
             return None;
         }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = cache.get(&name) {
-            return Some(c.clone());
+        if let Some((c, ends)) = cache.get(&name) {
+            if *ends - time::OffsetDateTime::now_utc() > LEAF_RENEW_BEFORE {
+                return Some(c.clone());
+            }
         }
         match self.ca.issue(&name) {
-            Ok(c) => {
+            Ok((c, ends)) => {
                 let c = Arc::new(c);
-                cache.insert(name, c.clone());
+                if cache.len() >= MAX_CACHED_CERTS {
+                    // Names under the served domains are unbounded; the cache is not.
+                    let now = time::OffsetDateTime::now_utc();
+                    cache.retain(|_, (_, ends)| *ends - now > LEAF_RENEW_BEFORE);
+                    if cache.len() >= MAX_CACHED_CERTS {
+                        cache.clear();
+                    }
+                }
+                cache.insert(name, (c.clone(), ends));
                 Some(c)
             }
             Err(e) => {

@@ -246,7 +246,7 @@ async fn curl_protocols_timeout_and_body_limit() -> Result {
 
     // TLS with the local CA, next to plain HTTP.
     let dir = tempfile::tempdir()?;
-    let ca = LocalCa::load_or_create(dir.path())?;
+    let ca = LocalCa::load_or_create(dir.path(), &["localhost".to_owned()])?;
     let config = server_config(Arc::new(OnDemandCerts::new(ca, vec![".localhost".into()])))?;
     let router = Router::with_options(table.clone(), RouterOptions::default());
     let tls = TcpListener::bind("127.0.0.1:0").await?;

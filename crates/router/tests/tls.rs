@@ -42,13 +42,13 @@ async fn curl(args: Vec<String>) -> Result<std::process::Output> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_certificates_on_demand() -> Result {
     let dir = tempfile::tempdir()?;
-    let ca = LocalCa::load_or_create(dir.path())?;
+    let ca = LocalCa::load_or_create(dir.path(), &["localhost".to_owned()])?;
     let pem = ca.cert_pem().to_owned();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(dir.path().join("ca-key.pem"))?.permissions().mode() & 0o777, 0o600);
     // A restart loads the same CA: leaves it issues still chain to the exported certificate.
     drop(ca);
-    let ca = LocalCa::load_or_create(dir.path())?;
+    let ca = LocalCa::load_or_create(dir.path(), &["localhost".to_owned()])?;
     assert_eq!(ca.cert_pem(), pem);
 
     let table = Arc::new(RoutingTable::new());
@@ -128,7 +128,7 @@ async fn user_supplied_certificate_for_a_custom_domain() -> Result {
     assert!(load_certificate(&["shop.example.com".into()], &dir.path().join("missing.pem"), &key_path).is_err());
 
     let supplied = load_certificate(&["Shop.Example.com".into()], &cert_path, &key_path)?;
-    let ca = LocalCa::load_or_create(&dir.path().join("ca"))?;
+    let ca = LocalCa::load_or_create(&dir.path().join("ca"), &["localhost".to_owned()])?;
     let certs = OnDemandCerts::new(ca, vec![".localhost".into()]).with_supplied(vec![supplied]);
     let table = Arc::new(RoutingTable::new());
     table.replace(&[RouteSpec::new("shop.example.com", "shop", vec![backend().await?])]);
@@ -147,5 +147,41 @@ async fn user_supplied_certificate_for_a_custom_domain() -> Result {
     ])
     .await?;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "proto=https\n200", "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// Whether a client that trusts `ca` (rustls' WebPKI verifier, as browsers check name
+/// constraints) accepts a leaf the CA issued for `name`.
+fn trusted(ca: &LocalCa, name: &str) -> Result<bool> {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes())?)?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+    let (leaf, _) = ca.issue(name)?;
+    let server_name = ServerName::try_from(name.to_owned())?;
+    Ok(verifier.verify_server_cert(&leaf.cert[0], &[], &server_name, &[], UnixTime::now()).is_ok())
+}
+
+/// The local CA is good for the domains berth serves and nothing else, even for certificates it
+/// signed itself; leaves live a month; a new base domain gets a new CA.
+#[test]
+fn the_local_ca_certifies_only_its_domains() -> Result {
+    let dir = tempfile::tempdir()?;
+    let ca = LocalCa::load_or_create(dir.path(), &["localhost".to_owned()])?;
+    assert!(trusted(&ca, "web.localhost")?);
+    assert!(!trusted(&ca, "bank.example.com")?, "a leaf outside the CA's domains must not verify");
+    let (_, ends) = ca.issue("web.localhost")?;
+    assert!(ends <= time::OffsetDateTime::now_utc() + time::Duration::days(30));
+
+    let wider = LocalCa::load_or_create(dir.path(), &["localhost".to_owned(), "apps.example.com".to_owned()])?;
+    assert_ne!(wider.cert_pem(), ca.cert_pem(), "a CA made for fewer domains is replaced");
+    assert!(trusted(&wider, "shop.apps.example.com")? && trusted(&wider, "web.localhost")?);
+    assert!(!trusted(&wider, "bank.example.com")?);
+    // Loading again for the same domains keeps it.
+    let again = LocalCa::load_or_create(dir.path(), &["localhost".to_owned(), "apps.example.com".to_owned()])?;
+    assert_eq!(again.cert_pem(), wider.cert_pem());
     Ok(())
 }

@@ -60,6 +60,37 @@ impl Default for Resources {
     }
 }
 
+impl Resources {
+    /// Bounds every limit can take: a limit of 0 or one so large it means none is refused.
+    pub const CPU_MILLIS: std::ops::RangeInclusive<u32> = 10..=256_000;
+    pub const MEMORY_BYTES: std::ops::RangeInclusive<u64> = (4 << 20)..=(1 << 40);
+    pub const PIDS: std::ops::RangeInclusive<u32> = 8..=1 << 22;
+
+    /// Checks every limit against its bounds, naming the first one out of them.
+    pub fn validate(&self) -> Result<(), String> {
+        if !Self::CPU_MILLIS.contains(&self.cpu_millis) {
+            return Err(format!(
+                "cpu_millis {} is out of range; use {} to {}",
+                self.cpu_millis,
+                Self::CPU_MILLIS.start(),
+                Self::CPU_MILLIS.end()
+            ));
+        }
+        if !Self::MEMORY_BYTES.contains(&self.memory_bytes) {
+            return Err(format!(
+                "a memory limit of {} bytes is out of range; use {} MiB to {} MiB",
+                self.memory_bytes,
+                Self::MEMORY_BYTES.start() >> 20,
+                Self::MEMORY_BYTES.end() >> 20
+            ));
+        }
+        if !Self::PIDS.contains(&self.pids) {
+            return Err(format!("a process limit of {} is out of range; use {} to {}", self.pids, Self::PIDS.start(), Self::PIDS.end()));
+        }
+        Ok(())
+    }
+}
+
 /// Everything needed to run one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceSpec {

@@ -36,6 +36,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("state database migration failed: {0}")]
     Migration(String),
+    #[error("the state database is damaged ({0}); stop berth and restore state.db from a backup")]
+    Damaged(String),
     #[error("state database task failed: {0}")]
     Task(String),
 }
@@ -60,11 +62,11 @@ pub trait Store: Send + Sync + 'static {
     /// Creates or replaces an operation; `open` while it has not ended.
     async fn put_operation(&self, id: &str, service: &str, open: bool, doc: &serde_json::Value, started_at: i64) -> Result<()>;
     async fn get_operation(&self, id: &str) -> Result<Option<DocRecord>>;
-    /// Newest first.
-    async fn list_operations(&self, service: Option<&str>, open_only: bool, limit: usize) -> Result<Vec<DocRecord>>;
+    /// Newest first (by start time, then id), after the operation `after` in that order.
+    async fn list_operations(&self, service: Option<&str>, open_only: bool, after: Option<&str>, limit: usize) -> Result<Vec<DocRecord>>;
     async fn add_service_event(&self, service: &str, at: i64, kind: &str, message: &str) -> Result<()>;
-    /// Newest first.
-    async fn service_events(&self, service: &str, limit: usize) -> Result<Vec<ServiceEvent>>;
+    /// Newest first, older than the event `before` when given.
+    async fn service_events(&self, service: &str, before: Option<i64>, limit: usize) -> Result<Vec<ServiceEvent>>;
 
     // Repositories.
     async fn create_repository(&self, repo: RepositoryRecord) -> Result<()>;
@@ -95,7 +97,13 @@ pub trait Store: Send + Sync + 'static {
     async fn resolve_tag(&self, repository: &str, tag: &str) -> Result<Option<Digest>>;
     /// Tag names in lexical order after `after`, at most `limit`.
     async fn list_tag_names(&self, repository: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
+    /// Every tag of the repository, most recently moved first.
     async fn list_tags(&self, repository: &str) -> Result<Vec<TagRecord>>;
+    /// Tags in lexical order after `after`, at most `limit`.
+    async fn list_tags_page(&self, repository: &str, after: Option<&str>, limit: usize) -> Result<Vec<TagRecord>>;
+    async fn count_tags(&self, repository: &str) -> Result<u64>;
+    /// The tags pointing at `digest`, in lexical order.
+    async fn tags_at(&self, repository: &str, digest: &Digest) -> Result<Vec<String>>;
     async fn list_manifests(&self, repository: &str) -> Result<Vec<ManifestRecord>>;
     /// Manifests in the repository whose subject is `subject`.
     async fn referrers(&self, repository: &str, subject: &Digest) -> Result<Vec<ManifestRecord>>;

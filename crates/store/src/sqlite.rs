@@ -22,8 +22,15 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
+    /// Opens (or creates) the database at `path`, checks its integrity and applies migrations.
     pub fn open(path: &Path) -> Result<SqliteStore> {
-        let mut conn = Connection::open(path)?;
+        let mut conn = Connection::open(path).map_err(damaged)?;
+        // Not a database at all, or pages that do not hold together: refuse, never start over.
+        let check: Vec<String> =
+            conn.prepare("PRAGMA quick_check(10)").and_then(|mut s| s.query_map([], |r| r.get(0))?.collect()).map_err(damaged)?;
+        if check != ["ok"] {
+            return Err(StoreError::Damaged(check.join("; ")));
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // WAL + NORMAL survives a crash of the process; blobs themselves are fsynced.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -51,6 +58,15 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+/// A database error met while opening: a file that is not a database is damaged state, not a
+/// reason to start afresh.
+fn damaged(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => StoreError::Damaged(e.to_string()),
+        _ => StoreError::Database(e),
     }
 }
 
@@ -276,14 +292,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_operations(&self, service: Option<&str>, open_only: bool, limit: usize) -> Result<Vec<DocRecord>> {
-        let service = service.map(str::to_owned);
+    async fn list_operations(&self, service: Option<&str>, open_only: bool, after: Option<&str>, limit: usize) -> Result<Vec<DocRecord>> {
+        let (service, after) = (service.map(str::to_owned), after.map(str::to_owned));
         self.call(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, doc, started_at FROM operations WHERE (?1 IS NULL OR service = ?1) AND (?2 = 0 OR open = 1)
-                 ORDER BY started_at DESC, rowid DESC LIMIT ?3",
+                 AND (?3 IS NULL OR (started_at, id) < (SELECT started_at, id FROM operations WHERE id = ?3))
+                 ORDER BY started_at DESC, id DESC LIMIT ?4",
             )?;
-            let rows = stmt.query_map(params![service, open_only, limit as i64], doc_row)?;
+            let rows = stmt.query_map(params![service, open_only, after, limit as i64], doc_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
         .await
@@ -301,12 +318,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn service_events(&self, service: &str, limit: usize) -> Result<Vec<ServiceEvent>> {
+    async fn service_events(&self, service: &str, before: Option<i64>, limit: usize) -> Result<Vec<ServiceEvent>> {
         let service = service.to_owned();
         self.call(move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT id, service, at, kind, message FROM service_events WHERE service = ?1 ORDER BY id DESC LIMIT ?2")?;
-            let rows = stmt.query_map(params![service, limit as i64], service_event_row)?;
+            let mut stmt = c.prepare_cached(
+                "SELECT id, service, at, kind, message FROM service_events WHERE service = ?1 AND (?2 IS NULL OR id < ?2)
+                 ORDER BY id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![service, before, limit as i64], service_event_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
         .await
@@ -531,6 +550,36 @@ impl Store for SqliteStore {
             let rows = stmt.query_map([repo], |r| {
                 Ok(TagRecord { repository: r.get(0)?, tag: r.get(1)?, digest: digest(r.get(2)?)?, updated_at: r.get(3)? })
             })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn list_tags_page(&self, repository: &str, after: Option<&str>, limit: usize) -> Result<Vec<TagRecord>> {
+        let (repo, after) = (repository.to_owned(), after.map(str::to_owned));
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT repository, tag, digest, updated_at FROM tags WHERE repository = ?1 AND (?2 IS NULL OR tag > ?2)
+                 ORDER BY tag LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![repo, after, limit as i64], |r| {
+                Ok(TagRecord { repository: r.get(0)?, tag: r.get(1)?, digest: digest(r.get(2)?)?, updated_at: r.get(3)? })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn count_tags(&self, repository: &str) -> Result<u64> {
+        let repo = repository.to_owned();
+        self.call(move |c| Ok(c.query_row("SELECT COUNT(*) FROM tags WHERE repository = ?1", [repo], |r| r.get::<_, i64>(0))? as u64)).await
+    }
+
+    async fn tags_at(&self, repository: &str, digest: &Digest) -> Result<Vec<String>> {
+        let (repo, digest) = (repository.to_owned(), digest.to_string());
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT tag FROM tags WHERE repository = ?1 AND digest = ?2 ORDER BY tag")?;
+            let rows = stmt.query_map(params![repo, digest], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
         .await

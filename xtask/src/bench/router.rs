@@ -337,8 +337,8 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     // CA issued for `localhost` (supplied, as a user's own certificate would be).
     let table = Arc::new(RoutingTable::new());
     table.replace(&[RouteSpec::new(HOST, "bench", vec![([127, 0, 0, 1], backend_port).into()])]);
-    let ca = LocalCa::load_or_create(&dir.path().join("ca")).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let leaf = Arc::new(ca.issue("localhost").map_err(|e| anyhow::anyhow!("{e}"))?);
+    let ca = LocalCa::load_or_create(&dir.path().join("ca"), &["localhost".to_owned()]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let leaf = Arc::new(ca.issue("localhost").map_err(|e| anyhow::anyhow!("{e}"))?.0);
     let certs = OnDemandCerts::new(ca, vec![".localhost".into()]).with_supplied(vec![(vec!["localhost".into()], leaf)]);
     let tls = server_config(Arc::new(certs)).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Two workers, as nginx runs two (`worker_processes auto` on two cores), each pinned to a

@@ -139,7 +139,7 @@ pub fn runtime_sandbox(
     let sandbox = berth_testkit::RuntimeSandbox {
         berth: PathBuf::from(BIN),
         instances: data_dir.join("runtime/instances"),
-        netns_prefix: format!("berth-{instances}"),
+        netns_prefix: format!("berth-{bridge}-{instances}"),
         bridge,
         cidr,
         cgroup_parent,

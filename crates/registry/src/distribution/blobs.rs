@@ -150,7 +150,7 @@ pub(super) async fn start_upload(reg: &Registry, parts: &Parts, name: &str, body
         }
     }
     reg.store.ensure_repository(name, &reg.config.default_policy, crate::now()).await?;
-    let id = reg.blobs.create_upload(name).await?;
+    let id = reg.open_upload(name, &principal.token_id, &principal.token_name).await?;
     if let Some(digest) = query_param(parts, "digest") {
         let d = parse_digest(&digest)?;
         let res = async {
@@ -158,15 +158,16 @@ pub(super) async fn start_upload(reg: &Registry, parts: &Parts, name: &str, body
             reg.blobs.finish(&id, &d, content_length(parts)).await
         }
         .await;
+        if res.is_err() {
+            let _ = reg.blobs.cancel(&id).await;
+        }
+        reg.close_uploads([id.as_str()]).await;
         return match res {
             Ok(size) => {
                 reg.link_blob(name, &d, size).await?;
                 Ok(blob_created(name, &d))
             }
-            Err(e) => {
-                let _ = reg.blobs.cancel(&id).await;
-                Err(e.into())
-            }
+            Err(e) => Err(e.into()),
         };
     }
     Ok(upload_accepted(StatusCode::ACCEPTED, name, &id, 0))
@@ -204,10 +205,11 @@ pub(super) async fn patch_upload(reg: &Registry, parts: &Parts, name: &str, id: 
                     .with_header(header::RANGE, range_header(size))
             })?;
             if let Some(len) = content_length(parts) {
-                if len != end - start + 1 {
+                let covered = (end - start).checked_add(1);
+                if covered != Some(len) {
                     return Err(RegistryError::new(
                         Code::BlobUploadInvalid,
-                        format!("Content-Range covers {} bytes but Content-Length is {len}", end - start + 1),
+                        format!("Content-Range `{v}` does not cover the {len} bytes of Content-Length"),
                     )
                     .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
                     .with_header(header::RANGE, range_header(size)));
@@ -235,8 +237,9 @@ pub(super) async fn finish_upload(reg: &Registry, parts: &Parts, name: &str, id:
         };
         reg.blobs.append(id, offset, body_stream(body)).await?;
     }
-    let size = reg.blobs.finish(id, &d, None).await?;
-    reg.link_blob(name, &d, size).await?;
+    let finished = reg.blobs.finish(id, &d, None).await;
+    reg.close_uploads([id]).await;
+    reg.link_blob(name, &d, finished?).await?;
     Ok(blob_created(name, &d))
 }
 
@@ -250,6 +253,7 @@ pub(super) async fn cancel_upload(reg: &Registry, parts: &Parts, name: &str, id:
     authorize(reg, parts, Need::Push(name))?;
     upload_of(reg, name, id).await?;
     reg.blobs.cancel(id).await?;
+    reg.close_uploads([id]).await;
     Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, HeaderValue::from_static("0")), (UPLOAD_UUID, hv(id))]).into_response())
 }
 

@@ -284,6 +284,7 @@ impl EmbeddedRuntime {
 #[async_trait::async_trait]
 impl Runtime for EmbeddedRuntime {
     async fn create(&self, spec: InstanceSpec) -> Result<InstanceStatus> {
+        spec.resources.validate().map_err(RuntimeError::InvalidSpec)?;
         let lock = self.lock(&spec.id);
         let _guard = lock.lock().await;
         if let Some(rec) = self.record(&spec.id) {

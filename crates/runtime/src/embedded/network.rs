@@ -155,9 +155,20 @@ impl Network {
             .map_err(|e| NetworkError::Io { context: "saving address leases".into(), source: e })
     }
 
+    /// The instance's namespace and host-side veth names. Both are host-global: the namespace
+    /// name carries this server's prefix and the veth name hashes the bridge with the id, so two
+    /// servers on one host (each with its own bridge) never touch each other's.
     fn names(&self, id: &str) -> (String, String) {
-        let hash = hex::encode(&Sha256::digest(id.as_bytes())[..5]);
+        let hash = hex::encode(&Sha256::digest(format!("{}/{id}", self.bridge).as_bytes())[..5]);
         (format!("{}{id}", self.prefix), format!("bv{hash}"))
+    }
+
+    /// Names an earlier berth gave instances (`berth-<id>`, a veth hashed from the id alone),
+    /// when that veth is on this server's bridge: an instance created before an upgrade.
+    fn legacy_names(&self, id: &str) -> Option<(String, String)> {
+        let veth = format!("bv{}", hex::encode(&Sha256::digest(id.as_bytes())[..5]));
+        let on_our_bridge = ip(&["-o", "link", "show", "dev", &veth]).is_ok_and(|l| l.contains(&format!(" master {} ", self.bridge)));
+        on_our_bridge.then(|| (format!("berth-{id}"), veth))
     }
 
     /// Gives `id` an address (the same one again if it has one), a namespace and a veth pair.
@@ -208,20 +219,11 @@ impl Network {
 
     /// Removes the namespace (and with it the veth pair) and frees the address.
     pub fn detach(&self, id: &str) -> Result<(), NetworkError> {
+        if let Some((ns, host_veth)) = self.legacy_names(id) {
+            self.remove_link(&ns, &host_veth)?;
+        }
         let (ns, host_veth) = self.names(id);
-        if Path::new("/run/netns").join(&ns).exists() {
-            ip(&["netns", "del", &ns])?;
-        }
-        // Deleting the namespace takes the veth pair with it, asynchronously: a device that
-        // vanishes under us is what we wanted.
-        if ip(&["link", "show", "dev", &host_veth]).is_ok() {
-            match ip(&["link", "del", "dev", &host_veth]) {
-                Err(NetworkError::Ip { stderr, .. }) if stderr.contains("Cannot find device") => {}
-                other => {
-                    other?;
-                }
-            }
-        }
+        self.remove_link(&ns, &host_veth)?;
         if let Some(a) = self.lease(id) {
             let _ = ip(&["neigh", "flush", "to", &a.to_string(), "dev", &self.bridge]);
         }
@@ -230,6 +232,24 @@ impl Network {
         leases.leases.retain(|_, who| who != id);
         if leases.leases.len() != before {
             self.save(&leases)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a namespace and its veth pair.
+    fn remove_link(&self, ns: &str, host_veth: &str) -> Result<(), NetworkError> {
+        if Path::new("/run/netns").join(ns).exists() {
+            ip(&["netns", "del", ns])?;
+        }
+        // Deleting the namespace takes the veth pair with it, asynchronously: a device that
+        // vanishes under us is what we wanted.
+        if ip(&["link", "show", "dev", host_veth]).is_ok() {
+            match ip(&["link", "del", "dev", host_veth]) {
+                Err(NetworkError::Ip { stderr, .. }) if stderr.contains("Cannot find device") => {}
+                other => {
+                    other?;
+                }
+            }
         }
         Ok(())
     }

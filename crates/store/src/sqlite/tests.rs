@@ -106,6 +106,13 @@ async fn pages_tags_and_repositories() -> Result<()> {
     }
     assert_eq!(store.list_tag_names("a", None, 2).await?, ["x", "y"]);
     assert_eq!(store.list_tag_names("a", Some("y"), 2).await?, ["z"]);
+    let page: Vec<_> = store.list_tags_page("a", Some("x"), 1).await?.into_iter().map(|t| t.tag).collect();
+    assert_eq!(page, ["y"]);
+    assert_eq!(store.count_tags("a").await?, 3);
+    let other = manifest("a", 2, &[]);
+    store.put_manifest(&other, Some(TagWrite { tag: "w", immutable: false }), 2).await?;
+    assert_eq!(store.tags_at("a", &m.digest).await?, ["x", "y", "z"]);
+    assert_eq!(store.tags_at("a", &other.digest).await?, ["w"]);
     Ok(())
 }
 
@@ -151,20 +158,35 @@ async fn services_revisions_operations_and_events() -> Result<()> {
     store.put_operation("op1", "web", true, &serde_json::json!({"status": "IN_PROGRESS"}), 30).await?;
     store.put_operation("op2", "web", true, &serde_json::json!({"status": "PENDING"}), 31).await?;
     store.put_operation("op1", "web", false, &serde_json::json!({"status": "SUCCEEDED"}), 30).await?;
-    let open_ops = store.list_operations(None, true, 10).await?;
+    let open_ops = store.list_operations(None, true, None, 10).await?;
     assert_eq!(open_ops.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["op2"]);
-    let all = store.list_operations(Some("web"), false, 10).await?;
+    let all = store.list_operations(Some("web"), false, None, 10).await?;
     assert_eq!(all.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["op2", "op1"]);
+    let older = store.list_operations(Some("web"), false, Some("op2"), 10).await?;
+    assert_eq!(older.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["op1"]);
     assert_eq!(store.get_operation("op1").await?.map(|o| o.doc["status"].clone()), Some(serde_json::json!("SUCCEEDED")));
 
     store.add_service_event("web", 40, "status", "RUNNING").await?;
     store.add_service_event("web", 41, "instance_replaced", "web-1-abc failed its health check").await?;
-    let events = store.service_events("web", 10).await?;
+    let events = store.service_events("web", None, 10).await?;
     assert_eq!(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["instance_replaced", "status"]);
+    let older = store.service_events("web", Some(events[0].id), 10).await?;
+    assert_eq!(older.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["status"]);
 
     assert!(store.delete_service("web").await?);
     assert!(store.get_service("web").await?.is_none() && store.list_revisions("web").await?.is_empty());
-    assert_eq!(store.list_operations(Some("web"), false, 10).await?.len(), 2, "operations stay readable");
+    assert_eq!(store.list_operations(Some("web"), false, None, 10).await?.len(), 2, "operations stay readable");
     assert_eq!(store.list_services().await?.len(), 0);
+    Ok(())
+}
+
+#[test]
+fn a_damaged_database_is_refused_not_replaced() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("state.db");
+    std::fs::write(&path, vec![0x42u8; 8192])?;
+    let err = SqliteStore::open(&path).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.starts_with("the state database is damaged"), "{err}");
+    assert_eq!(std::fs::read(&path)?, vec![0x42u8; 8192], "the file was changed");
     Ok(())
 }

@@ -1,0 +1,99 @@
+//! The server protects its own state: a data directory readable by others is made private, a
+//! lost or damaged state database is refused rather than silently replaced, the admin token is
+//! not written to a log, and the registry bounds upload sessions and never echoes a Host header
+//! into its challenges.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use support::*;
+
+/// Runs `berth server` on `dir` until it exits or prints its listening line; returns its output.
+fn start_once(dir: &Path) -> Result<(bool, String)> {
+    let _ = std::fs::remove_file(dir.join("api-address"));
+    let mut child = Command::new(BIN)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("BERTH_RUNTIME", "off")
+        .env("BERTH_ROUTER_HTTP", "127.0.0.1:0")
+        .env("BERTH_ROUTER_HTTPS", "127.0.0.1:0")
+        .env("BERTH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if child.try_wait()?.is_some() || dir.join("api-address").exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let started = child.try_wait()?.is_none();
+    let _ = child.kill();
+    let out = child.wait_with_output()?;
+    Ok((started, format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+}
+
+#[test]
+fn the_data_directory_is_private_and_its_state_never_silently_replaced() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("data");
+    std::fs::create_dir(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let (started, out) = start_once(&dir)?;
+    assert!(started, "{out}");
+    assert_eq!(std::fs::metadata(&dir)?.permissions().mode() & 0o777, 0o700);
+    // Not a terminal: the token is saved, not printed.
+    let token = std::fs::read_to_string(dir.join("admin-token"))?;
+    assert!(!out.contains(token.trim()), "the admin token went to the output: {out}");
+    assert!(out.contains("saved to"), "{out}");
+
+    // state.db lost: refused, with what to do, and nothing changed.
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let (started, out) = start_once(&dir)?;
+    assert!(!started, "a server started over with an empty database");
+    assert!(out.contains("holds no tokens, but this data directory was used before") && out.contains("Restore state.db"), "{out}");
+    assert_eq!(std::fs::read_to_string(dir.join("admin-token"))?, token);
+
+    // state.db damaged: refused.
+    std::fs::write(dir.join("state.db"), vec![7u8; 16384])?;
+    let (started, out) = start_once(&dir)?;
+    assert!(!started);
+    assert!(out.contains("the state database is damaged"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn registry_challenges_and_upload_sessions_are_bounded() -> Result {
+    let tmp = tempfile::tempdir()?;
+    std::fs::write(tmp.path().join("config.toml"), "[registry]\nmax_uploads_per_token = 3\nmax_uploads_per_repository = 5\n")?;
+    let p = BerthProcess::start(Path::new(BIN), tmp.path(), &[])?;
+    let url = |path: &str| format!("http://{}{path}", p.addr);
+
+    // A Host header is never echoed into the challenge's quoted realm.
+    let r = http("GET", &url("/v2/"), None, &[("Host", "evil\",scope=\"repository:x:push")], b"")?;
+    assert_eq!(r.status, 401);
+    let challenge = r.header("www-authenticate").unwrap_or_default().to_owned();
+    assert!(challenge.starts_with("Bearer realm=\"http://localhost/token\""), "{challenge}");
+
+    let creds = format!("ci:{}", p.token);
+    let start = |repo: &str| http("POST", &url(&format!("/v2/{repo}/blobs/uploads/")), Some(&creds), &[], b"");
+    let mut locations = Vec::new();
+    for _ in 0..3 {
+        let r = start("web")?;
+        assert_eq!(r.status, 202);
+        locations.push(r.header("location").unwrap_or_default().to_owned());
+    }
+    let r = start("web")?;
+    assert_eq!((r.status, r.json()["errors"][0]["code"].as_str()), (429, Some("TOOMANYREQUESTS")));
+    assert!(r.json()["errors"][0]["message"].as_str().unwrap_or("").contains("token `admin` has 3 uploads in progress"));
+    // Cancelling one frees a place.
+    assert_eq!(http("DELETE", &url(&locations[0]), Some(&creds), &[], b"")?.status, 204);
+    assert_eq!(start("api")?.status, 202);
+    Ok(())
+}
