@@ -251,6 +251,19 @@ fn private_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard one: every connection, upstream and layer
+/// being unpacked holds descriptors, and the default soft limit (1024) is soon reached.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "raising the open files limit failed");
+            }
+        }
+    }
+}
+
 /// Whether the data directory shows that a server ran here before: an admin token, or blobs.
 fn used_before(data: &Path) -> bool {
     data.join(ADMIN_TOKEN_FILE).exists() || fs::read_dir(data.join("registry/blobs")).is_ok_and(|mut d| d.next().is_some())
@@ -264,6 +277,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let config = config;
     let data = &config.data_dir;
     let db = data.join("state.db");
+    raise_open_files_limit();
     let store: SharedStore = Arc::new(SqliteStore::open(&db).context("opening the state database")?);
     // A server always has its admin token; an empty database beside one, or beside blobs, means
     // state.db was lost or replaced. Starting over would lock everyone out and orphan the blobs.
@@ -372,10 +386,30 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             tracing::debug!(error = %e, "setting TCP_NODELAY failed");
         }
     });
-    axum::serve(listener, berth_api::app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving the API")?;
+    // On SIGTERM, requests in flight get a grace period; one that does not end within it (a
+    // client that stopped sending, a long pull) does not keep the server from stopping.
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signalled = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            stopping.notify_one();
+        }
+    };
+    let serve = axum::serve(listener, berth_api::app(state)).with_graceful_shutdown(signalled);
+    tokio::select! {
+        served = serve => served.context("serving the API")?,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "requests still in flight after the grace period; stopping anyway"),
+    }
     tracing::info!("berth stopped");
     Ok(())
 }
+
+/// How long requests in flight may take to finish once berth is asked to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -97,3 +97,28 @@ fn registry_challenges_and_upload_sessions_are_bounded() -> Result {
     assert_eq!(start("api")?.status, 202);
     Ok(())
 }
+
+/// A request that never completes (its body never arrives) does not keep SIGTERM from stopping
+/// the server: in-flight requests get a grace period, not forever.
+#[test]
+fn a_stuck_request_does_not_block_shutdown() -> Result {
+    use std::io::Write;
+    let mut s = Server::start()?;
+    let mut conn = std::net::TcpStream::connect(&s.addr)?;
+    write!(
+        conn,
+        "POST /api/v1/repositories HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{",
+        s.addr, s.token
+    )?;
+    conn.flush()?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(s.terminate().map(|st| st.code()).map_err(|e| e.to_string()));
+    });
+    let status = rx.recv_timeout(std::time::Duration::from_secs(60)).map_err(|_| "the server did not stop within a minute of SIGTERM")?;
+    waiter.join().map_err(|_| "waiter panicked")?;
+    assert_eq!(status?, Some(0));
+    drop(conn);
+    Ok(())
+}

@@ -196,9 +196,21 @@ impl EmbeddedRuntime {
     async fn build(&self, spec: &InstanceSpec, files: &InstanceFiles) -> Result<InstanceRecord> {
         let digest = spec.image.digest.to_string();
         let tmp = self.config.root.join("tmp");
-        let pulled = berth_image::pull(&*self.source, &self.cache, &spec.image.repository, &digest, &tmp, self.config.unpack_limits)
-            .await
-            .map_err(|e| RuntimeError::Image(format!("{}@{digest}", spec.image.repository), e.to_string()))?;
+        let limits = self.config.unpack_limits;
+        let image = format!("{}@{digest}", spec.image.repository);
+        // Unpacking checks the same deadline itself; this bounds the downloads too.
+        let pulled = tokio::time::timeout(
+            limits.timeout,
+            berth_image::pull(&*self.source, &self.cache, &spec.image.repository, &digest, &tmp, limits),
+        )
+        .await
+        .map_err(|_| {
+            RuntimeError::Image(
+                image.clone(),
+                format!("pulling took longer than {} s (image.unpack_timeout_secs)", limits.timeout.as_secs()),
+            )
+        })?
+        .map_err(|e| RuntimeError::Image(image, e.to_string()))?;
         std::fs::create_dir_all(files.bundle()).map_err(backend)?;
         let rootfs = Rootfs::assemble(&files.dir, &pulled.layer_dirs, self.config.rootfs).map_err(backend)?;
         let att = self.network.attach(spec.id.as_str()).map_err(backend)?;
