@@ -62,7 +62,7 @@ pub trait Store: Send + Sync + 'static {
     /// Creates or replaces an operation; `open` while it has not ended.
     async fn put_operation(&self, id: &str, service: &str, open: bool, doc: &serde_json::Value, started_at: i64) -> Result<()>;
     async fn get_operation(&self, id: &str) -> Result<Option<DocRecord>>;
-    /// Newest first (by start time, then id), after the operation `after` in that order.
+    /// Newest first (by start time, then creation), after the operation `after` in that order.
     async fn list_operations(&self, service: Option<&str>, open_only: bool, after: Option<&str>, limit: usize) -> Result<Vec<DocRecord>>;
     async fn add_service_event(&self, service: &str, at: i64, kind: &str, message: &str) -> Result<()>;
     /// Newest first, older than the event `before` when given.

@@ -297,8 +297,8 @@ impl Store for SqliteStore {
         self.call(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, doc, started_at FROM operations WHERE (?1 IS NULL OR service = ?1) AND (?2 = 0 OR open = 1)
-                 AND (?3 IS NULL OR (started_at, id) < (SELECT started_at, id FROM operations WHERE id = ?3))
-                 ORDER BY started_at DESC, id DESC LIMIT ?4",
+                 AND (?3 IS NULL OR (started_at, rowid) < (SELECT started_at, rowid FROM operations WHERE id = ?3))
+                 ORDER BY started_at DESC, rowid DESC LIMIT ?4",
             )?;
             let rows = stmt.query_map(params![service, open_only, after, limit as i64], doc_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -164,6 +164,13 @@ async fn services_revisions_operations_and_events() -> Result<()> {
     assert_eq!(all.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["op2", "op1"]);
     let older = store.list_operations(Some("web"), false, Some("op2"), 10).await?;
     assert_eq!(older.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["op1"]);
+    // Started in the same second: the one created later is newer, and pages keep that order.
+    store.put_operation("a-op", "other", false, &serde_json::json!({}), 50).await?;
+    store.put_operation("0-op", "other", false, &serde_json::json!({}), 50).await?;
+    let same: Vec<_> = store.list_operations(Some("other"), false, None, 10).await?.into_iter().map(|o| o.key).collect();
+    assert_eq!(same, ["0-op", "a-op"]);
+    let rest: Vec<_> = store.list_operations(Some("other"), false, Some("0-op"), 10).await?.into_iter().map(|o| o.key).collect();
+    assert_eq!(rest, ["a-op"]);
     assert_eq!(store.get_operation("op1").await?.map(|o| o.doc["status"].clone()), Some(serde_json::json!("SUCCEEDED")));
 
     store.add_service_event("web", 40, "status", "RUNNING").await?;
