@@ -14,20 +14,32 @@ use tokio::sync::mpsc;
 const ROTATE_BYTES: u64 = 64 << 20;
 const BACKLOG: usize = 8192;
 
-/// One request, as the access log records it.
+/// One request, as the access log records it, written when its answer has been sent in full,
+/// has failed, or was abandoned by the client.
 #[derive(Debug, Serialize)]
-pub struct AccessRecord<'a> {
+pub struct AccessRecord {
+    /// When the exchange ended.
     pub ts: String,
-    pub service: &'a str,
-    pub host: &'a str,
-    pub method: &'a str,
-    pub path: &'a str,
-    pub protocol: &'a str,
+    pub service: String,
+    pub host: String,
+    pub method: String,
+    pub path: String,
+    pub protocol: &'static str,
     pub status: u16,
+    /// How the exchange ended: `ok`, `client_gone` (the client left before the answer ended),
+    /// `upstream_error` (the instance failed while answering), `timeout` (the request timeout
+    /// cut the answer) or `upgraded` (a protocol switch, e.g. a WebSocket).
+    pub outcome: &'static str,
     /// Milliseconds from arrival to the response head.
+    pub ttfb_ms: f64,
+    /// Milliseconds from arrival to the end of the exchange.
     pub duration_ms: f64,
+    /// Request body bytes passed to the instance.
+    pub bytes_in: u64,
+    /// Response body bytes passed to the client.
+    pub bytes_out: u64,
     pub upstream: Option<String>,
-    pub request_id: &'a str,
+    pub request_id: String,
     pub client: String,
 }
 
@@ -49,7 +61,7 @@ impl AccessLog {
         Ok(AccessLog { tx, dropped: Arc::new(AtomicU64::new(0)) })
     }
 
-    pub(crate) fn record(&self, rec: &AccessRecord<'_>) {
+    pub(crate) fn record(&self, rec: &AccessRecord) {
         let Ok(mut line) = serde_json::to_string(rec) else { return };
         line.push('\n');
         if self.tx.try_send(line).is_err() {

@@ -71,7 +71,7 @@ where
             }
         };
         let head = buf.split_to(len).freeze();
-        match one(&router, &mut io, &peer, &head, &mut out).await {
+        match one(&router, &mut io, &peer, &head, &mut buf, &mut out).await {
             Served::Next => {}
             Served::Close => return,
             Served::HandOver => {
@@ -102,10 +102,27 @@ fn needs_hyper(fields: Fields<'_>) -> bool {
     body || other_connection || is_grpc(fields) || fields.contains("upgrade") || fields.contains("expect")
 }
 
-/// One request: served here, or left to hyper (nothing has been written then).
-async fn one<I>(router: &Router, io: &mut I, peer: &Peer, head: &Bytes, out: &mut BytesMut) -> Served
+/// Reads what the client sends while its request is being served (a pipelined request, kept in
+/// `buf`); resolves only when the client has gone away.
+async fn client_gone<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) {
+    loop {
+        if buf.len() > MAX_HEAD {
+            // Enough is waiting; the rest stays in the socket until it is wanted.
+            return std::future::pending().await;
+        }
+        buf.reserve(4096);
+        match io.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// One request: served here, or left to hyper (nothing has been written then). A client that
+/// goes away while it is served ends the exchange with the instance at once.
+async fn one<I>(router: &Router, io: &mut I, peer: &Peer, head: &Bytes, buf: &mut BytesMut, out: &mut BytesMut) -> Served
 where
-    I: AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -134,9 +151,15 @@ where
     let line = Line { method: &method, version: Version::HTTP_11, target };
     let mut ex = Exchange::begin(router, &route, host, peer, request_id(fields, &mut id_buf), start, line);
     let ask = Ask { method: &method, target, fields, body: None, declared: false, h2c: false, upgrade: None };
-    let mut resp = router.forward(&mut ex, &mut route, ask).await;
+    let mut resp = tokio::select! {
+        resp = router.forward(&mut ex, &mut route, ask) => resp,
+        () = client_gone(io, buf) => {
+            tracing::debug!(peer = %peer.ip, "the client went away before the answer");
+            return Served::Close;
+        }
+    };
     router.finish(&route, &ex, &mut resp);
-    match write_response(io, out, resp, method == Method::HEAD).await {
+    match write_response(io, buf, out, resp, method == Method::HEAD).await {
         Ok(()) => Served::Next,
         Err(e) => {
             tracing::debug!(error = %e, peer = %peer.ip, "response not sent in full; closing the connection");
@@ -194,9 +217,9 @@ fn add(out: &mut BytesMut, frame: Frame<Bytes>, chunked: bool) -> bool {
 
 /// Writes a response as HTTP/1.1: its length when known, chunked when not. What the body has
 /// ready goes out with the head in one write; the rest as it comes.
-async fn write_response<I>(io: &mut I, out: &mut BytesMut, resp: Response<Body>, head_request: bool) -> io::Result<()>
+async fn write_response<I>(io: &mut I, buf: &mut BytesMut, out: &mut BytesMut, resp: Response<Body>, head_request: bool) -> io::Result<()>
 where
-    I: AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin,
 {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
@@ -247,7 +270,11 @@ where
             return io.flush().await;
         }
         io.flush().await?;
-        match body.frame().await {
+        let next = tokio::select! {
+            next = body.frame() => next,
+            () = client_gone(io, buf) => return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the client went away")),
+        };
+        match next {
             Some(frame) => terminated |= add(out, frame.map_err(io::Error::other)?, chunked),
             None => ended = true,
         }

@@ -8,8 +8,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -280,6 +281,12 @@ impl SendError {
     pub(crate) fn message(message: String) -> SendError {
         SendError { connect: false, too_large: false, message }
     }
+
+    /// The same failure, for a request that may already have reached the instance: not one to
+    /// retry on another instance.
+    pub(crate) fn reached(self) -> SendError {
+        SendError { connect: false, ..self }
+    }
 }
 
 /// A response body streamed from an instance: the instance counts as busy until it has been
@@ -308,11 +315,121 @@ where
                 let deadline = this.deadline;
                 let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err("the response did not finish within the request timeout".into()))),
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(DeadlineExceeded)))),
                     Poll::Pending => Poll::Pending,
                 }
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An access record waiting for its exchange to end.
+struct Pending {
+    log: AccessLog,
+    record: AccessRecord,
+    start: Instant,
+    bytes_in: Option<Arc<AtomicU64>>,
+}
+
+impl Pending {
+    fn write(mut self, outcome: &'static str, bytes_out: u64) {
+        let r = &mut self.record;
+        r.ts = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        r.outcome = outcome;
+        r.duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        r.bytes_in = self.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
+        r.bytes_out = bytes_out;
+        self.log.record(r);
+    }
+}
+
+/// A response body that writes its exchange's access record when it ends, fails, or is dropped
+/// before its end (the client went away).
+struct Logged {
+    inner: Body,
+    pending: Option<Pending>,
+    bytes_out: u64,
+}
+
+impl hyper::body::Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => this.bytes_out += f.data_ref().map_or(0, |d| d.len() as u64),
+            Some(Err(e)) => {
+                let outcome = if e.downcast_ref::<DeadlineExceeded>().is_some() { "timeout" } else { "upstream_error" };
+                if let Some(p) = this.pending.take() {
+                    p.write(outcome, this.bytes_out);
+                }
+            }
+            None => {
+                if let Some(p) = this.pending.take() {
+                    p.write("ok", this.bytes_out);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            // A body that says it has ended may be dropped without a last poll.
+            let outcome = if self.inner.is_end_stream() { "ok" } else { "client_gone" };
+            p.write(outcome, self.bytes_out);
+        }
+    }
+}
+
+/// The error a response body ends with when the request timeout cuts it.
+#[derive(Debug)]
+struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the response did not finish within the request timeout")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// A request body that counts what passes through it (for the access log).
+struct Counted {
+    inner: Body,
+    bytes: Arc<AtomicU64>,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(d)) = frame.as_ref().map(|f| f.as_ref().map(|f| f.data_ref())) {
+            self.bytes.fetch_add(d.map_or(0, |d| d.len() as u64), Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -344,6 +461,8 @@ pub(crate) struct Exchange<'a> {
     pub(crate) deadline: tokio::time::Instant,
     /// The instance the request went to, once picked.
     pub(crate) upstream: Option<SocketAddr>,
+    /// Request body bytes passed on, counted when there is an access log and a body.
+    pub(crate) bytes_in: Option<Arc<AtomicU64>>,
 }
 
 /// A request line.
@@ -375,6 +494,7 @@ impl<'a> Exchange<'a> {
             start,
             deadline: tokio::time::Instant::from_std(start + route.settings.request_timeout),
             upstream: None,
+            bytes_in: None,
         }
     }
 }
@@ -523,11 +643,18 @@ impl Router {
                     too_large(settings.max_body_bytes)
                 } else {
                     let limit = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
+                    let body = (!body.is_end_stream()).then(|| {
+                        let limited = Limited::new(body, limit).boxed();
+                        match (&self.options.access_log, &mut ex.bytes_in) {
+                            (Some(_), counter) => Counted { inner: limited, bytes: counter.insert(Arc::default()).clone() }.boxed(),
+                            (None, _) => limited,
+                        }
+                    });
                     let ask = Ask {
                         method: &parts.method,
                         target,
                         fields,
-                        body: (!body.is_end_stream()).then(|| Limited::new(body, limit).boxed()),
+                        body,
                         declared: declared.is_some(),
                         h2c: settings.h2c || is_grpc(fields),
                         upgrade,
@@ -540,7 +667,8 @@ impl Router {
         resp
     }
 
-    /// Adds what the router adds to every response, and records the exchange (phase log).
+    /// Adds what the router adds to every response, and records the exchange (phase log): in the
+    /// metrics at the head, in the access log when the answer has ended (or was abandoned).
     pub(crate) fn finish(&self, route: &Route, ex: &Exchange<'_>, resp: &mut Response<Body>) {
         if self.options.hsts && ex.client.scheme == "https" {
             resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
@@ -549,23 +677,34 @@ impl Router {
         let elapsed = ex.start.elapsed();
         route.service.stats.response(status, elapsed);
         if let (Some(log), Some(path)) = (&self.options.access_log, &ex.path) {
-            log.record(&AccessRecord {
-                ts: time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-                service: &route.service.name,
-                host: ex.host,
-                method: ex.method.as_str(),
-                path,
+            let record = AccessRecord {
+                ts: String::new(),
+                service: route.service.name.clone(),
+                host: ex.host.to_owned(),
+                method: ex.method.as_str().to_owned(),
+                path: path.clone(),
                 protocol: match ex.version {
                     Version::HTTP_2 => "HTTP/2",
                     Version::HTTP_10 => "HTTP/1.0",
                     _ => "HTTP/1.1",
                 },
                 status,
-                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                outcome: "ok",
+                ttfb_ms: elapsed.as_secs_f64() * 1000.0,
+                duration_ms: 0.0,
+                bytes_in: 0,
+                bytes_out: 0,
                 upstream: ex.upstream.map(|a| a.to_string()),
-                request_id: ex.request_id,
+                request_id: ex.request_id.to_owned(),
                 client: ex.client.ip.clone(),
-            });
+            };
+            let pending = Pending { log: log.clone(), record, start: ex.start, bytes_in: ex.bytes_in.clone() };
+            if status == 101 {
+                pending.write("upgraded", 0);
+            } else {
+                let body = std::mem::replace(resp.body_mut(), empty());
+                *resp.body_mut() = Logged { inner: body, pending: Some(pending), bytes_out: 0 }.boxed();
+            }
         }
     }
 
@@ -798,6 +937,7 @@ mod tests {
             start: Instant::now(),
             deadline: tokio::time::Instant::now(),
             upstream: None,
+            bytes_in: None,
         };
         let mut out = HeaderMap::new();
         upstream_headers(src, &ex, |n, v| {

@@ -1,10 +1,15 @@
 //! HTTP/1.1 to instances over keep-alive connections of the router's own. The request's task
 //! does all the work: it writes the request head and streams the body, reads the answer's head,
 //! and the answer's body is read from the socket as the client takes it — no connection task
-//! and no channel in between. A connection goes back to its pool once its answer has been read
-//! to the end. A reused connection that turns out closed is replaced when the request is known
-//! not to have reached the instance (its head could not be written) or may be sent again (an
-//! idempotent request without a body to which no byte of an answer came).
+//! and no channel in between. Bodies flow both ways at once: when the answer starts before the
+//! request body has been sent (an echo, a transcoder, any bidirectional stream), the rest of the
+//! request body keeps being sent while the answer is read, driven by the same task. A connection
+//! goes back to its pool once its answer has been read to the end after its request was sent in
+//! full. A reused connection that turns out closed is replaced when the request is known not to
+//! have reached the instance (its head could not be written) or may be sent again (an
+//! idempotent request without a body to which no byte of an answer came) — and only on the same
+//! instance: if that instance cannot be reached any more, it may have died of this request, so
+//! the failure is never retried elsewhere (a query of death stays with one instance).
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -20,6 +25,7 @@ use hyper::body::{Frame, SizeHint};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::proxy::{is_hop_by_hop, Body, BoxError, Fields, SendError};
@@ -147,26 +153,94 @@ impl Pool {
         head.extend_from_slice(b"\r\n");
         let head = head.freeze();
         let mut body = req.body;
+        // Set once the request may have reached the instance: from then on, not reaching it is
+        // not a reason to try another.
+        let mut reached = false;
         loop {
             let (mut conn, reused) = match self.take(addr) {
                 Some(c) => (c, true),
-                None => (Conn::open(addr).await?, false),
+                None => (Conn::open(addr).await.map_err(|e| if reached { e.reached() } else { e })?, false),
             };
-            match exchange(&mut conn, &head, &mut body, req.chunked, req.head_only).await {
-                Ok((head, framing)) => {
-                    let reply = if head.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        Reply::Tunnel(conn)
-                    } else {
-                        Reply::Body(Streamed::new(conn, framing, self.clone(), addr))
-                    };
-                    return Ok((head, reply));
+            if let Err(e) = conn.stream.write_all(&head).await {
+                if reused {
+                    continue;
                 }
-                Err(Failure::Unsent(_)) if reused => continue,
-                Err(Failure::Stale(_)) if reused && req.idempotent => continue,
-                Err(Failure::Unsent(e) | Failure::Stale(e) | Failure::Other(e)) => return Err(e),
+                return Err(SendError::new(&e, false));
+            }
+            let Some(b) = body.take() else {
+                match read_head(&mut conn.stream, &mut conn.buf, req.head_only).await {
+                    Ok((head, framing)) => {
+                        let reply = self.reply(conn, &head, framing, addr);
+                        return Ok((head, reply));
+                    }
+                    Err(Failure::Stale(_)) if reused && req.idempotent => {
+                        reached = true;
+                        continue;
+                    }
+                    Err(Failure::Stale(e) | Failure::Other(e)) => return Err(e),
+                }
+            };
+            return self.exchange_with_body(conn, b, req.chunked, req.head_only, addr).await;
+        }
+    }
+
+    /// The answer on a connection that carried its whole request: its body, or the connection
+    /// itself after a `101 Switching Protocols`.
+    fn reply(self: &Arc<Self>, conn: Conn, head: &Response<()>, framing: Framing, addr: SocketAddr) -> Reply {
+        if head.status() == StatusCode::SWITCHING_PROTOCOLS {
+            Reply::Tunnel(conn)
+        } else {
+            Reply::Body(Streamed::new(Io::Whole(conn.stream), conn.buf, framing, None, self.clone(), addr))
+        }
+    }
+
+    /// Sends the body while waiting for the answer's head. When the head comes first, the rest of
+    /// the body goes on being sent while the answer is read (full duplex); the connection is then
+    /// not reused.
+    async fn exchange_with_body(
+        self: &Arc<Self>,
+        conn: Conn,
+        body: Body,
+        chunked: bool,
+        head_only: bool,
+        addr: SocketAddr,
+    ) -> Result<(Response<()>, Reply), SendError> {
+        let Conn { stream, mut buf } = conn;
+        let (mut rd, wr) = stream.into_split();
+        let mut sending: Upload = Box::pin(send_rest(wr, body, chunked));
+        let mut written = None;
+        let (head, framing) = {
+            let reading = read_head(&mut rd, &mut buf, head_only);
+            tokio::pin!(reading);
+            loop {
+                tokio::select! {
+                    r = &mut sending, if written.is_none() => written = Some(r?),
+                    r = &mut reading => break r.map_err(|(Failure::Stale(e) | Failure::Other(e))| e)?,
+                }
+            }
+        };
+        match written {
+            Some(wr) => {
+                let stream = rd.reunite(wr).map_err(|e| SendError::new(&e, false))?;
+                let reply = self.reply(Conn { stream, buf }, &head, framing, addr);
+                Ok((head, reply))
+            }
+            None if head.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                Err(invalid("the instance switched protocols before the request body was sent"))
+            }
+            None => {
+                Ok((head, Reply::Body(Streamed::new(Io::Read(rd), buf, framing.last(), Some(Mutex::new(sending)), self.clone(), addr))))
             }
         }
     }
+}
+
+/// The rest of a request body being sent, handing the write half back when done.
+type Upload = Pin<Box<dyn std::future::Future<Output = Result<OwnedWriteHalf, SendError>> + Send>>;
+
+async fn send_rest(mut w: OwnedWriteHalf, body: Body, chunked: bool) -> Result<OwnedWriteHalf, SendError> {
+    send_body(&mut w, body, chunked).await?;
+    Ok(w)
 }
 
 /// A request on its way to an instance.
@@ -223,51 +297,11 @@ pub(crate) enum Reply {
     Tunnel(Conn),
 }
 
-/// Why an exchange failed: `Unsent` when the head could not be written, `Stale` when the
-/// connection was found closed before anything of the answer arrived to a request without a
-/// body (so the instance may never have seen it).
+/// Why reading an answer's head failed: `Stale` when the connection was found closed before
+/// anything of the answer arrived (so the instance may never have seen the request).
 enum Failure {
-    Unsent(SendError),
     Stale(SendError),
     Other(SendError),
-}
-
-/// Writes the head (and the body) and reads the answer's head, skipping interim (1xx) answers
-/// other than 101. An answer that comes before the body has been sent in full ends the sending;
-/// the connection is then not reused.
-async fn exchange(
-    conn: &mut Conn,
-    head: &[u8],
-    body: &mut Option<Body>,
-    chunked: bool,
-    head_only: bool,
-) -> Result<(Response<()>, Framing), Failure> {
-    if let Err(e) = conn.stream.write_all(head).await {
-        return Err(Failure::Unsent(SendError::new(&e, false)));
-    }
-    let Conn { stream, buf } = conn;
-    let Some(b) = body.take() else {
-        return read_head(stream, buf, head_only).await;
-    };
-    let (mut rd, mut wr) = stream.split();
-    let sending = send_body(&mut wr, b, chunked);
-    let reading = read_head(&mut rd, buf, head_only);
-    tokio::pin!(sending, reading);
-    let mut sent = false;
-    loop {
-        tokio::select! {
-            r = &mut sending, if !sent => {
-                r.map_err(Failure::Other)?;
-                sent = true;
-            }
-            r = &mut reading => {
-                let (resp, framing) = r.map_err(|f| match f {
-                    Failure::Unsent(e) | Failure::Stale(e) | Failure::Other(e) => Failure::Other(e),
-                })?;
-                return Ok((resp, if sent { framing } else { framing.last() }));
-            }
-        }
-    }
 }
 
 /// Streams a request body, chunked when its length was not declared (with its trailers, if any).
@@ -455,18 +489,33 @@ fn framing(fields: Fields<'_>, status: StatusCode, version: Version, head_only: 
     }
 }
 
+/// What an answer's body is read from: the whole connection, or its read half while the write
+/// half sends the rest of the request body.
+enum Io {
+    Whole(TcpStream),
+    Read(OwnedReadHalf),
+}
+
 /// An answer's body, read from the instance's connection as the client takes it. The connection
-/// goes back to the pool when the body has ended and may carry another request.
+/// goes back to the pool when the body has ended and may carry another request. While the
+/// request body is still being sent ([`Upload`]), reading the answer also drives the sending, so
+/// both directions move at once.
 pub(crate) struct Streamed {
-    conn: Option<Conn>,
+    io: Option<Io>,
+    buf: BytesMut,
     framing: Framing,
+    /// In a mutex only to be `Sync`, as response bodies must be; always reached through `&mut`.
+    upload: Option<Mutex<Upload>>,
+    /// The write half once the upload is done, kept until the end: dropping it would half-close
+    /// the connection, which some servers take for the client going away.
+    _sent: Option<OwnedWriteHalf>,
     pool: Arc<Pool>,
     addr: SocketAddr,
 }
 
 impl Streamed {
-    fn new(conn: Conn, framing: Framing, pool: Arc<Pool>, addr: SocketAddr) -> Streamed {
-        let mut s = Streamed { conn: Some(conn), framing, pool, addr };
+    fn new(io: Io, buf: BytesMut, framing: Framing, upload: Option<Mutex<Upload>>, pool: Arc<Pool>, addr: SocketAddr) -> Streamed {
+        let mut s = Streamed { io: Some(io), buf, framing, upload, _sent: None, pool, addr };
         if let Framing::Done { keep } = framing {
             s.finish(keep);
         }
@@ -476,17 +525,31 @@ impl Streamed {
     /// The body has ended: the connection goes back if it may and nothing unasked follows.
     fn finish(&mut self, keep: bool) {
         self.framing = Framing::Done { keep };
-        if let Some(conn) = self.conn.take() {
-            if keep && conn.buf.is_empty() {
-                self.pool.put(self.addr, conn);
+        if let Some(Io::Whole(stream)) = self.io.take() {
+            if keep && self.buf.is_empty() {
+                self.pool.put(self.addr, Conn { stream, buf: std::mem::take(&mut self.buf) });
             }
         }
     }
 
+    /// Drives the sending of the rest of the request body, if any.
+    fn poll_upload(&mut self, cx: &mut Context<'_>) -> Result<(), SendError> {
+        if let Some(up) = self.upload.as_mut() {
+            let up = up.get_mut().unwrap_or_else(|p| p.into_inner());
+            if let Poll::Ready(done) = up.as_mut().poll(cx) {
+                self.upload = None;
+                self._sent = Some(done?);
+            }
+        }
+        Ok(())
+    }
+
     /// One step of the body: `Ready(None)` when more must be read first.
     fn step(&mut self) -> Result<Option<Option<Frame<Bytes>>>, SendError> {
-        let Some(conn) = self.conn.as_mut() else { return Ok(Some(None)) };
-        let buf = &mut conn.buf;
+        if self.io.is_none() {
+            return Ok(Some(None));
+        }
+        let buf = &mut self.buf;
         match self.framing {
             Framing::Done { .. } => Ok(Some(None)),
             Framing::Close if buf.is_empty() => Ok(None),
@@ -567,27 +630,34 @@ impl hyper::body::Body for Streamed {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Err(e) = this.poll_upload(cx) {
+            this.io = None;
+            return Poll::Ready(Some(Err(format!("sending the request body failed: {}", e.message).into())));
+        }
         loop {
             match this.step() {
                 Err(e) => {
-                    this.conn = None;
+                    this.io = None;
                     return Poll::Ready(Some(Err(e.message.into())));
                 }
                 Ok(Some(frame)) => return Poll::Ready(frame.map(Ok)),
                 Ok(None) => {}
             }
-            let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
-            conn.buf.reserve(READ_SIZE);
-            let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buf));
+            let Some(io) = this.io.as_mut() else { return Poll::Ready(None) };
+            this.buf.reserve(READ_SIZE);
+            let read = match io {
+                Io::Whole(stream) => ready!(tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut this.buf)),
+                Io::Read(half) => ready!(tokio_util::io::poll_read_buf(Pin::new(half), cx, &mut this.buf)),
+            };
             match read {
                 Ok(0) if this.framing == Framing::Close => this.finish(false),
                 Ok(0) => {
-                    this.conn = None;
+                    this.io = None;
                     return Poll::Ready(Some(Err("the instance closed the connection before the response body ended".into())));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    this.conn = None;
+                    this.io = None;
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }

@@ -123,3 +123,95 @@ async fn routes_balances_retries_and_swaps() -> Result {
     assert_eq!(curl(router, "b.localhost", &[]).await?.0, 404);
     Ok(())
 }
+
+/// An instance that answers `/warm` on a keep-alive connection and, at `/boom`, dies: it closes
+/// the connection without answering and stops listening (an OOM kill in the middle of a request).
+async fn doomed() -> Result<SocketAddr> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let (died, mut dead) = tokio::sync::mpsc::channel::<()>(1);
+        loop {
+            let (mut stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => return },
+                _ = dead.recv() => return,
+            };
+            let died = died.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        if head.starts_with("GET /boom") {
+                            let _ = died.send(()).await;
+                            return;
+                        }
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nwarm").await;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A request that kills the instance it reached is not sent to another (a query of death would
+/// take the whole service down): the client gets a 502, the other instance never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_kills_its_instance_is_not_retried_elsewhere() -> Result {
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let healthy = {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        if req.uri().path() == "/boom" {
+                            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("healthy")))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        addr
+    };
+    let table = Arc::new(RoutingTable::new());
+    let router = start_router(table.clone()).await?;
+    let get = |path: &'static str| async move {
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: q.localhost"])
+                .arg(format!("http://{router}{path}"))
+                .output()
+        })
+        .await??;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // The two instances are picked at random: try until the request of death reaches the doomed one.
+    for _ in 0..20 {
+        let doomed = doomed().await?;
+        table.replace(&[RouteSpec::new("q.localhost", "q", vec![doomed])]);
+        assert_eq!(get("/warm").await?, "200", "the router keeps this connection to the doomed instance");
+        table.replace(&[RouteSpec::new("q.localhost", "q", vec![doomed, healthy])]);
+        let before = seen.load(std::sync::atomic::Ordering::SeqCst);
+        let status = get("/boom").await?;
+        if status == "502" {
+            assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), before, "the request of death was retried on the healthy instance");
+            return Ok(());
+        }
+        assert_eq!(status, "200");
+    }
+    Err("the request of death never reached the doomed instance alone: it was retried elsewhere".into())
+}
