@@ -90,8 +90,13 @@ pub struct RouterSettings {
     /// Pin router worker `i` to the `i`-th CPU berth may use. Default true.
     pub pin_workers: bool,
     /// Seconds an HTTP/1.1 client connection may wait for its next request head (idle
-    /// keep-alive, or a head sent too slowly) before it is closed. Default 75.
+    /// keep-alive, or a head sent too slowly) before it is closed, and an HTTP/2 one may stay
+    /// without a request in progress. Default 75.
     pub idle_timeout_secs: u64,
+    /// Connections each router listener (HTTP, HTTPS) keeps open at once. Default 20000.
+    pub max_connections: usize,
+    /// Seconds a client has for its TLS handshake. Default 10.
+    pub tls_handshake_timeout_secs: u64,
 }
 
 /// A user-supplied certificate: `[[router.certificates]]`.
@@ -119,6 +124,8 @@ impl Default for RouterSettings {
             workers: 0,
             pin_workers: true,
             idle_timeout_secs: 75,
+            max_connections: berth_router::DEFAULT_MAX_CONNECTIONS,
+            tls_handshake_timeout_secs: 10,
         }
     }
 }
@@ -163,6 +170,10 @@ pub struct ApiConfig {
     /// The API listener (API, registry, token endpoint). Default `127.0.0.1:7070`; port 0 picks a
     /// free port. Env `BERTH_API_LISTEN`.
     pub listen: SocketAddr,
+    /// Connections the API listener keeps open at once. Default 4096.
+    pub max_connections: usize,
+    /// Seconds a connection may wait for its next request head. Default 75.
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -212,7 +223,7 @@ impl Default for Config {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], 7070)) }
+        ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], 7070)), max_connections: 4096, idle_timeout_secs: 75 }
     }
 }
 
@@ -306,8 +317,16 @@ impl Config {
         if config.runtime.bridge.is_empty() || config.runtime.bridge.len() > 15 {
             bail!("runtime.bridge `{}` must be 1 to 15 characters (a Linux interface name)", config.runtime.bridge);
         }
-        if config.router.idle_timeout_secs == 0 {
-            bail!("router.idle_timeout_secs must be at least 1");
+        for (key, v) in [
+            ("router.idle_timeout_secs", config.router.idle_timeout_secs),
+            ("router.tls_handshake_timeout_secs", config.router.tls_handshake_timeout_secs),
+            ("router.max_connections", config.router.max_connections as u64),
+            ("api.idle_timeout_secs", config.api.idle_timeout_secs),
+            ("api.max_connections", config.api.max_connections as u64),
+        ] {
+            if v == 0 {
+                bail!("{key} must be at least 1");
+            }
         }
         let i = &config.image;
         for (key, v) in [

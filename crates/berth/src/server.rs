@@ -15,6 +15,7 @@ use berth_controller::{Controller, ControllerSettings, Deps, NetProber};
 use berth_core::{Pattern, Scope, TagPolicy};
 use berth_image::{ImageSource, SourceRouter};
 use berth_registry::{FsBlobStore, Registry, RegistryConfig};
+use berth_router::listen::Gate;
 use berth_router::tls::{load_certificate, server_config, LocalCa, OnDemandCerts};
 use berth_router::{AccessLog, RouteBook, RouteSpec, Router, RouterOptions, RoutingTable, Workers};
 use berth_runtime::embedded::rootfs::{overlay_supported, RootfsKind};
@@ -191,17 +192,19 @@ fn serve_router(
         pin: r.pin_workers,
     };
     let activator: Arc<dyn berth_router::Activator> = activator;
-    let options = |redirect: Option<u16>| RouterOptions {
+    let options = |redirect: Option<u16>, name: &str| RouterOptions {
         redirect_to_https_port: redirect,
         hsts: r.hsts,
         access_log: access_log.clone(),
         activator: Some(activator.clone()),
-        idle_timeout: std::time::Duration::from_secs(r.idle_timeout_secs),
+        idle_timeout: Duration::from_secs(r.idle_timeout_secs),
+        gate: Gate::new(name, r.max_connections),
+        tls_handshake_timeout: Duration::from_secs(r.tls_handshake_timeout_secs),
     };
-    let https_addr = Router::serve_workers(table.clone(), options(None), r.listen_https, Some(tls), workers)
+    let https_addr = Router::serve_workers(table.clone(), options(None, "router HTTPS"), r.listen_https, Some(tls), workers)
         .with_context(|| format!("binding the router's HTTPS listener to {}", r.listen_https))?;
     let redirect = r.redirect_http_to_https.then_some(https_addr.port());
-    let http_addr = Router::serve_workers(table, options(redirect), r.listen_http, None, workers)
+    let http_addr = Router::serve_workers(table, options(redirect, "router HTTP"), r.listen_http, None, workers)
         .with_context(|| format!("binding the router's HTTP listener to {}", r.listen_http))?;
     write_private(&config.data_dir.join(ROUTER_ADDRESS_FILE), format!("http://{http_addr}\nhttps://{https_addr}\n").as_bytes())?;
     tracing::info!(http = %http_addr, https = %https_addr, workers = workers.count, pinned = workers.pin, "router listening");
@@ -379,33 +382,73 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         });
     }
 
-    // Responses are written as head and body separately: without TCP_NODELAY, Nagle's algorithm
-    // and delayed ACKs would hold small responses for tens of milliseconds.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "setting TCP_NODELAY failed");
-        }
-    });
-    // On SIGTERM, requests in flight get a grace period; one that does not end within it (a
-    // client that stopped sending, a long pull) does not keep the server from stopping.
-    let stopping = Arc::new(tokio::sync::Notify::new());
-    let signalled = {
-        let stopping = stopping.clone();
-        async move {
-            shutdown_signal().await;
-            stopping.notify_one();
-        }
-    };
-    let serve = axum::serve(listener, berth_api::app(state)).with_graceful_shutdown(signalled);
-    tokio::select! {
-        served = serve => served.context("serving the API")?,
-        () = async {
-            stopping.notified().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "requests still in flight after the grace period; stopping anyway"),
-    }
+    let gate = Gate::new("API", config.api.max_connections);
+    serve_api(listener, berth_api::app(state), gate, Duration::from_secs(config.api.idle_timeout_secs)).await;
     tracing::info!("berth stopped");
     Ok(())
+}
+
+/// Serves the API listener until SIGTERM or SIGINT: HTTP/1.1 connections within the listener's
+/// connection limit; a connection with no request in progress for `idle` is closed (idle
+/// keep-alive connections, and heads sent too slowly, through hyper's header read timeout);
+/// accept errors never end it. On the signal, requests in flight get [`SHUTDOWN_GRACE`], then
+/// the server stops anyway.
+async fn serve_api(listener: tokio::net::TcpListener, app: axum::Router, gate: Arc<Gate>, idle: Duration) {
+    use berth_router::listen::{Activity, Tracked};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let (stream, _peer, admitted) = tokio::select! {
+            accepted = berth_router::listen::accept(&listener, &gate) => accepted,
+            () = &mut signal => break,
+        };
+        // Responses are written as head and body separately: without TCP_NODELAY, Nagle's
+        // algorithm and delayed ACKs would hold small responses for tens of milliseconds.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY failed");
+        }
+        let (app, activity, mut stopping) = (app.clone(), Activity::default(), stopping.clone());
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            let tracker = activity.clone();
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (app, request) = (app.clone(), tracker.begin());
+                async move { app.oneshot(req).await.map(|resp| resp.map(|body| Tracked::new(body, request))) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
+            let builder = builder.http1_only();
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = activity.idle_for(idle) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "API connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while gate.open() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "requests still in flight after the grace period; stopping anyway");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// How long requests in flight may take to finish once berth is asked to stop.

@@ -122,3 +122,31 @@ fn a_stuck_request_does_not_block_shutdown() -> Result {
     drop(conn);
     Ok(())
 }
+
+/// The API listener closes connections that send no request head in time (slow or idle ones)
+/// and keeps no more than its limit open: a flood of idle connections does not lock others out.
+#[test]
+fn idle_and_excess_api_connections_are_closed() -> Result {
+    use std::io::Read;
+    let tmp = tempfile::tempdir()?;
+    std::fs::write(tmp.path().join("config.toml"), "[api]\nmax_connections = 4\nidle_timeout_secs = 1\n")?;
+    let p = BerthProcess::start(Path::new(BIN), tmp.path(), &[])?;
+    let mut idle: Vec<std::net::TcpStream> = (0..4).map(|_| std::net::TcpStream::connect(&p.addr)).collect::<std::io::Result<_>>()?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Beyond the limit: closed at once.
+    let mut extra = std::net::TcpStream::connect(&p.addr)?;
+    extra.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    assert_eq!(extra.read(&mut [0u8; 16])?, 0, "a connection beyond the limit was kept");
+    // Idle ones: closed within the idle timeout, and the API answers again.
+    for c in &mut idle {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        let read = c.read(&mut [0u8; 16]);
+        assert!(
+            matches!(&read, Ok(0)) || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "an idle connection was kept: {read:?}"
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(http("GET", &format!("http://{}/healthz", p.addr), None, &[], b"")?.status, 200);
+    Ok(())
+}

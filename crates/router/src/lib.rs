@@ -12,6 +12,7 @@
 mod access;
 mod book;
 mod h1;
+pub mod listen;
 mod proxy;
 mod stats;
 mod table;
@@ -21,7 +22,7 @@ mod workers;
 
 pub use access::{AccessLog, AccessRecord};
 pub use book::RouteBook;
-pub use proxy::{Activator, Body, BoxError, Router, RouterOptions};
+pub use proxy::{Activator, Body, BoxError, Router, RouterOptions, DEFAULT_MAX_CONNECTIONS};
 pub use stats::render as render_metrics;
 pub use table::{InFlight, NoPick, Route, RouteSettings, RouteSpec, RoutingTable, ServiceState, Upstream};
 pub use workers::Workers;

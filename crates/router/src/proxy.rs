@@ -27,6 +27,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use crate::access::{AccessLog, AccessRecord};
+use crate::listen::{self, Gate};
 use crate::table::{InFlight, NoPick, Route, RoutingTable};
 use crate::upstream::{self, Outgoing, Reply, RequestHead};
 
@@ -179,6 +180,9 @@ pub trait Activator: Send + Sync {
     fn activate(&self, service: &str);
 }
 
+/// Connections a router listener keeps open at once unless told otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+
 /// Behaviour switches of a router.
 #[derive(Clone)]
 pub struct RouterOptions {
@@ -192,8 +196,13 @@ pub struct RouterOptions {
     pub access_log: Option<AccessLog>,
     /// An HTTP/1.1 client connection is closed when a request head has not arrived in full this
     /// long after the connection opened or the previous answer was sent (idle keep-alive
-    /// connections, and clients that send their heads too slowly).
+    /// connections, and clients that send their heads too slowly); an HTTP/2 connection when no
+    /// request has been in progress on it this long.
     pub idle_timeout: Duration,
+    /// The connection limit of the listener(s) this router serves (shared by its workers).
+    pub gate: Arc<Gate>,
+    /// How long a client has for its TLS handshake.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for RouterOptions {
@@ -204,6 +213,8 @@ impl Default for RouterOptions {
             activator: None,
             access_log: None,
             idle_timeout: Duration::from_secs(75),
+            gate: Gate::new("router", DEFAULT_MAX_CONNECTIONS),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -545,29 +556,36 @@ impl Router {
     }
 
     /// Serves plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge) from `listener` until the
-    /// task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+    /// task is dropped. Accept errors never end it ([`listen::accept`]).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
-            let (stream, peer) = listener.accept().await?;
+            let (stream, peer, admitted) = listen::accept(&listener, &self.options.gate).await;
             let _ = stream.set_nodelay(true);
-            tokio::spawn(self.clone().connection(stream, peer, "http", false));
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _admitted = admitted;
+                this.connection(stream, peer, "http", false).await
+            });
         }
     }
 
-    /// Serves HTTPS from `listener`: TLS with certificates by SNI, HTTP/2 or HTTP/1.1 by ALPN.
-    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<()> {
+    /// Serves HTTPS from `listener`: TLS with certificates by SNI, HTTP/2 or HTTP/1.1 by ALPN. A
+    /// handshake that does not finish within the handshake timeout ends its connection.
+    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, config: Arc<rustls::ServerConfig>) {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         loop {
-            let (stream, peer) = listener.accept().await?;
+            let (stream, peer, admitted) = listen::accept(&listener, &self.options.gate).await;
             let _ = stream.set_nodelay(true);
             let (this, acceptor) = (self.clone(), acceptor.clone());
             tokio::spawn(async move {
-                match acceptor.accept(stream).await {
-                    Ok(tls) => {
+                let _admitted = admitted;
+                match tokio::time::timeout(this.options.tls_handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
                         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                         this.connection(tls, peer, "https", h2).await
                     }
-                    Err(e) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "no TLS handshake within the timeout; closing the connection"),
                 }
             });
         }
@@ -588,20 +606,37 @@ impl Router {
         }
     }
 
-    /// Serves a connection (HTTP/1.1, or HTTP/2 with prior knowledge or by ALPN) with hyper.
+    /// Serves a connection (HTTP/1.1, or HTTP/2 with prior knowledge or by ALPN) with hyper. A
+    /// connection with no request in progress for the idle timeout is closed gracefully (an idle
+    /// HTTP/2 connection gets a GOAWAY; HTTP/1.1 has hyper's header read timeout as well).
     pub(crate) async fn serve_hyper<I>(self: Arc<Self>, io: I, peer: Arc<Peer>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let ip = peer.ip.clone();
         let idle = self.options.idle_timeout;
+        let activity = listen::Activity::default();
+        let tracker = activity.clone();
         let service = hyper::service::service_fn(move |req| {
-            let (this, peer) = (self.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(this.handle(req, &peer).await) }
+            let (this, peer, request) = (self.clone(), peer.clone(), tracker.begin());
+            async move {
+                let resp = this.handle(req, &peer).await;
+                Ok::<_, Infallible>(resp.map(|inner| listen::Tracked::new(inner, request).boxed()))
+            }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
-        if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let ended = tokio::select! {
+            ended = conn.as_mut() => ended,
+            () = activity.idle_for(idle) => {
+                tracing::debug!(peer = %ip, "no request within the idle timeout; closing the connection");
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
             tracing::debug!(error = %e, peer = %ip, "connection ended with an error");
         }
     }

@@ -65,12 +65,9 @@ impl Router {
                     let _ = tx.send(listener.local_addr());
                     let router = Router::with_options(table, options);
                     tokio::spawn(worker_chores(router.http1.clone()));
-                    let served = match tls {
+                    match tls {
                         Some(config) => router.serve_tls(listener, config).await,
                         None => router.serve(listener).await,
-                    };
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "a router worker stopped");
                     }
                 });
             })?;
