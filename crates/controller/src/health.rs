@@ -17,6 +17,28 @@ pub enum Probe {
     Refused,
     /// The instance answered wrongly or too late.
     Fail(String),
+    /// berth itself could not probe (out of descriptors, memory or local ports): says nothing of
+    /// the instance, so it is not counted either way.
+    Unknown(String),
+}
+
+/// The probe result of a failed connect: refused, berth's own shortage, or a failure.
+fn connect_failed(e: &std::io::Error) -> Probe {
+    const OURS: [i32; 5] = [libc_errno::EMFILE, libc_errno::ENFILE, libc_errno::ENOBUFS, libc_errno::ENOMEM, libc_errno::EADDRNOTAVAIL];
+    match e.raw_os_error() {
+        _ if e.kind() == std::io::ErrorKind::ConnectionRefused => Probe::Refused,
+        Some(code) if OURS.contains(&code) => Probe::Unknown(format!("connecting: {e}")),
+        _ => Probe::Fail(format!("connecting: {e}")),
+    }
+}
+
+/// The errno values berth's own shortages show as (Linux numbering).
+mod libc_errno {
+    pub const ENOMEM: i32 = 12;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const ENOBUFS: i32 = 105;
+    pub const EADDRNOTAVAIL: i32 = 99;
 }
 
 #[async_trait::async_trait]
@@ -42,8 +64,7 @@ impl Prober for NetProber {
 async fn probe(addr: SocketAddr, check: &HealthCheck) -> Probe {
     let mut stream = match TcpStream::connect(addr).await {
         Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Probe::Refused,
-        Err(e) => return Probe::Fail(format!("connecting: {e}")),
+        Err(e) => return connect_failed(&e),
     };
     if check.protocol == HealthProtocol::Tcp {
         return Probe::Pass;
@@ -66,5 +87,21 @@ async fn probe(addr: SocketAddr, check: &HealthCheck) -> Probe {
         Some(code) if (200..400).contains(&code) => Probe::Pass,
         Some(code) => Probe::Fail(format!("GET {} answered {code}", check.path)),
         None => Probe::Fail(format!("GET {} got no HTTP answer", check.path)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn berths_own_shortages_are_not_the_instances_failures() {
+        let of = |code| connect_failed(&std::io::Error::from_raw_os_error(code));
+        assert!(matches!(of(24), Probe::Unknown(_)), "EMFILE");
+        assert!(matches!(of(23), Probe::Unknown(_)), "ENFILE");
+        assert!(matches!(of(99), Probe::Unknown(_)), "EADDRNOTAVAIL");
+        assert_eq!(of(111), Probe::Refused);
+        assert!(matches!(of(113), Probe::Fail(_)), "EHOSTUNREACH is the instance's");
+        assert!(matches!(of(110), Probe::Fail(_)), "a timeout is the instance's");
     }
 }

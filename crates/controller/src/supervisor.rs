@@ -22,7 +22,10 @@ use crate::{from_value, load_service, to_value, Command, Shared};
 pub(crate) const LABEL_SERVICE: &str = "berth.service";
 pub(crate) const LABEL_REVISION: &str = "berth.revision";
 
-/// A failure within this long of an instance's start counts toward a crash loop.
+/// A failure within this long of an instance's start, before it ever became ready, counts
+/// toward a crash loop. An instance that was serving and then died (a crash, a request that ran
+/// it out of memory) is replaced at once: backing off would take a service's last ready
+/// instances away for nothing.
 const EARLY_FAILURE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +50,8 @@ struct Inst {
     last_counted_failure: Option<Instant>,
     /// Why it became unhealthy.
     reason: String,
+    /// Whether it ever passed its health checks.
+    was_ready: bool,
 }
 
 impl Inst {
@@ -64,6 +69,7 @@ impl Inst {
             next_check,
             last_counted_failure: None,
             reason: String::new(),
+            was_ready: false,
         }
     }
 
@@ -385,9 +391,12 @@ impl Supervisor {
                 inst.passes += 1;
                 if inst.phase == Phase::Starting && inst.passes >= hc.healthy_threshold {
                     inst.phase = Phase::Ready;
+                    inst.was_ready = true;
                 }
             }
             (Phase::Starting, Probe::Refused) => {}
+            // berth could not probe (no descriptors or ports left here): the instance is not to blame.
+            (_, Probe::Unknown(why)) => tracing::warn!(instance = %inst.id, reason = %why, "health check not made"),
             (_, Probe::Refused) => self.count_failure(inst, hc.unhealthy_threshold, interval, "refused connections".into(), now),
             (_, Probe::Fail(why)) => self.count_failure(inst, hc.unhealthy_threshold, interval, why, now),
         }
@@ -449,7 +458,7 @@ impl Supervisor {
         };
         for inst in &failed {
             self.event("instance_replaced", &format!("instance {} {}; replacing it", inst.id, inst.reason)).await;
-            if inst.started.elapsed() < EARLY_FAILURE {
+            if inst.started.elapsed() < EARLY_FAILURE && !inst.was_ready {
                 self.early_failures.push_back(Instant::now());
             }
         }

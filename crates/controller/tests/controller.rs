@@ -17,10 +17,12 @@ use berth_store::{ManifestRecord, PushEvent, SharedStore, SqliteStore, TagWrite}
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Healthy unless the instance's revision is listed.
+/// Healthy unless the instance's revision is listed: `broken` fails, `unprobed` cannot be
+/// probed at all (berth out of descriptors).
 #[derive(Default)]
 struct RevisionProber {
     broken: Mutex<HashSet<u32>>,
+    unprobed: Mutex<HashSet<u32>>,
 }
 
 #[async_trait::async_trait]
@@ -29,6 +31,8 @@ impl Prober for RevisionProber {
         let rev = instance.rsplit('-').nth(1).and_then(|r| r.parse::<u32>().ok()).unwrap_or(0);
         if self.broken.lock().unwrap_or_else(|p| p.into_inner()).contains(&rev) {
             Probe::Fail("GET /healthz answered 503".into())
+        } else if self.unprobed.lock().unwrap_or_else(|p| p.into_inner()).contains(&rev) {
+            Probe::Unknown("connecting: Too many open files (os error 24)".into())
         } else {
             Probe::Pass
         }
@@ -385,5 +389,42 @@ async fn instances_that_keep_failing_are_reported_as_a_crash_loop_and_backed_off
     let before = creates();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(creates(), before, "no instance started during the backoff");
+    Ok(())
+}
+
+/// A request that kills the instances it reaches, again and again: instances that were serving
+/// are replaced at once, with no crash-loop back-off (which would leave the service with no
+/// ready instance); and probes berth itself could not make replace nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_instances_that_die_are_replaced_at_once_and_unmade_probes_replace_nothing() -> Result {
+    let w = World::new()?;
+    w.push("web", "v1", 1).await?;
+    let c = w.controller().await?;
+    let mut s = spec("dies-app", "web:v1");
+    s.autoscaling.min_size = 2;
+    wait_op(&c, &c.create(s).await?.id).await?;
+    until("two ready instances", || w.upstreams("dies-app.localhost").len() == 2).await?;
+    for round in 0..4 {
+        let before = w.upstreams("dies-app.localhost");
+        for st in w.runtime.list().await? {
+            if st.state == berth_runtime::InstanceState::Running {
+                w.runtime.crash(&st.id, 137, true);
+            }
+        }
+        until(&format!("two new ready instances (round {round})"), || {
+            let now = w.upstreams("dies-app.localhost");
+            now.len() == 2 && now.iter().all(|a| !before.contains(a))
+        })
+        .await?;
+    }
+    let events = c.events("dies-app", None, 100).await?;
+    assert!(!events.iter().any(|e| e.kind == "crash_loop"), "serving instances that died were backed off: {events:?}");
+
+    w.prober.unprobed.lock().unwrap_or_else(|p| p.into_inner()).insert(1);
+    let replaced = |events: &[berth_store::ServiceEvent]| events.iter().filter(|e| e.kind == "instance_replaced").count();
+    let before = replaced(&c.events("dies-app", None, 100).await?);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(replaced(&c.events("dies-app", None, 100).await?), before, "an instance was replaced because berth could not probe it");
+    assert_eq!(w.upstreams("dies-app.localhost").len(), 2);
     Ok(())
 }

@@ -874,6 +874,11 @@ impl Router {
                     }
                     (settings.activation_timeout, format!("no instance of `{}` became ready in time", service.name))
                 }
+                // Every instance is being replaced (or none has passed its checks yet): hold the
+                // request as for scale from zero, within the queue's bounds.
+                Err(NoPick::Empty) if exclude.is_none() => {
+                    (settings.queue_timeout, format!("no instance of `{}` became ready in time", service.name))
+                }
                 Err(NoPick::Empty) => return Err(busy(format!("no ready instance of `{}`\n", service.name))),
                 Err(NoPick::Full) => (settings.queue_timeout, format!("every instance of `{}` is at its concurrency limit", service.name)),
             };

@@ -262,3 +262,24 @@ async fn scale_from_zero_holds_requests_until_an_instance_is_ready() -> Result {
     );
     Ok(())
 }
+
+/// While every instance of a service is being replaced (its route has none for a moment), a
+/// request waits for the new one instead of getting an immediate 503 — within the queue's bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_wait_while_every_instance_is_replaced() -> Result {
+    let next = backend("next", Duration::ZERO).await?;
+    let table = Arc::new(RoutingTable::new());
+    let spec = |upstreams| RouteSpec {
+        settings: RouteSettings { queue_timeout: Duration::from_secs(5), ..RouteSettings::default() },
+        ..RouteSpec::new("web.localhost", "web", upstreams)
+    };
+    table.replace(&[spec(vec![])]);
+    let router = start_router(table.clone(), RouterOptions::default()).await?;
+    let c = client();
+    let waiting = tokio::spawn(async move { get(&c, router, "web.localhost").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    table.replace(&[spec(vec![next.addr])]);
+    let (status, body, _) = waiting.await??;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "next"));
+    Ok(())
+}
