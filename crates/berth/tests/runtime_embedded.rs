@@ -165,6 +165,20 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
     assert_eq!(rt.start(&id0).await?.state, InstanceState::Running);
     wait_for("the restarted instance", || get(addrs[0], "/")).await?;
 
+    // Supervision lost: a shim killed behind berth's back, and a process moved out of its
+    // cgroup (out of its limits), each end the instance, reported as an exit.
+    let id1 = InstanceId::new("hello-1")?;
+    let shim = std::fs::read_to_string(root.join("instances/hello-1/shim.pid"))?.trim().parse::<i32>()?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), nix::sys::signal::Signal::SIGKILL)?;
+    assert_eq!(next_exit(&mut events, &id1).await?, (137, false));
+    let pid = std::fs::read_to_string(root.join("instances/hello-0/container.pid"))?.trim().to_owned();
+    let procs = ["/sys/fs/cgroup/memory/cgroup.procs", "/sys/fs/cgroup/cgroup.procs"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("no cgroup.procs")?;
+    std::fs::write(procs, &pid)?;
+    assert_eq!(next_exit(&mut events, &id0).await?, (137, false));
+
     // Layers in use are kept; once no instance uses them they are collected.
     assert_eq!(rt.collect_layers()?, 0);
     // Delete leaves nothing behind.

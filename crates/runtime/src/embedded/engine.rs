@@ -27,6 +27,8 @@ use crate::{ImageRef, InstanceId, InstanceSpec, InstanceState, InstanceStatus, R
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often exits are looked for.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// Every how many watch intervals running instances' supervision is checked.
+const GUARD_EVERY: u64 = 5;
 
 /// Settings of the embedded backend.
 #[derive(Debug, Clone)]
@@ -46,6 +48,26 @@ pub struct EmbeddedConfig {
     pub outbound_nat: bool,
     /// What unpacking one image may write.
     pub unpack_limits: UnpackLimits,
+}
+
+/// Whether `pid` is the shim of the instance in `dir` (not another process that got its pid).
+fn is_shim_of(pid: i32, dir: &std::path::Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    args.iter().any(|a| *a == b"shim") && args.iter().any(|a| *a == dir.as_os_str().as_encoded_bytes())
+}
+
+/// Whether `pid` is in the cgroup `path` (`/<parent>/<id>`): in the memory controller's
+/// hierarchy on cgroups v1, in the unified one on v2.
+fn in_cgroup(pid: i32, path: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return true };
+    let lines: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once(':')).filter_map(|(_, rest)| rest.split_once(':')).collect();
+    let memory_v1 = lines.iter().find(|(controllers, _)| controllers.split(',').any(|c| c == "memory"));
+    match memory_v1.or_else(|| lines.iter().find(|(controllers, _)| controllers.is_empty())) {
+        Some((_, p)) => *p == path,
+        // Nothing to compare with: not evidence of escape.
+        None => true,
+    }
 }
 
 /// What an instance directory records about its instance.
@@ -104,11 +126,14 @@ impl EmbeddedRuntime {
         let weak = Arc::downgrade(&rt);
         tokio::spawn(async move {
             let mut reported: HashSet<InstanceId> = HashSet::new();
-            loop {
+            for tick in 0u64.. {
                 // Waiting first lets whoever opened the runtime subscribe to its events before
                 // instances that ended while it was closed are reported.
                 tokio::time::sleep(WATCH_INTERVAL).await;
                 let Some(rt) = weak.upgrade() else { return };
+                if tick % GUARD_EVERY == 0 {
+                    rt.guard_instances();
+                }
                 rt.report_exits(&mut reported);
             }
         });
@@ -176,6 +201,39 @@ impl EmbeddedRuntime {
             state: Self::state(&files),
             address: rec.address.map(|a| SocketAddr::from((a, rec.port))),
         })
+    }
+
+    /// Checks that every running instance is still under supervision: its shim alive (the
+    /// process that holds its output and records its end) and its process still in its cgroup
+    /// (its limits). An instance that lost either is killed — a lost shim's end is recorded here
+    /// — so it is reported as failed rather than left running unwatched or unlimited.
+    fn guard_instances(&self) {
+        let Ok(entries) = std::fs::read_dir(self.config.root.join("instances")) else { return };
+        for e in entries.flatten() {
+            let Ok(id) = InstanceId::new(e.file_name().to_string_lossy()) else { continue };
+            let files = InstanceFiles::new(&e.path());
+            if Self::state(&files) != InstanceState::Running {
+                continue;
+            }
+            let Some(pid) = InstanceFiles::read_pid(&files.container_pid()) else { continue };
+            let shim_alive = InstanceFiles::read_pid(&files.shim_pid()).is_some_and(|shim| is_shim_of(shim, &files.dir));
+            let why = if !shim_alive {
+                "its shim is gone"
+            } else if !in_cgroup(pid, &self.cgroup(&id)) {
+                "its process left its cgroup"
+            } else {
+                continue;
+            };
+            tracing::warn!(instance = %id, reason = why, "an instance lost its supervision; killing it");
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            if !shim_alive {
+                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+                let record = super::files::ExitRecord { code: 137, signal: Some(9), oom_killed: false, at };
+                if let Err(e) = write_atomic(&files.exit(), &serde_json::to_vec(&record).unwrap_or_default()) {
+                    tracing::warn!(instance = %id, error = %e, "recording the end of an instance failed");
+                }
+            }
+        }
     }
 
     fn report_exits(&self, reported: &mut HashSet<InstanceId>) {
