@@ -54,7 +54,7 @@ pub struct EmbeddedConfig {
 fn is_shim_of(pid: i32, dir: &std::path::Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    args.iter().any(|a| *a == b"shim") && args.iter().any(|a| *a == dir.as_os_str().as_encoded_bytes())
+    args.contains(&&b"shim"[..]) && args.contains(&dir.as_os_str().as_encoded_bytes())
 }
 
 /// Whether `pid` is in the cgroup `path` (`/<parent>/<id>`): in the memory controller's
