@@ -73,6 +73,9 @@ pub struct ControllerSettings {
     pub stop_grace: Duration,
     /// A starting instance is probed 1, 2, 4 … ms apart, and then this often, until it passes.
     pub startup_probe_every: Duration,
+    /// How often a service looks for instances of its own that it no longer tracks (a delete
+    /// that failed) and removes them.
+    pub sweep_every: Duration,
 }
 
 impl Default for ControllerSettings {
@@ -84,6 +87,7 @@ impl Default for ControllerSettings {
             startup_deadline: Duration::from_secs(120),
             stop_grace: Duration::from_secs(10),
             startup_probe_every: Duration::from_millis(25),
+            sweep_every: Duration::from_secs(30),
         }
     }
 }

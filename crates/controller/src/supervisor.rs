@@ -88,13 +88,20 @@ impl Inst {
 }
 
 /// Waits (bounded by `bound`, the request timeout) for requests on `left` to finish, then stops
-/// and deletes the instances.
-async fn drain_and_remove(sh: Arc<Shared>, bound: Duration, left: Vec<Arc<Upstream>>, ids: Vec<InstanceId>) {
+/// and deletes the instances, which leave `retiring` then (removed or not: the sweep retries).
+async fn drain_and_remove(sh: Arc<Shared>, bound: Duration, left: Vec<Arc<Upstream>>, ids: Vec<InstanceId>, retiring: Retiring) {
     if tokio::time::timeout(bound, futures_util::future::join_all(left.iter().map(|u| u.drained()))).await.is_err() {
         tracing::warn!("instances did not drain within the request timeout; stopping them anyway");
     }
     futures_util::future::join_all(ids.iter().map(|id| remove_instance(&sh, id))).await;
+    let mut r = retiring.lock().unwrap_or_else(|p| p.into_inner());
+    for id in &ids {
+        r.remove(id);
+    }
 }
+
+/// Instances on their way out (draining, stopping), which the sweep leaves alone.
+type Retiring = Arc<Mutex<std::collections::HashSet<InstanceId>>>;
 
 /// SIGTERM, the grace period, SIGKILL, then everything the instance held is freed.
 async fn remove_instance(sh: &Shared, id: &InstanceId) {
@@ -123,6 +130,10 @@ struct Supervisor {
     early_failures: VecDeque<Instant>,
     /// No new instance before this (crash-loop backoff).
     hold_until: Option<Instant>,
+    /// Instances being drained and removed.
+    retiring: Retiring,
+    /// When the last sweep for untracked instances ran.
+    swept: Instant,
     deleted: bool,
 }
 
@@ -155,6 +166,8 @@ pub(crate) async fn run(
         runtime_events,
         early_failures: VecDeque::new(),
         hold_until: None,
+        retiring: Retiring::default(),
+        swept: Instant::now(),
         deleted: false,
     };
     s.recover(first.as_ref().map(|op| op.id.as_str())).await;
@@ -317,8 +330,15 @@ impl Supervisor {
     /// Waits (bounded by the request timeout) for requests on `left` to finish, then stops and
     /// deletes `instances`.
     async fn retire(&self, left: Vec<Arc<Upstream>>, instances: Vec<Inst>) {
-        let ids = instances.into_iter().map(|i| i.id).collect();
-        drain_and_remove(self.sh.clone(), self.request_timeout(), left, ids).await;
+        let ids = self.mark_retiring(instances);
+        drain_and_remove(self.sh.clone(), self.request_timeout(), left, ids, self.retiring.clone()).await;
+    }
+
+    /// Records `instances` as on their way out (so the sweep leaves them to their removal).
+    fn mark_retiring(&self, instances: Vec<Inst>) -> Vec<InstanceId> {
+        let ids: Vec<InstanceId> = instances.into_iter().map(|i| i.id).collect();
+        self.retiring.lock().unwrap_or_else(|p| p.into_inner()).extend(ids.iter().cloned());
+        ids
     }
 
     /// Retires in the background: the supervisor goes on serving meanwhile.
@@ -326,8 +346,8 @@ impl Supervisor {
         if left.is_empty() && instances.is_empty() {
             return;
         }
-        let ids = instances.into_iter().map(|i| i.id).collect();
-        tokio::spawn(drain_and_remove(self.sh.clone(), self.request_timeout(), left, ids));
+        let ids = self.mark_retiring(instances);
+        tokio::spawn(drain_and_remove(self.sh.clone(), self.request_timeout(), left, ids, self.retiring.clone()));
     }
 
     fn request_timeout(&self) -> Duration {
@@ -428,8 +448,27 @@ impl Supervisor {
         }
     }
 
+    /// Removes instances of this service that it no longer tracks (one whose delete failed, say),
+    /// so none is ever left running or holding resources behind its back.
+    async fn sweep(&mut self) {
+        if self.swept.elapsed() < self.sh.settings.sweep_every {
+            return;
+        }
+        self.swept = Instant::now();
+        let Ok(list) = self.sh.runtime.list().await else { return };
+        let retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for st in list {
+            let ours = st.labels.iter().any(|(k, v)| k == LABEL_SERVICE && v == &self.name);
+            if ours && !retiring.contains(&st.id) && !self.instances.iter().any(|i| i.id == st.id) {
+                tracing::warn!(service = %self.name, instance = %st.id, "removing an instance the service no longer tracks");
+                remove_instance(&self.sh, &st.id).await;
+            }
+        }
+    }
+
     /// One pass: probe what is due, replace what failed, match the desired count, route.
     async fn reconcile(&mut self) {
+        self.sweep().await;
         if self.svc.paused || self.current.is_none() {
             return;
         }

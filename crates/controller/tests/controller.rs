@@ -67,6 +67,7 @@ impl World {
             startup_deadline: Duration::from_secs(10),
             stop_grace: Duration::from_millis(10),
             startup_probe_every: Duration::from_millis(10),
+            sweep_every: Duration::from_millis(200),
             ..ControllerSettings::default()
         };
         let runtime: Arc<dyn Runtime> = self.runtime.clone();
@@ -427,4 +428,25 @@ async fn serving_instances_that_die_are_replaced_at_once_and_unmade_probes_repla
     assert_eq!(replaced(&c.events("dies-app", None, 100).await?), before, "an instance was replaced because berth could not probe it");
     assert_eq!(w.upstreams("dies-app.localhost").len(), 2);
     Ok(())
+}
+
+/// An instance whose delete failed (the host short of resources) is not left behind: the service
+/// finds it again and removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_delete_failed_is_removed_later() -> Result {
+    let w = World::new()?;
+    w.push("web", "v1", 1).await?;
+    let c = w.controller().await?;
+    wait_op(&c, &c.create(spec("tidy-app", "web:v1")).await?.id).await?;
+    let first = w.runtime.list().await?.remove(0).id;
+    w.runtime.fail_next_delete(&first);
+    w.runtime.crash(&first, 1, false);
+    until("a replacement", || w.upstreams("tidy-app.localhost").len() == 1).await?;
+    for _ in 0..250 {
+        if !w.runtime.list().await?.iter().any(|i| i.id == first) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("{first} was left behind after its delete failed").into())
 }

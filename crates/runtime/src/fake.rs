@@ -23,6 +23,7 @@ struct Inner {
     instances: BTreeMap<InstanceId, (InstanceSpec, InstanceStatus)>,
     calls: Vec<Call>,
     fail_start: HashSet<InstanceId>,
+    fail_delete: HashSet<InstanceId>,
     next_ip: u32,
 }
 
@@ -39,7 +40,8 @@ impl Default for FakeRuntime {
 
 impl FakeRuntime {
     pub fn new() -> FakeRuntime {
-        let inner = Inner { instances: BTreeMap::new(), calls: Vec::new(), fail_start: HashSet::new(), next_ip: 2 };
+        let inner =
+            Inner { instances: BTreeMap::new(), calls: Vec::new(), fail_start: HashSet::new(), fail_delete: HashSet::new(), next_ip: 2 };
         FakeRuntime { inner: Mutex::new(inner), events: broadcast::channel(256).0 }
     }
 
@@ -55,6 +57,11 @@ impl FakeRuntime {
     /// Makes the next start of `id` exit at once with code 1.
     pub fn fail_next_start(&self, id: &InstanceId) {
         self.lock().fail_start.insert(id.clone());
+    }
+
+    /// The next delete of `id` fails (the host short of resources, say), leaving it in place.
+    pub fn fail_next_delete(&self, id: &InstanceId) {
+        self.lock().fail_delete.insert(id.clone());
     }
 
     /// Simulates the instance dying on its own.
@@ -128,6 +135,9 @@ impl Runtime for FakeRuntime {
     async fn delete(&self, id: &InstanceId) -> Result<()> {
         let mut inner = self.lock();
         inner.calls.push(Call::Delete(id.clone()));
+        if inner.fail_delete.remove(id) {
+            return Err(RuntimeError::Backend(format!("deleting {id}: Too many open files (os error 24)")));
+        }
         inner.instances.remove(id);
         Ok(())
     }
