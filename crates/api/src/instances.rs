@@ -81,6 +81,9 @@ struct RunBody {
     command: Option<Vec<String>>,
     cpu_millis: Option<u32>,
     memory_mb: Option<u64>,
+    /// Run the app under berth's init as PID 1.
+    #[serde(default)]
+    init: bool,
 }
 
 async fn run(State(s): State<AppState>, caller: Caller, Json(body): Json<RunBody>) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -126,6 +129,7 @@ async fn run(State(s): State<AppState>, caller: Caller, Json(body): Json<RunBody
         },
         user: None,
         read_only_rootfs: false,
+        init: body.init,
     };
     spec.resources.validate().map_err(ApiError::invalid)?;
     rt.create(spec.clone()).await?;

@@ -99,6 +99,28 @@ fn registry_config(config: &Config) -> anyhow::Result<RegistryConfig> {
     })
 }
 
+/// berth's init, built into this binary (empty when the build could not make it).
+const INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth-init"));
+
+/// Puts berth's init where instances can have it bound in (`<runtime>/berth-init`, 0755),
+/// replacing an older one; `None` when this binary carries none.
+fn install_init(runtime_dir: &Path) -> anyhow::Result<Option<std::path::PathBuf>> {
+    use std::os::unix::fs::PermissionsExt;
+    if INIT.is_empty() {
+        tracing::warn!("this berth was built without its init: instances cannot run with --init");
+        return Ok(None);
+    }
+    let path = runtime_dir.join("berth-init");
+    if fs::read(&path).ok().as_deref() != Some(INIT) {
+        fs::create_dir_all(runtime_dir).with_context(|| format!("creating {}", runtime_dir.display()))?;
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, INIT).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
+        fs::rename(&tmp, &path).with_context(|| format!("installing {}", path.display()))?;
+    }
+    Ok(Some(path))
+}
+
 /// The embedded runtime, when this server can and may run containers.
 fn open_runtime(config: &Config, images: Arc<dyn ImageSource>) -> anyhow::Result<Option<Arc<EmbeddedRuntime>>> {
     let r = &config.runtime;
@@ -132,6 +154,7 @@ fn open_runtime(config: &Config, images: Arc<dyn ImageSource>) -> anyhow::Result
         rootfs,
         outbound_nat: r.outbound_nat,
         unpack_limits: config.image.limits(),
+        init: install_init(&config.data_dir.join("runtime"))?,
     };
     let rt = EmbeddedRuntime::open(embedded, images).map_err(|e| anyhow::anyhow!("starting the embedded runtime: {e}"))?;
     tracing::info!(bridge = %r.bridge, cidr = %r.cidr, ?rootfs, "embedded runtime ready");

@@ -11,27 +11,39 @@ use std::time::Duration;
 use berth_testkit::probe_binary;
 use support::*;
 
-/// Runs the probe with `args` as the one-off instance `name` and returns its `probe …` lines.
-fn probe(s: &Server, name: &str, args: &str) -> Result<String> {
-    s.cli_ok(&["run", "probe:v1", "--name", name, "--command", &format!("/app/probe {args}")])?;
+/// The log of instance `name` once the probe in it has finished.
+fn finished_log(s: &Server, name: &str) -> Result<String> {
     for _ in 0..200 {
         let logs = s.cli_ok(&["instance", "logs", name])?;
         if logs.contains("probe done") {
-            s.cli_ok(&["instance", "delete", name])?;
-            let lines: Vec<&str> = logs.lines().filter_map(|l| l.find("probe ").map(|i| &l[i..])).filter(|l| *l != "probe done").collect();
-            return Ok(lines.join("\n") + "\n");
+            return Ok(logs);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     Err(format!("the probe {name} did not finish").into())
 }
 
-#[test]
-fn an_instance_cannot_reach_into_the_kernel_or_the_host() -> Result {
-    let (s, sandbox) = Server::start_with_runtime("i", 247, "p")?;
+/// Runs the probe with `args` as the one-off instance `name` and returns its `probe …` lines.
+fn probe(s: &Server, name: &str, args: &str) -> Result<String> {
+    s.cli_ok(&["run", "probe:v1", "--name", name, "--command", &format!("/app/probe {args}")])?;
+    let logs = finished_log(s, name)?;
+    s.cli_ok(&["instance", "delete", name])?;
+    let lines: Vec<&str> = logs.lines().filter_map(|l| l.find("probe ").map(|i| &l[i..])).filter(|l| *l != "probe done").collect();
+    Ok(lines.join("\n") + "\n")
+}
+
+/// A server with the embedded runtime and the probe pushed as `probe:v1`.
+fn server_with_probe(name: &str, octet: u8, instances: &str) -> Result<(Server, berth_testkit::RuntimeSandbox)> {
+    let (s, sandbox) = Server::start_with_runtime(name, octet, instances)?;
     let tmp = tempfile::tempdir()?;
     let bin = probe_binary(tmp.path())?;
     s.cli_ok(&["image", "build", "--binary", &bin.display().to_string(), "-t", "probe:v1"])?;
+    Ok((s, sandbox))
+}
+
+#[test]
+fn an_instance_cannot_reach_into_the_kernel_or_the_host() -> Result {
+    let (s, sandbox) = server_with_probe("i", 247, "p")?;
 
     // EPERM = 1, ENOSYS = 38, EAFNOSUPPORT = 97.
     assert_eq!(
@@ -69,5 +81,29 @@ probe open-by-handle-at errno 1
     let gateway = format!("{net}.1:{port}");
     // EHOSTUNREACH = 113: rejected by the host guard at once.
     assert_eq!(probe(&s, "p-net", &format!("connect {gateway}"))?, format!("probe connect-{gateway} errno 113\n"));
+    Ok(())
+}
+
+/// An app that does not handle SIGTERM ignores it as PID 1, so a stop waits out the grace
+/// period and ends in SIGKILL; under berth's init (`--init`) the signal reaches it and the
+/// stop takes no time.
+#[test]
+fn init_forwards_signals_to_an_app_that_ignores_them_as_pid_1() -> Result {
+    let (s, _sandbox) = server_with_probe("n", 246, "n")?;
+    for (name, init, grace, status) in [("n-plain", false, "1", "exited (137)"), ("n-init", true, "30", "exited (143)")] {
+        let mut args = vec!["run", "probe:v1", "--name", name, "--command", "/app/probe connect"];
+        if init {
+            args.push("--init");
+        }
+        s.cli_ok(&args)?;
+        finished_log(&s, name)?;
+        let started = std::time::Instant::now();
+        let stopped = s.cli_ok(&["instance", "stop", name, "--grace", grace])?;
+        assert!(stopped.contains(status), "{name}: {stopped}");
+        if init {
+            assert!(started.elapsed() < Duration::from_secs(20), "the signal did not reach the app under the init");
+        }
+        s.cli_ok(&["instance", "delete", name])?;
+    }
     Ok(())
 }

@@ -94,6 +94,7 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
         rootfs: RootfsKind::Overlay,
         outbound_nat: false,
         unpack_limits: Default::default(),
+        init: None,
     };
     let rt = EmbeddedRuntime::open(config.clone(), source.clone())?;
     let mut events = rt.events();
@@ -109,6 +110,7 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
             resources: Resources { cpu_millis: 250, memory_bytes: memory, pids: 128 },
             user: None,
             read_only_rootfs: false,
+            init: false,
         })
     };
 
@@ -157,10 +159,10 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
     assert_eq!(next_exit(&mut events, &id2).await?, (137, true));
     assert!(get(addrs[0], "/").is_some_and(|b| b.contains("hello-0")));
 
-    // Stop: hello ignores SIGTERM as a namespace's init, so the grace period ends in SIGKILL.
+    // Stop: hello leaves on SIGTERM, well within the grace period.
     let id0 = InstanceId::new("hello-0")?;
     let stopped = rt.stop(&id0, Duration::from_millis(300)).await?;
-    assert_eq!(stopped.state, InstanceState::Exited { code: 137, oom_killed: false });
+    assert_eq!(stopped.state, InstanceState::Exited { code: 0, oom_killed: false });
     // Start again after a stop: a restart.
     assert_eq!(rt.start(&id0).await?.state, InstanceState::Running);
     wait_for("the restarted instance", || get(addrs[0], "/")).await?;

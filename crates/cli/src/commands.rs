@@ -48,6 +48,9 @@ pub enum Command {
         /// Memory limit in MiB.
         #[arg(long)]
         memory_mb: Option<u64>,
+        /// Run the app under berth's init as PID 1 (signals forwarded, orphans reaped).
+        #[arg(long)]
+        init: bool,
     },
     /// Inspect and manage instances.
     #[command(subcommand)]
@@ -356,7 +359,7 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 println!("{}", image.manifest.digest);
             }
         }
-        Command::Run { image, name, port, env, command, cpu_millis, memory_mb } => {
+        Command::Run { image, name, port, env, command, cpu_millis, memory_mb, init } => {
             let mut env_map = serde_json::Map::new();
             for e in &env {
                 let (k, v) = e.split_once('=').with_context(|| format!("--env `{e}` needs the form KEY=value"))?;
@@ -366,7 +369,7 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             let body = json!({
                 "image": image, "name": name, "port": port, "env": env_map,
                 "command": if command.is_empty() { Value::Null } else { command.into() },
-                "cpu_millis": cpu_millis, "memory_mb": memory_mb,
+                "cpu_millis": cpu_millis, "memory_mb": memory_mb, "init": init,
             });
             let c = Client::from_args(g)?;
             eprintln!("starting {image}…");

@@ -116,6 +116,10 @@ pub struct SpecArgs {
     /// Replaces the image's entrypoint and command.
     #[arg(long)]
     start_command: Option<String>,
+    /// Run the app under berth's init as PID 1 (signals forwarded, orphans reaped), for apps
+    /// that do not handle SIGTERM themselves; `--init false` turns it off.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    init: Option<bool>,
     /// CPU units: 256, 512, 1024 (one vCPU, default), 2048, 4096.
     #[arg(long)]
     cpu: Option<u32>,
@@ -195,6 +199,7 @@ impl SpecArgs {
             set(&mut spec, "image_config", "env", Some(Value::Object(env)));
         }
         set(&mut spec, "image_config", "start_command", self.start_command.clone().map(Value::from));
+        set(&mut spec, "image_config", "init", self.init.map(Value::from));
         set(&mut spec, "instance", "cpu", self.cpu.map(Value::from));
         set(&mut spec, "instance", "memory", self.memory.map(Value::from));
         set(&mut spec, "health_check", "protocol", self.health_check.as_ref().map(|p| p.to_ascii_uppercase().into()));

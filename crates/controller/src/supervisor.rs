@@ -376,6 +376,7 @@ impl Supervisor {
             },
             user: None,
             read_only_rootfs: false,
+            init: spec.image_config.init,
         };
         let created = self.sh.runtime.create(instance).await.map_err(|e| format!("creating instance {id}: {e}"))?;
         let started = match self.sh.runtime.start(&id).await {

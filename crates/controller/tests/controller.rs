@@ -338,6 +338,7 @@ async fn a_deployment_interrupted_by_a_crash_completes_or_starts_over() -> Resul
             resources: Default::default(),
             user: None,
             read_only_rootfs: false,
+            init: false,
         };
         w.runtime.create(spec2.clone()).await?;
         w.runtime.start(&spec2.id).await?;

@@ -45,11 +45,14 @@ pub struct ImageConfig {
     pub env: BTreeMap<String, String>,
     /// Replaces the image's entrypoint and command: words split on spaces.
     pub start_command: Option<String>,
+    /// Run the app under berth's init as PID 1: signals forwarded to it, orphans reaped (an app
+    /// that is PID 1 itself ignores SIGTERM unless it handles it). Default false.
+    pub init: bool,
 }
 
 impl Default for ImageConfig {
     fn default() -> Self {
-        ImageConfig { port: 8080, env: BTreeMap::new(), start_command: None }
+        ImageConfig { port: 8080, env: BTreeMap::new(), start_command: None, init: false }
     }
 }
 

@@ -180,6 +180,7 @@ mod tests {
             resources: Resources::default(),
             user: None,
             read_only_rootfs: false,
+            init: false,
         })
     }
 

@@ -110,6 +110,9 @@ pub struct InstanceSpec {
     /// Replaces the image's USER when set.
     pub user: Option<String>,
     pub read_only_rootfs: bool,
+    /// Run the app under berth's init as PID 1 (signals forwarded, orphans reaped), as Docker's
+    /// `--init` does.
+    pub init: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -5,12 +5,30 @@
 //! - `GET /healthz` answers `ok`, or 503 when `HELLO_HEALTHY=false` (a broken release).
 //! - `GET /hog` allocates memory until the memory limit kills it (for OOM tests).
 //! - Listens on `0.0.0.0:$PORT` (default 8080) and logs one line per request to stdout.
+//! - Exits at once on SIGTERM (as PID 1 of a container, a signal without a handler does nothing,
+//!   so stopping it would otherwise wait out the grace period).
+
+// One C call: installing the SIGTERM handler.
+#![allow(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Instant;
 
+extern "C" {
+    fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
+    fn _exit(status: i32) -> !;
+}
+
+/// SIGTERM: nothing to save, so leave at once (`_exit` is safe in a signal handler).
+extern "C" fn on_sigterm(_: i32) {
+    // SAFETY: `_exit` is async-signal-safe.
+    unsafe { _exit(0) }
+}
+
 fn main() {
+    // SAFETY: installs a handler that only calls an async-signal-safe function.
+    unsafe { signal(15, on_sigterm) };
     let port = std::env::var("PORT").ok().and_then(|p| p.parse::<u16>().ok()).unwrap_or(8080);
     let version = std::env::var("HELLO_VERSION").unwrap_or_else(|_| "v1".into());
     let healthy = std::env::var("HELLO_HEALTHY").map(|v| v != "false").unwrap_or(true);

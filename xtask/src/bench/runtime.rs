@@ -68,6 +68,7 @@ fn spec(id: &str, digest: &Digest) -> anyhow::Result<InstanceSpec> {
         resources: Resources { cpu_millis: 1000, memory_bytes: 256 << 20, pids: 256 },
         user: None,
         read_only_rootfs: false,
+        init: false,
     })
 }
 
@@ -126,6 +127,7 @@ async fn measure(bin: &Path, dir: &Path, image: BuiltImage, digest: Digest, roun
         rootfs: RootfsKind::Overlay,
         outbound_nat: false,
         unpack_limits: Default::default(),
+        init: None,
     };
     let rt = EmbeddedRuntime::open(config, Arc::new(MemorySource(image)))?;
     let runc_root = dir.join("runc-state");

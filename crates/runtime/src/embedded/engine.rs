@@ -48,6 +48,8 @@ pub struct EmbeddedConfig {
     pub outbound_nat: bool,
     /// What unpacking one image may write.
     pub unpack_limits: UnpackLimits,
+    /// berth's init (a static binary on this host), for instances that run under it.
+    pub init: Option<PathBuf>,
 }
 
 /// Whether `pid` is the shim of the instance in `dir` (not another process that got its pid).
@@ -278,6 +280,15 @@ impl EmbeddedRuntime {
         std::fs::write(files.etc().join("resolv.conf"), resolv).map_err(backend)?;
         std::fs::write(files.etc().join("hostname"), format!("{}\n", spec.id)).map_err(backend)?;
         let process = process_plan(&pulled.config, spec, &rootfs.path)?;
+        let init = match (spec.init, &self.config.init) {
+            (false, _) => None,
+            (true, Some(init)) => Some(init.as_path()),
+            (true, None) => {
+                return Err(RuntimeError::InvalidSpec(
+                    "this berth has no init binary (it was built without one); run without --init".into(),
+                ))
+            }
+        };
         let cgroup = self.cgroup(&spec.id);
         let oci = runtime_spec(&BundlePlan {
             hostname: spec.id.as_str(),
@@ -288,6 +299,7 @@ impl EmbeddedRuntime {
             cgroup_path: &cgroup,
             netns: Some(&att.netns),
             etc_dir: &files.etc(),
+            init,
         });
         write_atomic(&files.config(), &serde_json::to_vec_pretty(&oci).map_err(backend)?).map_err(backend)?;
         Ok(InstanceRecord {

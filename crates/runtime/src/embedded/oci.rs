@@ -139,7 +139,13 @@ pub struct BundlePlan<'a> {
     pub netns: Option<&'a Path>,
     /// Directory holding `resolv.conf`, `hosts` and `hostname` for the container.
     pub etc_dir: &'a Path,
+    /// berth's init on the host, when the app runs under it ([`INIT_PATH`] in the container).
+    pub init: Option<&'a Path>,
 }
+
+/// Where berth's init is in a container that runs under it (on the runtime's own `/dev`, so an
+/// image's files and a read-only root filesystem are left alone).
+pub const INIT_PATH: &str = "/dev/berth-init";
 
 /// The open-files limit for containers: Docker's 1048576, or less where the host's own hard
 /// limit is lower (raising it needs privileges berth does not ask for).
@@ -161,12 +167,29 @@ pub fn runtime_spec(plan: &BundlePlan<'_>) -> Value {
     });
     let bind = |file: &str| json!({"destination": format!("/etc/{file}"), "type": "bind", "source": plan.etc_dir.join(file).display().to_string(), "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]});
     let r = &plan.resources;
+    let mut args = plan.process.args.clone();
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}),
+        bind("resolv.conf"),
+        bind("hosts"),
+        bind("hostname"),
+    ];
+    if let Some(init) = plan.init {
+        mounts.push(json!({"destination": INIT_PATH, "type": "bind", "source": init.display().to_string(), "options": ["rbind", "ro", "nosuid", "nodev"]}));
+        args.splice(0..0, [INIT_PATH.to_owned(), "--".to_owned()]);
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
             "user": {"uid": plan.process.uid, "gid": plan.process.gid},
-            "args": plan.process.args,
+            "args": args,
             "env": plan.process.env,
             "cwd": plan.process.cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
@@ -175,18 +198,7 @@ pub fn runtime_spec(plan: &BundlePlan<'_>) -> Value {
         },
         "root": {"path": plan.rootfs.display().to_string(), "readonly": plan.read_only_rootfs},
         "hostname": plan.hostname,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
-            bind("resolv.conf"),
-            bind("hosts"),
-            bind("hostname")
-        ],
+        "mounts": mounts,
         "linux": {
             "cgroupsPath": plan.cgroup_path,
             "resources": {
@@ -219,6 +231,7 @@ mod tests {
             resources: Resources::default(),
             user: None,
             read_only_rootfs: false,
+            init: false,
         })
     }
 
@@ -304,7 +317,12 @@ mod tests {
             cgroup_path: "/berth/web-1",
             netns: Some(Path::new("/run/netns/x")),
             etc_dir: Path::new("/etc-dir"),
+            init: Some(Path::new("/var/lib/berth/runtime/berth-init")),
         });
+        // Under berth's init, bound read-only onto the runtime's /dev.
+        assert_eq!(v["process"]["args"], json!(["/dev/berth-init", "--", "/app/hello", "--serve"]));
+        let init = v["mounts"].as_array().and_then(|m| m.iter().find(|m| m["destination"] == INIT_PATH)).ok_or("no init mount")?;
+        assert_eq!((init["source"].as_str(), init["options"][1].as_str()), (Some("/var/lib/berth/runtime/berth-init"), Some("ro")));
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 25_000);
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 512u64 << 20);
         assert_eq!(v["linux"]["resources"]["pids"]["limit"], 100);
