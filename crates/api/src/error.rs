@@ -53,6 +53,39 @@ impl From<RegistryError> for ApiError {
     }
 }
 
+/// Middleware for the REST API: an error answered without the JSON envelope (a body the framework
+/// could not parse: a wrong field, a wrong content type, too large) gets it, with the text it came
+/// with as the message, so every client sees one error shape.
+pub async fn envelope(resp: Response) -> Response {
+    let status = resp.status();
+    let json = resp.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, 64 << 10).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::FORBIDDEN => "permission_denied",
+        s if s.is_server_error() => "internal",
+        _ => "invalid_argument",
+    };
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { text };
+    let mut out = ApiError::new(status, code, message).into_response();
+    for (name, value) in
+        parts.headers.iter().filter(|(n, _)| *n != axum::http::header::CONTENT_TYPE && *n != axum::http::header::CONTENT_LENGTH)
+    {
+        out.headers_mut().insert(name, value.clone());
+    }
+    out
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });

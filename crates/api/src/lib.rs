@@ -65,6 +65,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/ca", get(ca))
         .route("/token", get(auth::token_endpoint))
         .route("/metrics", get(metrics::render))
+        .layer(axum::middleware::map_response(error::envelope))
         .with_state(state.clone());
     Router::new()
         .merge(api)

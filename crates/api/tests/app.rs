@@ -251,9 +251,12 @@ async fn services_answer_with_operations() -> Result {
     assert_eq!((s, j["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_argument")));
     let msg = j["error"]["message"].as_str().unwrap_or("");
     assert!(msg.contains("name `ab`") && msg.contains("autoscaling.max_size must be 1–25 (got 99)"), "{msg}");
-    let (s, _, _) =
+    let (s, j, _) =
         call(&f, "POST", "/api/v1/services", Some(&f.admin), r#"{"name":"web-app","source":{"image":"web:latest"},"color":1}"#).await?;
     assert!(s.is_client_error());
+    // Every error has the envelope, with the parser's own words.
+    assert_eq!(j["error"]["code"], "invalid_argument");
+    assert!(j["error"]["message"].as_str().is_some_and(|m| m.contains("unknown field `color`")), "{j}");
     // Read-only tokens cannot create.
     let body = r#"{"name":"web-app","source":{"image":"web:latest"},"health_check":{"protocol":"HTTP","path":"/healthz"},"image_config":{"env":{"DB_PASSWORD":"s3cret"}}}"#;
     assert_eq!(call(&f, "POST", "/api/v1/services", Some(&f.reader), body).await?.0, StatusCode::FORBIDDEN);

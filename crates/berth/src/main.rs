@@ -54,8 +54,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Server(args) => serve(&cli.global, args, false),
         Command::Up(args) => serve(&cli.global, args, true),
-        Command::Client(cmd) => berth_cli::run(&cli.global, cmd),
+        Command::Client(cmd) => {
+            exit_quietly_on_closed_pipe();
+            berth_cli::run(&cli.global, cmd)
+        }
     }
+}
+
+/// A CLI command whose output goes to a pipe closed early (`berth … | head`) ends quietly, as
+/// other command-line tools do, instead of panicking on the failed write. The server keeps
+/// Rust's default (SIGPIPE ignored), which its sockets need.
+#[allow(unsafe_code)]
+fn exit_quietly_on_closed_pipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: restores the default disposition before any thread exists; no handler is installed.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 /// The demo app `berth up` deploys, built from `examples/hello` by the build script.

@@ -111,3 +111,40 @@ fn skopeo_login_uses_the_token_flow() -> Result {
     assert!(!out.status.success());
     Ok(())
 }
+
+/// Output cut short by the reader (`berth … | head`) ends the command quietly, not in a panic.
+#[test]
+fn a_closed_pipe_is_not_a_panic() -> Result {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let s = Server::start()?;
+    // Enough repositories that the listing is far larger than a pipe's buffer.
+    for i in 0..700 {
+        let r = http(
+            "POST",
+            &s.url("/api/v1/repositories"),
+            Some(&s.creds()),
+            &[("Content-Type", "application/json")],
+            format!("{{\"name\":\"r{i:04}\"}}").as_bytes(),
+        )?;
+        assert_eq!(r.status, 201);
+    }
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&s.dir)
+        .args(["-o", "json", "repo", "list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("HOME", &s.dir)
+        .spawn()?;
+    // Take one byte and close the pipe.
+    let mut out = child.stdout.take().ok_or("no stdout")?;
+    let mut one = [0u8; 1];
+    out.read_exact(&mut one)?;
+    drop(out);
+    let mut err = String::new();
+    child.stderr.take().ok_or("no stderr")?.read_to_string(&mut err)?;
+    child.wait()?;
+    assert!(!err.contains("panicked"), "{err}");
+    Ok(())
+}

@@ -268,7 +268,9 @@ fn berth_up_leaves_the_demo_service_running() -> Result {
     let (env, _sandbox) = runtime_sandbox("u", 249, "hello-", dir.path())?;
     let mut cmd = std::process::Command::new(BIN);
     cmd.args(["up", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path());
+    let home = dir.path().join("home");
     cmd.envs(env).env("BERTH_ROUTER_HTTP", "127.0.0.1:0").env("BERTH_ROUTER_HTTPS", "127.0.0.1:0");
+    cmd.env("HOME", &home).env_remove("XDG_CONFIG_HOME");
     let out = dir.path().join("up.out");
     let child = cmd.stdout(std::fs::File::create(&out)?).stderr(std::process::Stdio::null()).spawn()?;
     let up = berth_testkit::BerthProcess { child, addr: String::new(), token: String::new() };
@@ -287,6 +289,17 @@ fn berth_up_leaves_the_demo_service_running() -> Result {
         .args(["--resolve", &format!("hello.localhost:{port}:127.0.0.1"), &format!("{url}/")])
         .output()?;
     assert!(String::from_utf8_lossy(&curl.stdout).starts_with("hello from v1"), "{curl:?}");
+    // `berth up` saved a login: the CLI works from any directory.
+    assert!(home.join(".config/berth/login.json").exists(), "{text}");
+    let anywhere = std::process::Command::new(BIN)
+        .args(["service", "show", "hello"])
+        .current_dir("/")
+        .env("HOME", &home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("BERTH_SERVER")
+        .env_remove("BERTH_TOKEN")
+        .output()?;
+    assert!(String::from_utf8_lossy(&anywhere.stdout).contains("RUNNING"), "{}", String::from_utf8_lossy(&anywhere.stderr));
     // Remove the demo's instances through the API before the server goes.
     let del = std::process::Command::new(BIN).arg("--data-dir").arg(dir.path()).args(["service", "delete", "hello", "--wait"]).output()?;
     assert!(del.status.success(), "{}", String::from_utf8_lossy(&del.stderr));

@@ -67,6 +67,10 @@ impl Client {
         Ok(Client::new(&server, token))
     }
 
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -90,9 +94,12 @@ impl Client {
                 }
             }
             Err(ureq::Error::Status(code, resp)) => {
-                let body: Value = resp.into_json().unwrap_or(Value::Null);
-                let msg =
-                    body.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| format!("HTTP {code}"));
+                let text = resp.into_string().unwrap_or_default();
+                let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                let msg = body.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| match text.trim() {
+                    "" => format!("HTTP {code}"),
+                    t => format!("HTTP {code}: {}", t.chars().take(500).collect::<String>()),
+                });
                 if code == 401 && self.token.is_none() {
                     bail!("{msg}\nno token found: run `berth login {}`, pass --token, or run on the server host", self.base);
                 }

@@ -42,7 +42,7 @@ pub enum Command {
         /// Replaces the image's entrypoint and command: words split on spaces, or a JSON array.
         #[arg(long)]
         command: Option<String>,
-        /// CPU limit in thousandths of a vCPU (1000 = one vCPU).
+        /// CPU limit in thousandths of a vCPU (1000 = one vCPU; services take CPU units, 1024 = one vCPU).
         #[arg(long)]
         cpu_millis: Option<u32>,
         /// Memory limit in MiB.
@@ -510,6 +510,17 @@ fn cellstr(v: &Value, k: &str) -> String {
     v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned()
 }
 
+/// Saves `server` and `token` for later commands (mode 0600); returns the file.
+pub fn save_login(server: &str, token: &str) -> anyhow::Result<std::path::PathBuf> {
+    let file = login_file().context("cannot tell where to save the login: set HOME or XDG_CONFIG_HOME")?;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let content = serde_json::to_vec_pretty(&json!({ "server": server, "token": token }))?;
+    write_private(&file, &content)?;
+    Ok(file)
+}
+
 fn login(g: &GlobalArgs, url: &str, token_stdin: bool) -> anyhow::Result<()> {
     let token = if token_stdin {
         let mut s = String::new();
@@ -520,12 +531,7 @@ fn login(g: &GlobalArgs, url: &str, token_stdin: bool) -> anyhow::Result<()> {
     };
     let c = Client::new(url, Some(token.clone()));
     let who = c.get("/api/v1/whoami").with_context(|| format!("checking the token against {url}"))?;
-    let file = login_file().context("cannot tell where to save the login: set HOME or XDG_CONFIG_HOME")?;
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let content = serde_json::to_vec_pretty(&json!({ "server": c.base(), "token": token }))?;
-    write_private(&file, &content)?;
+    let file = save_login(c.base(), &token)?;
     eprintln!(
         "logged in to {} as token `{}`; saved to {}",
         c.base(),

@@ -73,7 +73,20 @@ fn wait_for_server(g: &GlobalArgs) -> anyhow::Result<Client> {
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no answer")).context("the server did not come up"))
 }
 
+/// Saves a login for this server when there is none yet, so `berth` works from any directory.
+fn remember(client: &Client) {
+    let Some(token) = client.token() else { return };
+    if crate::client::login_file().is_some_and(|f| f.exists()) {
+        return;
+    }
+    match crate::commands::save_login(client.base(), token) {
+        Ok(file) => println!("Saved a login for {} to {}: berth commands work from any directory.", client.base(), file.display()),
+        Err(e) => eprintln!("note: could not save a login ({e:#}); run berth commands from this directory or pass --server and --token"),
+    }
+}
+
 fn explain(client: &Client, url: &str, status: &str) {
+    remember(client);
     let data = client.base().to_owned();
     println!();
     println!("The demo service `{SERVICE}` is {status}: {url}");

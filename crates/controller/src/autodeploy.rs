@@ -1,25 +1,28 @@
-//! Auto-deploy: a service with `auto_deploy` on `repo:tag` deploys every new digest pushed to
-//! that tag. Pushes wake it at once; it also looks every few seconds and at start, so pushes
-//! made while berth was down are caught up. A digest that already has a revision of the service
-//! is not deployed again, so the same digest pushed again does nothing and a broken push that
-//! rolled back is not retried; a service busy with another operation is retried when that one
-//! ends.
+//! Auto-deploy: a service with `auto_deploy` on `repo:tag` follows every move of that tag to a
+//! digest other than the serving one — a new push, and a revert by moving the tag back to an
+//! older digest alike. Pushes wake it at once; it also looks every few seconds and at start, so
+//! pushes of new digests made while berth was down are caught up. A digest whose deployment
+//! failed (rolled back) is not tried again, and an event says so once; the same digest pushed
+//! again does nothing; a deploy by hand of another image is left alone until the tag moves; a
+//! service busy with another operation is retried when that one ends.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use berth_core::service::ImageSource;
-use berth_core::ServiceStatus;
+use berth_core::{Digest, OperationStatus, ServiceStatus};
 use berth_store::PushEvent;
 use tokio::sync::broadcast;
 
-use crate::model::{Revision, ServiceDoc};
+use crate::model::{Operation, Revision, ServiceDoc};
 use crate::{from_value, resolved, Controller, ControllerError, Shared};
 
 pub(crate) async fn run(sh: Weak<Shared>, mut pushes: Option<broadcast::Receiver<PushEvent>>) {
+    let mut state = Watch::default();
     loop {
         let Some(shared) = sh.upgrade() else { return };
-        if let Err(e) = pass(&shared).await {
+        if let Err(e) = pass(&shared, &mut state).await {
             tracing::warn!(error = %e, "auto-deploy pass failed");
         }
         let wake = shared.autodeploy.notified();
@@ -40,7 +43,16 @@ pub(crate) async fn run(sh: Weak<Shared>, mut pushes: Option<broadcast::Receiver
     }
 }
 
-async fn pass(sh: &Arc<Shared>) -> Result<(), ControllerError> {
+/// What auto-deploy remembers between passes.
+#[derive(Default)]
+struct Watch {
+    /// The digest each service's tag pointed at when last acted on: a different one is a move.
+    seen: HashMap<String, Digest>,
+    /// Failed digests already reported, so the event is said once.
+    reported: HashSet<(String, Digest)>,
+}
+
+async fn pass(sh: &Arc<Shared>, state: &mut Watch) -> Result<(), ControllerError> {
     let controller = Controller { sh: sh.clone() };
     for record in sh.store.list_services().await? {
         let name = record.key.clone();
@@ -52,17 +64,56 @@ async fn pass(sh: &Arc<Shared>) -> Result<(), ControllerError> {
         let Some(tag) = src.tag() else { continue };
         let repo = src.repository.as_str();
         let Some(digest) = sh.store.resolve_tag(repo, tag).await? else { continue };
-        let known = sh.store.list_revisions(&name).await?.into_iter().filter_map(|r| Revision::from_record(&name, r).ok());
-        if known.into_iter().any(|r| r.doc.digest == digest) {
+        let revisions: Vec<Revision> =
+            sh.store.list_revisions(&name).await?.into_iter().filter_map(|r| Revision::from_record(&name, r).ok()).collect();
+        let serving = svc.current_revision.and_then(|n| revisions.iter().find(|r| r.number == n)).map(|r| &r.doc.digest);
+        let moved = state.seen.get(&name).is_some_and(|prev| prev != &digest);
+        let new_digest = !revisions.iter().any(|r| r.doc.digest == digest);
+        if serving == Some(&digest) || !(moved || new_digest) {
+            state.seen.insert(name, digest);
+            continue;
+        }
+        if let Some(failed) = failed_revision(sh, &name, &revisions, &digest).await? {
+            state.seen.insert(name.clone(), digest.clone());
+            if state.reported.insert((name.clone(), digest.clone())) {
+                let message = format!(
+                    "{repo}:{tag} points at {digest}, whose deployment failed (revision {failed}); not deploying it again: push a fix, or `berth service deploy {name}` to try anyway"
+                );
+                sh.store.add_service_event(&name, crate::model::now(), "auto_deploy_skipped", &message).await?;
+            }
             continue;
         }
         let rev = resolved(&sh.store, &svc.spec, repo, digest.clone()).await?;
         let why = format!("auto-deploy: {repo}:{tag} now points at {digest}");
         match controller.deploy_revision_doc(&name, &svc, rev, Some(why)).await {
-            Ok(op) => tracing::info!(service = %name, operation = %op.id, "auto-deploy started"),
+            Ok(op) => {
+                tracing::info!(service = %name, operation = %op.id, "auto-deploy started");
+                state.seen.insert(name, digest);
+            }
+            // Tried again after the operation in progress.
             Err(ControllerError::Busy { .. }) => {}
             Err(e) => tracing::warn!(service = %name, error = %e, "auto-deploy could not start"),
         }
     }
     Ok(())
+}
+
+/// The number of a revision of `digest` whose deployment failed and was not followed by one that
+/// succeeded, if any.
+async fn failed_revision(sh: &Shared, service: &str, revisions: &[Revision], digest: &Digest) -> Result<Option<u32>, ControllerError> {
+    let of_digest: HashSet<u32> = revisions.iter().filter(|r| &r.doc.digest == digest).map(|r| r.number).collect();
+    if of_digest.is_empty() {
+        return Ok(None);
+    }
+    // Newest first: the latest outcome for this digest decides.
+    for record in sh.store.list_operations(Some(service), false, None, 200).await? {
+        let op: Operation = from_value(record.doc)?;
+        let Some(target) = op.target_revision.filter(|t| of_digest.contains(t)) else { continue };
+        match op.status {
+            OperationStatus::Succeeded => return Ok(None),
+            OperationStatus::Failed | OperationStatus::RollbackSucceeded | OperationStatus::RollbackFailed => return Ok(Some(target)),
+            _ => {}
+        }
+    }
+    Ok(None)
 }

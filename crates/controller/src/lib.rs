@@ -255,6 +255,14 @@ impl Controller {
         }
     }
 
+    /// `Busy` naming the operation in progress on `service`, if one is.
+    fn refuse_while_busy(&self, service: &str) -> Result<()> {
+        match self.sh.handles.lock().unwrap_or_else(|p| p.into_inner()).get(service) {
+            Some(h) => refuse_if_busy(service, &h.busy.lock().unwrap_or_else(|p| p.into_inner())),
+            None => Ok(()),
+        }
+    }
+
     fn release(&self, service: &str) {
         if let Some(h) = self.sh.handles.lock().unwrap_or_else(|p| p.into_inner()).get(service) {
             *h.busy.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -284,12 +292,21 @@ impl Controller {
         Ok(op)
     }
 
-    /// Changes a service's configuration: a new revision, deployed blue/green.
+    /// Changes a service's configuration: a new revision, deployed blue/green. The digest stays
+    /// the serving one unless the image itself changed: a change of configuration never moves a
+    /// service onto another build (say, one that was rolled back).
     pub async fn update(&self, spec: ServiceSpec) -> Result<Operation> {
         spec.validate()?;
         let svc = self.service_doc(&spec.name).await?;
         self.require_unpaused(&spec.name, &svc)?;
-        let rev = resolve(&self.sh.store, &spec, None).await?;
+        self.refuse_while_busy(&spec.name)?;
+        let rev = match svc.current_revision {
+            Some(n) if spec.source.image == svc.spec.source.image => {
+                let serving = self.revision(&spec.name, n).await?;
+                resolved(&self.sh.store, &spec, &serving.doc.repository, serving.doc.digest.clone()).await?
+            }
+            _ => resolve(&self.sh.store, &spec, None).await?,
+        };
         let number = self.sh.store.create_revision(&spec.name, &to_value(&rev)?, now()).await?;
         let mut op = Operation::new(&spec.name, OperationType::UpdateService, Some(number), svc.current_revision);
         op.say(format!("updating `{}`; revision {number}: {}@{} ({})", spec.name, rev.repository, rev.digest, tags_text(&rev.tags)));
@@ -313,9 +330,7 @@ impl Controller {
         why: Option<String>,
     ) -> Result<Operation> {
         // Refuse before writing a revision nobody will deploy.
-        if let Some(h) = self.sh.handles.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
-            refuse_if_busy(name, &h.busy.lock().unwrap_or_else(|p| p.into_inner()))?;
-        }
+        self.refuse_while_busy(name)?;
         let number = self.sh.store.create_revision(name, &to_value(&rev)?, now()).await?;
         let mut op = Operation::new(name, OperationType::StartDeployment, Some(number), svc.current_revision);
         if let Some(w) = why {
@@ -343,6 +358,7 @@ impl Controller {
 
     pub async fn pause(&self, name: &str) -> Result<Operation> {
         let svc = self.service_doc(name).await?;
+        self.refuse_while_busy(name)?;
         if svc.status != ServiceStatus::Running {
             return Err(ControllerError::Conflict(format!("`{name}` is {}; only a RUNNING service can be paused", svc.status)));
         }
@@ -351,6 +367,7 @@ impl Controller {
 
     pub async fn resume(&self, name: &str) -> Result<Operation> {
         let svc = self.service_doc(name).await?;
+        self.refuse_while_busy(name)?;
         if svc.status != ServiceStatus::Paused {
             return Err(ControllerError::Conflict(format!("`{name}` is {}, not PAUSED", svc.status)));
         }

@@ -100,6 +100,18 @@ async fn drain_and_remove(sh: Arc<Shared>, bound: Duration, left: Vec<Arc<Upstre
     }
 }
 
+/// What an instance is told about itself, as environment variables: its service, revision and
+/// instance (berth's names, and Knative's and Cloud Run's `K_SERVICE` and `K_REVISION`).
+fn identity(service: &str, rev: &Revision, instance: &InstanceId) -> [(String, String); 5] {
+    [
+        ("BERTH_SERVICE".into(), service.to_owned()),
+        ("BERTH_REVISION".into(), rev.id.clone()),
+        ("BERTH_INSTANCE".into(), instance.to_string()),
+        ("K_SERVICE".into(), service.to_owned()),
+        ("K_REVISION".into(), rev.id.clone()),
+    ]
+}
+
 /// Instances on their way out (draining, stopping), which the sweep leaves alone.
 type Retiring = Arc<Mutex<std::collections::HashSet<InstanceId>>>;
 
@@ -367,7 +379,7 @@ impl Supervisor {
             image: ImageRef { repository: rev.doc.repository.clone(), digest: rev.doc.digest.clone() },
             entrypoint: command,
             cmd: spec.image_config.start_command.as_ref().map(|_| Vec::new()),
-            env: spec.image_config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: spec.image_config.env.iter().map(|(k, v)| (k.clone(), v.clone())).chain(identity(&self.name, rev, &id)).collect(),
             port: spec.image_config.port,
             resources: Resources {
                 cpu_millis: spec.instance.cpu * 1000 / 1024,

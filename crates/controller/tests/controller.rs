@@ -169,6 +169,14 @@ async fn deploys_rolls_back_refuses_replaces_pauses_and_deletes() -> Result {
     assert_eq!(w.upstreams("web-app.localhost").len(), 1);
     let creates = w.runtime.calls().iter().filter(|c| matches!(c, Call::Create(_))).count();
     assert_eq!(creates, 1, "the create operation ran once");
+    // Instances know who they are.
+    let created = w.runtime.calls().into_iter().find_map(|c| match c {
+        Call::Create(id) => w.runtime.spec(&id),
+        _ => None,
+    });
+    let env: std::collections::HashMap<String, String> = created.ok_or("no create")?.env.into_iter().collect();
+    assert_eq!((env.get("BERTH_SERVICE"), env.get("K_REVISION")), (Some(&"web-app".to_string()), Some(&"web-app-0001".to_string())));
+    assert!(env.get("BERTH_INSTANCE").is_some_and(|i| i.starts_with("web-app-1-")), "{env:?}");
     assert!(matches!(c.create(spec("Web_App", "web:latest")).await, Err(ControllerError::Exists(_))));
 
     // A deploy of a new digest: blue/green, the old instance drained and removed.
@@ -291,7 +299,40 @@ async fn auto_deploys_pushes_once_and_a_failed_create_is_reported() -> Result {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ops = c.operations("api-svc", None, 10).await?;
     assert_eq!(ops.len(), 3, "create, deploy, rolled-back deploy: {:?}", ops.iter().map(|o| o.status).collect::<Vec<_>>());
-    assert_eq!(c.get("api-svc").await?.current_revision.map(|r| r.doc.digest), Some(d11));
+    assert_eq!(c.get("api-svc").await?.current_revision.map(|r| r.doc.digest), Some(d11.clone()));
+    // A push of a good digest deploys it; moving the tag to the digest that failed does not, and
+    // says so once; moving it back to an older, good digest (a revert) deploys that.
+    let d13 = w.push("api", "latest", 13).await?;
+    let serving = |c: &Controller| {
+        let c = c.clone();
+        async move { c.get("api-svc").await.ok().and_then(|s| s.current_revision.map(|r| r.doc.digest)) }
+    };
+    for _ in 0..500 {
+        if serving(&c).await.as_ref() == Some(&d13) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(serving(&c).await.as_ref(), Some(&d13));
+    w.push("api", "latest", 12).await?;
+    let mut skipped = Vec::new();
+    for _ in 0..500 {
+        skipped = c.events("api-svc", None, 50).await?.into_iter().filter(|e| e.kind == "auto_deploy_skipped").collect();
+        if !skipped.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(skipped.len() == 1 && skipped[0].message.contains("whose deployment failed"), "{skipped:?}");
+    assert_eq!(serving(&c).await.as_ref(), Some(&d13));
+    w.push("api", "latest", 11).await?;
+    for _ in 0..500 {
+        if serving(&c).await.as_ref() == Some(&d11) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(serving(&c).await.as_ref(), Some(&d11), "moving the tag back to an older digest deployed nothing");
 
     // A first deployment that cannot become healthy: CREATE_FAILED with the reason.
     w.prober.broken.lock().unwrap_or_else(|p| p.into_inner()).insert(1);
@@ -450,4 +491,35 @@ async fn an_instance_whose_delete_failed_is_removed_later() -> Result {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(format!("{first} was left behind after its delete failed").into())
+}
+
+/// A change of configuration keeps the serving build (even when the tag has moved on); an update,
+/// a pause or a resume refused because another operation runs names it and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_keep_the_serving_digest_and_refusals_leave_nothing() -> Result {
+    let w = World::new()?;
+    let d1 = w.push("web", "latest", 1).await?;
+    let c = w.controller().await?;
+    let mut s = spec("conf-app", "web:latest");
+    s.source.auto_deploy = Some(false);
+    wait_op(&c, &c.create(s.clone()).await?.id).await?;
+    w.push("web", "latest", 2).await?;
+    s.image_config.env.insert("MODE".into(), "blue".into());
+    let op = wait_op(&c, &c.update(s.clone()).await?.id).await?;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
+    let svc = c.get("conf-app").await?;
+    assert_eq!(svc.current_revision.map(|r| r.doc.digest), Some(d1), "a config change moved the service onto another build");
+
+    // Another operation in progress: refused, named, and no revision left behind.
+    w.prober.broken.lock().unwrap_or_else(|p| p.into_inner()).insert(3);
+    let slow = c.deploy("conf-app", Some("web:latest")).await?;
+    let revisions = c.revisions("conf-app").await?.len();
+    s.image_config.env.insert("MODE".into(), "green".into());
+    for refused in [c.update(s.clone()).await.err(), c.pause("conf-app").await.err(), c.resume("conf-app").await.err()] {
+        let msg = refused.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains(&slow.id), "the refusal does not name the operation in progress: {msg}");
+    }
+    assert_eq!(c.revisions("conf-app").await?.len(), revisions, "a refused update left a revision behind");
+    wait_op(&c, &slow.id).await?;
+    Ok(())
 }

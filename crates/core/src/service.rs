@@ -230,7 +230,7 @@ impl ServiceSpec {
             e.push("image_config.start_command is empty; leave it out to use the image's".into());
         }
         if ![256, 512, 1024, 2048, 4096].contains(&self.instance.cpu) {
-            e.push(format!("instance.cpu must be 256, 512, 1024, 2048 or 4096 (thousandths of a vCPU; got {})", self.instance.cpu));
+            e.push(format!("instance.cpu must be 256, 512, 1024, 2048 or 4096 (CPU units, 1024 = one vCPU; got {})", self.instance.cpu));
         }
         in_range(&mut e, "instance.memory", self.instance.memory, 128, 12288, " MB");
         let hc = &self.health_check;

@@ -59,6 +59,11 @@ impl FakeRuntime {
         self.lock().fail_start.insert(id.clone());
     }
 
+    /// The spec instance `id` was created with, while it exists.
+    pub fn spec(&self, id: &InstanceId) -> Option<InstanceSpec> {
+        self.lock().instances.get(id).map(|(spec, _)| spec.clone())
+    }
+
     /// The next delete of `id` fails (the host short of resources, say), leaving it in place.
     pub fn fail_next_delete(&self, id: &InstanceId) {
         self.lock().fail_delete.insert(id.clone());
