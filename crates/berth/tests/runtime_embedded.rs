@@ -188,6 +188,10 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
         rt.delete(&InstanceId::new(format!("hello-{i}"))?).await?;
     }
     assert_eq!(rt.collect_layers()?, 1);
+    // Their logs are kept a while after them.
+    assert_eq!(rt.retired().await?.len(), 3);
+    let kept = rt.logs(&InstanceId::new("hello-0")?, 0).await?;
+    assert!(kept.iter().any(|l| l.contains("listening on port 8080")), "{kept:?}");
     assert_eq!(std::fs::read_dir(root.join("layers/layers/sha256"))?.count(), 0);
     assert!(rt.list().await?.is_empty());
     let netns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output()?.stdout).into_owned();

@@ -213,10 +213,20 @@ fn push_deploy_roll_back_replace_pause_resume_and_roll_back_by_id() -> Result {
         "{revisions}"
     );
 
-    // Deleting frees every instance.
+    // An operation's log, by its id, as a table.
+    let last = last_operation(&s)?;
+    let shown = s.cli_ok(&["service", "operation", last["id"].as_str().ok_or("no id")?])?;
+    assert!(shown.contains("rolling back to revision web-app-0001") && shown.contains("SUCCEEDED"), "{shown}");
+
+    // Deleting frees every instance; the service's events stay readable.
     s.cli_ok(&["service", "delete", "web-app", "--wait"])?;
     let left = s.cli_ok(&["instance", "list"])?;
     assert!(!left.contains("web-app-"), "{left}");
+    let events = s.cli_ok(&["service", "events", "web-app"])?;
+    assert!(events.contains("instance_replaced"), "{events}");
+    // So do the logs of its instances.
+    let logs = s.cli_ok(&["service", "logs", "web-app"])?;
+    assert!(logs.contains("listening on port 8080"), "{logs}");
     Ok(())
 }
 

@@ -47,6 +47,13 @@ fn utc(secs: i64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// Unix milliseconds as a UTC time of day with milliseconds, after the date: for operation logs.
+pub fn utc_millis(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let text = utc(secs);
+    format!("{}.{:03}Z", text.trim_end_matches('Z'), ms.rem_euclid(1000))
+}
+
 /// Prints `rows` (JSON objects) as a table of `columns`, or `whole` as JSON.
 pub fn list(format: Format, whole: &Value, rows: &[Value], columns: &[Column<'_>]) {
     match format {

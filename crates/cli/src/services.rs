@@ -74,6 +74,8 @@ pub enum ServiceCommand {
     Revisions { name: String },
     /// List operations, newest first.
     Operations { name: String },
+    /// Show one operation with its log (ids come from `service operations`).
+    Operation { id: String },
     /// List events (status changes, replaced instances, crash loops), newest first.
     Events { name: String },
     /// Print the instances' logs.
@@ -385,20 +387,38 @@ pub fn run(c: &Client, fmt: Format, cmd: ServiceCommand) -> anyhow::Result<()> {
             let v = c.get(&format!("{}/operations", path(&name)))?;
             output::list(fmt, &v, &rows(&v, "operations"), OPERATION_COLUMNS);
         }
+        ServiceCommand::Operation { id } => {
+            let op = c.get(&format!("/api/v1/operations/{}", segment(&id)))?;
+            match fmt {
+                Format::Json => output::object(fmt, &op, OPERATION_COLUMNS),
+                Format::Table => {
+                    output::object(fmt, &op, OPERATION_COLUMNS);
+                    println!();
+                    for line in rows(&op, "log") {
+                        let at = line["at_ms"].as_i64().filter(|&ms| ms > 0).unwrap_or(line["at"].as_i64().unwrap_or(0) * 1000);
+                        println!("{}  {}", output::utc_millis(at), line["message"].as_str().unwrap_or(""));
+                    }
+                }
+            }
+        }
         ServiceCommand::Events { name } => {
             let v = c.get(&format!("{}/events", path(&name)))?;
             output::list(fmt, &v, &rows(&v, "events"), EVENT_COLUMNS);
         }
         ServiceCommand::Logs { name, follow, tail } => {
-            let mut seen = std::collections::HashSet::new();
+            // The last line printed of each instance: later polls print only what follows it, so
+            // the lines before the first --tail are never printed after all.
+            let mut printed: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
             let mut tail = tail;
             loop {
                 let v = c.get(&format!("{}/logs?tail={tail}", path(&name)))?;
                 for l in rows(&v, "lines") {
-                    let key = (l["instance"].as_str().unwrap_or("").to_owned(), l["index"].as_u64().unwrap_or(0));
-                    if seen.insert(key) {
-                        println!("{} {}", l["instance"].as_str().unwrap_or(""), l["line"].as_str().unwrap_or(""));
+                    let (instance, index) = (l["instance"].as_str().unwrap_or("").to_owned(), l["index"].as_u64().unwrap_or(0));
+                    if printed.get(&instance).is_some_and(|&last| index <= last) {
+                        continue;
                     }
+                    println!("{instance} {}", l["line"].as_str().unwrap_or(""));
+                    printed.insert(instance, index);
                 }
                 if !follow {
                     break;

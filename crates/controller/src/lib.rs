@@ -472,21 +472,33 @@ impl Controller {
 
     /// The last `tail` log lines of each of the service's instances, oldest first, each with its
     /// instance id and its index in that instance's log (for following).
+    /// Instances that are gone keep their logs for a while (the runtime's retention): the last
+    /// [`RETIRED_SHOWN`] of them are included, and a deleted service's logs stay readable.
     pub async fn logs(&self, name: &str, tail: usize) -> Result<Vec<(String, usize, String)>> {
-        load_service(&self.sh.store, name).await?;
+        let runtime_err = |e: berth_runtime::RuntimeError| ControllerError::Conflict(e.to_string());
+        let ours = |labels: &[(String, String)]| labels.iter().any(|(k, v)| k == supervisor::LABEL_SERVICE && v == name);
+        let mut ids: Vec<berth_runtime::InstanceId> =
+            self.sh.runtime.list().await.map_err(runtime_err)?.into_iter().filter(|i| ours(&i.labels)).map(|i| i.id).collect();
+        let retired = self.sh.runtime.retired().await.map_err(runtime_err)?;
+        let gone: Vec<berth_runtime::InstanceId> =
+            retired.into_iter().filter(|r| ours(&r.labels) && !ids.contains(&r.id)).take(RETIRED_SHOWN).map(|r| r.id).collect();
+        ids.extend(gone);
+        if ids.is_empty() {
+            load_service(&self.sh.store, name).await?;
+        }
         let mut out = Vec::new();
-        for inst in self.sh.runtime.list().await.map_err(|e| ControllerError::Conflict(e.to_string()))? {
-            if !inst.labels.iter().any(|(k, v)| k == supervisor::LABEL_SERVICE && v == name) {
-                continue;
-            }
-            let lines = self.sh.runtime.logs(&inst.id, 0).await.unwrap_or_default();
+        for id in ids {
+            let lines = self.sh.runtime.logs(&id, 0).await.unwrap_or_default();
             let skip = lines.len().saturating_sub(tail);
-            out.extend(lines.into_iter().enumerate().skip(skip).map(|(i, l)| (inst.id.to_string(), i, l)));
+            out.extend(lines.into_iter().enumerate().skip(skip).map(|(i, l)| (id.to_string(), i, l)));
         }
         out.sort_by(|a, b| a.2.cmp(&b.2));
         Ok(out)
     }
 }
+
+/// Gone instances whose kept logs a service's logs include.
+const RETIRED_SHOWN: usize = 20;
 
 /// `Busy` naming the operation in progress on `service`, if one is.
 fn refuse_if_busy(service: &str, busy: &Option<(String, OperationType)>) -> Result<()> {

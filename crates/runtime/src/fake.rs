@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use crate::{InstanceId, InstanceSpec, InstanceState, InstanceStatus, Result, Runtime, RuntimeError, RuntimeEvent};
+use crate::{InstanceId, InstanceSpec, InstanceState, InstanceStatus, Result, RetiredInstance, Runtime, RuntimeError, RuntimeEvent};
 
 /// A recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,7 @@ struct Inner {
     calls: Vec<Call>,
     fail_start: HashSet<InstanceId>,
     fail_delete: HashSet<InstanceId>,
+    retired: Vec<RetiredInstance>,
     next_ip: u32,
 }
 
@@ -40,8 +41,14 @@ impl Default for FakeRuntime {
 
 impl FakeRuntime {
     pub fn new() -> FakeRuntime {
-        let inner =
-            Inner { instances: BTreeMap::new(), calls: Vec::new(), fail_start: HashSet::new(), fail_delete: HashSet::new(), next_ip: 2 };
+        let inner = Inner {
+            instances: BTreeMap::new(),
+            calls: Vec::new(),
+            fail_start: HashSet::new(),
+            fail_delete: HashSet::new(),
+            retired: Vec::new(),
+            next_ip: 2,
+        };
         FakeRuntime { inner: Mutex::new(inner), events: broadcast::channel(256).0 }
     }
 
@@ -143,7 +150,9 @@ impl Runtime for FakeRuntime {
         if inner.fail_delete.remove(id) {
             return Err(RuntimeError::Backend(format!("deleting {id}: Too many open files (os error 24)")));
         }
-        inner.instances.remove(id);
+        if let Some((spec, _)) = inner.instances.remove(id) {
+            inner.retired.insert(0, RetiredInstance { id: id.clone(), labels: spec.labels, deleted_at: 0 });
+        }
         Ok(())
     }
 
@@ -157,10 +166,14 @@ impl Runtime for FakeRuntime {
 
     async fn logs(&self, id: &InstanceId, since: usize) -> Result<Vec<String>> {
         let inner = self.lock();
-        if !inner.instances.contains_key(id) {
+        if !inner.instances.contains_key(id) && !inner.retired.iter().any(|r| &r.id == id) {
             return Err(RuntimeError::NotFound(id.clone()));
         }
         Ok(vec![format!("fake log line for {id}")].into_iter().skip(since).collect())
+    }
+
+    async fn retired(&self) -> Result<Vec<RetiredInstance>> {
+        Ok(self.lock().retired.clone())
     }
 
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {

@@ -45,8 +45,11 @@ pub trait Runtime: Send + Sync + 'static {
     async fn delete(&self, id: &InstanceId) -> Result<()>;
     async fn inspect(&self, id: &InstanceId) -> Result<Option<InstanceStatus>>;
     async fn list(&self) -> Result<Vec<InstanceStatus>>;
-    /// The instance's log lines (timestamp, stream, text) after the first `since` lines.
+    /// The instance's log lines (timestamp, stream, text) after the first `since` lines — of a
+    /// deleted instance too, while its log is kept.
     async fn logs(&self, id: &InstanceId, since: usize) -> Result<Vec<String>>;
+    /// Deleted instances whose logs are still kept, newest first.
+    async fn retired(&self) -> Result<Vec<RetiredInstance>>;
     /// Lifecycle events as they happen (started, exited, OOM-killed).
     fn events(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent>;
 }

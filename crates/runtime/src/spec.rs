@@ -145,6 +145,15 @@ pub struct InstanceStatus {
     pub address: Option<SocketAddr>,
 }
 
+/// A deleted instance whose log is still kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredInstance {
+    pub id: InstanceId,
+    pub labels: Vec<(String, String)>,
+    /// Unix seconds.
+    pub deleted_at: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuntimeEvent {
     Started { id: InstanceId },

@@ -21,12 +21,23 @@ use super::files::{write_atomic, InstanceFiles};
 use super::network::{etc_files, Cidr, Network};
 use super::oci::{process_plan, runtime_spec, BundlePlan};
 use super::rootfs::{Rootfs, RootfsKind};
-use crate::{ImageRef, InstanceId, InstanceSpec, InstanceState, InstanceStatus, Result, Runtime, RuntimeError, RuntimeEvent};
+use crate::{
+    ImageRef, InstanceId, InstanceSpec, InstanceState, InstanceStatus, Result, RetiredInstance, Runtime, RuntimeError, RuntimeEvent,
+};
 
 /// How long `start` waits for a container to run.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often exits are looked for.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// How much of a deleted instance's log is kept, how long, and how much in all.
+const RETIRED_LOG_BYTES: usize = 1 << 20;
+const RETIRED_FOR: Duration = Duration::from_secs(7 * 86_400);
+const RETIRED_TOTAL_BYTES: u64 = 256 << 20;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
 /// Every how many watch intervals running instances' supervision is checked.
 const GUARD_EVERY: u64 = 5;
 
@@ -229,8 +240,7 @@ impl EmbeddedRuntime {
             tracing::warn!(instance = %id, reason = why, "an instance lost its supervision; killing it");
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             if !shim_alive {
-                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-                let record = super::files::ExitRecord { code: 137, signal: Some(9), oom_killed: false, at };
+                let record = super::files::ExitRecord { code: 137, signal: Some(9), oom_killed: false, at: unix_now() };
                 if let Err(e) = write_atomic(&files.exit(), &serde_json::to_vec(&record).unwrap_or_default()) {
                     tracing::warn!(instance = %id, error = %e, "recording the end of an instance failed");
                 }
@@ -317,6 +327,7 @@ impl EmbeddedRuntime {
     /// Frees everything an instance holds (container state, cgroups, mount, netns, address, files).
     async fn teardown(&self, id: &InstanceId) -> Result<()> {
         let dir = self.dir(id);
+        self.keep_log(id);
         if dir.join("state").exists() {
             let out =
                 tokio::process::Command::new(&self.config.shim).arg("shim").arg("delete").arg(&dir).output().await.map_err(backend)?;
@@ -330,6 +341,57 @@ impl EmbeddedRuntime {
             std::fs::remove_dir_all(&dir).map_err(backend)?;
         }
         Ok(())
+    }
+
+    fn retired_dir(&self) -> PathBuf {
+        self.config.root.join("retired")
+    }
+
+    /// Keeps the end of a deleted instance's log (at most [`RETIRED_LOG_BYTES`]), with its
+    /// labels, in `retired/`; then drops kept logs older than [`RETIRED_FOR`] and the oldest
+    /// beyond [`RETIRED_TOTAL_BYTES`] in all.
+    fn keep_log(&self, id: &InstanceId) {
+        let (Some(rec), dir) = (self.record(id), self.retired_dir()) else { return };
+        let files = InstanceFiles::new(&self.dir(id));
+        let Ok(text) = std::fs::read(files.log()) else { return };
+        let start = text.len().saturating_sub(RETIRED_LOG_BYTES);
+        // From a line's start.
+        let start = text[start..].iter().position(|&b| b == b'\n').filter(|_| start > 0).map_or(start, |p| start + p + 1);
+        let meta = serde_json::json!({ "labels": rec.labels, "deleted_at": unix_now() });
+        let kept = std::fs::create_dir_all(&dir)
+            .and_then(|()| write_atomic(&dir.join(format!("{id}.log")), &text[start..]))
+            .and_then(|()| write_atomic(&dir.join(format!("{id}.json")), meta.to_string().as_bytes()));
+        if let Err(e) = kept {
+            tracing::warn!(instance = %id, error = %e, "keeping the log of a deleted instance failed");
+        }
+        self.prune_retired();
+    }
+
+    fn prune_retired(&self) {
+        let mut kept: Vec<(i64, PathBuf, u64)> = std::fs::read_dir(self.retired_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| {
+                let at = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs() as i64);
+                (at, e.path(), e.metadata().map(|m| m.len()).unwrap_or(0))
+            })
+            .collect();
+        kept.sort_by_key(|k| std::cmp::Reverse(k.0));
+        let (now, mut total) = (unix_now(), 0u64);
+        for (at, path, len) in kept {
+            total += len;
+            if now - at > RETIRED_FOR.as_secs() as i64 || total > RETIRED_TOTAL_BYTES {
+                let _ = std::fs::remove_file(path.with_extension("json"));
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 
     async fn wait_exit(files: &InstanceFiles, within: Duration) -> bool {
@@ -488,10 +550,30 @@ impl Runtime for EmbeddedRuntime {
     }
 
     async fn logs(&self, id: &InstanceId, since: usize) -> Result<Vec<String>> {
-        self.record(id).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
-        let files = InstanceFiles::new(&self.dir(id));
-        let text = std::fs::read_to_string(files.log()).unwrap_or_default();
+        let path = match self.record(id) {
+            Some(_) => InstanceFiles::new(&self.dir(id)).log(),
+            None => Some(self.retired_dir().join(format!("{id}.log")))
+                .filter(|p| p.exists())
+                .ok_or_else(|| RuntimeError::NotFound(id.clone()))?,
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
         Ok(text.lines().skip(since).map(str::to_owned).collect())
+    }
+
+    async fn retired(&self) -> Result<Vec<RetiredInstance>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(self.retired_dir()).into_iter().flatten().flatten() {
+            let path = e.path();
+            let (Some(stem), Some("json")) = (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|x| x.to_str())) else {
+                continue;
+            };
+            let Ok(id) = InstanceId::new(stem) else { continue };
+            let Some(meta) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) else { continue };
+            let labels = serde_json::from_value(meta["labels"].clone()).unwrap_or_default();
+            out.push(RetiredInstance { id, labels, deleted_at: meta["deleted_at"].as_i64().unwrap_or(0) });
+        }
+        out.sort_by_key(|r| std::cmp::Reverse(r.deleted_at));
+        Ok(out)
     }
 
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
