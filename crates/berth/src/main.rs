@@ -30,8 +30,25 @@ enum Command {
     /// immutable except `latest`), creates the `hello` service with an HTTP health check and prints
     /// its URL. Running it again reuses what exists.
     Up(ServerArgs),
+    /// Remove what berth put on this host: every instance (stopped and deleted), the bridge with
+    /// its route and firewall tables, the cgroup parent; with --delete-data, the data directory
+    /// too. Run it with the server stopped, as root.
+    Uninstall(UninstallArgs),
     #[command(flatten)]
     Client(berth_cli::Command),
+}
+
+#[derive(clap::Args)]
+struct UninstallArgs {
+    /// A TOML config file (default: <data dir>/config.toml when it exists). Env BERTH_CONFIG.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Also delete the data directory: images, state, keys, tokens, logs.
+    #[arg(long)]
+    delete_data: bool,
+    /// Do it without asking (required: this removes running instances).
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(clap::Args)]
@@ -54,6 +71,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Server(args) => serve(&cli.global, args, false),
         Command::Up(args) => serve(&cli.global, args, true),
+        Command::Uninstall(args) => uninstall(&cli.global, args),
         Command::Client(cmd) => {
             exit_quietly_on_closed_pipe();
             berth_cli::run(&cli.global, cmd)
@@ -108,6 +126,27 @@ fn serve(global: &berth_cli::GlobalArgs, args: ServerArgs, demo: bool) -> ExitCo
     // it is bounded by its own limits, and what it leaves half done is cleared at the next start.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn uninstall(global: &berth_cli::GlobalArgs, args: UninstallArgs) -> ExitCode {
+    if !args.yes {
+        eprintln!("error: this stops and deletes every instance of this berth and removes its network from the host; run again with --yes");
+        return ExitCode::from(2);
+    }
+    let config = match config::Config::load(args.config.as_deref(), global.data_dir.as_deref(), |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match server::uninstall(config, args.delete_data) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -163,6 +163,55 @@ fn open_runtime(config: &Config, images: Arc<dyn ImageSource>) -> anyhow::Result
     Ok(Some(rt))
 }
 
+/// An image source for a runtime that only removes: it never pulls.
+struct NoImages;
+
+#[async_trait::async_trait]
+impl ImageSource for NoImages {
+    async fn manifest(&self, repository: &str, _: &str) -> Result<(String, Vec<u8>), berth_image::PullError> {
+        Err(berth_image::PullError::Source(format!("not pulling {repository}: berth is being uninstalled")))
+    }
+    async fn blob(&self, repository: &str, _: &berth_core::Digest, _: &Path) -> Result<(), berth_image::PullError> {
+        Err(berth_image::PullError::Source(format!("not pulling {repository}: berth is being uninstalled")))
+    }
+}
+
+/// `berth uninstall`: with the server stopped, removes every instance and what the runtime put
+/// on the host; with `delete_data`, the data directory as well.
+pub fn uninstall(mut config: Config, delete_data: bool) -> anyhow::Result<()> {
+    let data = config.data_dir.clone();
+    if let Some(addr) = fs::read_to_string(data.join(API_ADDRESS_FILE)).ok().map(|a| a.trim().trim_start_matches("http://").to_owned()) {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            anyhow::bail!("a berth server is running on {} (at {addr}); stop it first", data.display());
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("removing instances, network namespaces and cgroups needs root");
+    }
+    if data.exists() {
+        config.data_dir = fs::canonicalize(&data).with_context(|| format!("resolving {}", data.display()))?;
+        config.runtime.enabled = "on".into();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let removed = rt.block_on(async {
+            let runtime = open_runtime(&config, Arc::new(NoImages))?.context("the embedded runtime is off")?;
+            runtime.remove_all().await.map_err(|e| anyhow::anyhow!("{e}"))
+        })?;
+        println!(
+            "removed {removed} instances, the bridge {} and its route and firewall tables, the cgroup parent {}",
+            config.runtime.bridge, config.runtime.cgroup_parent
+        );
+    }
+    if delete_data && data.exists() {
+        let looks_like_ours = ["state.db", ADMIN_TOKEN_FILE, "runtime"].iter().any(|f| data.join(f).exists());
+        if !looks_like_ours {
+            anyhow::bail!("{} does not look like a berth data directory; not deleting it", data.display());
+        }
+        fs::remove_dir_all(&data).with_context(|| format!("deleting {}", data.display()))?;
+        println!("deleted the data directory {}", data.display());
+    }
+    Ok(())
+}
+
 /// The names services are served under: `<name>.localhost`, and `<name>.<base domain>`.
 fn suffixes(config: &Config) -> Vec<String> {
     let mut suffixes = vec![".localhost".to_owned()];
@@ -409,6 +458,14 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     let gate = Gate::new("API", config.api.max_connections);
     serve_api(listener, berth_api::app(state), gate, Duration::from_secs(config.api.idle_timeout_secs)).await;
+    // Instances outlive the server; with none left, nothing of berth stays on the host.
+    if let Some(rt) = &runtime {
+        match rt.release_host_if_idle().await {
+            Ok(true) => tracing::info!("no instance runs: removed the bridge, its route and firewall tables, and the cgroup parent"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "releasing the host's network and cgroups failed"),
+        }
+    }
     tracing::info!("berth stopped");
     Ok(())
 }

@@ -150,3 +150,58 @@ fn idle_and_excess_api_connections_are_closed() -> Result {
     assert_eq!(http("GET", &format!("http://{}/healthz", p.addr), None, &[], b"")?.status, 200);
     Ok(())
 }
+
+/// Nothing of berth stays on the host when nothing runs: a clean stop with no instance removes
+/// the bridge, its route and firewall tables and the cgroup parent; `berth uninstall` stops and
+/// removes the instances a server left running, the same host state, and the data directory.
+#[test]
+fn a_clean_stop_and_uninstall_leave_nothing_on_the_host() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data)?;
+    let (env, sandbox) = runtime_sandbox("x", 244, "x", &data)?;
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let bridge_exists =
+        || Command::new("ip").args(["link", "show", "dev", &sandbox.bridge]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let table_exists = || {
+        Command::new("nft")
+            .args(["list", "table", "inet", &format!("berth_{}", sandbox.bridge)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+
+    // cgroup v2 has one hierarchy; v1 one per controller, of which `pids` is always used.
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let cgroup = Path::new(if v2 { "/sys/fs/cgroup" } else { "/sys/fs/cgroup/pids" }).join(&sandbox.cgroup_parent);
+
+    let mut p = BerthProcess::start(Path::new(BIN), &data, &env)?;
+    assert!(bridge_exists() && table_exists());
+    Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status()?;
+    p.child.wait()?;
+    assert!(!bridge_exists() && !table_exists(), "a clean stop with no instance left the bridge or its firewall");
+    assert!(!cgroup.exists(), "a clean stop with no instance left the cgroup parent");
+
+    // A server killed while an instance runs: the instance keeps running; uninstall removes it.
+    let p = BerthProcess::start(Path::new(BIN), &data, &env)?;
+    let bin = berth_testkit::hello_binary(tmp.path())?;
+    let cli =
+        |args: &[&str]| Command::new(BIN).arg("--data-dir").arg(&data).args(args).env("HOME", &data).envs(env.iter().copied()).output();
+    ok(&cli(&["image", "build", "--binary", &bin.display().to_string(), "--port", "8080", "-t", "hello:v1"])?)?;
+    ok(&cli(&["run", "hello:v1", "--name", "x1"])?)?;
+    let pid: i32 = std::fs::read_to_string(data.join("runtime/instances/x1/container.pid"))?.trim().parse()?;
+    assert!(cgroup.is_dir());
+    drop(p);
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(), "the instance died with the server");
+    let out = cli(&["uninstall"])?;
+    assert!(!out.status.success(), "uninstall ran without --yes");
+    let out = cli(&["uninstall", "--yes", "--delete-data"])?;
+    ok(&out)?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1 instances"), "{out:?}");
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(), "the instance still runs");
+    assert!(!bridge_exists() && !table_exists() && !cgroup.exists() && !data.exists());
+    let netns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output()?.stdout).into_owned();
+    assert!(!netns.contains(&sandbox.netns_prefix), "{netns}");
+    Ok(())
+}

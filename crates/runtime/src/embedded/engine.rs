@@ -153,6 +153,39 @@ impl EmbeddedRuntime {
         Ok(rt)
     }
 
+    /// Removes what the runtime put on the host — the bridge with its route and firewall tables,
+    /// the cgroup parent — when no instance remains (a clean stop with nothing running, or after
+    /// [`EmbeddedRuntime::remove_all`]). Returns whether it did.
+    pub async fn release_host_if_idle(&self) -> Result<bool> {
+        if !self.list().await?.is_empty() {
+            return Ok(false);
+        }
+        self.network.remove_bridge().map_err(backend)?;
+        // The instances' cgroups are gone with them; the (then empty) parent is berth's alone: one
+        // directory on cgroup v2, one per controller hierarchy on v1.
+        let root = std::path::Path::new("/sys/fs/cgroup");
+        let hierarchies = std::iter::once(root.to_owned()).chain(std::fs::read_dir(root).into_iter().flatten().flatten().map(|e| e.path()));
+        for parent in hierarchies.map(|h| h.join(&self.config.cgroup_parent)).filter(|p| p.is_dir()) {
+            // Leftovers of instances whose shim died before cleaning up: empty, so removable.
+            for child in std::fs::read_dir(&parent).into_iter().flatten().flatten().filter(|c| c.path().is_dir()) {
+                let _ = std::fs::remove_dir(child.path());
+            }
+            std::fs::remove_dir(&parent).map_err(|e| RuntimeError::Backend(format!("removing the cgroup {}: {e}", parent.display())))?;
+        }
+        Ok(true)
+    }
+
+    /// Stops and deletes every instance, then releases the host (`berth uninstall`); returns how
+    /// many instances there were.
+    pub async fn remove_all(&self) -> Result<usize> {
+        let all = self.list().await?;
+        for st in &all {
+            self.delete(&st.id).await?;
+        }
+        self.release_host_if_idle().await?;
+        Ok(all.len())
+    }
+
     /// Removes cached layers that no instance uses; returns how many.
     pub fn collect_layers(&self) -> Result<usize> {
         let mut in_use = HashSet::new();
