@@ -228,12 +228,19 @@ const SERVICE_FIELDS: &[Column<'_>] = &[
     ("URL", "url"),
     ("REVISION", "revision"),
     ("IMAGE", "image"),
-    ("TAGS", "tags"),
+    ("TAGS NOW", "tags_now"),
+    ("TAGS AT DEPLOY", "tags"),
     ("INSTANCES", "ready"),
     ("OPERATION", "operation_in_progress"),
 ];
-const REVISION_COLUMNS: &[Column<'_>] =
-    &[("REVISION", "id"), ("", "current"), ("DIGEST", "digest"), ("TAGS", "tags"), ("CREATED", "created_at")];
+const REVISION_COLUMNS: &[Column<'_>] = &[
+    ("REVISION", "id"),
+    ("", "current"),
+    ("DIGEST", "digest"),
+    ("TAGS AT DEPLOY", "tags"),
+    ("TAGS NOW", "tags_now"),
+    ("CREATED", "created_at"),
+];
 const OPERATION_COLUMNS: &[Column<'_>] = &[
     ("ID", "id"),
     ("TYPE", "type"),
@@ -253,6 +260,7 @@ fn flatten_service(mut v: Value) -> Value {
         _ => Value::Null,
     };
     v["tags"] = rev["tags"].clone();
+    v["tags_now"] = rev["tags_now"].clone();
     let instances = v["instances"].as_array().cloned().unwrap_or_default();
     let ready = instances.iter().filter(|i| i["state"] == "ready").count();
     v["ready"] = format!("{ready}/{}", instances.len()).into();

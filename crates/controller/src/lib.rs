@@ -447,12 +447,27 @@ impl Controller {
             .get_revision(name, number)
             .await?
             .ok_or_else(|| ControllerError::BadRequest(format!("`{name}` has no revision {number}")))?;
-        Revision::from_record(name, r)
+        let mut rev = Revision::from_record(name, r)?;
+        rev.tags_now = Some(self.sh.store.tags_at(&rev.doc.repository, &rev.doc.digest).await?);
+        Ok(rev)
     }
 
+    /// The service's revisions in number order, each with the tags at its digest now.
     pub async fn revisions(&self, name: &str) -> Result<Vec<Revision>> {
         load_service(&self.sh.store, name).await?;
-        self.sh.store.list_revisions(name).await?.into_iter().map(|r| Revision::from_record(name, r)).collect()
+        let mut revs = Vec::new();
+        let mut tags: HashMap<(String, Digest), Vec<String>> = HashMap::new();
+        for record in self.sh.store.list_revisions(name).await? {
+            let mut rev = Revision::from_record(name, record)?;
+            let key = (rev.doc.repository.clone(), rev.doc.digest.clone());
+            if !tags.contains_key(&key) {
+                let now = self.sh.store.tags_at(&key.0, &key.1).await?;
+                tags.insert(key.clone(), now);
+            }
+            rev.tags_now = tags.get(&key).cloned();
+            revs.push(rev);
+        }
+        Ok(revs)
     }
 
     /// The service's operations, newest first, after the operation `after` in that order.

@@ -38,13 +38,16 @@ pub struct Revision {
     pub created_at: i64,
     #[serde(flatten)]
     pub doc: RevisionDoc,
+    /// The tags pointing at the digest now (`tags` are those at deploy time); filled in for views.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags_now: Option<Vec<String>>,
 }
 
 impl Revision {
     pub(crate) fn from_record(service: &str, r: DocRecord) -> Result<Revision, ControllerError> {
         let number: u32 = r.key.parse().map_err(|_| ControllerError::Corrupt(format!("revision number `{}`", r.key)))?;
         let doc: RevisionDoc = serde_json::from_value(r.doc).map_err(|e| ControllerError::Corrupt(e.to_string()))?;
-        Ok(Revision { service: service.to_owned(), number, id: revision_id(service, number), created_at: r.at, doc })
+        Ok(Revision { service: service.to_owned(), number, id: revision_id(service, number), created_at: r.at, doc, tags_now: None })
     }
 }
 

@@ -195,6 +195,11 @@ async fn deploys_rolls_back_refuses_replaces_pauses_and_deletes() -> Result {
     let now = w.upstreams("web-app.localhost");
     assert_eq!(now.len(), 1);
     assert_ne!(now, first_addr);
+    // Revisions keep the tags at deploy time and show where the tags are now.
+    w.push("web", "latest", 2).await?;
+    let tags: Vec<_> = c.revisions("web-app").await?.into_iter().map(|r| (r.doc.tags, r.tags_now.unwrap_or_default())).collect();
+    let strings = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(tags, vec![(strings(&["latest", "v1"]), strings(&["v1"])), (strings(&["v2"]), strings(&["latest", "v2"]))]);
 
     // A revision that fails its health check rolls back; the old one keeps serving, untouched.
     w.prober.broken.lock().unwrap_or_else(|p| p.into_inner()).insert(3);

@@ -59,7 +59,7 @@ impl Default for ImageConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InstanceConfig {
-    /// Thousandths of a vCPU: 256, 512, 1024 (default), 2048 or 4096 — App Runner's sizes.
+    /// CPU units, 1024 = one vCPU: 256, 512, 1024 (default), 2048 or 4096 — App Runner's sizes.
     pub cpu: u32,
     /// Memory in MB: 128 to 12288; default 2048.
     pub memory: u32,
