@@ -33,12 +33,21 @@ impl ApiError {
 
 impl From<berth_store::StoreError> for ApiError {
     fn from(e: berth_store::StoreError) -> Self {
-        ApiError::internal(e)
+        match e {
+            berth_store::StoreError::StorageFull => {
+                tracing::error!(error = %e, "api request failed");
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", e.to_string())
+            }
+            e => ApiError::internal(e),
+        }
     }
 }
 
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
+        if e.status == StatusCode::INSUFFICIENT_STORAGE {
+            return ApiError::new(e.status, "storage_full", e.message);
+        }
         if e.status.is_server_error() {
             return ApiError::new(e.status, "internal", e.message);
         }
@@ -73,6 +82,7 @@ pub async fn envelope(resp: Response) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         StatusCode::UNAUTHORIZED => "unauthenticated",
         StatusCode::FORBIDDEN => "permission_denied",
+        StatusCode::INSUFFICIENT_STORAGE => "storage_full",
         s if s.is_server_error() => "internal",
         _ => "invalid_argument",
     };

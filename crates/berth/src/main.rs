@@ -121,6 +121,7 @@ fn serve(global: &berth_cli::GlobalArgs, args: ServerArgs, demo: bool) -> ExitCo
             return ExitCode::FAILURE;
         }
     };
+    let data_dir = config.data_dir.clone();
     let result = rt.block_on(server::run(config));
     // Work still running on blocking threads (an image being unpacked) must not hold up the exit:
     // it is bounded by its own limits, and what it leaves half done is cleared at the next start.
@@ -129,9 +130,24 @@ fn serve(global: &berth_cli::GlobalArgs, args: ServerArgs, demo: bool) -> ExitCo
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if disk_full(&e, &data_dir) {
+                eprintln!("the disk holding the data directory is full: free space on it, then start berth again");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` comes of a full disk or an exhausted quota, or happened with the data directory's
+/// disk (nearly) full — SQLite, for one, may call that a disk I/O error.
+fn disk_full(e: &anyhow::Error, data_dir: &std::path::Path) -> bool {
+    let said = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+            || matches!(c.downcast_ref::<berth_store::StoreError>(), Some(berth_store::StoreError::StorageFull))
+    });
+    let free = nix::sys::statvfs::statvfs(data_dir).map(|s| s.blocks_available().saturating_mul(s.fragment_size()));
+    said || free.is_ok_and(|f| f < 1 << 20)
 }
 
 fn uninstall(global: &berth_cli::GlobalArgs, args: UninstallArgs) -> ExitCode {

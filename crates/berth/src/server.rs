@@ -46,17 +46,16 @@ fn init_logging(config: &Config) {
 /// Writes `content` to a new file readable only by its owner, atomically.
 fn write_private(path: &Path, content: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(content)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    let written = (|| {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(content)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("writing {}", path.display()))
 }
 
 fn signing_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
@@ -476,7 +475,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 /// accept errors never end it. On the signal, requests in flight get [`SHUTDOWN_GRACE`], then
 /// the server stops anyway.
 async fn serve_api(listener: tokio::net::TcpListener, app: axum::Router, gate: Arc<Gate>, idle: Duration) {
-    use berth_router::listen::{Activity, Tracked};
+    use berth_router::listen::{Activity, BodyLeft, Returning, Tracked};
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -495,27 +494,38 @@ async fn serve_api(listener: tokio::net::TcpListener, app: axum::Router, gate: A
         let (app, activity, mut stopping) = (app.clone(), Activity::default(), stopping.clone());
         tokio::spawn(async move {
             let _admitted = admitted;
-            let tracker = activity.clone();
+            let (tracker, left) = (activity.clone(), BodyLeft::default());
+            let watcher = left.clone();
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (app, request) = (app.clone(), tracker.begin());
+                let (app, request, req) = (app.clone(), tracker.begin(), req.map(|body| watcher.watch(body)));
                 async move { app.oneshot(req).await.map(|resp| resp.map(|body| Tracked::new(body, request))) }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
             let builder = builder.http1_only();
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                ended = conn.as_mut() => ended,
-                () = activity.idle_for(idle) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                () = async { let _ = stopping.wait_for(|s| *s).await; } => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let (io, returned) = Returning::new(stream);
+            let ended = {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    ended = conn.as_mut() => ended,
+                    () = activity.idle_for(idle) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                    () = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
                 }
             };
+            // A client still sending a body the answer did not need gets to read the answer.
+            if let Some(stream) = returned.await.ok().filter(|_| left.any()) {
+                tokio::select! {
+                    () = berth_router::listen::linger(stream) => {}
+                    () = async { let _ = stopping.wait_for(|s| *s).await; } => {}
+                }
+            }
             if let Err(e) = ended {
                 tracing::debug!(error = %e, "API connection ended with an error");
             }

@@ -205,3 +205,98 @@ fn a_clean_stop_and_uninstall_leave_nothing_on_the_host() -> Result {
     assert!(!netns.contains(&sandbox.netns_prefix), "{netns}");
     Ok(())
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> Result<SmallDisk> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("mounting a small disk needs root: this test runs as root (CI does)".into());
+        }
+        std::fs::create_dir_all(at)?;
+        let name = format!("berth-test-full-{}", std::process::id());
+        ok(&Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), &name]).arg(at).output()?)?;
+        Ok(SmallDisk(at.to_owned()))
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> Result<std::path::PathBuf> {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path)?;
+        let chunk = vec![0u8; 64 << 10];
+        while f.write_all(&chunk).and_then(|()| f.sync_data()).is_ok() {}
+        Ok(path)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk is named as such — to registry clients (507 with the registry's error body), to
+/// API clients (507 `storage_full`), to the CLI in the middle of an upload (the server's message,
+/// not a broken pipe) and at start — and costs nothing: the partial upload is gone, and once space
+/// is freed everything works on.
+#[test]
+fn a_full_disk_is_named_to_every_client_and_loses_nothing() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let disk = SmallDisk::mount(&data, "16m")?;
+    let mut p = BerthProcess::start(Path::new(BIN), &data, &[])?;
+    let cli = |args: &[&str]| {
+        Command::new(BIN).arg("--data-dir").arg(&data).args(args).env("HOME", tmp.path()).env_remove("BERTH_SERVER").output()
+    };
+    let big = tmp.path().join("big");
+    std::fs::write(&big, noise(7, 96 << 20))?;
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o755))?;
+
+    // An upload larger than the disk: the CLI prints the server's reason.
+    let out = cli(&["image", "build", "--binary", &big.display().to_string(), "-t", "big:v1"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("the disk holding berth's data is full") && !err.contains("Broken pipe"), "{err}");
+    // A registry client gets 507 and the registry's error body.
+    let blob = noise(8, 96 << 20);
+    let creds = format!("ci:{}", p.token);
+    let url = format!("http://{}/v2/raw/blobs/uploads/?digest={}", p.addr, sha256(&blob));
+    let r = http("POST", &url, Some(&creds), &[("Content-Type", "application/octet-stream")], &blob)?;
+    assert_eq!((r.status, r.code().as_str()), (507, "UNKNOWN"), "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(std::fs::read_dir(data.join("registry/uploads"))?.count(), 0, "a partial upload was kept");
+
+    // The state database on a full disk: 507 storage_full from the API, the message in the CLI.
+    let filler = disk.fill()?;
+    let body = br#"{"name":"full-disk"}"#;
+    let r = http(
+        "POST",
+        &format!("http://{}/api/v1/repositories", p.addr),
+        None,
+        &[("Authorization", &format!("Bearer {}", p.token)), ("Content-Type", "application/json")],
+        body,
+    )?;
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (507, Some("storage_full")), "{}", String::from_utf8_lossy(&r.body));
+    let out = cli(&["repo", "create", "full-disk"])?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is full; free space on it"), "{out:?}");
+
+    // Space freed: everything works, nothing was lost.
+    std::fs::remove_file(&filler)?;
+    ok(&cli(&["repo", "create", "full-disk"])?)?;
+    let small = tmp.path().join("small");
+    std::fs::write(&small, noise(9, 1 << 20))?;
+    std::fs::set_permissions(&small, std::fs::Permissions::from_mode(0o755))?;
+    ok(&cli(&["image", "build", "--binary", &small.display().to_string(), "-t", "small:v1"])?)?;
+    assert!(String::from_utf8_lossy(&cli(&["repo", "list"])?.stdout).contains("full-disk"));
+
+    // A start on a full disk says what is full.
+    Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status()?;
+    p.child.wait()?;
+    let filler = disk.fill()?;
+    let (started, out) = start_once(&data)?;
+    assert!(!started && out.contains("the disk holding the data directory is full"), "{out}");
+    std::fs::remove_file(&filler)?;
+    let (started, out) = start_once(&data)?;
+    assert!(started, "{out}");
+    Ok(())
+}

@@ -96,7 +96,9 @@ impl Client {
             Err(ureq::Error::Status(code, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
                 let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                let msg = body.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| match text.trim() {
+                // The API's envelope, or the registry's (`{"errors":[{"code","message"}]}`).
+                let message = body.pointer("/error/message").or_else(|| body.pointer("/errors/0/message"));
+                let msg = message.and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| match text.trim() {
                     "" => format!("HTTP {code}"),
                     t => format!("HTTP {code}: {}", t.chars().take(500).collect::<String>()),
                 });
@@ -105,8 +107,11 @@ impl Client {
                 }
                 Err(anyhow!("{msg}"))
             }
-            Err(ureq::Error::Transport(t)) => {
+            Err(ureq::Error::Transport(t)) if matches!(t.kind(), ureq::ErrorKind::Dns | ureq::ErrorKind::ConnectionFailed) => {
                 Err(anyhow!("cannot reach the berth server at {}: {t}\nis `berth server` running? pass --server to use another", self.base))
+            }
+            Err(ureq::Error::Transport(t)) => {
+                Err(anyhow!("the connection to the berth server at {} broke: {t}\nsee the server's log", self.base))
             }
         }
     }

@@ -1,6 +1,8 @@
 //! Registry errors with the OCI distribution spec's codes, HTTP statuses and JSON bodies
 //! (`{"errors":[{"code":…,"message":…,"detail":…}]}`).
 
+use std::io;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -24,6 +26,8 @@ pub enum Code {
     Denied,
     Unsupported,
     TooManyRequests,
+    /// A failure of the registry itself (as the reference registry names it).
+    Unknown,
 }
 
 impl Code {
@@ -44,6 +48,7 @@ impl Code {
             Code::Denied => "DENIED",
             Code::Unsupported => "UNSUPPORTED",
             Code::TooManyRequests => "TOOMANYREQUESTS",
+            Code::Unknown => "UNKNOWN",
         }
     }
 
@@ -54,6 +59,7 @@ impl Code {
             Code::Denied => StatusCode::FORBIDDEN,
             Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             Code::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -93,13 +99,19 @@ impl RegistryError {
     /// An internal failure: logged in full, reported to the client without internals.
     pub fn internal(context: &str, err: impl std::fmt::Display) -> RegistryError {
         tracing::error!(error = %err, "{context}");
-        RegistryError {
-            code: Code::Unsupported,
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("{context}; see the server log"),
-            detail: None,
-            headers: Vec::new(),
-        }
+        RegistryError::new(Code::Unknown, format!("{context}; see the server log"))
+    }
+
+    /// The disk holding the registry's data is full: 507, saying so and what frees space.
+    pub fn storage_full(what: &str) -> RegistryError {
+        tracing::error!("{what}: the disk is full");
+        RegistryError::new(
+            Code::Unknown,
+            format!(
+                "{what}: the disk holding berth's data is full; free space on it (`berth registry gc` removes unused blobs) and try again"
+            ),
+        )
+        .with_status(StatusCode::INSUFFICIENT_STORAGE)
     }
 }
 
@@ -113,7 +125,10 @@ impl std::error::Error for RegistryError {}
 
 impl From<berth_store::StoreError> for RegistryError {
     fn from(e: berth_store::StoreError) -> Self {
-        RegistryError::internal("state store failed", e)
+        match e {
+            berth_store::StoreError::StorageFull => RegistryError::storage_full("saving the registry's state failed"),
+            e => RegistryError::internal("state store failed", e),
+        }
     }
 }
 
@@ -141,6 +156,9 @@ impl From<BlobStoreError> for RegistryError {
             }
             BlobStoreError::Body(e) => {
                 RegistryError::new(Code::BlobUploadInvalid, format!("request body ended early: {e}; resume or retry the upload"))
+            }
+            BlobStoreError::Io(what, e) if matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => {
+                RegistryError::storage_full(&format!("{what} failed"))
             }
             e @ BlobStoreError::Io(..) => RegistryError::internal("blob storage failed", e),
         }

@@ -162,3 +162,163 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
         self.inner.size_hint()
     }
 }
+
+/// A connection that goes back to its owner once the server using it drops it, so that it can be
+/// closed with [`linger`]: a server that answers before reading a whole request body (an error
+/// for an upload that cannot be stored) would otherwise close with unread data, which resets the
+/// connection and takes the answer with it.
+pub struct Returning<S> {
+    io: Option<S>,
+    back: Option<tokio::sync::oneshot::Sender<S>>,
+}
+
+impl<S> Returning<S> {
+    /// Wraps `io`; the receiver gets it back when the wrapper is dropped.
+    pub fn new(io: S) -> (Returning<S>, tokio::sync::oneshot::Receiver<S>) {
+        let (back, returned) = tokio::sync::oneshot::channel();
+        (Returning { io: Some(io), back: Some(back) }, returned)
+    }
+
+    fn io(&mut self) -> std::io::Result<&mut S> {
+        self.io.as_mut().ok_or_else(|| std::io::Error::from(ErrorKind::NotConnected))
+    }
+}
+
+impl<S> Drop for Returning<S> {
+    fn drop(&mut self) {
+        if let (Some(io), Some(back)) = (self.io.take(), self.back.take()) {
+            let _ = back.send(io);
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Returning<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.io() {
+            Ok(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Returning<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.io() {
+            Ok(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.io() {
+            Ok(io) => std::pin::Pin::new(io).poll_write_vectored(cx, bufs),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.io() {
+            Ok(io) => std::pin::Pin::new(io).poll_flush(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.io() {
+            Ok(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// Whether a request body on a connection was left unread — the case for a [`linger`]ing close.
+#[derive(Clone, Default)]
+pub struct BodyLeft(Arc<std::sync::atomic::AtomicBool>);
+
+impl BodyLeft {
+    /// `body`, noting here whether it is dropped before its end.
+    pub fn watch<B: hyper::body::Body>(&self, body: B) -> Watched<B> {
+        Watched { inner: body, left: self.0.clone(), ended: false }
+    }
+
+    pub fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A request body watched by [`BodyLeft`].
+pub struct Watched<B: hyper::body::Body> {
+    inner: B,
+    left: Arc<std::sync::atomic::AtomicBool>,
+    ended: bool,
+}
+
+impl<B: hyper::body::Body> Drop for Watched<B> {
+    fn drop(&mut self) {
+        if !self.ended && !self.inner.is_end_stream() {
+            self.left.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Watched<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How long a lingering close waits for more of what the client is still sending.
+const LINGER_IDLE: Duration = Duration::from_secs(5);
+/// How long a lingering close lasts at most.
+const LINGER_MAX: Duration = Duration::from_secs(30);
+
+/// Closes a connection the way nginx's `lingering_close` does: no more writes (the client sees
+/// the end of the answer), then what the client still sends is read and discarded until it
+/// stops sending (5 s), closes, or 30 s pass — so it reads the answer instead of a reset.
+pub async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.shutdown().await;
+    let deadline = tokio::time::Instant::now() + LINGER_MAX;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let wait = LINGER_IDLE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+}

@@ -31,7 +31,9 @@ pub enum StoreError {
     #[error("service `{0}` does not exist")]
     ServiceNotFound(String),
     #[error("state database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(rusqlite::Error),
+    #[error("the disk holding the state database is full; free space on it (`berth registry gc` removes unused blobs) and try again")]
+    StorageFull,
     #[error("state database holds a malformed value: {0}")]
     Corrupt(String),
     #[error("state database migration failed: {0}")]
@@ -43,6 +45,15 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::StorageFull,
+            _ => StoreError::Database(e),
+        }
+    }
+}
 
 /// Desired and observed state. Every method is one transaction.
 #[async_trait::async_trait]

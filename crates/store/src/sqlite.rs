@@ -66,7 +66,7 @@ impl SqliteStore {
 fn damaged(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => StoreError::Damaged(e.to_string()),
-        _ => StoreError::Database(e),
+        _ => e.into(),
     }
 }
 
