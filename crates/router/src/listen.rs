@@ -131,19 +131,33 @@ impl Drop for ActiveRequest {
     }
 }
 
-/// A response body that keeps its request counted as in progress until it is dropped.
-pub struct Tracked<B> {
+/// A body that carries a [`Guard`] along, told when the body's end is reached and dropped with it.
+pub struct Guarded<B: hyper::body::Body, G: Guard> {
     inner: B,
-    _request: ActiveRequest,
+    guard: G,
 }
 
-impl<B> Tracked<B> {
-    pub fn new(inner: B, request: ActiveRequest) -> Tracked<B> {
-        Tracked { inner, _request: request }
+/// What a [`Guarded`] body carries.
+pub trait Guard {
+    /// The body's end was read (or the body was dropped with nothing left to read).
+    fn end(&mut self) {}
+}
+
+impl<B: hyper::body::Body, G: Guard> Guarded<B, G> {
+    pub fn new(inner: B, guard: G) -> Guarded<B, G> {
+        Guarded { inner, guard }
     }
 }
 
-impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+impl<B: hyper::body::Body, G: Guard> Drop for Guarded<B, G> {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            self.guard.end();
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin, G: Guard + Unpin> hyper::body::Body for Guarded<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -151,7 +165,11 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) {
+            self.guard.end();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -162,6 +180,11 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
         self.inner.size_hint()
     }
 }
+
+/// A response body that keeps its request counted as in progress until it is dropped.
+pub type Tracked<B> = Guarded<B, ActiveRequest>;
+
+impl Guard for ActiveRequest {}
 
 /// A connection that goes back to its owner once the server using it drops it, so that it can be
 /// closed with [`linger`]: a server that answers before reading a whole request body (an error
@@ -253,8 +276,8 @@ pub struct BodyLeft(Arc<std::sync::atomic::AtomicBool>);
 
 impl BodyLeft {
     /// `body`, noting here whether it is dropped before its end.
-    pub fn watch<B: hyper::body::Body>(&self, body: B) -> Watched<B> {
-        Watched { inner: body, left: self.0.clone(), ended: false }
+    pub fn watch<B: hyper::body::Body>(&self, body: B) -> Guarded<B, Unfinished> {
+        Guarded::new(body, Unfinished { left: self.0.clone(), ended: false })
     }
 
     pub fn any(&self) -> bool {
@@ -262,42 +285,23 @@ impl BodyLeft {
     }
 }
 
-/// A request body watched by [`BodyLeft`].
-pub struct Watched<B: hyper::body::Body> {
-    inner: B,
+/// The [`Guard`] of a body watched by [`BodyLeft`].
+pub struct Unfinished {
     left: Arc<std::sync::atomic::AtomicBool>,
     ended: bool,
 }
 
-impl<B: hyper::body::Body> Drop for Watched<B> {
-    fn drop(&mut self) {
-        if !self.ended && !self.inner.is_end_stream() {
-            self.left.store(true, Ordering::Relaxed);
-        }
+impl Guard for Unfinished {
+    fn end(&mut self) {
+        self.ended = true;
     }
 }
 
-impl<B: hyper::body::Body + Unpin> hyper::body::Body for Watched<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, std::task::Poll::Ready(None)) {
-            self.ended = true;
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.left.store(true, Ordering::Relaxed);
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
