@@ -97,6 +97,9 @@ pub struct RouterSettings {
     pub max_connections: usize,
     /// Seconds a client has for its TLS handshake. Default 10.
     pub tls_handshake_timeout_secs: u64,
+    /// Seconds a stopping router (stopped, or replaced by a successor) lets requests in flight
+    /// finish. Default 60.
+    pub drain_timeout_secs: u64,
 }
 
 /// A user-supplied certificate: `[[router.certificates]]`.
@@ -126,6 +129,7 @@ impl Default for RouterSettings {
             idle_timeout_secs: 75,
             max_connections: berth_router::DEFAULT_MAX_CONNECTIONS,
             tls_handshake_timeout_secs: 10,
+            drain_timeout_secs: 60,
         }
     }
 }
@@ -314,6 +318,9 @@ impl Config {
         if !matches!(config.runtime.rootfs.as_str(), "auto" | "overlay" | "copy") {
             bail!("runtime.rootfs `{}` is unknown; use auto, overlay or copy", config.runtime.rootfs);
         }
+        if !(1..=64).contains(&config.router.workers) && config.router.workers != 0 {
+            bail!("router.workers must be 0 (one per CPU) to 64");
+        }
         if config.runtime.bridge.is_empty() || config.runtime.bridge.len() > 15 {
             bail!("runtime.bridge `{}` must be 1 to 15 characters (a Linux interface name)", config.runtime.bridge);
         }
@@ -321,6 +328,7 @@ impl Config {
             ("router.idle_timeout_secs", config.router.idle_timeout_secs),
             ("router.tls_handshake_timeout_secs", config.router.tls_handshake_timeout_secs),
             ("router.max_connections", config.router.max_connections as u64),
+            ("router.drain_timeout_secs", config.router.drain_timeout_secs),
             ("api.idle_timeout_secs", config.api.idle_timeout_secs),
             ("api.max_connections", config.api.max_connections as u64),
         ] {

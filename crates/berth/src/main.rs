@@ -2,6 +2,7 @@
 //! which talks to a server's API.
 
 mod config;
+mod router;
 mod server;
 
 use std::path::PathBuf;
@@ -34,8 +35,21 @@ enum Command {
     /// its route and firewall tables, the cgroup parent; with --delete-data, the data directory
     /// too. Run it with the server stopped, as root.
     Uninstall(UninstallArgs),
+    /// The router process the server starts; not for people.
+    #[command(hide = true)]
+    Router(RouterArgs),
     #[command(flatten)]
     Client(berth_cli::Command),
+}
+
+#[derive(clap::Args)]
+struct RouterArgs {
+    /// The configuration the server wrote.
+    #[arg(long)]
+    config: PathBuf,
+    /// Take the listeners over from the router running on the same data directory.
+    #[arg(long)]
+    takeover: bool,
 }
 
 #[derive(clap::Args)]
@@ -72,6 +86,7 @@ fn main() -> ExitCode {
         Command::Server(args) => serve(&cli.global, args, false),
         Command::Up(args) => serve(&cli.global, args, true),
         Command::Uninstall(args) => uninstall(&cli.global, args),
+        Command::Router(args) => router::main(&args.config, args.takeover),
         Command::Client(cmd) => {
             exit_quietly_on_closed_pipe();
             berth_cli::run(&cli.global, cmd)

@@ -15,9 +15,10 @@ use berth_controller::{Controller, ControllerSettings, Deps, NetProber};
 use berth_core::{Pattern, Scope, TagPolicy};
 use berth_image::{ImageSource, SourceRouter};
 use berth_registry::{FsBlobStore, Registry, RegistryConfig};
+use berth_router::control::{DaemonConfig, Hello, SuppliedCertificate};
 use berth_router::listen::Gate;
-use berth_router::tls::{load_certificate, server_config, LocalCa, OnDemandCerts};
-use berth_router::{AccessLog, RouteBook, RouteSpec, Router, RouterOptions, RoutingTable, Workers};
+use berth_router::tls::LocalCa;
+use berth_router::{daemon, Launch, RemoteRouter, RouteBook, RouteSpec};
 use berth_runtime::embedded::rootfs::{overlay_supported, RootfsKind};
 use berth_runtime::embedded::{EmbeddedConfig, EmbeddedRuntime};
 use berth_runtime::Runtime;
@@ -175,6 +176,31 @@ impl ImageSource for NoImages {
     }
 }
 
+/// Stops the router process of `data` (named in its pid file, and checked to be one) and waits
+/// for it to drain and exit.
+fn stop_router_process(data: &Path, bound: Duration) -> anyhow::Result<()> {
+    let Some(pid) = fs::read_to_string(data.join(berth_router::control::PID_FILE)).ok().and_then(|p| p.trim().parse::<i32>().ok()) else {
+        return Ok(());
+    };
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    if args.get(1) != Some(&&b"router"[..]) {
+        return Ok(());
+    }
+    let pid = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).with_context(|| format!("stopping the router process {pid}"))?;
+    let deadline = std::time::Instant::now() + bound;
+    // A zombie (exited, not yet reaped) has an empty command line.
+    while fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty()) {
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!("the router process {pid} did not stop within {} s", bound.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("stopped the router process {pid}");
+    Ok(())
+}
+
 /// `berth uninstall`: with the server stopped, removes every instance and what the runtime put
 /// on the host; with `delete_data`, the data directory as well.
 pub fn uninstall(mut config: Config, delete_data: bool) -> anyhow::Result<()> {
@@ -188,6 +214,7 @@ pub fn uninstall(mut config: Config, delete_data: bool) -> anyhow::Result<()> {
         anyhow::bail!("removing instances, network namespaces and cgroups needs root");
     }
     if data.exists() {
+        stop_router_process(&data, Duration::from_secs(config.router.drain_timeout_secs + 5))?;
         config.data_dir = fs::canonicalize(&data).with_context(|| format!("resolving {}", data.display()))?;
         config.runtime.enabled = "on".into();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -220,68 +247,82 @@ fn suffixes(config: &Config) -> Vec<String> {
     suffixes
 }
 
-/// The activator the router is started with, pointed at the controller once that exists (the
-/// controller needs the router's port first, to show URLs).
-#[derive(Default)]
-struct LateActivator(std::sync::OnceLock<Arc<dyn berth_router::Activator>>);
-
-impl berth_router::Activator for LateActivator {
-    fn activate(&self, service: &str) {
-        if let Some(a) = self.0.get() {
-            a.activate(service);
-        }
-    }
-}
-
-/// Starts the router's HTTP and HTTPS listeners over `table` (each on `router.workers` threads)
-/// and returns their addresses.
-fn serve_router(
-    config: &Config,
-    ca: LocalCa,
-    table: Arc<RoutingTable>,
-    activator: Arc<LateActivator>,
-) -> anyhow::Result<(std::net::SocketAddr, std::net::SocketAddr)> {
+/// What the router process runs with, from the server's configuration.
+fn daemon_config(config: &Config) -> DaemonConfig {
     let r = &config.router;
-    let supplied = r
-        .certificates
-        .iter()
-        .map(|c| load_certificate(&c.domains, &c.cert, &c.key))
-        .collect::<Result<Vec<_>, _>>()
-        .context("loading router.certificates")?;
-    let certs = OnDemandCerts::new(ca, suffixes(config)).with_supplied(supplied);
-    let tls = server_config(Arc::new(certs)).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
-    let access_log = match r.access_log.as_str() {
-        "off" => None,
-        path => {
-            let path = config.data_dir.join(path);
-            Some(AccessLog::open(&path).with_context(|| format!("opening the access log {}", path.display()))?)
-        }
-    };
-    let workers = Workers {
-        count: match r.workers {
+    DaemonConfig {
+        data_dir: config.data_dir.clone(),
+        listen_http: r.listen_http,
+        listen_https: r.listen_https,
+        workers: match r.workers {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         },
-        pin: r.pin_workers,
-    };
-    let activator: Arc<dyn berth_router::Activator> = activator;
-    let options = |redirect: Option<u16>, name: &str| RouterOptions {
-        redirect_to_https_port: redirect,
+        pin_workers: r.pin_workers,
+        redirect_http_to_https: r.redirect_http_to_https,
         hsts: r.hsts,
-        access_log: access_log.clone(),
-        activator: Some(activator.clone()),
-        idle_timeout: Duration::from_secs(r.idle_timeout_secs),
-        gate: Gate::new(name, r.max_connections),
-        tls_handshake_timeout: Duration::from_secs(r.tls_handshake_timeout_secs),
+        idle_timeout_secs: r.idle_timeout_secs,
+        max_connections: r.max_connections,
+        tls_handshake_timeout_secs: r.tls_handshake_timeout_secs,
+        drain_timeout_secs: r.drain_timeout_secs,
+        suffixes: suffixes(config),
+        certificates: r
+            .certificates
+            .iter()
+            .map(|c| SuppliedCertificate { domains: c.domains.clone(), cert: c.cert.clone(), key: c.key.clone() })
+            .collect(),
+        access_log: (r.access_log != "off").then(|| config.data_dir.join(&r.access_log)),
+        log_level: config.log.level.clone(),
+        log_json: config.log.format == "json",
+    }
+}
+
+/// Attaches to the router process serving this data directory — started now, or one that
+/// outlived a previous server (a successor replaces it when it runs another build or
+/// configuration). Its configuration is checked here first, so mistakes are reported by the
+/// server: a supplied certificate that does not load, a port that is taken.
+async fn start_router(config: &Config) -> anyhow::Result<RemoteRouter> {
+    let data = &config.data_dir;
+    let daemon = daemon_config(config);
+    for c in &daemon.certificates {
+        berth_router::tls::load_certificate(&c.domains, &c.cert, &c.key)
+            .map_err(|e| anyhow::anyhow!("loading router.certificates: {e}"))?;
+    }
+    let config_path = daemon::config_path(data);
+    write_private(&config_path, &daemon.to_json()?)?;
+    // The binary as it is now: an upgrade may replace the file while the server runs.
+    let exe = std::env::current_exe().context("finding the berth binary for the router")?;
+    let spawn = move |takeover: bool| -> std::io::Result<()> {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["router", "--config"]).arg(&config_path);
+        if takeover {
+            cmd.arg("--takeover");
+        }
+        let mut child =
+            cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn()?;
+        tracing::info!(pid = child.id(), takeover, "started the router process");
+        // Reaped should it end while this server runs.
+        std::thread::spawn(move || child.wait());
+        Ok(())
     };
-    let https_addr = Router::serve_workers(table.clone(), options(None, "router HTTPS"), r.listen_https, Some(tls), workers)
-        .with_context(|| format!("binding the router's HTTPS listener to {}", r.listen_https))?;
-    let redirect = r.redirect_http_to_https.then_some(https_addr.port());
-    let http_addr = Router::serve_workers(table, options(redirect, "router HTTP"), r.listen_http, None, workers)
-        .with_context(|| format!("binding the router's HTTP listener to {}", r.listen_http))?;
-    write_private(&config.data_dir.join(ROUTER_ADDRESS_FILE), format!("http://{http_addr}\nhttps://{https_addr}\n").as_bytes())?;
-    tracing::info!(http = %http_addr, https = %https_addr, workers = workers.count, pinned = workers.pin, "router listening");
-    Ok((http_addr, https_addr))
+    let address_file = data.join(ROUTER_ADDRESS_FILE);
+    let on_hello = move |hello: &Hello| {
+        tracing::info!(pid = hello.pid, http = %hello.http, https = %hello.https, "router process attached");
+        let addresses = format!("http://{}\nhttps://{}\n", hello.http, hello.https);
+        if let Err(e) = write_private(&address_file, addresses.as_bytes()) {
+            tracing::warn!(error = %e, "writing the router's addresses failed");
+        }
+    };
+    let launch = Launch {
+        data_dir: data.clone(),
+        config: daemon,
+        identity: daemon::identity(),
+        spawn: Box::new(spawn),
+        on_hello: Box::new(on_hello),
+    };
+    RemoteRouter::start(launch)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the router process: {e} (its log is {})", data.join("logs/router.log").display()))
 }
 
 /// Serves every running one-off instance (`berth run`) at `<instance id>.localhost` (and under
@@ -329,7 +370,7 @@ fn private_data_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Raises the soft limit on open files to the hard one: every connection, upstream and layer
 /// being unpacked holds descriptors, and the default soft limit (1024) is soon reached.
-fn raise_open_files_limit() {
+pub(crate) fn raise_open_files_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         if soft < hard {
@@ -385,10 +426,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let ca =
         LocalCa::load_or_create(&data.join("tls"), &ca_domains).map_err(|e| anyhow::anyhow!("the local certificate authority: {e}"))?;
     let ca_pem: Arc<str> = Arc::from(ca.cert_pem());
-    let table = Arc::new(RoutingTable::new());
-    let book = Arc::new(RouteBook::new(table.clone()));
-    let activator = Arc::new(LateActivator::default());
-    let (_, https_addr) = serve_router(&config, ca, table.clone(), activator.clone())?;
+    let router = start_router(&config).await?;
+    let hello = router.hello();
+    // Routes the router kept serving while no server ran stay until their owners set them again.
+    let book = Arc::new(RouteBook::seeded(Arc::new(router.clone()), hello.owners.clone()));
+    let https_addr = hello.https;
     let controller = match &runtime_dyn {
         Some(rt) => {
             let settings = ControllerSettings {
@@ -406,7 +448,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                 settings,
             };
             let controller = Controller::start(deps).await.context("starting the service controllers")?;
-            let _ = activator.0.set(controller.activator());
+            router.set_activator(controller.activator());
             Some(controller)
         }
         None => None,
@@ -414,8 +456,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     if let Some(rt) = &runtime_dyn {
         route_one_off_instances(book.clone(), rt.clone(), suffixes(&config));
     }
-    let router_metrics = table.clone();
-    let metrics = Metrics::new().with_source(Box::new(move |out| berth_router::render_metrics(&router_metrics, out)));
+    let router_metrics = book.clone();
+    let metrics = Metrics::new().with_source(Box::new(move |out| router_metrics.render_metrics(out)));
     let state =
         AppState { store, registry: registry.clone(), auth, metrics: Arc::new(metrics), runtime: runtime_dyn, images, ca_pem, controller };
 
@@ -457,7 +499,17 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     let gate = Gate::new("API", config.api.max_connections);
     serve_api(listener, berth_api::app(state), gate, Duration::from_secs(config.api.idle_timeout_secs)).await;
-    // Instances outlive the server; with none left, nothing of berth stays on the host.
+    // Instances and the router outlive the server; with no instance left, nothing of berth
+    // stays on the host.
+    let instances = match &runtime {
+        Some(rt) => rt.list().await.map(|l| l.len()).unwrap_or(1),
+        None => 0,
+    };
+    if instances == 0 {
+        router.stop().await;
+    } else {
+        tracing::info!(instances, router_pid = router.hello().pid, "instances run on, and the router process keeps serving them");
+    }
     if let Some(rt) = &runtime {
         match rt.release_host_if_idle().await {
             Ok(true) => tracing::info!("no instance runs: removed the bridge, its route and firewall tables, and the cgroup parent"),

@@ -25,7 +25,7 @@ use std::time::Duration;
 use berth_autoscale::{Autoscaler, Load, LoadSource, Scaler};
 use berth_core::service::{host_label, ImageSource};
 use berth_core::{Digest, OperationType, ServiceSpec, ServiceStatus, SpecError};
-use berth_router::{Activator, RouteBook, RoutingTable};
+use berth_router::{Activator, RouteBook};
 use berth_runtime::Runtime;
 use berth_store::{SharedStore, StoreError};
 use tokio::sync::mpsc;
@@ -155,15 +155,11 @@ impl Scaler for Relay {
 }
 
 /// The autoscaler's view of the router: requests in flight and waiting, ready instances.
-struct TableLoad(Arc<RoutingTable>);
+struct RouterLoad(Arc<RouteBook>);
 
-impl LoadSource for TableLoad {
+impl LoadSource for RouterLoad {
     fn load(&self) -> Vec<Load> {
-        self.0
-            .services()
-            .iter()
-            .map(|s| Load { service: s.name.clone(), concurrency: s.in_flight() + s.queued(), ready: s.ready() as u32 })
-            .collect()
+        self.0.load().into_iter().map(|s| Load { service: s.service, concurrency: s.in_flight + s.queued, ready: s.ready as u32 }).collect()
     }
 }
 
@@ -200,7 +196,7 @@ impl Controller {
         for record in sh.store.list_services().await? {
             controller.spawn(&record.key, None);
         }
-        let scaler = tokio::spawn(sh.autoscaler.clone().run(Arc::new(TableLoad(sh.book.table().clone()))));
+        let scaler = tokio::spawn(sh.autoscaler.clone().run(Arc::new(RouterLoad(sh.book.clone()))));
         let deployer = tokio::spawn(autodeploy::run(Arc::downgrade(&sh), deps.pushes));
         sh.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([scaler.abort_handle(), deployer.abort_handle()]);
         Ok(controller)

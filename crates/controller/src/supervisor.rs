@@ -10,7 +10,7 @@ use std::time::Duration;
 use berth_autoscale::ScalingSettings;
 use berth_core::service::host_label;
 use berth_core::{OperationStatus, OperationType, ServiceStatus};
-use berth_router::{RouteSettings, RouteSpec, Upstream};
+use berth_router::{Leaver, RouteSettings, RouteSpec};
 use berth_runtime::{ImageRef, InstanceId, InstanceSpec, InstanceState, Resources, RuntimeEvent};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -89,7 +89,7 @@ impl Inst {
 
 /// Waits (bounded by `bound`, the request timeout) for requests on `left` to finish, then stops
 /// and deletes the instances, which leave `retiring` then (removed or not: the sweep retries).
-async fn drain_and_remove(sh: Arc<Shared>, bound: Duration, left: Vec<Arc<Upstream>>, ids: Vec<InstanceId>, retiring: Retiring) {
+async fn drain_and_remove(sh: Arc<Shared>, bound: Duration, left: Vec<Leaver>, ids: Vec<InstanceId>, retiring: Retiring) {
     if tokio::time::timeout(bound, futures_util::future::join_all(left.iter().map(|u| u.drained()))).await.is_err() {
         tracing::warn!("instances did not drain within the request timeout; stopping them anyway");
     }
@@ -312,7 +312,7 @@ impl Supervisor {
     }
 
     /// Puts the ready instances (or the paused notice) in the router; returns who left.
-    fn route(&mut self) -> Vec<Arc<Upstream>> {
+    fn route(&mut self) -> Vec<Leaver> {
         let ready: Vec<SocketAddr> = self.instances.iter().filter(|i| i.phase == Phase::Ready).map(|i| i.addr).collect();
         let label = host_label(&self.name);
         let paused =
@@ -341,7 +341,7 @@ impl Supervisor {
 
     /// Waits (bounded by the request timeout) for requests on `left` to finish, then stops and
     /// deletes `instances`.
-    async fn retire(&self, left: Vec<Arc<Upstream>>, instances: Vec<Inst>) {
+    async fn retire(&self, left: Vec<Leaver>, instances: Vec<Inst>) {
         let ids = self.mark_retiring(instances);
         drain_and_remove(self.sh.clone(), self.request_timeout(), left, ids, self.retiring.clone()).await;
     }
@@ -354,7 +354,7 @@ impl Supervisor {
     }
 
     /// Retires in the background: the supervisor goes on serving meanwhile.
-    fn retire_later(&self, left: Vec<Arc<Upstream>>, instances: Vec<Inst>) {
+    fn retire_later(&self, left: Vec<Leaver>, instances: Vec<Inst>) {
         if left.is_empty() && instances.is_empty() {
             return;
         }
@@ -802,8 +802,12 @@ impl Supervisor {
                 _ => rerun.push(op),
             }
         }
-        // Adopt the current revision's instances; remove every other of this service.
+        // Adopt the current revision's instances; remove every other of this service. Those the
+        // router has been serving all along (it outlives the server) stay in its table while
+        // they are checked again; the others get traffic once they pass.
+        let served: std::collections::HashSet<SocketAddr> = self.sh.book.get(&self.name).into_iter().flat_map(|r| r.upstreams).collect();
         let list = self.sh.runtime.list().await.unwrap_or_default();
+        let mut to_retire = Vec::new();
         for st in list {
             if !st.labels.iter().any(|(k, v)| k == LABEL_SERVICE && v == &self.name) {
                 continue;
@@ -814,10 +818,23 @@ impl Supervisor {
                 (true, Some(addr)) => {
                     // Adopted instances are not new: their failures do not count as early.
                     let now = Instant::now();
-                    self.instances.push(Inst::starting(st.id.clone(), rev.unwrap_or_default(), addr, now - EARLY_FAILURE, now));
+                    let mut inst = Inst::starting(st.id.clone(), rev.unwrap_or_default(), addr, now - EARLY_FAILURE, now);
+                    if served.contains(&addr) {
+                        inst.phase = Phase::Ready;
+                        inst.was_ready = true;
+                    }
+                    self.instances.push(inst);
                 }
+                // Requests a router that outlived the server still has on it finish first.
+                (false, Some(addr)) if st.state == InstanceState::Running => to_retire.push((st.id.clone(), addr)),
                 _ => remove_instance(&self.sh, &st.id).await,
             }
+        }
+        if !to_retire.is_empty() {
+            let left = to_retire.iter().map(|(_, addr)| self.sh.book.left_earlier(&self.name, *addr)).collect();
+            let ids: Vec<InstanceId> = to_retire.into_iter().map(|(id, _)| id).collect();
+            self.retiring.lock().unwrap_or_else(|p| p.into_inner()).extend(ids.iter().cloned());
+            tokio::spawn(drain_and_remove(self.sh.clone(), self.request_timeout(), left, ids, self.retiring.clone()));
         }
         if !self.instances.is_empty() {
             tracing::info!(service = %self.name, count = self.instances.len(), "re-adopted instances");

@@ -44,6 +44,7 @@ struct World {
     store: SharedStore,
     runtime: Arc<FakeRuntime>,
     book: Arc<RouteBook>,
+    table: Arc<RoutingTable>,
     prober: Arc<RevisionProber>,
     pushes: tokio::sync::broadcast::Sender<PushEvent>,
 }
@@ -52,11 +53,13 @@ impl World {
     fn new() -> Result<World> {
         let dir = tempfile::tempdir()?;
         let store: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("state.db"))?);
+        let table = Arc::new(RoutingTable::new());
         Ok(World {
             _dir: dir,
             store,
             runtime: Arc::new(FakeRuntime::new()),
-            book: Arc::new(RouteBook::new(Arc::new(RoutingTable::new()))),
+            book: Arc::new(RouteBook::new(table.clone())),
+            table,
             prober: Arc::new(RevisionProber::default()),
             pushes: tokio::sync::broadcast::channel(16).0,
         })
@@ -103,7 +106,7 @@ impl World {
     }
 
     fn upstreams(&self, host: &str) -> Vec<SocketAddr> {
-        self.book.table().lookup(host).map(|r| r.upstreams.iter().map(|u| u.addr).collect()).unwrap_or_default()
+        self.table.lookup(host).map(|r| r.upstreams.iter().map(|u| u.addr).collect()).unwrap_or_default()
     }
 }
 
@@ -250,7 +253,7 @@ async fn deploys_rolls_back_refuses_replaces_pauses_and_deletes() -> Result {
     // Pause keeps the route with a notice and stops everything; resume serves again.
     let op = wait_op(&c, &c.pause("web-app").await?.id).await?;
     assert_eq!(op.status, OperationStatus::Succeeded);
-    let route = w.book.table().lookup("web-app.localhost").ok_or("route kept")?;
+    let route = w.table.lookup("web-app.localhost").ok_or("route kept")?;
     assert!(route.paused.as_deref().is_some_and(|m| m.contains("paused")) && route.upstreams.is_empty());
     assert_eq!(c.get("web-app").await?.status, ServiceStatus::Paused);
     assert!(w.runtime.list().await?.is_empty());
@@ -264,7 +267,7 @@ async fn deploys_rolls_back_refuses_replaces_pauses_and_deletes() -> Result {
     // Delete frees everything.
     let op = wait_op(&c, &c.delete("web-app").await?.id).await?;
     assert_eq!(op.status, OperationStatus::Succeeded);
-    assert!(w.book.table().lookup("web-app.localhost").is_none());
+    assert!(w.table.lookup("web-app.localhost").is_none());
     assert!(w.runtime.list().await?.is_empty());
     assert!(matches!(c.get("web-app").await, Err(ControllerError::NotFound(_))));
     Ok(())

@@ -19,7 +19,7 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame};
-use hyper::header;
+use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -68,10 +68,14 @@ where
                     tracing::debug!(peer = %peer.ip, "no request head within the idle timeout; closing the connection");
                     return;
                 }
+                // Stopping: a connection between requests closes; one in the middle of a head
+                // is served.
+                () = router.options.stopping.cancelled(), if buf.is_empty() => return,
             }
         };
         let head = buf.split_to(len).freeze();
         match one(&router, &mut io, &peer, &head, &mut buf, &mut out).await {
+            Served::Next if router.options.stopping.is_cancelled() => return,
             Served::Next => {}
             Served::Close => return,
             Served::HandOver => {
@@ -159,6 +163,10 @@ where
         }
     };
     router.finish(&route, &ex, &mut resp);
+    if router.options.stopping.is_cancelled() {
+        // The connection closes after this answer; the client learns it from the answer.
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     match write_response(io, buf, out, resp, method == Method::HEAD).await {
         Ok(()) => Served::Next,
         Err(e) => {

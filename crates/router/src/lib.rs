@@ -11,9 +11,13 @@
 
 mod access;
 mod book;
+pub mod control;
+pub mod daemon;
 mod h1;
 pub mod listen;
 mod proxy;
+mod remote;
+mod sink;
 mod stats;
 mod table;
 pub mod tls;
@@ -23,6 +27,7 @@ mod workers;
 pub use access::{AccessLog, AccessRecord};
 pub use book::RouteBook;
 pub use proxy::{Activator, Body, BoxError, Router, RouterOptions, DEFAULT_MAX_CONNECTIONS};
-pub use stats::render as render_metrics;
+pub use remote::{Launch, RemoteRouter};
+pub use sink::{Leaver, Owners, RouteSink, ServiceLoad};
 pub use table::{InFlight, NoPick, Route, RouteSettings, RouteSpec, RoutingTable, ServiceState, Upstream};
-pub use workers::Workers;
+pub use workers::{bind, Workers};

@@ -25,6 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::access::{AccessLog, AccessRecord};
 use crate::listen::{self, Gate};
@@ -203,6 +204,10 @@ pub struct RouterOptions {
     pub gate: Arc<Gate>,
     /// How long a client has for its TLS handshake.
     pub tls_handshake_timeout: Duration,
+    /// Cancelled to stop: no new connections; idle ones close, busy ones after their answer.
+    pub stopping: CancellationToken,
+    /// How long a stopping worker waits for its connections to end.
+    pub drain_timeout: Duration,
 }
 
 impl Default for RouterOptions {
@@ -215,6 +220,8 @@ impl Default for RouterOptions {
             idle_timeout: Duration::from_secs(75),
             gate: Gate::new("router", DEFAULT_MAX_CONNECTIONS),
             tls_handshake_timeout: Duration::from_secs(10),
+            stopping: CancellationToken::new(),
+            drain_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -559,7 +566,10 @@ impl Router {
     /// task is dropped. Accept errors never end it ([`listen::accept`]).
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
-            let (stream, peer, admitted) = listen::accept(&listener, &self.options.gate).await;
+            let (stream, peer, admitted) = tokio::select! {
+                accepted = listen::accept(&listener, &self.options.gate) => accepted,
+                () = self.options.stopping.cancelled() => return,
+            };
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
@@ -574,7 +584,10 @@ impl Router {
     pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, config: Arc<rustls::ServerConfig>) {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         loop {
-            let (stream, peer, admitted) = listen::accept(&listener, &self.options.gate).await;
+            let (stream, peer, admitted) = tokio::select! {
+                accepted = listen::accept(&listener, &self.options.gate) => accepted,
+                () = self.options.stopping.cancelled() => return,
+            };
             let _ = stream.set_nodelay(true);
             let (this, acceptor) = (self.clone(), acceptor.clone());
             tokio::spawn(async move {
@@ -617,6 +630,7 @@ impl Router {
         let idle = self.options.idle_timeout;
         let activity = listen::Activity::default();
         let tracker = activity.clone();
+        let stopping = self.options.stopping.clone();
         let service = hyper::service::service_fn(move |req| {
             let (this, peer, request) = (self.clone(), peer.clone(), tracker.begin());
             async move {
@@ -632,6 +646,11 @@ impl Router {
             ended = conn.as_mut() => ended,
             () = activity.idle_for(idle) => {
                 tracing::debug!(peer = %ip, "no request within the idle timeout; closing the connection");
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            // Stopping: requests in progress finish; HTTP/1.1 closes after them, HTTP/2 says GOAWAY.
+            () = stopping.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use crate::stats::ServiceStats;
 
 /// How the router treats one service's requests.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RouteSettings {
     /// The whole exchange — waiting for an instance, the response head and the body — must end
     /// within this; 504 when the head is late, the stream is cut when the body is.
@@ -158,6 +158,11 @@ impl Upstream {
         }
     }
 
+    /// The service it serves.
+    pub fn service_name(&self) -> &str {
+        &self.service.name
+    }
+
     /// Requests sent to it and not yet answered in full.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
@@ -280,7 +285,7 @@ impl Route {
 }
 
 /// What a writer declares: a host, the service behind it, its ready instances and settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RouteSpec {
     pub host: String,
     pub service: String,

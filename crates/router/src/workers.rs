@@ -12,6 +12,7 @@ use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 use tokio::net::TcpListener;
 
+use crate::listen::Gate;
 use crate::proxy::{Router, RouterOptions};
 use crate::table::RoutingTable;
 use crate::upstream;
@@ -37,43 +38,70 @@ impl Router {
         tls: Option<Arc<rustls::ServerConfig>>,
         workers: Workers,
     ) -> std::io::Result<SocketAddr> {
-        let cpus = if workers.pin { allowed_cpus() } else { Vec::new() };
-        let mut bound = addr;
-        for i in 0..workers.count.max(1) {
-            let (tx, rx) = std::sync::mpsc::channel();
+        let listeners = bind(addr, workers.count)?;
+        let bound = listeners.first().map(|l| l.local_addr()).transpose()?.unwrap_or(addr);
+        Router::serve_on(table, options, listeners, tls, workers.pin)?;
+        Ok(bound)
+    }
+
+    /// Serves each of `listeners` on a worker thread of its own (pinned to a CPU each with
+    /// `pin`). A worker ends once `options.stopping` is cancelled and the listener's connections
+    /// have ended, or `options.drain_timeout` has passed.
+    pub fn serve_on(
+        table: Arc<RoutingTable>,
+        options: RouterOptions,
+        listeners: Vec<std::net::TcpListener>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        pin: bool,
+    ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+        let cpus = if pin { allowed_cpus() } else { Vec::new() };
+        let mut threads = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
             let (table, options, tls) = (table.clone(), options.clone(), tls.clone());
             let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
-            std::thread::Builder::new().name(format!("berth-router-{i}")).spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (up, started) = std::sync::mpsc::channel();
+            let thread = std::thread::Builder::new().name(format!("berth-router-{i}")).spawn(move || {
                 if let Some(cpu) = cpu {
                     pin_to(cpu);
                 }
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
                 rt.block_on(async move {
-                    let listener = match reuseport_listener(bound) {
+                    let listener = match TcpListener::from_std(listener) {
                         Ok(l) => l,
                         Err(e) => {
-                            let _ = tx.send(Err(e));
+                            let _ = up.send(Err(e));
                             return;
                         }
                     };
-                    let _ = tx.send(listener.local_addr());
+                    let _ = up.send(Ok(()));
+                    let (gate, drain, stopping) = (options.gate.clone(), options.drain_timeout, options.stopping.clone());
                     let router = Router::with_options(table, options);
                     tokio::spawn(worker_chores(router.http1.clone()));
                     match tls {
                         Some(config) => router.serve_tls(listener, config).await,
                         None => router.serve(listener).await,
                     }
+                    if stopping.is_cancelled() {
+                        drained(&gate, drain).await;
+                    }
                 });
             })?;
-            bound = rx.recv().map_err(|_| std::io::Error::other("a router worker died while starting"))??;
+            started.recv().map_err(|_| std::io::Error::other("a router worker died while starting"))??;
+            threads.push(thread);
         }
-        Ok(bound)
+        Ok(threads)
+    }
+}
+
+/// Waits until no connection of the gate's listener is open, at most `bound`.
+async fn drained(gate: &Gate, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    while gate.open() > 0 {
+        if Instant::now() >= deadline {
+            tracing::warn!(connections = gate.open(), "connections still open after the drain timeout; closing them");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -109,12 +137,28 @@ async fn worker_chores(pool: Arc<upstream::Pool>) {
     }
 }
 
-/// A listener on `addr` that other workers may share (`SO_REUSEPORT`).
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
+/// `count` listeners on `addr` that share its port (`SO_REUSEPORT`: the kernel spreads the
+/// connections); port 0 picks one port for all.
+pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut all: Vec<std::net::TcpListener> = Vec::new();
+    let mut at = addr;
+    for _ in 0..count.max(1) {
+        let l = reuseport_listener(at)?;
+        at = l.local_addr()?;
+        all.push(l);
+    }
+    Ok(all)
+}
+
+/// A non-blocking listener on `addr` that other sockets may share (`SO_REUSEPORT`).
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use rustix::net::{sockopt, AddressFamily, SocketFlags, SocketType};
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK, None)?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    sockopt::set_socket_reuseport(&fd, true)?;
+    sockopt::set_tcp_nodelay(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, 4096)?;
+    Ok(std::net::TcpListener::from(fd))
 }

@@ -142,7 +142,7 @@ async fn table_changes_under_load_fail_no_request() -> Result {
     let web = table.services().remove(0);
     assert_eq!(web.stats.responses(2) as usize, served);
     let mut metrics = String::new();
-    berth_router::render_metrics(&table, &mut metrics);
+    berth_router::RouteSink::render_metrics(&*table, &mut metrics);
     assert!(metrics.contains(&format!("berth_router_requests_total{{service=\"web\",code=\"2xx\"}} {served}")), "{metrics}");
     assert!(metrics.contains("berth_router_instances{service=\"web\"} 2"), "{metrics}");
     let mut lines = 0;
@@ -250,7 +250,7 @@ async fn scale_from_zero_holds_requests_until_an_instance_is_ready() -> Result {
     assert_eq!(idle.stats.cold_start_count(), 1);
     assert_eq!(idle.queued(), 0);
     let mut metrics = String::new();
-    berth_router::render_metrics(&table, &mut metrics);
+    berth_router::RouteSink::render_metrics(&*table, &mut metrics);
     assert!(metrics.contains("berth_router_cold_starts_total{service=\"idle\"} 1"), "{metrics}");
 
     // Nobody starts an instance: held requests give up after the bound.

@@ -190,6 +190,10 @@ pub struct RuntimeSandbox {
 
 impl Drop for RuntimeSandbox {
     fn drop(&mut self) {
+        // The router process outlives its server while instances run.
+        if let Some(data) = self.instances.parent().and_then(Path::parent) {
+            stop_router(data);
+        }
         if let Ok(entries) = std::fs::read_dir(&self.instances) {
             for e in entries.flatten() {
                 if let Some(pid) = std::fs::read_to_string(e.path().join("container.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
@@ -208,6 +212,15 @@ impl Drop for RuntimeSandbox {
             }
         }
         cleanup_runtime_host(&self.bridge, &self.cidr, &self.cgroup_parent);
+    }
+}
+
+/// Kills the router process of the data directory `data`, if one runs.
+pub fn stop_router(data: &Path) {
+    let Some(pid) = std::fs::read_to_string(data.join("router.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) else { return };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if cmdline.split(|b| *b == 0).nth(1) == Some(&b"router"[..]) {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
     }
 }
 
