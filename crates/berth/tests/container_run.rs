@@ -7,7 +7,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_image::build::{build_from_binary, ImageSettings};
 use berth_image::LayerCache;
@@ -17,17 +17,6 @@ use berth_runtime::embedded::rootfs::{Rootfs, RootfsKind};
 use berth_runtime::{ImageRef, InstanceId, InstanceSpec, Resources};
 use berth_testkit::hello_binary;
 use support::*;
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(format!("timed out waiting for {what}").into())
-}
 
 /// Deletes the container and its root filesystem even when an assertion fails.
 struct Cleanup {
@@ -103,7 +92,7 @@ fn runs_hello_in_an_isolated_container() -> Result {
     std::fs::write(files.config(), serde_json::to_vec_pretty(&oci)?)?;
 
     let mut shim = Command::new(BIN).arg("shim").arg("run").arg(&files.dir).spawn()?;
-    wait_until("the container to start", Duration::from_secs(20), || files.container_pid().exists() || files.start_error().exists())?;
+    wait_until("the container to start", Duration::from_secs(20), || Ok(files.container_pid().exists() || files.start_error().exists()))?;
     if let Ok(e) = std::fs::read_to_string(files.start_error()) {
         return Err(format!("the container did not start: {e}").into());
     }
@@ -125,7 +114,7 @@ fn runs_hello_in_an_isolated_container() -> Result {
     wait_until("hello to answer", Duration::from_secs(10), || {
         let out = Command::new("nsenter").arg(format!("--net=/proc/{pid}/ns/net")).args(["curl", "-s", "http://127.0.0.1:8080/"]).output();
         answer = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-        answer.starts_with("hello from v7")
+        Ok(answer.starts_with("hello from v7"))
     })?;
     assert_eq!(answer.trim(), format!("hello from v7 on {id}"));
     // Once it answers it has been executed: as user 65534, no capabilities, no new privileges,
@@ -139,7 +128,7 @@ fn runs_hello_in_an_isolated_container() -> Result {
     assert_ne!(std::fs::read_link(format!("/proc/{pid}/ns/pid"))?, std::fs::read_link("/proc/self/ns/pid")?);
 
     // Logs carry timestamps and the stream name.
-    wait_until("the log", Duration::from_secs(5), || std::fs::read_to_string(files.log()).is_ok_and(|l| l.contains("GET / 200")))?;
+    wait_until("the log", Duration::from_secs(5), || Ok(std::fs::read_to_string(files.log()).is_ok_and(|l| l.contains("GET / 200"))))?;
     let log = std::fs::read_to_string(files.log())?;
     assert!(log.lines().any(|l| l.contains(" stdout hello v7 listening on port 8080")), "{log}");
 
@@ -147,7 +136,7 @@ fn runs_hello_in_an_isolated_container() -> Result {
     // to PID 1) and exits at once. The shim records the end.
     let target = nix::unistd::Pid::from_raw(pid);
     nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM)?;
-    wait_until("the exit record", Duration::from_secs(10), || files.read_exit().is_some())?;
+    wait_until("the exit record", Duration::from_secs(10), || Ok(files.read_exit().is_some()))?;
     let exit = files.read_exit().ok_or("no exit record")?;
     assert_eq!((exit.code, exit.signal, exit.oom_killed), (0, None, false));
     assert!(shim.wait()?.success());

@@ -7,79 +7,10 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_testkit::hello_binary;
 use support::*;
-
-/// What one request got: the body, or why it failed.
-type Answer = (Instant, std::result::Result<String, String>);
-
-/// Requests through the router's HTTP listener with `Host: web-app.localhost`, from two threads
-/// at about 200 requests/s, recording every answer.
-struct Load {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<Answer>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(router: &str) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..2)
-            .map(|_| {
-                let (stop, seen, url) = (stop.clone(), seen.clone(), format!("http://{router}/"));
-                std::thread::spawn(move || {
-                    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
-                    while !stop.load(Ordering::Relaxed) {
-                        let r = match agent.get(&url).set("Host", "web-app.localhost").call() {
-                            Ok(resp) => resp.into_string().map(|s| s.trim().to_owned()).map_err(|e| e.to_string()),
-                            Err(ureq::Error::Status(code, resp)) => Err(format!("{code}: {}", resp.into_string().unwrap_or_default())),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        seen.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), r));
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                })
-            })
-            .collect();
-        Load { stop, seen, threads }
-    }
-
-    /// Answers since `from`: (successful bodies, failures).
-    fn since(&self, from: Instant) -> (Vec<String>, Vec<String>) {
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut ok, mut failed) = (Vec::new(), Vec::new());
-        for (_, r) in seen.iter().filter(|(at, _)| *at >= from) {
-            match r {
-                Ok(body) => ok.push(body.clone()),
-                Err(e) => failed.push(e.clone()),
-            }
-        }
-        (ok, failed)
-    }
-
-    fn finish(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> Result<bool>) -> Result {
-    let end = Instant::now() + within;
-    while Instant::now() < end {
-        if f()? {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(format!("timed out waiting for {what}").into())
-}
 
 fn push(s: &Server, bin: &str, version: &str, healthy: bool, sha: &str) -> Result {
     let healthy = format!("HELLO_HEALTHY={healthy}");
@@ -141,7 +72,7 @@ fn push_deploy_roll_back_replace_pause_resume_and_roll_back_by_id() -> Result {
         .output()?;
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("hello from v1 on web-app-1-"), "{out:?}");
 
-    let load = Load::start(&router);
+    let load = Load::start(&router, "web-app.localhost");
     std::thread::sleep(Duration::from_millis(500));
 
     // 1. A new version: deployed automatically, answers switch, nothing fails.

@@ -4,6 +4,8 @@
 //! - `GET /` answers `hello from <HELLO_VERSION> on <hostname>`.
 //! - `GET /healthz` answers `ok`, or 503 when `HELLO_HEALTHY=false` (a broken release).
 //! - `GET /hog` allocates memory until the memory limit kills it (for OOM tests).
+//! - `GET /sleep/<ms>` answers after that many milliseconds (at most a minute): a long request.
+//! - `POST /echo` streams the request body back (chunked) while still reading it: full duplex.
 //! - Listens on `0.0.0.0:$PORT` (default 8080) and logs one line per request to stdout.
 //! - Exits at once on SIGTERM (as PID 1 of a container, a signal without a handler does nothing,
 //!   so stopping it would otherwise wait out the grace period).
@@ -79,11 +81,18 @@ fn serve(stream: TcpStream, version: &str, host: &str, healthy: bool) {
                 keep_alive = lower.contains("keep-alive") || (keep_alive && !lower.contains("close"));
             }
         }
-        if body_len > 0 {
-            let mut skip = vec![0u8; body_len.min(1 << 20)];
-            if std::io::Read::read_exact(&mut reader, &mut skip).is_err() {
+        if method == "POST" && path == "/echo" {
+            if echo(&mut reader, &mut out, body_len).is_err() {
                 return;
             }
+            println!("{method} {path} 200 {}us", start.elapsed().as_micros());
+            if !keep_alive {
+                return;
+            }
+            continue;
+        }
+        if std::io::copy(&mut std::io::Read::take(&mut reader, body_len as u64), &mut std::io::sink()).ok() != Some(body_len as u64) {
+            return;
         }
         let (status, body) = match path.as_str() {
             "/" => ("200 OK", format!("hello from {version} on {host}\n")),
@@ -95,6 +104,11 @@ fn serve(stream: TcpStream, version: &str, host: &str, healthy: bool) {
                     hog.push(vec![1u8; 16 << 20]);
                 }
                 ("200 OK", format!("survived {} MiB\n", hog.len() * 16))
+            }
+            p if p.starts_with("/sleep/") => {
+                let ms = p["/sleep/".len()..].parse::<u64>().unwrap_or(0).min(60_000);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                ("200 OK", format!("slept {ms} ms\n"))
             }
             _ => ("404 Not Found", "not found\n".to_owned()),
         };
@@ -109,4 +123,28 @@ fn serve(stream: TcpStream, version: &str, host: &str, healthy: bool) {
             return;
         }
     }
+}
+
+/// Sends the `len` bytes of a request body back as they arrive, as a chunked answer begun before
+/// the body has been read.
+fn echo(reader: &mut impl std::io::Read, out: &mut impl Write, len: usize) -> std::io::Result<()> {
+    out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+    const CHUNK: usize = 64 << 10;
+    // Each chunk goes out in one write: its size line (at most 6 bytes), the data, CRLF.
+    let mut buf = vec![0u8; CHUNK + 16];
+    let mut left = len;
+    while left > 0 {
+        let n = reader.read(&mut buf[8..8 + left.min(CHUNK)])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let size = format!("{n:x}\r\n");
+        let start = 8 - size.len();
+        buf[start..8].copy_from_slice(size.as_bytes());
+        buf[8 + n..8 + n + 2].copy_from_slice(b"\r\n");
+        out.write_all(&buf[start..8 + n + 2])?;
+        left -= n;
+    }
+    out.write_all(b"0\r\n\r\n")?;
+    out.flush()
 }

@@ -64,9 +64,14 @@ impl Server {
 
     /// Starts the server again on the same data directory (new port).
     pub fn restart(&mut self) -> Result {
+        self.restart_with(Path::new(BIN))
+    }
+
+    /// Starts the server again from the binary `bin` (another build, say).
+    pub fn restart_with(&mut self, bin: &Path) -> Result {
         self.kill9()?;
         let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let p = BerthProcess::start(Path::new(BIN), &self.dir, &env)?;
+        let p = BerthProcess::start(bin, &self.dir, &env)?;
         self.addr = p.addr.clone();
         self.token = p.token.clone();
         self.process = Some(p);
@@ -145,6 +150,90 @@ pub fn runtime_sandbox(
         cgroup_parent,
     };
     Ok((env, sandbox))
+}
+
+/// What one request got, and when: the body, or why it failed.
+pub type Answer = (std::time::Instant, std::result::Result<String, String>);
+
+/// Requests through the router's HTTP listener to one host, from two threads with keep-alive
+/// connections (retried on a pooled connection found closed, as browsers and Go clients do),
+/// every answer recorded: its body, or why it failed.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Answer>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(router: &str, host: &str) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let threads = (0..2)
+            .map(|_| {
+                let (stop, seen, url, host) = (stop.clone(), seen.clone(), format!("http://{router}/"), host.to_owned());
+                std::thread::spawn(move || {
+                    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = match agent.get(&url).set("Host", &host).call() {
+                            Ok(resp) => resp.into_string().map(|s| s.trim().to_owned()).map_err(|e| e.to_string()),
+                            Err(ureq::Error::Status(code, resp)) => Err(format!("{code}: {}", resp.into_string().unwrap_or_default())),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        seen.lock().unwrap_or_else(|p| p.into_inner()).push((std::time::Instant::now(), r));
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+            })
+            .collect();
+        Load { stop, seen, threads }
+    }
+
+    /// Answers since `from`: (successful bodies, failures).
+    pub fn since(&self, from: std::time::Instant) -> (Vec<String>, Vec<String>) {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        for (_, r) in seen.iter().filter(|(at, _)| *at >= from) {
+            match r {
+                Ok(body) => ok.push(body.clone()),
+                Err(e) => failed.push(e.clone()),
+            }
+        }
+        (ok, failed)
+    }
+
+    /// How many answers came so far.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Lets at least `n` more answers come in.
+    pub fn wait_for(&self, n: usize) -> Result {
+        let target = self.count() + n;
+        wait_until("answers under load", Duration::from_secs(30), || Ok(self.count() >= target))
+    }
+
+    /// Stops; returns every answer's outcome: (successful bodies, failures).
+    pub fn finish(mut self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let start = self.seen.lock().unwrap_or_else(|p| p.into_inner()).first().map(|(at, _)| *at);
+        start.map(|at| self.since(at)).unwrap_or_default()
+    }
+}
+
+/// Polls `f` until it holds, at most `within`.
+pub fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> Result<bool>) -> Result {
+    let end = std::time::Instant::now() + within;
+    while std::time::Instant::now() < end {
+        if f()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("timed out waiting for {what}").into())
 }
 
 /// A response as the tests look at it.
