@@ -1,6 +1,8 @@
-//! `berth router`: the router process, which the server starts (and never a person). It runs in
-//! a session of its own, so that neither a terminal's signals nor the server's end reach it, and
-//! logs to `<data dir>/logs/router.log`.
+//! `berth router`: the router process, which the server starts (and never a person) in a process
+//! group of its own, so that a terminal's signals for the server (Ctrl-C) do not reach it; it
+//! ignores SIGHUP and logs to `<data dir>/logs/router.log`. It stays in the server's session:
+//! with the kernel's autogroup scheduling a session of its own would get one share of the CPU
+//! against everything else, and its latency would suffer whenever the host is busy.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,8 +13,6 @@ use berth_router::control::DaemonConfig;
 const LOG_LIMIT: u64 = 10 << 20;
 
 pub fn main(config_path: &Path, takeover: bool) -> ExitCode {
-    // A new session: not in the server's process group or its terminal's.
-    let _ = nix::unistd::setsid();
     let config = match DaemonConfig::read(config_path) {
         Ok(c) => c,
         Err(e) => {

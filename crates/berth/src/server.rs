@@ -293,8 +293,10 @@ async fn start_router(config: &Config) -> anyhow::Result<RemoteRouter> {
     // The binary as it is now: an upgrade may replace the file while the server runs.
     let exe = std::env::current_exe().context("finding the berth binary for the router")?;
     let spawn = move |takeover: bool| -> std::io::Result<()> {
+        use std::os::unix::process::CommandExt;
         let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["router", "--config"]).arg(&config_path);
+        // A process group of its own: a terminal's Ctrl-C for the server does not reach it.
+        cmd.process_group(0).args(["router", "--config"]).arg(&config_path);
         if takeover {
             cmd.arg("--takeover");
         }

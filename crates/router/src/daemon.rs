@@ -39,7 +39,12 @@ const METRICS_EVERY: u32 = 10;
 /// The build a process runs: berth's version and the size and modification time of its binary,
 /// so a server can tell a router started from another binary.
 pub fn identity() -> String {
-    let exe = std::fs::metadata("/proc/self/exe");
+    identity_of(Path::new("/proc/self/exe"))
+}
+
+/// The identity ([`identity`]) of the berth binary at `path`.
+pub fn identity_of(path: &Path) -> String {
+    let exe = std::fs::metadata(path);
     let (size, mtime) = exe.map(|m| (m.len(), m.modified().ok())).unwrap_or((0, None));
     let mtime = mtime.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
     format!("{} {size} {mtime}", env!("CARGO_PKG_VERSION"))
@@ -310,6 +315,8 @@ async fn control_loop(
     use tokio::signal::unix::{signal, SignalKind};
     let (mut term, mut int, mut usr2) =
         (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::user_defined2())?);
+    // A terminal that closes does not end the data plane.
+    let mut hup = signal(SignalKind::hangup())?;
     let mut stop = state.stop.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut alone_since = Instant::now();
@@ -327,6 +334,7 @@ async fn control_loop(
             _ = term.recv() => state.request_stop("SIGTERM"),
             _ = int.recv() => state.request_stop("SIGINT"),
             _ = usr2.recv() => start_successor(exe, config_path),
+            _ = hup.recv() => tracing::info!("SIGHUP ignored: the router serves on"),
             () = async { let _ = stop.wait_for(|s| s.is_some()).await; } => return Ok(()),
             _ = tick.tick() => {
                 if inode(socket_path) != ours {
@@ -345,7 +353,9 @@ async fn control_loop(
 /// `SIGUSR2`: starts the binary now at this router's path as its successor.
 fn start_successor(exe: &Path, config_path: &Path) {
     tracing::info!(binary = %exe.display(), "starting a successor to take the listeners over");
+    use std::os::unix::process::CommandExt;
     let spawned = std::process::Command::new(exe)
+        .process_group(0)
         .args(["router", "--config"])
         .arg(config_path)
         .arg("--takeover")

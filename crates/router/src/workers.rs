@@ -57,7 +57,10 @@ impl Router {
         let cpus = if pin { allowed_cpus() } else { Vec::new() };
         let mut threads = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
-            let (table, options, tls) = (table.clone(), options.clone(), tls.clone());
+            let (table, mut options, tls) = (table.clone(), options.clone(), tls.clone());
+            // Connections wait on their own worker's token: waiting registers with it, and one
+            // token shared by every worker would be a lock taken across CPUs for each request.
+            options.stopping = options.stopping.child_token();
             let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (up, started) = std::sync::mpsc::channel();

@@ -5,10 +5,17 @@
 //! wrk and keep-alive: 64 connections over HTTP and over HTTPS (saturated: requests/s, p50,
 //! p99, and the proxy's own CPU time per request, which the noise of a shared machine moves
 //! least; both proxies with an ECDSA P-256 certificate, TLS 1.3) and 1 connection (the p50 each
-//! proxy adds over going direct to the backend). Then scale from zero: a request to a service
-//! with no instance is held while an activator starts the backend (`examples/hello`, probed for
-//! readiness as berth's controller does), and the overhead is the time to first byte minus the
-//! backend's own start-up time (spawn → accepting).
+//! proxy adds over going direct to the backend). Full duplex: a 64 MiB body streamed to
+//! `examples/hello`'s `/echo`, which answers while it reads, through each proxy (nginx with
+//! `proxy_request_buffering off` and `proxy_buffering off`), by a client that writes and reads at
+//! once: MiB/s. nginx stalls on some of these exchanges; it is measured on those it completes. Then scale
+//! from zero: a request to a service with no instance is held while an activator starts the
+//! backend (`examples/hello`, probed for readiness as berth's controller does), and the overhead
+//! is the time to first byte minus the backend's own start-up time (spawn → accepting).
+//!
+//! berth's router runs as it does in production: the `berth router` process (release build),
+//! fed its routes over the control socket by a `RemoteRouter` here, as the server feeds it, and
+//! asking this process for instances the same way.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -16,14 +23,28 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use berth_router::tls::{server_config, LocalCa, OnDemandCerts};
-use berth_router::{Activator, RouteSettings, RouteSpec, Router, RouterOptions, RoutingTable, Workers};
+use berth_router::control::{DaemonConfig, SuppliedCertificate};
+use berth_router::{daemon, Activator, Launch, RemoteRouter, RouteBook, RouteSettings, RouteSpec};
 
 use super::{median, print_table, Figure};
 
 const HOST: &str = "bench.localhost";
+const ECHO_HOST: &str = "echo.localhost";
+const COLD_HOST: &str = "cold.localhost";
+/// The body of the full-duplex echo.
+const ECHO_BYTES: usize = 64 << 20;
 
 struct Nginx(Child);
+
+/// A process killed when the measurement ends, however it ends.
+struct KillOnDrop<'a>(&'a mut Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 impl Drop for Nginx {
     /// SIGTERM to the master, which stops its workers (SIGKILL would orphan them).
@@ -113,8 +134,8 @@ fn wrk_url(url: &str, connections: u32, threads: u32, secs: u32) -> anyhow::Resu
 enum CpuOf {
     /// The workers of an nginx master.
     NginxWorkers(u32),
-    /// This process's router threads (`berth-router-N`).
-    RouterThreads,
+    /// The router threads (`berth-router-N`) of a `berth router` process.
+    RouterThreads(u32),
 }
 
 impl CpuOf {
@@ -128,7 +149,7 @@ impl CpuOf {
                 .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
                 .filter(|s| stat_fields(s).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok())) == Some(*master))
                 .collect(),
-            CpuOf::RouterThreads => std::fs::read_dir("/proc/self/task")
+            CpuOf::RouterThreads(pid) => std::fs::read_dir(format!("/proc/{pid}/task"))
                 .into_iter()
                 .flatten()
                 .flatten()
@@ -206,7 +227,7 @@ fn nginx_certificate(dir: &Path) -> anyhow::Result<(std::path::PathBuf, std::pat
 /// Starts the backend on demand, as berth's controller would: spawn, then probe at the
 /// controller's start-up cadence (1, 2, 4 … ms) until it accepts, then route to it.
 struct SpawnOnDemand {
-    table: Arc<RoutingTable>,
+    book: Arc<RouteBook>,
     hello: std::path::PathBuf,
     spec: Mutex<Option<RouteSpec>>,
     /// (the backend process, its own start-up time)
@@ -216,7 +237,7 @@ struct SpawnOnDemand {
 impl Activator for SpawnOnDemand {
     /// Called on the router's request path: the work happens on a thread of its own.
     fn activate(&self, _service: &str) {
-        let (table, hello, spec) = (self.table.clone(), self.hello.clone(), self.spec.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        let (book, hello, spec) = (self.book.clone(), self.hello.clone(), self.spec.lock().unwrap_or_else(|p| p.into_inner()).clone());
         let started = self.started.clone();
         std::thread::spawn(move || {
             let Ok(port) = free_port() else { return };
@@ -244,7 +265,7 @@ impl Activator for SpawnOnDemand {
             }
             *started.lock().unwrap_or_else(|p| p.into_inner()) = Some((child, own.unwrap_or_default()));
             if let Some(spec) = spec {
-                table.replace(&[RouteSpec { upstreams: vec![([127, 0, 0, 1], port).into()], ..spec }]);
+                book.set("cold", vec![RouteSpec { upstreams: vec![([127, 0, 0, 1], port).into()], ..spec }]);
             }
         });
     }
@@ -264,27 +285,24 @@ impl Drop for KillStarted {
 
 /// Scale from zero: time to first byte of a request held while the backend starts, minus the
 /// backend's own start-up time; ms, one value per round.
-fn cold_starts(hello: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
-    let table = Arc::new(RoutingTable::new());
+fn cold_starts(router: &BerthRouter, hello: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
     let settings = RouteSettings { scale_from_zero: true, ..RouteSettings::default() };
-    let spec = RouteSpec { settings, ..RouteSpec::new(HOST, "cold", vec![]) };
+    let spec = RouteSpec { settings, ..RouteSpec::new(COLD_HOST, "cold", vec![]) };
     let activator = Arc::new(SpawnOnDemand {
-        table: table.clone(),
+        book: router.book.clone(),
         hello: hello.to_owned(),
         spec: Mutex::new(Some(spec.clone())),
         started: Arc::new(Mutex::new(None)),
     });
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let port = free_port()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))?;
-    let options = RouterOptions { activator: Some(activator.clone()), ..RouterOptions::default() };
-    rt.spawn(Router::with_options(table.clone(), options).serve(listener));
+    router.remote.set_activator(activator.clone());
     let _cleanup = KillStarted(activator.started.clone());
     let mut out = Vec::new();
     for round in 0..rounds.max(5) {
-        table.replace(std::slice::from_ref(&spec));
+        router.book.set("cold", vec![spec.clone()]);
+        // The table reaches the router process before the request does.
+        std::thread::sleep(Duration::from_millis(50));
         let t0 = std::time::Instant::now();
-        let mut conn = super::http::Conn::connect_as(&format!("127.0.0.1:{port}"), HOST, None)?;
+        let mut conn = super::http::Conn::connect_as(&format!("127.0.0.1:{}", router.http), COLD_HOST, None)?;
         let r = conn.request("GET", "/", &[], b"", true)?;
         let ttfb = t0.elapsed();
         if r.status != 200 {
@@ -304,8 +322,160 @@ fn cold_starts(hello: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
         let _ = child.kill();
         let _ = child.wait();
     }
-    drop(rt);
     Ok(out)
+}
+
+/// berth's router process, fed over its control socket as the server feeds it.
+struct BerthRouter {
+    remote: RemoteRouter,
+    book: Arc<RouteBook>,
+    pid: u32,
+    http: u16,
+    https: u16,
+    rt: tokio::runtime::Runtime,
+}
+
+impl BerthRouter {
+    /// Starts `berth router` on `dir` with two workers (as nginx runs two, `worker_processes auto`
+    /// on two cores), pinned as berth's are by default, and `cert`/`key` supplied for `localhost`.
+    fn start(berth: &Path, dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<BerthRouter> {
+        let data = dir.join("berth");
+        std::fs::create_dir_all(&data)?;
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let config = DaemonConfig {
+            data_dir: data.clone(),
+            listen_http: any,
+            listen_https: any,
+            workers: 2,
+            pin_workers: true,
+            redirect_http_to_https: false,
+            hsts: false,
+            idle_timeout_secs: 75,
+            max_connections: berth_router::DEFAULT_MAX_CONNECTIONS,
+            tls_handshake_timeout_secs: 10,
+            drain_timeout_secs: 5,
+            suffixes: vec![".localhost".into()],
+            certificates: vec![SuppliedCertificate { domains: vec!["localhost".into()], cert: cert.to_owned(), key: key.to_owned() }],
+            access_log: None,
+            log_level: "warn".into(),
+            log_json: false,
+        };
+        let config_path = daemon::config_path(&data);
+        std::fs::write(&config_path, config.to_json()?)?;
+        let (identity, berth) = (daemon::identity_of(berth), berth.to_owned());
+        let spawn = move |takeover: bool| -> std::io::Result<()> {
+            use std::os::unix::process::CommandExt;
+            let mut cmd = Command::new(&berth);
+            cmd.process_group(0).args(["router", "--config"]).arg(&config_path);
+            if takeover {
+                cmd.arg("--takeover");
+            }
+            let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+            std::thread::spawn(move || child.wait());
+            Ok(())
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let launch = Launch { data_dir: data, config, identity, spawn: Box::new(spawn), on_hello: Box::new(|_| {}) };
+        let remote = rt.block_on(RemoteRouter::start(launch)).context("starting berth router")?;
+        let hello = remote.hello();
+        let book = Arc::new(RouteBook::new(Arc::new(remote.clone())));
+        Ok(BerthRouter { remote, book, pid: hello.pid, http: hello.http.port(), https: hello.https.port(), rt })
+    }
+}
+
+impl Drop for BerthRouter {
+    fn drop(&mut self) {
+        self.rt.block_on(self.remote.stop());
+    }
+}
+
+/// Streams `body` to `/echo` through the proxy at `port` while reading the answer (a client that
+/// writes and reads at once, as a full-duplex app needs); checks the echo and returns how long the
+/// exchange took, or `None` when it stalled (nothing came for [`STALL`]). Like curl with a large
+/// body, it asks `Expect: 100-continue` and sends the body on the interim answer (or after a
+/// second without one).
+fn echo_through(port: u16, body: &Arc<Vec<u8>>) -> anyhow::Result<Option<Duration>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: {ECHO_HOST}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let t0 = std::time::Instant::now();
+    writer.write_all(head.as_bytes())?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut interim = Vec::new();
+    let mut byte = [0u8; 1];
+    while !interim.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(0) => bail!("the proxy closed the connection before answering"),
+            Ok(_) => interim.push(byte[0]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !interim.is_empty() && !interim.starts_with(b"HTTP/1.1 100") {
+        bail!("the proxy answered before the body: {}", String::from_utf8_lossy(&interim).lines().next().unwrap_or(""));
+    }
+    stream.set_read_timeout(Some(STALL))?;
+    let sent = body.clone();
+    let sending = std::thread::spawn(move || -> std::io::Result<()> {
+        for chunk in sent.chunks(256 << 10) {
+            writer.write_all(chunk)?;
+        }
+        Ok(())
+    });
+    let mut answer = Vec::with_capacity(body.len() + (1 << 20));
+    if let Err(e) = stream.read_to_end(&mut answer) {
+        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+            // The sender, blocked on a full socket, ends with the connection.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = sending.join();
+            return Ok(None);
+        }
+        return Err(e.into());
+    }
+    let took = t0.elapsed();
+    sending.join().map_err(|_| anyhow::anyhow!("the sending thread panicked"))??;
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").context("no answer head")?;
+    let head = String::from_utf8_lossy(&answer[..split]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") {
+        bail!("the echo answered {}", head.lines().next().unwrap_or(""));
+    }
+    let payload = &answer[split + 4..];
+    let echoed = if head.contains("transfer-encoding: chunked") { dechunk(payload)? } else { payload.to_vec() };
+    if echoed.len() != body.len() || echoed != **body {
+        bail!("the echo came back with {} bytes, not the {} sent", echoed.len(), body.len());
+    }
+    Ok(Some(took))
+}
+
+/// An echo with nothing coming back this long has stalled.
+const STALL: Duration = Duration::from_secs(10);
+
+/// Echo attempts per proxy and round: nginx stalls on some full-duplex exchanges, and is given
+/// its best case (the first that completes).
+const ECHO_ATTEMPTS: usize = 5;
+
+/// The data of a chunked body.
+fn dechunk(mut b: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(b.len());
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n").context("a chunk size line without its end")?;
+        let size_text = std::str::from_utf8(&b[..line_end])?.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).with_context(|| format!("chunk size `{size_text}`"))?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if b.len() < size + 2 {
+            bail!("a chunk cut short");
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
 }
 
 pub fn run(rounds: usize) -> anyhow::Result<()> {
@@ -333,20 +503,38 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
         ),
     )?;
 
-    // berth's router, in this process, on its own runtime; over TLS with a certificate its local
-    // CA issued for `localhost` (supplied, as a user's own certificate would be).
-    let table = Arc::new(RoutingTable::new());
-    table.replace(&[RouteSpec::new(HOST, "bench", vec![([127, 0, 0, 1], backend_port).into()])]);
-    let ca = LocalCa::load_or_create(&dir.path().join("ca"), &["localhost".to_owned()]).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let leaf = Arc::new(ca.issue("localhost").map_err(|e| anyhow::anyhow!("{e}"))?.0);
-    let certs = OnDemandCerts::new(ca, vec![".localhost".into()]).with_supplied(vec![(vec!["localhost".into()], leaf)]);
-    let tls = server_config(Arc::new(certs)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    // Two workers, as nginx runs two (`worker_processes auto` on two cores), each pinned to a
-    // CPU as berth's are by default (`router.pin_workers`).
-    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let workers = Workers { count: 2, pin: true };
-    let berth_port = Router::serve_workers(table.clone(), RouterOptions::default(), any, None, workers)?.port();
-    let berth_tls_port = Router::serve_workers(table, RouterOptions::default(), any, Some(tls), workers)?.port();
+    // The echo app, and nginx in front of it streaming bodies both ways as berth does
+    // (`proxy_request_buffering off`; `proxy_buffering off` too, without which it stalled on
+    // every full-duplex echo tried).
+    let hello = dir.path().join("hello");
+    super::compile_hello(&hello, false)?;
+    let echo_port = free_port()?;
+    let mut echo_app = Command::new(&hello).env("PORT", echo_port.to_string()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let _echo_guard = KillOnDrop(&mut echo_app);
+    let nginx_echo_port = free_port()?;
+    let _echo_proxy = nginx(
+        dir.path(),
+        "echo",
+        "auto",
+        &format!(
+            "  upstream echo {{ server 127.0.0.1:{echo_port}; keepalive 16; }}\n  server {{ listen 127.0.0.1:{nginx_echo_port}; client_max_body_size 0; \
+             location / {{ proxy_pass http://echo; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_request_buffering off; proxy_buffering off; }} }}"
+        ),
+    )?;
+
+    // berth's router process; over TLS with the same certificate as nginx, supplied as a
+    // user's own certificate would be.
+    let berth = super::build_berth()?;
+    let router = BerthRouter::start(&berth, dir.path(), &cert, &key)?;
+    let echo_settings = RouteSettings { max_body_bytes: 2 * ECHO_BYTES as u64, ..RouteSettings::default() };
+    router.book.set("bench", vec![RouteSpec::new(HOST, "bench", vec![([127, 0, 0, 1], backend_port).into()])]);
+    router.book.set(
+        "echo",
+        vec![RouteSpec { settings: echo_settings, ..RouteSpec::new(ECHO_HOST, "echo", vec![([127, 0, 0, 1], echo_port).into()]) }],
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let (berth_port, berth_tls_port) = (router.http, router.https);
+    let echo_body = Arc::new(berth_testkit::noise(7, ECHO_BYTES));
 
     // Warm up both (pools, caches).
     wrk(nginx_port, 64, 2, 1)?;
@@ -359,18 +547,33 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     let mut added = Figure::new("added p50, 1 conn", "µs");
     let mut cpu = Figure::new("CPU per request, HTTP", "µs");
     let mut cpu_tls = Figure::new("CPU per request, HTTPS", "µs");
+    let mut duplex = Figure::new("full-duplex 64 MiB echo", "MiB/s");
+    // nginx's full-duplex exchanges that stalled, and the rounds it was measured in.
+    let (mut stalls, mut echo_tries) = (0usize, 0usize);
     let nginx_cpu = CpuOf::NginxWorkers(_proxy.0.id());
     for round in 0..rounds {
         let order = if round % 2 == 0 { [true, false] } else { [false, true] };
         let direct = wrk(backend_port, 1, 1, 3)?.1;
         for berth in order {
             let (port, tls_port) = if berth { (berth_port, berth_tls_port) } else { (nginx_port, nginx_tls_port) };
-            let of = if berth { &CpuOf::RouterThreads } else { &nginx_cpu };
+            let of = if berth { &CpuOf::RouterThreads(router.pid) } else { &nginx_cpu };
             let (r, a, b, c) = wrk_cpu(&format!("http://127.0.0.1:{port}/"), of, 5)?;
             let (rt_, _, bt, ct) = wrk_cpu(&format!("https://localhost:{tls_port}/"), of, 5)?;
             let (_, c1, _) = wrk(port, 1, 1, 3)?;
+            let mut echoed = None;
+            for _ in 0..ECHO_ATTEMPTS {
+                echoed = echo_through(if berth { berth_port } else { nginx_echo_port }, &echo_body)?;
+                match (echoed, berth) {
+                    (Some(_), _) => break,
+                    (None, true) => bail!("a full-duplex echo through berth's router stalled"),
+                    (None, false) => stalls += 1,
+                }
+            }
+            echo_tries += usize::from(!berth);
+            let echoed = echoed.with_context(|| format!("nginx stalled on {ECHO_ATTEMPTS} full-duplex echoes in a row"))?;
+            let mibs = ECHO_BYTES as f64 / f64::from(1u32 << 20) / echoed.as_secs_f64();
             eprintln!(
-                "round {}/{rounds} {:<6} http {r:>7.0} req/s p50 {a:>5.0} µs p99 {b:>6.0} µs cpu {c:>4.1} µs/req | https {rt_:>7.0} req/s p99 {bt:>6.0} µs cpu {ct:>4.1} µs/req | c1 p50 {c1:>4.0} µs (direct {direct:.0})",
+                "round {}/{rounds} {:<6} http {r:>7.0} req/s p50 {a:>5.0} µs p99 {b:>6.0} µs cpu {c:>4.1} µs/req | https {rt_:>7.0} req/s p99 {bt:>6.0} µs cpu {ct:>4.1} µs/req | c1 p50 {c1:>4.0} µs (direct {direct:.0}) | duplex {mibs:>5.0} MiB/s",
                 round + 1,
                 if berth { "berth" } else { "nginx" }
             );
@@ -384,6 +587,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
                 (&mut added, add),
                 (&mut cpu, c),
                 (&mut cpu_tls, ct),
+                (&mut duplex, mibs),
             ] {
                 if berth {
                     f.berth.push(v);
@@ -394,15 +598,17 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
         }
     }
 
-    let hello = dir.path().join("hello");
-    super::compile_hello(&hello, false)?;
-    let cold = cold_starts(&hello, rounds)?;
+    let cold = cold_starts(&router, &hello, rounds)?;
 
     println!();
-    let figures = [rps, p50, p99, rps_tls, p99_tls, added, cpu, cpu_tls];
+    let figures = [rps, p50, p99, rps_tls, p99_tls, added, cpu, cpu_tls, duplex];
     print_table("nginx", &figures);
     let cold_ms = median(cold);
     println!("{:<28} {:>14.1}", "scale-from-zero overhead (ms)", cold_ms);
+    println!(
+        "nginx stalled on {stalls} full-duplex echoes (nothing for {} s) besides the {echo_tries} that completed; berth's router on none",
+        STALL.as_secs()
+    );
     let round2 = |x: f64| (x * 100.0).round() / 100.0;
     let json = serde_json::json!({
         "bench": "router",
@@ -410,6 +616,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
         "rps_ratio_https": round2(figures[3].ratio()),
         "p99_ratio_http": round2(figures[2].ratio()),
         "added_p50_ratio_c1": round2(median(figures[5].berth.iter().zip(&figures[5].anchor).map(|(b, a)| b / a).collect())),
+        "duplex_ratio": round2(figures[8].ratio()),
         "cold_start_overhead_ms": round2(cold_ms),
     });
     println!("{json}");
