@@ -2,7 +2,7 @@
 //! printing medians, ratios (median of per-round ratios) and peak RSS, then one JSON line.
 
 mod deploy;
-mod http;
+pub mod http;
 mod registry;
 #[cfg(feature = "router-bench")]
 mod router;

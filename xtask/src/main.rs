@@ -3,16 +3,22 @@
 //! - `test`: installs the test tools the suite drives (skopeo, docker-registry, curl) when they
 //!   are missing, then runs the whole test suite.
 //! - `bench <name>`: runs a benchmark of berth against its anchor, side by side, and prints a
-//!   table of ratios ending with one JSON line. Names: `registry`, `runtime`, `router`.
+//!   table of ratios ending with one JSON line. Names: `registry`, `runtime`, `router`, `deploy`.
+//! - `chaos`: injects faults into a running berth under load (as root) and reports, per fault,
+//!   the requests that failed, whether and how fast berth recovered by itself, and whether the
+//!   host changed; one JSON line at the end.
 
 mod bench;
+mod chaos;
 mod test;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask test [-- <nextest args>]\n       cargo xtask bench registry|runtime|router|deploy [--rounds N]");
+    eprintln!(
+        "usage: cargo xtask test [-- <nextest args>]\n       cargo xtask bench registry|runtime|router|deploy [--rounds N]\n       cargo xtask chaos"
+    );
     ExitCode::from(2)
 }
 
@@ -29,6 +35,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("chaos") => chaos::run(),
         _ => return usage(),
     };
     match result {

@@ -87,6 +87,11 @@ fn bridge_veth_isolation_and_leases() -> Result {
     }
     // Bridge ports are isolated: b cannot reach a.
     assert!(!curl(Some(&format!("{}b", sb.prefix)), &url_a), "instances reach each other directly");
+    // The host side is IPv4 only: no link-local address, so no route per instance.
+    for dev in [sb.bridge.as_str(), a.host_veth.as_str(), b.host_veth.as_str()] {
+        let v6 = String::from_utf8_lossy(&Command::new("ip").args(["-6", "-o", "addr", "show", "dev", dev]).output()?.stdout).into_owned();
+        assert!(v6.trim().is_empty(), "{dev} has IPv6 addresses: {v6}");
+    }
     // The CIDR never leaves the host.
     let routes = String::from_utf8_lossy(&Command::new("ip").args(["route", "show", "type", "unreachable"]).output()?.stdout).into_owned();
     assert!(routes.contains(&cidr.to_string()), "{routes}");

@@ -15,10 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use base64::Engine;
 use berth_testkit::BerthProcess;
 
-use super::http::Conn;
+use super::http::{Api, Conn};
 use super::{build_berth, median};
 
 const BRIDGE: &str = "bbdeploy0";
@@ -93,22 +92,13 @@ impl Load {
     }
 }
 
-struct Api {
-    addr: String,
-    auth: String,
+/// The service's operations, as this benchmark follows them.
+trait Operations {
+    fn last_operation(&self) -> anyhow::Result<serde_json::Value>;
+    fn wait_operation(&self, revision: u64, within: Duration) -> anyhow::Result<serde_json::Value>;
 }
 
-impl Api {
-    fn call(&self, method: &str, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        let mut c = Conn::connect(&self.addr, Some(self.auth.clone()))?;
-        let body = if body.is_null() { Vec::new() } else { serde_json::to_vec(body)? };
-        let r = c.request(method, path, &[("Content-Type", "application/json")], &body, true)?;
-        if r.status >= 400 {
-            bail!("{method} {path}: {} {}", r.status, String::from_utf8_lossy(&r.body));
-        }
-        Ok(serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null))
-    }
-
+impl Operations for Api {
     fn last_operation(&self) -> anyhow::Result<serde_json::Value> {
         Ok(self.call("GET", "/api/v1/services/web-app/operations?limit=1", &serde_json::Value::Null)?["operations"][0].clone())
     }
@@ -170,7 +160,7 @@ fn measure(bin: &Path, dir: &Path, hello: &Path, rounds: usize) -> anyhow::Resul
         ],
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let api = Api { addr: server.addr.clone(), auth: base64::engine::general_purpose::STANDARD.encode(format!("bench:{}", server.token)) };
+    let api = Api::new(&server.addr, &server.token);
     let routers = std::fs::read_to_string(data.join("router-address"))?;
     let router = routers.lines().find_map(|l| l.strip_prefix("http://")).context("no router address")?.to_owned();
 

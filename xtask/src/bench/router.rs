@@ -26,6 +26,7 @@ use anyhow::{bail, Context};
 use berth_router::control::{DaemonConfig, SuppliedCertificate};
 use berth_router::{daemon, Activator, Launch, RemoteRouter, RouteBook, RouteSettings, RouteSpec};
 
+use super::http::duplex_echo;
 use super::{median, print_table, Figure};
 
 const HOST: &str = "bench.localhost";
@@ -389,94 +390,12 @@ impl Drop for BerthRouter {
     }
 }
 
-/// Streams `body` to `/echo` through the proxy at `port` while reading the answer (a client that
-/// writes and reads at once, as a full-duplex app needs); checks the echo and returns how long the
-/// exchange took, or `None` when it stalled (nothing came for [`STALL`]). Like curl with a large
-/// body, it asks `Expect: 100-continue` and sends the body on the interim answer (or after a
-/// second without one).
-fn echo_through(port: u16, body: &Arc<Vec<u8>>) -> anyhow::Result<Option<Duration>> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_nodelay(true)?;
-    let mut writer = stream.try_clone()?;
-    let head = format!(
-        "POST /echo HTTP/1.1\r\nHost: {ECHO_HOST}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let t0 = std::time::Instant::now();
-    writer.write_all(head.as_bytes())?;
-    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let mut interim = Vec::new();
-    let mut byte = [0u8; 1];
-    while !interim.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(0) => bail!("the proxy closed the connection before answering"),
-            Ok(_) => interim.push(byte[0]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if !interim.is_empty() && !interim.starts_with(b"HTTP/1.1 100") {
-        bail!("the proxy answered before the body: {}", String::from_utf8_lossy(&interim).lines().next().unwrap_or(""));
-    }
-    stream.set_read_timeout(Some(STALL))?;
-    let sent = body.clone();
-    let sending = std::thread::spawn(move || -> std::io::Result<()> {
-        for chunk in sent.chunks(256 << 10) {
-            writer.write_all(chunk)?;
-        }
-        Ok(())
-    });
-    let mut answer = Vec::with_capacity(body.len() + (1 << 20));
-    if let Err(e) = stream.read_to_end(&mut answer) {
-        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
-            // The sender, blocked on a full socket, ends with the connection.
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-            let _ = sending.join();
-            return Ok(None);
-        }
-        return Err(e.into());
-    }
-    let took = t0.elapsed();
-    sending.join().map_err(|_| anyhow::anyhow!("the sending thread panicked"))??;
-    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").context("no answer head")?;
-    let head = String::from_utf8_lossy(&answer[..split]).to_ascii_lowercase();
-    if !head.starts_with("http/1.1 200") {
-        bail!("the echo answered {}", head.lines().next().unwrap_or(""));
-    }
-    let payload = &answer[split + 4..];
-    let echoed = if head.contains("transfer-encoding: chunked") { dechunk(payload)? } else { payload.to_vec() };
-    if echoed.len() != body.len() || echoed != **body {
-        bail!("the echo came back with {} bytes, not the {} sent", echoed.len(), body.len());
-    }
-    Ok(Some(took))
-}
-
 /// An echo with nothing coming back this long has stalled.
 const STALL: Duration = Duration::from_secs(10);
 
 /// Echo attempts per proxy and round: nginx stalls on some full-duplex exchanges, and is given
 /// its best case (the first that completes).
 const ECHO_ATTEMPTS: usize = 5;
-
-/// The data of a chunked body.
-fn dechunk(mut b: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(b.len());
-    loop {
-        let line_end = b.windows(2).position(|w| w == b"\r\n").context("a chunk size line without its end")?;
-        let size_text = std::str::from_utf8(&b[..line_end])?.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).with_context(|| format!("chunk size `{size_text}`"))?;
-        b = &b[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if b.len() < size + 2 {
-            bail!("a chunk cut short");
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
-    }
-}
 
 pub fn run(rounds: usize) -> anyhow::Result<()> {
     crate::test::ensure_tools(&[("nginx", "nginx-light"), ("wrk", "wrk"), ("openssl", "openssl")])?;
@@ -562,7 +481,8 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
             let (_, c1, _) = wrk(port, 1, 1, 3)?;
             let mut echoed = None;
             for _ in 0..ECHO_ATTEMPTS {
-                echoed = echo_through(if berth { berth_port } else { nginx_echo_port }, &echo_body)?;
+                let port = if berth { berth_port } else { nginx_echo_port };
+                echoed = duplex_echo(&format!("127.0.0.1:{port}"), ECHO_HOST, &echo_body, STALL)?;
                 match (echoed, berth) {
                     (Some(_), _) => break,
                     (None, true) => bail!("a full-duplex echo through berth's router stalled"),

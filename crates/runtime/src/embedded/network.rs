@@ -4,7 +4,8 @@
 //! other directly — only through the host (the router) — and the host guard
 //! ([`super::firewall`]) keeps them from opening connections to the host itself. An
 //! `unreachable` route for the whole CIDR keeps traffic for it on this host even when the bridge
-//! is gone. Outbound NAT is an option, off by default (and never on in tests).
+//! is gone. Outbound NAT is an option, off by default (and never on in tests). The host side is
+//! IPv4 only: the bridge and the host ends of the veths have IPv6 turned off.
 //!
 //! Links and namespaces are managed with iproute2's `ip`.
 
@@ -142,6 +143,7 @@ impl Network {
         if ip(&["link", "show", "dev", &self.bridge]).is_err() {
             ip(&["link", "add", "name", &self.bridge, "type", "bridge"])?;
         }
+        ipv4_only(&self.bridge);
         let gw = format!("{}/{}", self.cidr.gateway(), self.cidr.prefix);
         if !ip(&["-4", "addr", "show", "dev", &self.bridge])?.contains(&gw) {
             ip(&["addr", "add", &gw, "dev", &self.bridge])?;
@@ -199,6 +201,7 @@ impl Network {
         if ip(&["link", "show", "dev", &host_veth]).is_err() {
             ip(&["link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
         }
+        ipv4_only(&host_veth);
         ip(&["link", "set", "dev", &host_veth, "master", &self.bridge])?;
         ip(&["link", "set", "dev", &host_veth, "type", "bridge_slave", "isolated", "on"])?;
         ip(&["link", "set", "dev", &host_veth, "up"])?;
@@ -277,6 +280,12 @@ impl Network {
             .map_err(|e| NetworkError::Io { context: "enabling IPv4 forwarding".into(), source: e })?;
         firewall::apply(&firewall::outbound_nat(&self.bridge, self.cidr))
     }
+}
+
+/// Keeps IPv6 off a host-side link: instance networking is IPv4, and a link-local address would
+/// add routes to the host's tables for every instance. Hosts without IPv6 have no such switch.
+fn ipv4_only(dev: &str) {
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1");
 }
 
 /// `/etc/hosts` and `/etc/resolv.conf` for an instance: its own name, and the host's name
