@@ -1,7 +1,7 @@
 //! The server protects its own state: a data directory readable by others is made private, a
 //! lost or damaged state database is refused rather than silently replaced, the admin token is
-//! not written to a log, and the registry bounds upload sessions and never echoes a Host header
-//! into its challenges.
+//! not written to a log (nor colour codes to a log that is not a terminal), and the registry
+//! bounds upload sessions and never echoes a Host header into its challenges.
 
 mod support;
 
@@ -20,7 +20,7 @@ fn start_once(dir: &Path) -> Result<(bool, String)> {
         .env("BERTH_RUNTIME", "off")
         .env("BERTH_ROUTER_HTTP", "127.0.0.1:0")
         .env("BERTH_ROUTER_HTTPS", "127.0.0.1:0")
-        .env("BERTH_LOG", "warn")
+        .env("BERTH_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -50,6 +50,9 @@ fn the_data_directory_is_private_and_its_state_never_silently_replaced() -> Resu
     let token = std::fs::read_to_string(dir.join("admin-token"))?;
     assert!(!out.contains(token.trim()), "the admin token went to the output: {out}");
     assert!(out.contains("saved to"), "{out}");
+    // Logs that go to a pipe or a file carry no terminal colour codes.
+    assert!(out.contains(" INFO "), "no log line: {out}");
+    assert!(!out.contains('\x1b'), "colour codes in a piped log: {out:?}");
 
     // state.db lost: refused, with what to do, and nothing changed.
     for f in ["state.db", "state.db-wal", "state.db-shm"] {
