@@ -29,7 +29,9 @@ impl From<RuntimeError> for ApiError {
         match e {
             RuntimeError::NotFound(_) => ApiError::not_found(e.to_string()),
             RuntimeError::InvalidSpec(_) | RuntimeError::Image(..) => ApiError::invalid(e.to_string()),
-            RuntimeError::InvalidState { .. } => ApiError::new(StatusCode::CONFLICT, "failed_precondition", e.to_string()),
+            RuntimeError::InvalidState { .. } | RuntimeError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "failed_precondition", e.to_string())
+            }
             RuntimeError::Backend(_) => {
                 tracing::error!(error = %e, "runtime failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())

@@ -11,6 +11,7 @@ mod caller;
 mod error;
 mod instances;
 mod metrics;
+mod networks;
 mod page;
 mod repositories;
 mod services;
@@ -61,6 +62,7 @@ pub fn app(state: AppState) -> Router {
         .merge(tokens::routes())
         .merge(instances::routes())
         .merge(services::routes())
+        .merge(networks::routes())
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/ca", get(ca))
         .route("/token", get(auth::token_endpoint))

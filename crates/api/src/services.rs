@@ -33,9 +33,13 @@ pub fn routes() -> Router<AppState> {
 impl From<ControllerError> for ApiError {
     fn from(e: ControllerError) -> Self {
         match e {
-            ControllerError::NotFound(_) | ControllerError::OperationNotFound(_) => ApiError::not_found(e.to_string()),
+            ControllerError::NotFound(_) | ControllerError::OperationNotFound(_) | ControllerError::NetworkNotFound(_) => {
+                ApiError::not_found(e.to_string())
+            }
             ControllerError::Invalid(_) | ControllerError::BadRequest(_) => ApiError::invalid(e.to_string()),
-            ControllerError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "already_exists", e.to_string()),
+            ControllerError::Exists(_) | ControllerError::NetworkExists(_) => {
+                ApiError::new(StatusCode::CONFLICT, "already_exists", e.to_string())
+            }
             ControllerError::Busy { .. } | ControllerError::Conflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, "failed_precondition", e.to_string())
             }
@@ -48,7 +52,7 @@ impl From<ControllerError> for ApiError {
     }
 }
 
-fn controller(s: &AppState) -> Result<&Controller, ApiError> {
+pub(crate) fn controller(s: &AppState) -> Result<&Controller, ApiError> {
     s.controller.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -308,3 +308,84 @@ async fn services_answer_with_operations() -> Result {
     assert_eq!(call(&f, "GET", "/api/v1/services/nope", Some(&f.reader), "").await?.0, StatusCode::NOT_FOUND);
     Ok(())
 }
+
+/// Waits until operation `id` has ended; its final status.
+async fn finished(f: &Fixture, id: &str) -> Result<String> {
+    for _ in 0..300 {
+        let (_, op, _) = call(f, "GET", &format!("/api/v1/operations/{id}"), Some(&f.reader), "").await?;
+        let status = op["status"].as_str().unwrap_or("").to_owned();
+        if !matches!(status.as_str(), "PENDING" | "IN_PROGRESS") {
+            return Ok(status);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Err(format!("operation {id} did not end").into())
+}
+
+#[tokio::test]
+async fn networks_are_checked_named_by_services_and_kept_while_used() -> Result {
+    let f = fixture().await?;
+    f.store.ensure_repository("web", &Default::default(), 0).await?;
+    f.store.put_manifest(&manifest("web", b"m"), Some(berth_store::TagWrite { tag: "latest", immutable: false }), 0).await?;
+    let post = |body: &'static str| call(&f, "POST", "/api/v1/networks", Some(&f.admin), body);
+
+    let (s, j, text) =
+        post(r#"{"name":"db","cidr":"10.90.0.0/24","host_endpoints":{"mysql":"127.0.0.1:3306"},"hosts":{"mariadb":"10.90.0.10"}}"#).await?;
+    assert_eq!(s, StatusCode::CREATED, "{text}");
+    assert_eq!((j["cidr"].as_str(), j["host_endpoints"]["mysql"].as_str()), (Some("10.90.0.0/24"), Some("127.0.0.1:3306")));
+    // Read-only tokens cannot create; names are unique; every problem is named.
+    assert_eq!(
+        call(&f, "POST", "/api/v1/networks", Some(&f.reader), r#"{"name":"x1","cidr":"10.91.0.0/24"}"#).await?.0,
+        StatusCode::FORBIDDEN
+    );
+    let (s, j, _) = post(r#"{"name":"db","cidr":"10.95.0.0/24"}"#).await?;
+    assert_eq!((s, j["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("already_exists")));
+    let (s, j, _) = post(r#"{"name":"Bad!","cidr":"10.95.0.0/24","hosts":{"x":"10.1.1.1"}}"#).await?;
+    let msg = j["error"]["message"].as_str().unwrap_or("");
+    assert!(s == StatusCode::BAD_REQUEST && msg.contains("name `Bad!`") && msg.contains("not in the network's CIDR"), "{s} {msg}");
+    let (s, j, _) = post(r#"{"name":"db2","cidr":"10.99.0.0/33"}"#).await?;
+    assert!(s.is_client_error() && j["error"]["message"].as_str().is_some_and(|m| m.contains("not an IPv4 CIDR")), "{j}");
+    // Overlaps with another network, the instance CIDR and a host endpoint's port are refused, named.
+    let (s, j, _) = post(r#"{"name":"db2","cidr":"10.90.0.128/25","host_endpoints":{"pg":"127.0.0.1:3306"}}"#).await?;
+    let msg = j["error"]["message"].as_str().unwrap_or("");
+    assert_eq!(s, StatusCode::CONFLICT, "{msg}");
+    assert!(msg.contains("overlaps network `db` (10.90.0.0/24)") && msg.contains("port 3306"), "{msg}");
+    let (s, j, _) = post(r#"{"name":"inst","cidr":"10.88.4.0/24"}"#).await?;
+    assert!(s == StatusCode::CONFLICT && j["error"]["message"].as_str().is_some_and(|m| m.contains("instance CIDR")), "{j}");
+
+    // A service may name only networks that exist.
+    let spec = |nets: &str| {
+        format!(
+            r#"{{"name":"guestbook","source":{{"image":"web:latest"}},"network":{{"networks":[{nets}],"egress":"networks","visibility":"private","allow_from":["web-app"]}}}}"#
+        )
+    };
+    let (s, j, _) = call(&f, "POST", "/api/v1/services", Some(&f.admin), &spec(r#""db","cache""#)).await?;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(j["error"]["message"].as_str().is_some_and(|m| m.contains("no network named `cache`")), "{j}");
+    let (s, j, text) = call(&f, "POST", "/api/v1/services", Some(&f.admin), &spec(r#""db""#)).await?;
+    assert_eq!(s, StatusCode::ACCEPTED, "{text}");
+    assert_eq!(finished(&f, j["operation"]["id"].as_str().unwrap_or("")).await?, "SUCCEEDED");
+    let (_, svc, _) = call(&f, "GET", "/api/v1/services/guestbook", Some(&f.reader), "").await?;
+    assert_eq!(
+        (svc["spec"]["network"]["egress"].as_str(), svc["spec"]["network"]["visibility"].as_str()),
+        (Some("networks"), Some("private"))
+    );
+
+    // In use: not deleted, and the services are named.
+    let (_, j, _) = call(&f, "GET", "/api/v1/networks/db", Some(&f.reader), "").await?;
+    assert_eq!(j["services"], serde_json::json!(["guestbook"]));
+    let (s, j, _) = call(&f, "DELETE", "/api/v1/networks/db", Some(&f.admin), "").await?;
+    assert!(s == StatusCode::CONFLICT && j["error"]["message"].as_str().is_some_and(|m| m.contains("in use by `guestbook`")), "{j}");
+    let (_, j, _) = call(&f, "GET", "/api/v1/networks", Some(&f.reader), "").await?;
+    assert_eq!(j["networks"].as_array().map(Vec::len), Some(1));
+
+    // Detached by an update, it can go.
+    let detached = r#"{"name":"guestbook","source":{"image":"web:latest"}}"#;
+    let (s, j, text) = call(&f, "PUT", "/api/v1/services/guestbook", Some(&f.admin), detached).await?;
+    assert_eq!(s, StatusCode::ACCEPTED, "{text}");
+    assert_eq!(finished(&f, j["operation"]["id"].as_str().unwrap_or("")).await?, "SUCCEEDED");
+    assert_eq!(call(&f, "DELETE", "/api/v1/networks/db", Some(&f.admin), "").await?.0, StatusCode::NO_CONTENT);
+    let (s, j, _) = call(&f, "GET", "/api/v1/networks/db", Some(&f.reader), "").await?;
+    assert_eq!((s, j["error"]["message"].as_str()), (StatusCode::NOT_FOUND, Some("network `db` does not exist")));
+    Ok(())
+}

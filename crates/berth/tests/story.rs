@@ -3,7 +3,7 @@
 //! `latest` auto-deploys. Under continuous load through the router: a new version is deployed
 //! with zero failed requests; a broken version rolls back with zero failed requests; a killed
 //! instance is replaced; pause answers 503 and resume serves again; a rollback to the first
-//! revision by its id brings the first version back.
+//! revision by its id brings the first version back; a network is attached and detached.
 
 mod support;
 
@@ -148,6 +148,34 @@ fn push_deploy_roll_back_replace_pause_resume_and_roll_back_by_id() -> Result {
     let last = last_operation(&s)?;
     let shown = s.cli_ok(&["service", "operation", last["id"].as_str().ok_or("no id")?])?;
     assert!(shown.contains("rolling back to revision web-app-0001") && shown.contains("SUCCEEDED"), "{shown}");
+
+    // 6. A network: created, checked against the host, named by the service, kept while used.
+    let cidr = "10.251.201.0/24"; // beside the sandbox's 10.251.<0–199>.0/24
+    let made = s.cli_ok(&[
+        "network",
+        "create",
+        "db",
+        "--cidr",
+        cidr,
+        "--host-endpoint",
+        "mysql=127.0.0.1:3306",
+        "--host",
+        "mariadb=10.251.201.10",
+    ])?;
+    assert!(made.contains("mysql=127.0.0.1:3306") && made.contains("mariadb=10.251.201.10"), "{made}");
+    let refused = s.cli(&["network", "create", "lan", "--cidr", "10.251.201.128/25", "--attach-interface", "nosuchif0"])?;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("overlaps network `db`") && said.contains("no interface `nosuchif0`"), "{said}");
+    s.cli_ok(&["service", "update", "web-app", "--network", "db", "--egress", "networks", "--allow-from", "other-app", "--wait"])?;
+    let shown = s.cli_ok(&["service", "show", "web-app"])?;
+    assert!(shown.lines().any(|l| l.starts_with("NETWORKS:") && l.contains("db")), "{shown}");
+    assert!(shown.lines().any(|l| l.starts_with("VISIBILITY:") && l.contains("public, from other-app")), "{shown}");
+    let refused = s.cli(&["network", "delete", "db"])?;
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("in use by `web-app`"), "{refused:?}");
+    assert!(s.cli_ok(&["network", "list"])?.contains("web-app"));
+    s.cli_ok(&["service", "update", "web-app", "--no-network", "db", "--egress", "public", "--wait"])?;
+    s.cli_ok(&["network", "delete", "db"])?;
+    assert!(!s.cli_ok(&["network", "list"])?.contains(cidr));
 
     // Deleting frees every instance; the service's events stay readable.
     s.cli_ok(&["service", "delete", "web-app", "--wait"])?;

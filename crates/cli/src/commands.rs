@@ -1,4 +1,5 @@
-//! The commands: `repo`, `registry`, `token`, `image`, `run`, `instance`, `service`, `ca`, `login`.
+//! The commands: `repo`, `registry`, `token`, `image`, `run`, `instance`, `service`, `network`, `ca`,
+//! `login`.
 
 use std::io::Read;
 
@@ -57,7 +58,11 @@ pub enum Command {
     Instance(InstanceCommand),
     /// Services: images running as autoscaled HTTPS services, with revisions and rollbacks.
     #[command(subcommand)]
-    Service(crate::services::ServiceCommand),
+    Service(Box<crate::services::ServiceCommand>),
+    /// Private networks: a LAN on this host, machines on it and host services, for services to
+    /// reach (`--network` on `service create`/`update`).
+    #[command(subcommand)]
+    Network(crate::networks::NetworkCommand),
     /// The local certificate authority behind the router's HTTPS.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -410,7 +415,8 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Service(cmd) => crate::services::run(&Client::from_args(g)?, fmt, cmd)?,
+        Command::Service(cmd) => crate::services::run(&Client::from_args(g)?, fmt, *cmd)?,
+        Command::Network(cmd) => crate::networks::run(&Client::from_args(g)?, fmt, cmd)?,
         Command::Ca(CaCommand::Export) => {
             let c = Client::from_args(g)?;
             print!("{}", c.get_text("/api/v1/ca")?);

@@ -7,6 +7,7 @@
 
 mod client;
 mod commands;
+mod networks;
 mod output;
 mod quickstart;
 mod services;

@@ -18,8 +18,15 @@ fn cell(v: Option<&Value>) -> String {
         None | Some(Value::Null) => "-".into(),
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(a)) => a.iter().map(|x| cell(Some(x))).collect::<Vec<_>>().join(","),
+        Some(Value::Object(m)) if m.is_empty() => "-".into(),
+        Some(Value::Object(m)) => m.iter().map(|(k, x)| format!("{k}={}", cell(Some(x)))).collect::<Vec<_>>().join(","),
         Some(other) => other.to_string(),
     }
+}
+
+/// How a value reads in a table cell (arrays joined by commas).
+pub fn cell_text(v: &Value) -> String {
+    cell(Some(v))
 }
 
 /// A table cell for `field`: times (`at`, `*_at`, unix seconds) in UTC, like

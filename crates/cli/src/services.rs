@@ -164,6 +164,38 @@ pub struct SpecArgs {
     /// Speak HTTP/2 without TLS (h2c) to the instances, as gRPC servers need.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     h2c: Option<bool>,
+    /// Attach a network (`berth network create`); repeatable, added to the current ones.
+    #[arg(long = "network", value_name = "NETWORK")]
+    networks: Vec<String>,
+    /// Detach a network; repeatable.
+    #[arg(long = "no-network", value_name = "NETWORK")]
+    no_networks: Vec<String>,
+    /// Where instances may connect: public (the internet where the server allows it, and the
+    /// attached networks; default), networks (the attached networks only) or none.
+    #[arg(long, value_parser = ["public", "networks", "none"])]
+    egress: Option<String>,
+    /// public (default) or private: served only at http://<name>.internal to --allow-from services.
+    #[arg(long, value_parser = ["public", "private"])]
+    visibility: Option<String>,
+    /// A service whose instances may call this one at http://<name>.internal; repeatable, added
+    /// to the current ones. For a public service none listed means every service.
+    #[arg(long = "allow-from", value_name = "SERVICE")]
+    allow_from: Vec<String>,
+    /// Take a service off --allow-from; repeatable.
+    #[arg(long = "no-allow-from", value_name = "SERVICE")]
+    no_allow_from: Vec<String>,
+}
+
+/// `list` (a JSON array of strings) with `add` appended (once each) and `remove` taken out.
+fn edit_list(list: &Value, add: &[String], remove: &[String]) -> Value {
+    let mut out: Vec<String> = list.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+    for a in add {
+        if !out.contains(a) {
+            out.push(a.clone());
+        }
+    }
+    out.retain(|x| !remove.contains(x));
+    out.into()
 }
 
 fn set(spec: &mut Value, section: &str, key: &str, value: Option<Value>) {
@@ -216,6 +248,16 @@ impl SpecArgs {
         set(&mut spec, "traffic", "request_timeout", self.request_timeout.map(Value::from));
         set(&mut spec, "traffic", "max_body_mb", self.max_body_mb.map(Value::from));
         set(&mut spec, "traffic", "h2c", self.h2c.map(Value::from));
+        if !self.networks.is_empty() || !self.no_networks.is_empty() {
+            let nets = edit_list(&spec["network"]["networks"], &self.networks, &self.no_networks);
+            set(&mut spec, "network", "networks", Some(nets));
+        }
+        if !self.allow_from.is_empty() || !self.no_allow_from.is_empty() {
+            let allowed = edit_list(&spec["network"]["allow_from"], &self.allow_from, &self.no_allow_from);
+            set(&mut spec, "network", "allow_from", Some(allowed));
+        }
+        set(&mut spec, "network", "egress", self.egress.clone().map(Value::from));
+        set(&mut spec, "network", "visibility", self.visibility.clone().map(Value::from));
         Ok(spec)
     }
 }
@@ -231,6 +273,9 @@ const SERVICE_FIELDS: &[Column<'_>] = &[
     ("TAGS NOW", "tags_now"),
     ("TAGS AT DEPLOY", "tags"),
     ("INSTANCES", "ready"),
+    ("NETWORKS", "networks"),
+    ("EGRESS", "egress"),
+    ("VISIBILITY", "visibility"),
     ("OPERATION", "operation_in_progress"),
 ];
 const REVISION_COLUMNS: &[Column<'_>] = &[
@@ -264,6 +309,13 @@ fn flatten_service(mut v: Value) -> Value {
     let instances = v["instances"].as_array().cloned().unwrap_or_default();
     let ready = instances.iter().filter(|i| i["state"] == "ready").count();
     v["ready"] = format!("{ready}/{}", instances.len()).into();
+    let net = v["spec"]["network"].clone();
+    v["networks"] = net["networks"].clone();
+    v["egress"] = net["egress"].clone();
+    v["visibility"] = match (net["visibility"].as_str(), net["allow_from"].as_array()) {
+        (Some(vis), Some(from)) if !from.is_empty() => format!("{vis}, from {}", output::cell_text(&net["allow_from"])).into(),
+        (vis, _) => vis.map(Value::from).unwrap_or(Value::Null),
+    };
     v
 }
 

@@ -16,6 +16,7 @@
 mod autodeploy;
 pub mod health;
 pub mod model;
+mod networks;
 mod supervisor;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ use tokio::sync::mpsc;
 
 pub use health::{NetProber, Probe, Prober};
 pub use model::{InstanceView, Operation, Revision, RevisionDoc, ServiceDoc, ServiceView};
+pub use networks::NetworkView;
 
 use model::{now, parse_revision};
 
@@ -51,6 +53,10 @@ pub enum ControllerError {
     BadRequest(String),
     #[error("operation `{0}` does not exist")]
     OperationNotFound(String),
+    #[error("network `{0}` does not exist")]
+    NetworkNotFound(String),
+    #[error("a network named `{0}` already exists")]
+    NetworkExists(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("stored state is malformed: {0}")]
@@ -139,6 +145,8 @@ pub(crate) struct Shared {
     autodeploy: tokio::sync::Notify,
     /// The autoscaler's and auto-deployer's tasks.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Held while networks change or a spec naming them is stored.
+    networks: tokio::sync::Mutex<()>,
 }
 
 /// Sends the autoscaler's decisions to the supervisors.
@@ -191,6 +199,7 @@ impl Controller {
             autoscaler: Autoscaler::new(Arc::new(Relay(weak.clone()))),
             autodeploy: tokio::sync::Notify::new(),
             tasks: Mutex::new(Vec::new()),
+            networks: tokio::sync::Mutex::new(()),
         });
         let controller = Controller { sh: sh.clone() };
         for record in sh.store.list_services().await? {
@@ -268,6 +277,8 @@ impl Controller {
     /// Creates a service and deploys its first revision.
     pub async fn create(&self, spec: ServiceSpec) -> Result<Operation> {
         spec.validate()?;
+        let _networks = self.sh.networks.lock().await;
+        self.check_network_refs(&spec).await?;
         let label = host_label(&spec.name);
         for existing in self.sh.store.list_services().await? {
             if host_label(&existing.key) == label {
@@ -293,6 +304,8 @@ impl Controller {
     /// service onto another build (say, one that was rolled back).
     pub async fn update(&self, spec: ServiceSpec) -> Result<Operation> {
         spec.validate()?;
+        let _networks = self.sh.networks.lock().await;
+        self.check_network_refs(&spec).await?;
         let svc = self.service_doc(&spec.name).await?;
         self.require_unpaused(&spec.name, &svc)?;
         self.refuse_while_busy(&spec.name)?;

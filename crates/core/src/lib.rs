@@ -1,10 +1,11 @@
 //! The shared vocabulary of berth: content digests, repository names and references, tag
-//! mutability policies and access scopes. Everything here is pure: no IO, no clocks, no
+//! mutability policies, access scopes, services and networks. Everything here is pure: no IO, no clocks, no
 //! randomness, so every other crate can depend on it and test it cheaply.
 
 pub mod digest;
 pub mod lifecycle;
 pub mod name;
+pub mod network;
 pub mod pattern;
 pub mod policy;
 pub mod query;
@@ -14,6 +15,7 @@ pub mod service;
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use lifecycle::LifecycleRule;
 pub use name::{NameError, Reference, RepositoryName, Tag};
+pub use network::{Cidr, Egress, NetworkSpec, ServiceNetwork, Visibility};
 pub use pattern::Pattern;
 pub use policy::{PolicyError, TagMutability, TagPolicy};
 pub use scope::{Action, Grant, Principal, Scope, ScopeError};

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::name::{Reference, RepositoryName};
+use crate::network::ServiceNetwork;
 
 /// Everything a user declares about a service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +25,8 @@ pub struct ServiceSpec {
     pub autoscaling: Autoscaling,
     #[serde(default)]
     pub traffic: Traffic,
+    #[serde(default)]
+    pub network: ServiceNetwork,
 }
 
 /// Where the image comes from.
@@ -182,6 +185,15 @@ fn in_range(errors: &mut Vec<String>, field: &str, value: u32, lo: u32, hi: u32,
     }
 }
 
+/// A service name: 4–40 letters, digits, `-` and `_`, starting with a letter or digit and not
+/// ending with `-` or `_`.
+pub fn is_service_name(n: &str) -> bool {
+    (4..=40).contains(&n.len())
+        && n.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !n.ends_with(['-', '_'])
+}
+
 /// The DNS label a service name is served under: lowercase, `_` as `-`.
 pub fn host_label(name: &str) -> String {
     name.to_ascii_lowercase().replace('_', "-")
@@ -197,11 +209,7 @@ impl ServiceSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         let mut e = Vec::new();
         let n = &self.name;
-        let name_ok = (4..=40).contains(&n.len())
-            && n.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            && !n.ends_with(['-', '_']);
-        if !name_ok {
+        if !is_service_name(n) {
             e.push(format!(
                 "name `{n}` must be 4–40 characters of letters, digits, `-` and `_`, starting with a letter or digit and not ending with `-` or `_`"
             ));
@@ -249,6 +257,7 @@ impl ServiceSpec {
         }
         in_range(&mut e, "traffic.request_timeout", self.traffic.request_timeout, 1, 3600, " s");
         in_range(&mut e, "traffic.max_body_mb", self.traffic.max_body_mb, 1, 1024, " MB");
+        self.network.check(&mut e);
         if e.is_empty() {
             Ok(())
         } else {

@@ -176,6 +176,15 @@ impl Runtime for FakeRuntime {
         Ok(self.lock().retired.clone())
     }
 
+    /// A fake host has no routes: only the fake's own instance CIDR conflicts.
+    async fn check_network(&self, network: &berth_core::NetworkSpec) -> Result<()> {
+        let own = berth_core::Cidr::new(Ipv4Addr::new(10, 88, 0, 0), 16);
+        if network.cidr.overlaps(&own) {
+            return Err(RuntimeError::Conflict(format!("cidr {} overlaps the instance CIDR {own}", network.cidr)));
+        }
+        Ok(())
+    }
+
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.events.subscribe()
     }

@@ -27,6 +27,9 @@ pub enum RuntimeError {
     InvalidSpec(String),
     #[error("the runtime failed: {0}")]
     Backend(String),
+    /// What is asked clashes with what is on the host.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
@@ -50,6 +53,10 @@ pub trait Runtime: Send + Sync + 'static {
     async fn logs(&self, id: &InstanceId, since: usize) -> Result<Vec<String>>;
     /// Deleted instances whose logs are still kept, newest first.
     async fn retired(&self) -> Result<Vec<RetiredInstance>>;
+    /// Whether `network` can be realized here: its CIDR clashes with nothing of the runtime's
+    /// (the instance addresses) or the host's routes, and the device it attaches exists. The
+    /// error names the conflict.
+    async fn check_network(&self, network: &berth_core::NetworkSpec) -> Result<()>;
     /// Lifecycle events as they happen (started, exited, OOM-killed).
     fn events(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent>;
 }

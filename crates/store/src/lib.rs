@@ -30,6 +30,8 @@ pub enum StoreError {
     ServiceExists(String),
     #[error("service `{0}` does not exist")]
     ServiceNotFound(String),
+    #[error("network `{0}` already exists")]
+    NetworkExists(String),
     #[error("state database error: {0}")]
     Database(rusqlite::Error),
     #[error("the disk holding the state database is full; free space on it (`berth registry gc` removes unused blobs) and try again")]
@@ -65,6 +67,14 @@ pub trait Store: Send + Sync + 'static {
     async fn list_services(&self) -> Result<Vec<DocRecord>>;
     /// Deletes the service and its revisions; its operations and events stay readable.
     async fn delete_service(&self, name: &str) -> Result<bool>;
+
+    /// Creates a network (a JSON document); `NetworkExists` if the name is taken.
+    async fn create_network(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<()>;
+    async fn get_network(&self, name: &str) -> Result<Option<DocRecord>>;
+    /// Every network, by name.
+    async fn list_networks(&self) -> Result<Vec<DocRecord>>;
+    /// Whether it existed.
+    async fn delete_network(&self, name: &str) -> Result<bool>;
     /// Stores a revision under the next number of the service, returned.
     async fn create_revision(&self, service: &str, doc: &serde_json::Value, now: i64) -> Result<u32>;
     /// A revision (`key` is its number).

@@ -13,7 +13,8 @@ use crate::{
 };
 
 /// Migrations in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("sqlite/001_initial.sql"), include_str!("sqlite/002_services.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("sqlite/001_initial.sql"), include_str!("sqlite/002_services.sql"), include_str!("sqlite/003_networks.sql")];
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -44,6 +45,45 @@ impl SqliteStore {
     pub fn schema_version(&self) -> Result<i64> {
         let conn = self.conn.lock().map_err(|_| StoreError::Task("connection lock poisoned".into()))?;
         Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// Inserts document `name` into `table` (a table of JSON documents keyed by name); `exists`
+    /// names the error when the name is taken.
+    async fn insert_doc(
+        &self,
+        table: &'static str,
+        name: &str,
+        doc: &serde_json::Value,
+        now: i64,
+        exists: fn(String) -> StoreError,
+    ) -> Result<()> {
+        let (name, doc) = (name.to_owned(), to_json(doc)?);
+        self.call(move |c| {
+            let sql = format!("INSERT INTO {table} (name, doc, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) ON CONFLICT DO NOTHING");
+            if c.execute(&sql, params![name, doc, now])? == 0 {
+                return Err(exists(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_doc(&self, table: &'static str, name: &str) -> Result<Option<DocRecord>> {
+        let name = name.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&format!("SELECT name, doc, created_at FROM {table} WHERE name = ?1"))?;
+            Ok(stmt.query_row([&name], doc_row).optional()?)
+        })
+        .await
+    }
+
+    async fn list_docs(&self, table: &'static str) -> Result<Vec<DocRecord>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&format!("SELECT name, doc, created_at FROM {table} ORDER BY name"))?;
+            let rows = stmt.query_map([], doc_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
     }
 
     async fn call<T, F>(&self, f: F) -> Result<T>
@@ -177,18 +217,7 @@ fn service_event_row(r: &Row<'_>) -> rusqlite::Result<ServiceEvent> {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn create_service(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<()> {
-        let (name, doc) = (name.to_owned(), to_json(doc)?);
-        self.call(move |c| {
-            let n = c.execute(
-                "INSERT INTO services (name, doc, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) ON CONFLICT DO NOTHING",
-                params![name, doc, now],
-            )?;
-            if n == 0 {
-                return Err(StoreError::ServiceExists(name));
-            }
-            Ok(())
-        })
-        .await
+        self.insert_doc("services", name, doc, now, StoreError::ServiceExists).await
     }
 
     async fn put_service(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<()> {
@@ -204,21 +233,11 @@ impl Store for SqliteStore {
     }
 
     async fn get_service(&self, name: &str) -> Result<Option<DocRecord>> {
-        let name = name.to_owned();
-        self.call(move |c| {
-            let mut stmt = c.prepare_cached("SELECT name, doc, created_at FROM services WHERE name = ?1")?;
-            Ok(stmt.query_row([&name], doc_row).optional()?)
-        })
-        .await
+        self.get_doc("services", name).await
     }
 
     async fn list_services(&self) -> Result<Vec<DocRecord>> {
-        self.call(move |c| {
-            let mut stmt = c.prepare_cached("SELECT name, doc, created_at FROM services ORDER BY name")?;
-            let rows = stmt.query_map([], doc_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
-        })
-        .await
+        self.list_docs("services").await
     }
 
     async fn delete_service(&self, name: &str) -> Result<bool> {
@@ -231,6 +250,23 @@ impl Store for SqliteStore {
             Ok(n > 0)
         })
         .await
+    }
+
+    async fn create_network(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<()> {
+        self.insert_doc("networks", name, doc, now, StoreError::NetworkExists).await
+    }
+
+    async fn get_network(&self, name: &str) -> Result<Option<DocRecord>> {
+        self.get_doc("networks", name).await
+    }
+
+    async fn list_networks(&self) -> Result<Vec<DocRecord>> {
+        self.list_docs("networks").await
+    }
+
+    async fn delete_network(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.call(move |c| Ok(c.execute("DELETE FROM networks WHERE name = ?1", [&name])? > 0)).await
     }
 
     async fn create_revision(&self, service: &str, doc: &serde_json::Value, now: i64) -> Result<u32> {

@@ -593,6 +593,10 @@ impl Runtime for EmbeddedRuntime {
         Ok(text.lines().skip(since).map(str::to_owned).collect())
     }
 
+    async fn check_network(&self, network: &berth_core::NetworkSpec) -> Result<()> {
+        self.network.check(network).map_err(RuntimeError::Conflict)
+    }
+
     async fn retired(&self) -> Result<Vec<RetiredInstance>> {
         let mut out = Vec::new();
         for e in std::fs::read_dir(self.retired_dir()).into_iter().flatten().flatten() {

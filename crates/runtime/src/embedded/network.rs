@@ -10,13 +10,12 @@
 //! Links and namespaces are managed with iproute2's `ip`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::str::FromStr;
 use std::sync::Mutex;
 
+pub use berth_core::network::Cidr;
 use sha2::{Digest as _, Sha256};
 
 use super::files::write_atomic;
@@ -24,8 +23,6 @@ use super::firewall;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    #[error("`{0}` is not an IPv4 CIDR like 10.77.0.0/16")]
-    BadCidr(String),
     #[error("no free address left in {0}")]
     Exhausted(Cidr),
     #[error("`ip {args}` failed: {stderr}")]
@@ -34,48 +31,6 @@ pub enum NetworkError {
     Nft(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
-}
-
-/// An IPv4 network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl FromStr for Cidr {
-    type Err = NetworkError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || NetworkError::BadCidr(s.to_owned());
-        let (a, p) = s.split_once('/').ok_or_else(bad)?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
-        let prefix: u8 = p.parse().map_err(|_| bad())?;
-        if !(8..=30).contains(&prefix) {
-            return Err(bad());
-        }
-        let mask = u32::MAX << (32 - prefix);
-        Ok(Cidr { addr: Ipv4Addr::from(u32::from(addr) & mask), prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl Cidr {
-    /// The n-th address (0 is the network address).
-    fn nth(&self, n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) + n)
-    }
-    fn size(&self) -> u32 {
-        1u32 << (32 - self.prefix)
-    }
-    /// The gateway: the first host address, on the bridge.
-    pub fn gateway(&self) -> Ipv4Addr {
-        self.nth(1)
-    }
 }
 
 fn ip(args: &[&str]) -> Result<String, NetworkError> {
@@ -181,7 +136,7 @@ impl Network {
             match existing {
                 Some(a) => a,
                 None => {
-                    let hosts = 2..self.cidr.size() - 1;
+                    let hosts = 2..u32::try_from(self.cidr.size() - 1).unwrap_or(u32::MAX);
                     let after = if hosts.contains(&leases.last) { leases.last + 1 } else { hosts.start };
                     let order = (after..hosts.end).chain(hosts.start..after);
                     let free = order.map(|n| (n, self.cidr.nth(n))).find(|(_, a)| !leases.leases.contains_key(a));
@@ -262,6 +217,46 @@ impl Network {
         self.leases.lock().unwrap_or_else(|p| p.into_inner()).leases.iter().find(|(_, w)| w.as_str() == id).map(|(a, _)| *a)
     }
 
+    /// Whether `spec` fits this host: its CIDR overlaps neither the instance CIDR nor a route of
+    /// the host's other than through the device it attaches, and that device exists (a bridge
+    /// where one is named). Returns every conflict, named.
+    pub fn check(&self, spec: &berth_core::NetworkSpec) -> Result<(), String> {
+        use berth_core::network::Attachment;
+        let mut problems = Vec::new();
+        if spec.cidr.overlaps(&self.cidr) {
+            problems.push(format!("cidr {} overlaps the instance CIDR {} (runtime.cidr)", spec.cidr, self.cidr));
+        }
+        let device = spec.attach.as_ref().map(Attachment::device);
+        if let Some(attach) = &spec.attach {
+            let dev = attach.device();
+            match ip(&["-d", "-o", "link", "show", "dev", dev]) {
+                Err(_) => problems.push(format!("there is no interface `{dev}` on this host (see `ip link`)")),
+                Ok(line) => {
+                    if matches!(attach, Attachment::Bridge(_)) && !line.contains(" bridge ") {
+                        problems.push(format!("`{dev}` is not a bridge; attach it with --attach-interface"));
+                    }
+                    if dev == self.bridge || line.contains(&format!(" master {} ", self.bridge)) {
+                        problems.push(format!("`{dev}` is berth's own instance network"));
+                    }
+                }
+            }
+        }
+        let routes = ip(&["-4", "-o", "route", "show", "table", "all"]).map_err(|e| e.to_string())?;
+        for line in routes.lines() {
+            let Some((dst, dev)) = route_of(line) else { continue };
+            if dst.overlaps(&spec.cidr) && dev.as_deref() != device && !(dev.is_none() && dst == self.cidr) {
+                let how = dev.map(|d| format!("dev {d}")).unwrap_or_else(|| line.split_whitespace().next().unwrap_or("").to_owned());
+                problems.push(format!("cidr {} overlaps the host's route to {dst} ({how})", spec.cidr));
+            }
+        }
+        problems.dedup();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
     /// Removes the bridge and the unreachable route (tests; an uninstall).
     pub fn remove_bridge(&self) -> Result<(), NetworkError> {
         if ip(&["link", "show", "dev", &self.bridge]).is_ok() {
@@ -280,6 +275,30 @@ impl Network {
             .map_err(|e| NetworkError::Io { context: "enabling IPv4 forwarding".into(), source: e })?;
         firewall::apply(&firewall::outbound_nat(&self.bridge, self.cidr))
     }
+}
+
+/// The destination and device of one line of `ip -o route show table all`; none for default
+/// routes, broadcast and local addresses (a host's own address on an attached device is expected).
+fn route_of(line: &str) -> Option<(Cidr, Option<String>)> {
+    let mut words = line.split_whitespace().peekable();
+    let first = *words.peek()?;
+    if matches!(first, "broadcast" | "local" | "multicast" | "anycast" | "nat") {
+        return None;
+    }
+    if matches!(first, "unicast" | "unreachable" | "blackhole" | "prohibit" | "throw") {
+        words.next();
+    }
+    let dst = words.next()?;
+    if dst == "default" {
+        return None;
+    }
+    let dst: Cidr = match dst.split_once('/') {
+        Some((a, p)) => Cidr::new(a.parse().ok()?, p.parse().ok()?),
+        None => Cidr::new(dst.parse().ok()?, 32),
+    };
+    let rest: Vec<&str> = words.collect();
+    let dev = rest.windows(2).find(|w| w[0] == "dev").map(|w| w[1].to_owned());
+    Some((dst, dev))
 }
 
 /// Keeps IPv6 off a host-side link: instance networking is IPv4, and a link-local address would
@@ -311,13 +330,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cidrs() {
-        let c: Cidr = "10.88.7.9/16".parse().unwrap_or(Cidr { addr: Ipv4Addr::UNSPECIFIED, prefix: 0 });
-        assert_eq!(c.to_string(), "10.88.0.0/16");
-        assert_eq!(c.gateway(), Ipv4Addr::new(10, 88, 0, 1));
-        assert!("10.88.0.0".parse::<Cidr>().is_err());
-        assert!("10.88.0.0/31".parse::<Cidr>().is_err());
-        assert!("banana/8".parse::<Cidr>().is_err());
+    fn routes_are_read() {
+        let r = |l: &str| route_of(l).map(|(c, d)| (c.to_string(), d));
+        assert_eq!(r("10.90.0.0/24 dev br-db proto kernel scope link src 10.90.0.1"), Some(("10.90.0.0/24".into(), Some("br-db".into()))));
+        assert_eq!(r("unreachable 10.77.0.0/16 metric 4000"), Some(("10.77.0.0/16".into(), None)));
+        assert_eq!(r("192.168.5.9 via 10.0.0.1 dev eth0"), Some(("192.168.5.9/32".into(), Some("eth0".into()))));
+        assert_eq!(r("default via 10.0.0.1 dev eth0"), None);
+        assert_eq!(r("local 10.90.0.1 dev br-db table local proto kernel scope host src 10.90.0.1"), None);
+        assert_eq!(r("broadcast 10.90.0.255 dev br-db table local proto kernel scope link src 10.90.0.1"), None);
     }
 
     #[test]

@@ -138,6 +138,22 @@ async fn tokens() -> Result<()> {
 }
 
 #[tokio::test]
+async fn networks() -> Result<()> {
+    let (_dir, store) = open();
+    let doc = serde_json::json!({"name": "db", "cidr": "10.90.0.0/24"});
+    store.create_network("db", &doc, 10).await?;
+    assert!(matches!(store.create_network("db", &doc, 11).await, Err(StoreError::NetworkExists(_))));
+    store.create_network("cache", &serde_json::json!({"name": "cache"}), 12).await?;
+    let names: Vec<String> = store.list_networks().await?.into_iter().map(|r| r.key).collect();
+    assert_eq!(names, ["cache", "db"]);
+    assert_eq!(store.get_network("db").await?.map(|r| (r.doc, r.at)), Some((doc, 10)));
+    assert!(store.delete_network("db").await?);
+    assert!(!store.delete_network("db").await?);
+    assert!(store.get_network("db").await?.is_none());
+    Ok(())
+}
+
+#[tokio::test]
 async fn services_revisions_operations_and_events() -> Result<()> {
     let (_dir, store) = open();
     let doc = serde_json::json!({"spec": {"port": 8080}});
