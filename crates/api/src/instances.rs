@@ -132,6 +132,7 @@ async fn run(State(s): State<AppState>, caller: Caller, Json(body): Json<RunBody
         user: None,
         read_only_rootfs: false,
         init: body.init,
+        network: Default::default(),
     };
     spec.resources.validate().map_err(ApiError::invalid)?;
     rt.create(spec.clone()).await?;

@@ -110,6 +110,18 @@ pub async fn render(State(state): State<AppState>, caller: Caller) -> Result<Res
     for source in &state.metrics.sources {
         source(&mut out);
     }
+    if let Some(runtime) = &state.runtime {
+        let denied = runtime.denied().await.unwrap_or_default();
+        if !denied.is_empty() {
+            out.push_str("# TYPE berth_network_denied counter\n# HELP berth_network_denied Connections instances tried that their network rules refused, by service (`run` for one-off instances) and destination class.\n");
+            for d in denied {
+                out.push_str(&format!(
+                    "berth_network_denied_total{{service=\"{}\",destination=\"{}\"}} {}\n",
+                    d.group, d.destination, d.count
+                ));
+            }
+        }
+    }
     out.push_str("# EOF\n");
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response())
 }

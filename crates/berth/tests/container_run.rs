@@ -75,6 +75,7 @@ fn runs_hello_in_an_isolated_container() -> Result {
         user: Some("65534".into()),
         read_only_rootfs: true,
         init: false,
+        network: Default::default(),
     };
     let process = process_plan(&config, &spec, &rootfs.path)?;
     let cgroup = format!("/berth-test/{id}");

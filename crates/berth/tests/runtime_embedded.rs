@@ -111,6 +111,7 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
             user: None,
             read_only_rootfs: false,
             init: false,
+            network: Default::default(),
         })
     };
 

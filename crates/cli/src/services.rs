@@ -276,6 +276,7 @@ const SERVICE_FIELDS: &[Column<'_>] = &[
     ("NETWORKS", "networks"),
     ("EGRESS", "egress"),
     ("VISIBILITY", "visibility"),
+    ("DENIED", "denied"),
     ("OPERATION", "operation_in_progress"),
 ];
 const REVISION_COLUMNS: &[Column<'_>] = &[

@@ -401,21 +401,32 @@ impl Controller {
 
     pub async fn get(&self, name: &str) -> Result<ServiceView> {
         let record = self.sh.store.get_service(name).await?.ok_or_else(|| ControllerError::NotFound(name.to_owned()))?;
-        self.view(record).await
+        self.view(record, &self.denied().await).await
+    }
+
+    /// The runtime's counts of refused connections (none when it cannot say).
+    async fn denied(&self) -> Vec<berth_runtime::Denied> {
+        self.sh.runtime.denied().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the counts of refused connections");
+            Vec::new()
+        })
     }
 
     /// Services in name order after `after`, at most `limit`.
     pub async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<ServiceView>> {
         let mut out = Vec::new();
         let records = self.sh.store.list_services().await?;
+        let denied = self.denied().await;
         for record in records.into_iter().filter(|r| after.is_none_or(|a| r.key.as_str() > a)).take(limit) {
-            out.push(self.view(record).await?);
+            out.push(self.view(record, &denied).await?);
         }
         Ok(out)
     }
 
-    async fn view(&self, record: berth_store::DocRecord) -> Result<ServiceView> {
+    async fn view(&self, record: berth_store::DocRecord, denied: &[berth_runtime::Denied]) -> Result<ServiceView> {
         let name = record.key.clone();
+        let group = host_label(&name);
+        let denied = denied.iter().filter(|d| d.group == group).map(|d| (d.destination.clone(), d.count)).collect();
         let doc: ServiceDoc = serde_json::from_value(record.doc).map_err(|e| ControllerError::Corrupt(e.to_string()))?;
         let current = match doc.current_revision {
             Some(n) => Some(self.revision(&name, n).await?),
@@ -437,6 +448,7 @@ impl Controller {
             instances,
             operation_in_progress: busy,
             created_at: record.at,
+            denied,
         })
     }
 

@@ -132,6 +132,9 @@ pub struct ServiceView {
     pub instances: Vec<InstanceView>,
     pub operation_in_progress: Option<String>,
     pub created_at: i64,
+    /// Connections its instances tried that their network rules refused, by destination class
+    /// (`host`, `instances`, `metadata`, `link_local`, `private`, `internet`).
+    pub denied: std::collections::BTreeMap<String, u64>,
 }
 
 pub(crate) fn now() -> i64 {

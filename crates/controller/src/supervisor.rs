@@ -11,7 +11,7 @@ use berth_autoscale::ScalingSettings;
 use berth_core::service::host_label;
 use berth_core::{OperationStatus, OperationType, ServiceStatus};
 use berth_router::{Leaver, RouteSettings, RouteSpec};
-use berth_runtime::{ImageRef, InstanceId, InstanceSpec, InstanceState, Resources, RuntimeEvent};
+use berth_runtime::{ImageRef, InstanceId, InstanceNetwork, InstanceSpec, InstanceState, Resources, RuntimeEvent};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -373,6 +373,12 @@ impl Supervisor {
         let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let id = InstanceId::new(format!("{}-{}-{suffix}", host_label(&self.name), rev.number)).map_err(|e| e.to_string())?;
         let command = spec.image_config.start_command.as_ref().map(|c| c.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
+        let mut networks = Vec::new();
+        for name in &spec.network.networks {
+            let doc = self.sh.store.get_network(name).await.map_err(|e| format!("loading network `{name}`: {e}"))?;
+            let doc = doc.ok_or_else(|| format!("network `{name}` does not exist"))?;
+            networks.push(serde_json::from_value(doc.doc).map_err(|e| format!("network `{name}` is malformed: {e}"))?);
+        }
         let instance = InstanceSpec {
             id: id.clone(),
             labels: vec![(LABEL_SERVICE.into(), self.name.clone()), (LABEL_REVISION.into(), rev.number.to_string())],
@@ -389,6 +395,7 @@ impl Supervisor {
             user: None,
             read_only_rootfs: false,
             init: spec.image_config.init,
+            network: InstanceNetwork { group: host_label(&self.name), egress: spec.network.egress, networks },
         };
         let created = self.sh.runtime.create(instance).await.map_err(|e| format!("creating instance {id}: {e}"))?;
         let started = match self.sh.runtime.start(&id).await {

@@ -388,6 +388,7 @@ async fn a_deployment_interrupted_by_a_crash_completes_or_starts_over() -> Resul
             user: None,
             read_only_rootfs: false,
             init: false,
+            network: Default::default(),
         };
         w.runtime.create(spec2.clone()).await?;
         w.runtime.start(&spec2.id).await?;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use crate::{InstanceId, InstanceSpec, InstanceState, InstanceStatus, Result, RetiredInstance, Runtime, RuntimeError, RuntimeEvent};
+use crate::{
+    Denied, InstanceId, InstanceSpec, InstanceState, InstanceStatus, Result, RetiredInstance, Runtime, RuntimeError, RuntimeEvent,
+};
 
 /// A recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +178,10 @@ impl Runtime for FakeRuntime {
         Ok(self.lock().retired.clone())
     }
 
+    async fn denied(&self) -> Result<Vec<Denied>> {
+        Ok(Vec::new())
+    }
+
     /// A fake host has no routes: only the fake's own instance CIDR conflicts.
     async fn check_network(&self, network: &berth_core::NetworkSpec) -> Result<()> {
         let own = berth_core::Cidr::new(Ipv4Addr::new(10, 88, 0, 0), 16);
@@ -208,6 +214,7 @@ mod tests {
             user: None,
             read_only_rootfs: false,
             init: false,
+            network: Default::default(),
         })
     }
 

@@ -57,6 +57,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// (the instance addresses) or the host's routes, and the device it attaches exists. The
     /// error names the conflict.
     async fn check_network(&self, network: &berth_core::NetworkSpec) -> Result<()>;
+    /// Connections instances tried and were refused, per instance group (service) and
+    /// destination class, counted since the rules were first loaded.
+    async fn denied(&self) -> Result<Vec<Denied>>;
     /// Lifecycle events as they happen (started, exited, OOM-killed).
     fn events(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent>;
 }

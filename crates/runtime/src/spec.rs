@@ -113,6 +113,21 @@ pub struct InstanceSpec {
     /// Run the app under berth's init as PID 1 (signals forwarded, orphans reaped), as Docker's
     /// `--init` does.
     pub init: bool,
+    /// What the instance may reach; in force before it starts.
+    pub network: InstanceNetwork,
+}
+
+/// What an instance may open connections to, beside berth's DNS and router on its gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct InstanceNetwork {
+    /// Whose rules and counters these are: the service's DNS label (empty for one-off instances).
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub egress: berth_core::Egress,
+    /// The networks attached: their LANs, and their host endpoints on the gateway.
+    #[serde(default)]
+    pub networks: Vec<berth_core::NetworkSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -162,3 +177,12 @@ pub enum RuntimeEvent {
 
 /// The default grace period between SIGTERM and SIGKILL.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Connections an instance group tried that its rules refused, towards one class of destination
+/// (`host`, `instances`, `metadata`, `link_local`, `private`, `internet`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Denied {
+    pub group: String,
+    pub destination: String,
+    pub count: u64,
+}

@@ -6,6 +6,8 @@
 //! - `GET /hog` allocates memory until the memory limit kills it (for OOM tests).
 //! - `GET /sleep/<ms>` answers after that many milliseconds (at most a minute): a long request.
 //! - `POST /echo` streams the request body back (chunked) while still reading it: full duplex.
+//! - `GET /connect/<host:port>` opens a TCP connection from the app (3 s at most) and answers
+//!   `connected` or 502 with the error: what an instance may reach.
 //! - Listens on `0.0.0.0:$PORT` (default 8080) and logs one line per request to stdout.
 //! - Exits at once on SIGTERM (as PID 1 of a container, a signal without a handler does nothing,
 //!   so stopping it would otherwise wait out the grace period).
@@ -105,6 +107,10 @@ fn serve(stream: TcpStream, version: &str, host: &str, healthy: bool) {
                 }
                 ("200 OK", format!("survived {} MiB\n", hog.len() * 16))
             }
+            p if p.starts_with("/connect/") => match connect(&p["/connect/".len()..]) {
+                Ok(()) => ("200 OK", "connected\n".to_owned()),
+                Err(e) => ("502 Bad Gateway", format!("{e}\n")),
+            },
             p if p.starts_with("/sleep/") => {
                 let ms = p["/sleep/".len()..].parse::<u64>().unwrap_or(0).min(60_000);
                 std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -147,4 +153,11 @@ fn echo(reader: &mut impl std::io::Read, out: &mut impl Write, len: usize) -> st
     }
     out.write_all(b"0\r\n\r\n")?;
     out.flush()
+}
+
+/// A TCP connection to `target` (`host:port`), opened and closed.
+fn connect(target: &str) -> std::io::Result<()> {
+    use std::net::ToSocketAddrs;
+    let addr = target.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+    TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3)).map(drop)
 }

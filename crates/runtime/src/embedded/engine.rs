@@ -18,11 +18,13 @@ use nix::unistd::Pid;
 use tokio::sync::broadcast;
 
 use super::files::{write_atomic, InstanceFiles};
+use super::firewall;
 use super::network::{etc_files, Cidr, Network};
 use super::oci::{process_plan, runtime_spec, BundlePlan};
 use super::rootfs::{Rootfs, RootfsKind};
 use crate::{
-    ImageRef, InstanceId, InstanceSpec, InstanceState, InstanceStatus, Result, RetiredInstance, Runtime, RuntimeError, RuntimeEvent,
+    Denied, ImageRef, InstanceId, InstanceNetwork, InstanceSpec, InstanceState, InstanceStatus, Result, RetiredInstance, Runtime,
+    RuntimeError, RuntimeEvent,
 };
 
 /// How long `start` waits for a container to run.
@@ -97,6 +99,9 @@ struct InstanceRecord {
     /// The cached layers its root filesystem uses.
     #[serde(default)]
     layers: Vec<String>,
+    /// What it may reach (an instance from before networks: public egress, no network).
+    #[serde(default)]
+    network: InstanceNetwork,
 }
 
 fn fingerprint(spec: &InstanceSpec) -> String {
@@ -126,7 +131,7 @@ impl EmbeddedRuntime {
         let cache = LayerCache::open(&config.root.join("layers")).map_err(backend)?;
         let network = Network::open(&config.bridge, config.cidr, &config.netns_prefix, &config.root.join("network")).map_err(backend)?;
         if config.outbound_nat {
-            network.enable_outbound_nat().map_err(backend)?;
+            super::network::enable_forwarding().map_err(backend)?;
         }
         let rt = Arc::new(EmbeddedRuntime {
             config,
@@ -136,6 +141,8 @@ impl EmbeddedRuntime {
             events: broadcast::channel(1024).0,
             locks: Mutex::new(HashMap::new()),
         });
+        // The rules of instances that outlived a server, as they are now.
+        rt.apply_rules()?;
         let weak = Arc::downgrade(&rt);
         tokio::spawn(async move {
             let mut reported: HashSet<InstanceId> = HashSet::new();
@@ -215,6 +222,25 @@ impl EmbeddedRuntime {
 
     fn cgroup(&self, id: &InstanceId) -> String {
         format!("/{}/{}", self.config.cgroup_parent, id)
+    }
+
+    /// Every instance's record.
+    fn records(&self) -> Result<Vec<InstanceRecord>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(self.config.root.join("instances")).map_err(backend)?.flatten() {
+            if let Ok(id) = InstanceId::new(e.file_name().to_string_lossy()) {
+                out.extend(self.record(&id));
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Loads the packet filter for every instance there is.
+    fn apply_rules(&self) -> Result<()> {
+        let records = self.records()?;
+        let members = records.iter().filter_map(|r| r.address.map(|address| firewall::Member { address, network: &r.network })).collect();
+        self.network.apply_rules(members, self.config.outbound_nat, &[]).map_err(backend)
     }
 
     fn record(&self, id: &InstanceId) -> Option<InstanceRecord> {
@@ -354,6 +380,7 @@ impl EmbeddedRuntime {
             address: Some(att.address),
             fingerprint: fingerprint(spec),
             layers: pulled.layers.iter().map(ToString::to_string).collect(),
+            network: spec.network.clone(),
         })
     }
 
@@ -373,7 +400,7 @@ impl EmbeddedRuntime {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(backend)?;
         }
-        Ok(())
+        self.apply_rules()
     }
 
     fn retired_dir(&self) -> PathBuf {
@@ -477,7 +504,16 @@ impl Runtime for EmbeddedRuntime {
         let files = InstanceFiles::new(&self.dir(&spec.id));
         match self.build(&spec, &files).await {
             Ok(rec) => {
-                write_atomic(&files.dir.join("instance.json"), &serde_json::to_vec_pretty(&rec).map_err(backend)?).map_err(backend)?;
+                // Its rules are in force before it can start.
+                let recorded = write_atomic(&files.dir.join("instance.json"), &serde_json::to_vec_pretty(&rec).map_err(backend)?)
+                    .map_err(backend)
+                    .and_then(|()| self.apply_rules());
+                if let Err(e) = recorded {
+                    if let Err(cleanup) = self.teardown(&spec.id).await {
+                        tracing::warn!(instance = %spec.id, error = %cleanup, "cleaning up a failed create");
+                    }
+                    return Err(e);
+                }
                 tracing::info!(instance = %spec.id, address = ?rec.address, "instance created");
                 self.status(&rec)
             }
@@ -570,16 +606,7 @@ impl Runtime for EmbeddedRuntime {
     }
 
     async fn list(&self) -> Result<Vec<InstanceStatus>> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(self.config.root.join("instances")).map_err(backend)?.flatten() {
-            if let Ok(id) = InstanceId::new(e.file_name().to_string_lossy()) {
-                if let Some(rec) = self.record(&id) {
-                    out.push(self.status(&rec)?);
-                }
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        self.records()?.iter().map(|r| self.status(r)).collect()
     }
 
     async fn logs(&self, id: &InstanceId, since: usize) -> Result<Vec<String>> {
@@ -591,6 +618,17 @@ impl Runtime for EmbeddedRuntime {
         };
         let text = std::fs::read_to_string(path).unwrap_or_default();
         Ok(text.lines().skip(since).map(str::to_owned).collect())
+    }
+
+    async fn denied(&self) -> Result<Vec<Denied>> {
+        let counters = firewall::counters(&self.config.bridge).map_err(backend)?;
+        Ok(counters
+            .iter()
+            .filter_map(|(name, (packets, _))| {
+                let (group, class) = firewall::counter_of(name)?;
+                Some(Denied { group: group.to_owned(), destination: class.to_owned(), count: *packets })
+            })
+            .collect())
     }
 
     async fn check_network(&self, network: &berth_core::NetworkSpec) -> Result<()> {

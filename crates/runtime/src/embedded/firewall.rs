@@ -1,83 +1,306 @@
-//! The host's packet filter for instances, through nftables' JSON interface (`nft -j -f -`):
-//! rulesets are built as data, never as command strings, and each is loaded in one transaction
-//! (the table added, flushed and filled), so reloading is idempotent and never leaves a gap.
+//! The host's packet filter for instances, through nftables' JSON interface (`nft -j -f -`).
+//! Rulesets are built as data, never as command strings. The whole of berth's rules for a bridge
+//! is rebuilt from the instances' network settings and loaded in one transaction (each table
+//! added, deleted and made again), so reloading is idempotent, never leaves a gap, and drops
+//! what no instance needs any more. Named counters carry their values across reloads.
 //!
-//! - The host guard (`inet berth_<bridge>`, always on): nothing an instance sends may open a
-//!   connection to the host — not to the gateway address, not to any other address of the host,
-//!   over IPv4 or IPv6 (berth serves instances nothing on the host yet). Answers to connections
-//!   the host opened (the router, health checks) pass; new ones are rejected at once (ICMP
-//!   administratively prohibited), so a blocked call fails fast.
-//! - Outbound NAT (`ip berth_nat_<bridge>`, off by default): masquerade for traffic leaving the
-//!   host.
+//! - `inet berth_<bridge>`: default deny for instances. Answers to connections the host opened
+//!   (the router, health checks) pass. An instance may open connections to the ports open to all
+//!   on the gateway (berth's DNS and router), to host endpoints published to it (DNATed, below),
+//!   to the LANs of its networks (unless its egress is `none`), and to the internet when its
+//!   egress is `public` and outbound NAT is on. Everything else is rejected at once (ICMP
+//!   administratively prohibited, so a blocked call fails fast) and counted per service and
+//!   destination class: `host`, `instances`, `metadata`, `link_local`, `private`, `internet`.
+//!   Nothing from outside opens a connection into an instance.
+//! - `ip berth_nat_<bridge>`: host endpoints (a port of the gateway DNATed to a service on the
+//!   host, for the instances allowed only), masquerade towards each attached LAN, and outbound
+//!   NAT (off by default).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
+use berth_core::network::{Cidr, Egress};
 use serde_json::{json, Value};
 
-use super::network::{Cidr, NetworkError};
+use super::network::NetworkError;
+use crate::InstanceNetwork;
 
-/// The name of the host guard's table for `bridge`.
+/// The name of the filter table for `bridge`.
 pub fn guard_table(bridge: &str) -> String {
     format!("berth_{bridge}")
 }
 
-/// The name of the outbound NAT table for `bridge`.
+/// The name of the NAT table for `bridge`.
 pub fn nat_table(bridge: &str) -> String {
     format!("berth_nat_{bridge}")
 }
 
-fn iifname(bridge: &str) -> Value {
-    json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": bridge}})
+/// Destination classes of denied connections, most specific first.
+pub const DENIED_CLASSES: &[&str] = &["host", "instances", "metadata", "link_local", "private", "internet"];
+
+/// Private and shared address ranges an instance reaches only through an attached network.
+const PRIVATE_RANGES: &[(Ipv4Addr, u8)] = &[
+    (Ipv4Addr::new(10, 0, 0, 0), 8),
+    (Ipv4Addr::new(172, 16, 0, 0), 12),
+    (Ipv4Addr::new(192, 168, 0, 0), 16),
+    (Ipv4Addr::new(100, 64, 0, 0), 10),
+];
+
+/// The group of one-off instances (`berth run`), which belong to no service.
+const ONE_OFF: &str = "run";
+
+/// One instance as the rules see it.
+pub struct Member<'a> {
+    pub address: Ipv4Addr,
+    pub network: &'a InstanceNetwork,
 }
 
-/// Adds (if missing), empties and fills `table` of `family` with `chain` and its `rules`.
-fn table_with_chain(family: &str, table: &str, chain: Value, rules: Vec<Vec<Value>>) -> Value {
-    let name = chain["name"].clone();
-    let mut cmds = vec![
-        json!({"add": {"table": {"family": family, "name": table}}}),
-        json!({"flush": {"table": {"family": family, "name": table}}}),
-        json!({"add": {"chain": chain}}),
-    ];
-    for expr in rules {
-        cmds.push(json!({"add": {"rule": {"family": family, "table": table, "chain": name, "expr": expr}}}));
+impl Member<'_> {
+    fn group(&self) -> &str {
+        if self.network.group.is_empty() {
+            ONE_OFF
+        } else {
+            &self.network.group
+        }
     }
+}
+
+/// A transport protocol of a port open on the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// Everything the rules of one bridge are made from.
+pub struct Plan<'a> {
+    pub bridge: &'a str,
+    /// The instance CIDR; its first address, the gateway, is the bridge's.
+    pub cidr: Cidr,
+    pub outbound_nat: bool,
+    /// Ports of the gateway every instance may reach (berth's DNS and router).
+    pub open_ports: &'a [(Proto, u16)],
+    pub members: Vec<Member<'a>>,
+    /// Counter values to carry over: name → (packets, bytes).
+    pub counters: &'a BTreeMap<String, (u64, u64)>,
+}
+
+/// The name of the counter of `group`'s connections denied towards `class`.
+pub fn counter_name(group: &str, class: &str) -> String {
+    format!("denied_{group}_{class}")
+}
+
+/// The group and class a counter counts, from its name.
+pub fn counter_of(name: &str) -> Option<(&str, &str)> {
+    let rest = name.strip_prefix("denied_")?;
+    DENIED_CLASSES.iter().find_map(|class| rest.strip_suffix(class).and_then(|g| g.strip_suffix('_')).map(|g| (g, *class)))
+}
+
+fn is(left: Value, right: Value) -> Value {
+    json!({"match": {"op": "==", "left": left, "right": right}})
+}
+
+fn meta(key: &str) -> Value {
+    json!({"meta": {"key": key}})
+}
+
+fn field(protocol: &str, name: &str) -> Value {
+    json!({"payload": {"protocol": protocol, "field": name}})
+}
+
+fn prefix(addr: Ipv4Addr, len: u8) -> Value {
+    json!({"prefix": {"addr": addr.to_string(), "len": len}})
+}
+
+fn cidr(c: Cidr) -> Value {
+    prefix(c.addr, c.prefix)
+}
+
+fn established() -> Value {
+    json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}})
+}
+
+fn reject() -> Value {
+    json!({"reject": {"type": "icmpx", "expr": "admin-prohibited"}})
+}
+
+fn accept() -> Value {
+    json!({"accept": null})
+}
+
+fn addresses(members: &[&Member<'_>]) -> Value {
+    json!({"set": members.iter().map(|m| m.address.to_string()).collect::<Vec<_>>()})
+}
+
+/// The ruleset of `plan`: both tables, in one transaction.
+pub fn ruleset(plan: &Plan<'_>) -> Value {
+    let mut cmds = Vec::new();
+    let (filter, nat) = (guard_table(plan.bridge), nat_table(plan.bridge));
+    for (family, table) in [("inet", &filter), ("ip", &nat)] {
+        let t = json!({"family": family, "name": table});
+        cmds.extend([json!({"add": {"table": t}}), json!({"delete": {"table": t}}), json!({"add": {"table": t}})]);
+    }
+    filter_table(plan, &filter, &mut cmds);
+    nat_rules(plan, &nat, &mut cmds);
     json!({ "nftables": cmds })
 }
 
-/// The host guard for instances on `bridge`.
-pub fn host_guard(bridge: &str) -> Value {
-    let table = guard_table(bridge);
-    let chain =
-        json!({"family": "inet", "table": table, "name": "input", "type": "filter", "hook": "input", "prio": 0, "policy": "accept"});
-    let rules = vec![
-        vec![
-            iifname(bridge),
-            json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}),
-            json!({"accept": null}),
-        ],
-        vec![iifname(bridge), json!({"reject": {"type": "icmpx", "expr": "admin-prohibited"}})],
-    ];
-    table_with_chain("inet", &table, chain, rules)
+fn filter_table(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
+    let br = plan.bridge;
+    let gateway = plan.cidr.gateway();
+    let rule = |chain: &str, expr: Vec<Value>| json!({"add": {"rule": {"family": "inet", "table": table, "chain": chain, "expr": expr}}});
+    // Counters first: rules refer to them.
+    let groups: BTreeSet<&str> = plan.members.iter().map(Member::group).collect();
+    for group in &groups {
+        for class in DENIED_CLASSES {
+            let name = counter_name(group, class);
+            let (packets, bytes) = plan.counters.get(&name).copied().unwrap_or_default();
+            cmds.push(json!({"add": {"counter": {"family": "inet", "table": table, "name": name, "packets": packets, "bytes": bytes}}}));
+        }
+    }
+    for (name, hook) in [("input", "input"), ("forward", "forward")] {
+        cmds.push(json!({"add": {"chain": {"family": "inet", "table": table, "name": name, "type": "filter", "hook": hook, "prio": 0, "policy": "accept"}}}));
+    }
+    // One chain per distinct policy: instances of one service share it (a deployment may run
+    // two policies side by side for a while).
+    let mut policies: Vec<(&str, &InstanceNetwork, Vec<&Member<'_>>)> = Vec::new();
+    for m in &plan.members {
+        match policies.iter_mut().find(|(g, n, _)| *g == m.group() && *n == m.network) {
+            Some((_, _, ms)) => ms.push(m),
+            None => policies.push((m.group(), m.network, vec![m])),
+        }
+    }
+    let mut vmap = Vec::new();
+    for (i, (group, policy, members)) in policies.iter().enumerate() {
+        let chain = format!("from_{group}_{i}");
+        cmds.push(json!({"add": {"chain": {"family": "inet", "table": table, "name": chain}}}));
+        for m in members {
+            vmap.push(json!([m.address.to_string(), {"jump": {"target": chain}}]));
+        }
+        let denied = |class: &str| vec![json!({"counter": counter_name(group, class)}), reject()];
+        let local = json!({"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}});
+        cmds.push(rule(&chain, [vec![local], denied("host")].concat()));
+        if policy.egress != Egress::None {
+            for n in &policy.networks {
+                if let Some(a) = &n.attach {
+                    cmds.push(rule(&chain, vec![is(field("ip", "daddr"), cidr(n.cidr)), is(meta("oifname"), a.device().into()), accept()]));
+                }
+            }
+        }
+        cmds.push(rule(&chain, [vec![is(field("ip", "daddr"), cidr(plan.cidr))], denied("instances")].concat()));
+        cmds.push(rule(
+            &chain,
+            [vec![is(field("ip", "daddr"), Ipv4Addr::new(169, 254, 169, 254).to_string().into())], denied("metadata")].concat(),
+        ));
+        cmds.push(rule(&chain, [vec![is(field("ip", "daddr"), prefix(Ipv4Addr::new(169, 254, 0, 0), 16))], denied("link_local")].concat()));
+        let private = json!({"set": PRIVATE_RANGES.iter().map(|(a, l)| prefix(*a, *l)).collect::<Vec<_>>()});
+        cmds.push(rule(&chain, [vec![is(field("ip", "daddr"), private)], denied("private")].concat()));
+        if policy.egress == Egress::Public && plan.outbound_nat {
+            cmds.push(rule(&chain, vec![accept()]));
+        }
+        cmds.push(rule(&chain, denied("internet")));
+    }
+    let from_instances = is(meta("iifname"), br.into());
+    let mut input = vec![vec![from_instances.clone(), established(), accept()]];
+    for (proto, port) in plan.open_ports {
+        let p = match proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        };
+        input.push(vec![
+            from_instances.clone(),
+            is(field("ip", "daddr"), gateway.to_string().into()),
+            is(field(p, "dport"), (*port).into()),
+            accept(),
+        ]);
+    }
+    // Host endpoints: DNATed in prerouting, for the instances allowed only.
+    input.push(vec![from_instances.clone(), json!({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}), accept()]);
+    let mut forward =
+        vec![vec![from_instances.clone(), established(), accept()], vec![is(meta("oifname"), br.into()), established(), accept()]];
+    if !vmap.is_empty() {
+        let by_source = json!({"vmap": {"key": field("ip", "saddr"), "data": {"set": vmap}}});
+        input.push(vec![from_instances.clone(), by_source.clone()]);
+        forward.push(vec![from_instances.clone(), by_source]);
+    }
+    // An address no instance holds, and anything from outside towards an instance.
+    input.push(vec![from_instances.clone(), reject()]);
+    forward.push(vec![from_instances, reject()]);
+    forward.push(vec![is(meta("oifname"), br.into()), reject()]);
+    cmds.extend(input.into_iter().map(|e| rule("input", e)));
+    cmds.extend(forward.into_iter().map(|e| rule("forward", e)));
 }
 
-/// Masquerade for traffic from `cidr` leaving the host through another interface than `bridge`.
-pub fn outbound_nat(bridge: &str, cidr: Cidr) -> Value {
-    let table = nat_table(bridge);
-    let chain = json!({"family": "ip", "table": table, "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"});
-    let rules = vec![vec![
-        json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": cidr.addr.to_string(), "len": cidr.prefix}}}}),
-        json!({"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": bridge}}),
-        json!({"masquerade": null}),
-    ]];
-    table_with_chain("ip", &table, chain, rules)
+fn nat_rules(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
+    let rule = |chain: &str, expr: Vec<Value>| json!({"add": {"rule": {"family": "ip", "table": table, "chain": chain, "expr": expr}}});
+    for (name, hook, prio) in [("prerouting", "prerouting", -100), ("postrouting", "postrouting", 100)] {
+        cmds.push(json!({"add": {"chain": {"family": "ip", "table": table, "name": name, "type": "nat", "hook": hook, "prio": prio, "policy": "accept"}}}));
+    }
+    // Each host endpoint, for the instances of the networks publishing it.
+    let mut endpoints: BTreeMap<(u16, std::net::SocketAddrV4), Vec<&Member<'_>>> = BTreeMap::new();
+    let mut devices = BTreeSet::new();
+    for m in plan.members.iter().filter(|m| m.network.egress != Egress::None) {
+        for n in &m.network.networks {
+            for target in n.host_endpoints.values() {
+                endpoints.entry((target.port(), *target)).or_default().push(m);
+            }
+            if let Some(a) = &n.attach {
+                devices.insert(a.device().to_owned());
+            }
+        }
+    }
+    let gateway = plan.cidr.gateway().to_string();
+    for ((port, target), members) in &endpoints {
+        cmds.push(rule(
+            "prerouting",
+            vec![
+                is(meta("iifname"), plan.bridge.into()),
+                is(field("ip", "saddr"), addresses(members)),
+                is(field("ip", "daddr"), gateway.clone().into()),
+                is(field("tcp", "dport"), (*port).into()),
+                json!({"dnat": {"addr": target.ip().to_string(), "port": target.port()}}),
+            ],
+        ));
+    }
+    let from_instances = is(field("ip", "saddr"), cidr(plan.cidr));
+    for dev in &devices {
+        cmds.push(rule("postrouting", vec![from_instances.clone(), is(meta("oifname"), dev.as_str().into()), json!({"masquerade": null})]));
+    }
+    if plan.outbound_nat {
+        cmds.push(rule(
+            "postrouting",
+            vec![
+                from_instances,
+                json!({"match": {"op": "!=", "left": meta("oifname"), "right": plan.bridge}}),
+                json!({"masquerade": null}),
+            ],
+        ));
+    }
 }
 
-fn nft(args: &[&str], input: Option<&[u8]>) -> Result<(), NetworkError> {
+/// Whether some host endpoint of the plan points at a loopback address (the bridge must then
+/// route to 127.0.0.0/8).
+pub fn needs_localnet(plan: &Plan<'_>) -> bool {
+    plan.members.iter().flat_map(|m| &m.network.networks).flat_map(|n| n.host_endpoints.values()).any(|t| t.ip().is_loopback())
+}
+
+/// The host devices of the LANs the plan's instances reach.
+pub fn attached_devices(plan: &Plan<'_>) -> BTreeSet<String> {
+    plan.members
+        .iter()
+        .filter(|m| m.network.egress != Egress::None)
+        .flat_map(|m| &m.network.networks)
+        .filter_map(|n| n.attach.as_ref().map(|a| a.device().to_owned()))
+        .collect()
+}
+
+fn nft(args: &[&str], input: Option<&[u8]>) -> Result<String, NetworkError> {
     let mut child = Command::new("nft")
         .args(args)
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| NetworkError::Io { context: "running nft (install nftables: apt-get install nftables)".into(), source: e })?;
@@ -86,7 +309,7 @@ fn nft(args: &[&str], input: Option<&[u8]>) -> Result<(), NetworkError> {
     }
     let out = child.wait_with_output().map_err(|e| NetworkError::Io { context: "loading an nftables ruleset".into(), source: e })?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(NetworkError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_owned()))
     }
@@ -94,7 +317,36 @@ fn nft(args: &[&str], input: Option<&[u8]>) -> Result<(), NetworkError> {
 
 /// Loads a ruleset built by this module.
 pub fn apply(ruleset: &Value) -> Result<(), NetworkError> {
-    nft(&["-j", "-f", "-"], Some(ruleset.to_string().as_bytes()))
+    nft(&["-j", "-f", "-"], Some(ruleset.to_string().as_bytes())).map(drop)
+}
+
+/// The named counters of `bridge`'s filter table: name → (packets, bytes). None when the table
+/// does not exist yet.
+pub fn counters(bridge: &str) -> Result<BTreeMap<String, (u64, u64)>, NetworkError> {
+    let out = match nft(&["-j", "list", "counters", "table", "inet", &guard_table(bridge)], None) {
+        Ok(out) => out,
+        Err(NetworkError::Nft(msg)) if msg.contains("No such file or directory") => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e),
+    };
+    let listed: Value = serde_json::from_str(&out).map_err(|e| NetworkError::Nft(format!("reading nft's counters: {e}")))?;
+    Ok(listed["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| {
+            let c = o.get("counter")?;
+            Some((c["name"].as_str()?.to_owned(), (c["packets"].as_u64().unwrap_or(0), c["bytes"].as_u64().unwrap_or(0))))
+        })
+        .collect())
+}
+
+/// Whether `bridge`'s filter table is loaded.
+pub fn exists(bridge: &str) -> Result<bool, NetworkError> {
+    match nft(&["list", "table", "inet", &guard_table(bridge)], None) {
+        Ok(_) => Ok(true),
+        Err(NetworkError::Nft(msg)) if msg.contains("No such file or directory") => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Deletes `table` of `family`, if it exists.
@@ -102,40 +354,101 @@ pub fn delete_table(family: &str, table: &str) -> Result<(), NetworkError> {
     let cmd = json!({"nftables": [{"delete": {"table": {"family": family, "name": table}}}]});
     match nft(&["-j", "-f", "-"], Some(cmd.to_string().as_bytes())) {
         Err(NetworkError::Nft(msg)) if msg.contains("No such file or directory") => Ok(()),
-        other => other,
+        other => other.map(drop),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
-
-    #[test]
-    fn the_guard_rejects_new_connections_from_instances_only() {
-        expect_test::expect![[r#"
-            {"add":{"table":{"family":"inet","name":"berth_berth0"}}}
-            {"flush":{"table":{"family":"inet","name":"berth_berth0"}}}
-            {"add":{"chain":{"family":"inet","hook":"input","name":"input","policy":"accept","prio":0,"table":"berth_berth0","type":"filter"}}}
-            {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"inet","table":"berth_berth0"}}}
-            {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"reject":{"expr":"admin-prohibited","type":"icmpx"}}],"family":"inet","table":"berth_berth0"}}}
-        "#]]
-        .assert_eq(&lines(&host_guard("berth0")));
-    }
-
-    #[test]
-    fn nat_masquerades_only_traffic_leaving_the_bridge() {
-        let c = Cidr { addr: Ipv4Addr::new(10, 88, 0, 0), prefix: 16 };
-        expect_test::expect![[r#"
-            {"add":{"table":{"family":"ip","name":"berth_nat_berth0"}}}
-            {"flush":{"table":{"family":"ip","name":"berth_nat_berth0"}}}
-            {"add":{"chain":{"family":"ip","hook":"postrouting","name":"postrouting","policy":"accept","prio":100,"table":"berth_nat_berth0","type":"nat"}}}
-            {"add":{"rule":{"chain":"postrouting","expr":[{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":{"prefix":{"addr":"10.88.0.0","len":16}}}},{"match":{"left":{"meta":{"key":"oifname"}},"op":"!=","right":"berth0"}},{"masquerade":null}],"family":"ip","table":"berth_nat_berth0"}}}
-        "#]]
-        .assert_eq(&lines(&outbound_nat("berth0", c)));
-    }
+    use berth_core::network::{Attachment, NetworkSpec};
 
     fn lines(ruleset: &Value) -> String {
         ruleset["nftables"].as_array().into_iter().flatten().map(|c| format!("{c}\n")).collect()
+    }
+
+    #[test]
+    fn counters_are_named_by_group_and_class() {
+        assert_eq!(counter_of(&counter_name("web-app", "link_local")), Some(("web-app", "link_local")));
+        assert_eq!(counter_of(&counter_name("a_b", "host")), Some(("a_b", "host")));
+        assert_eq!(counter_of("denied_web"), None);
+        assert_eq!(counter_of("other"), None);
+    }
+
+    #[test]
+    fn no_instance_means_the_guard_alone() {
+        let none = BTreeMap::new();
+        let plan = Plan {
+            bridge: "berth0",
+            cidr: "10.77.0.0/16".parse().unwrap_or(Cidr::new(Ipv4Addr::UNSPECIFIED, 0)),
+            outbound_nat: false,
+            open_ports: &[(Proto::Udp, 53)],
+            members: vec![],
+            counters: &none,
+        };
+        expect_test::expect![[r#"
+            {"add":{"table":{"family":"inet","name":"berth_berth0"}}}
+            {"delete":{"table":{"family":"inet","name":"berth_berth0"}}}
+            {"add":{"table":{"family":"inet","name":"berth_berth0"}}}
+            {"add":{"table":{"family":"ip","name":"berth_nat_berth0"}}}
+            {"delete":{"table":{"family":"ip","name":"berth_nat_berth0"}}}
+            {"add":{"table":{"family":"ip","name":"berth_nat_berth0"}}}
+            {"add":{"chain":{"family":"inet","hook":"input","name":"input","policy":"accept","prio":0,"table":"berth_berth0","type":"filter"}}}
+            {"add":{"chain":{"family":"inet","hook":"forward","name":"forward","policy":"accept","prio":0,"table":"berth_berth0","type":"filter"}}}
+            {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"inet","table":"berth_berth0"}}}
+            {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"match":{"left":{"payload":{"field":"daddr","protocol":"ip"}},"op":"==","right":"10.77.0.1"}},{"match":{"left":{"payload":{"field":"dport","protocol":"udp"}},"op":"==","right":53}},{"accept":null}],"family":"inet","table":"berth_berth0"}}}
+            {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"match":{"left":{"ct":{"key":"status"}},"op":"in","right":"dnat"}},{"accept":null}],"family":"inet","table":"berth_berth0"}}}
+            {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"reject":{"expr":"admin-prohibited","type":"icmpx"}}],"family":"inet","table":"berth_berth0"}}}
+            {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"inet","table":"berth_berth0"}}}
+            {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"berth0"}},{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"inet","table":"berth_berth0"}}}
+            {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"reject":{"expr":"admin-prohibited","type":"icmpx"}}],"family":"inet","table":"berth_berth0"}}}
+            {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"berth0"}},{"reject":{"expr":"admin-prohibited","type":"icmpx"}}],"family":"inet","table":"berth_berth0"}}}
+            {"add":{"chain":{"family":"ip","hook":"prerouting","name":"prerouting","policy":"accept","prio":-100,"table":"berth_nat_berth0","type":"nat"}}}
+            {"add":{"chain":{"family":"ip","hook":"postrouting","name":"postrouting","policy":"accept","prio":100,"table":"berth_nat_berth0","type":"nat"}}}
+        "#]]
+        .assert_eq(&lines(&ruleset(&plan)));
+    }
+
+    #[test]
+    fn a_service_on_a_network_reaches_its_lan_and_endpoints_only() {
+        let db = NetworkSpec {
+            name: "db".into(),
+            cidr: "10.90.0.0/24".parse().unwrap_or(Cidr::new(Ipv4Addr::UNSPECIFIED, 0)),
+            attach: Some(Attachment::Bridge("br-db".into())),
+            host_endpoints: [("mysql".to_owned(), "127.0.0.1:3306".parse().unwrap_or(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)))]
+                .into(),
+            hosts: BTreeMap::new(),
+        };
+        let web = InstanceNetwork { group: "web".into(), egress: Egress::Networks, networks: vec![db] };
+        let carried: BTreeMap<String, (u64, u64)> = [(counter_name("web", "private"), (7, 420))].into();
+        let plan = Plan {
+            bridge: "berth0",
+            cidr: "10.77.0.0/16".parse().unwrap_or(Cidr::new(Ipv4Addr::UNSPECIFIED, 0)),
+            outbound_nat: true,
+            open_ports: &[],
+            members: vec![
+                Member { address: Ipv4Addr::new(10, 77, 0, 2), network: &web },
+                Member { address: Ipv4Addr::new(10, 77, 0, 3), network: &web },
+            ],
+            counters: &carried,
+        };
+        let text = lines(&ruleset(&plan));
+        let has = |needle: &str| assert!(text.contains(needle), "no `{needle}` in\n{text}");
+        has(r#"{"add":{"counter":{"bytes":420,"family":"inet","name":"denied_web_private","packets":7,"table":"berth_berth0"}}}"#);
+        has(r#"{"jump":{"target":"from_web_0"}}"#);
+        has(r#"["10.77.0.2",{"jump":{"target":"from_web_0"}}],["10.77.0.3",{"jump":{"target":"from_web_0"}}]"#);
+        // Its LAN through the attached bridge, nothing else but counted rejections.
+        has(
+            r#"{"match":{"left":{"payload":{"field":"daddr","protocol":"ip"}},"op":"==","right":{"prefix":{"addr":"10.90.0.0","len":24}}}},{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"br-db"}},{"accept":null}"#,
+        );
+        has(r#"{"counter":"denied_web_internet"},{"reject""#);
+        assert!(!text.contains(r#""chain":"from_web_0","expr":[{"accept":null}]"#), "egress `networks` must not reach the internet");
+        // The endpoint for both instances, masquerade towards the LAN, outbound NAT.
+        has(
+            r#"{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":{"set":["10.77.0.2","10.77.0.3"]}}},{"match":{"left":{"payload":{"field":"daddr","protocol":"ip"}},"op":"==","right":"10.77.0.1"}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":3306}},{"dnat":{"addr":"127.0.0.1","port":3306}}"#,
+        );
+        has(r#"{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"br-db"}},{"masquerade":null}"#);
+        assert!(needs_localnet(&plan));
+        assert_eq!(attached_devices(&plan).into_iter().collect::<Vec<_>>(), ["br-db"]);
     }
 }

@@ -71,6 +71,9 @@ pub struct Network {
     prefix: String,
     leases_file: PathBuf,
     leases: Mutex<Leases>,
+    state_dir: PathBuf,
+    /// Held while rules load: one ruleset at a time.
+    rules: Mutex<()>,
 }
 
 impl Network {
@@ -80,7 +83,15 @@ impl Network {
             .map_err(|e| NetworkError::Io { context: "creating the network state directory".into(), source: e })?;
         let leases_file = state_dir.join("leases.json");
         let leases = std::fs::read(&leases_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        let net = Network { bridge: bridge.to_owned(), cidr, prefix: prefix.to_owned(), leases_file, leases: Mutex::new(leases) };
+        let net = Network {
+            bridge: bridge.to_owned(),
+            cidr,
+            prefix: prefix.to_owned(),
+            leases_file,
+            leases: Mutex::new(leases),
+            state_dir: state_dir.to_owned(),
+            rules: Mutex::new(()),
+        };
         net.ensure_bridge()?;
         Ok(net)
     }
@@ -104,7 +115,55 @@ impl Network {
             ip(&["addr", "add", &gw, "dev", &self.bridge])?;
         }
         ip(&["link", "set", "dev", &self.bridge, "up"])?;
-        firewall::apply(&firewall::host_guard(&self.bridge))
+        // The host routes between instances and their LANs, and answers every instance's ARP
+        // itself (so a connection to another instance meets the rules, and is counted, rather
+        // than an isolated port); it never redirects an instance to another.
+        for (key, value) in [("forwarding", "1"), ("proxy_arp", "1"), ("proxy_arp_pvlan", "1"), ("send_redirects", "0")] {
+            sysctl(&self.bridge, key, value)?;
+        }
+        // Until the runtime loads the rules of its instances: the guard alone. Rules already
+        // loaded (instances that outlived a server) stay as they are.
+        if !firewall::exists(&self.bridge)? {
+            self.apply_rules(Vec::new(), false, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Loads the rules for `members` (every instance on the bridge), carrying the counters over;
+    /// turns on forwarding on the devices of the LANs they reach (restoring it on those no
+    /// longer reached) and routing to loopback when a host endpoint needs it.
+    pub fn apply_rules(
+        &self,
+        members: Vec<firewall::Member<'_>>,
+        outbound_nat: bool,
+        open_ports: &[(firewall::Proto, u16)],
+    ) -> Result<(), NetworkError> {
+        let _one_at_a_time = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let counters = firewall::counters(&self.bridge)?;
+        let plan = firewall::Plan { bridge: &self.bridge, cidr: self.cidr, outbound_nat, open_ports, members, counters: &counters };
+        sysctl(&self.bridge, "route_localnet", if firewall::needs_localnet(&plan) { "1" } else { "0" })?;
+        let devices = firewall::attached_devices(&plan);
+        // Forwarding on an attached device: its original value is kept to be restored.
+        let saved_file = self.state_dir.join("forwarding.json");
+        let mut saved: BTreeMap<String, String> =
+            std::fs::read(&saved_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        for dev in &devices {
+            if !saved.contains_key(dev) {
+                let was = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/forwarding")).unwrap_or_default();
+                saved.insert(dev.clone(), was.trim().to_owned());
+            }
+            sysctl(dev, "forwarding", "1")?;
+        }
+        firewall::apply(&firewall::ruleset(&plan))?;
+        saved.retain(|dev, was| {
+            let keep = devices.contains(dev);
+            if !keep && !was.is_empty() {
+                let _ = sysctl(dev, "forwarding", was);
+            }
+            keep
+        });
+        write_atomic(&saved_file, &serde_json::to_vec_pretty(&saved).unwrap_or_default())
+            .map_err(|e| NetworkError::Io { context: "saving forwarding settings".into(), source: e })
     }
 
     fn save(&self, leases: &Leases) -> Result<(), NetworkError> {
@@ -268,13 +327,17 @@ impl Network {
     }
 }
 
-impl Network {
-    /// Turns outbound NAT on: IPv4 forwarding and [`firewall::outbound_nat`].
-    pub fn enable_outbound_nat(&self) -> Result<(), NetworkError> {
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-            .map_err(|e| NetworkError::Io { context: "enabling IPv4 forwarding".into(), source: e })?;
-        firewall::apply(&firewall::outbound_nat(&self.bridge, self.cidr))
-    }
+/// Turns IPv4 forwarding on for the whole host, as outbound NAT needs (the masquerade itself is
+/// part of the rules).
+pub fn enable_forwarding() -> Result<(), NetworkError> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .map_err(|e| NetworkError::Io { context: "enabling IPv4 forwarding".into(), source: e })
+}
+
+/// Sets `net.ipv4.conf.<dev>.<key>`.
+fn sysctl(dev: &str, key: &str, value: &str) -> Result<(), NetworkError> {
+    std::fs::write(format!("/proc/sys/net/ipv4/conf/{dev}/{key}"), value)
+        .map_err(|e| NetworkError::Io { context: format!("setting net.ipv4.conf.{dev}.{key} to {value}"), source: e })
 }
 
 /// The destination and device of one line of `ip -o route show table all`; none for default

@@ -232,6 +232,7 @@ mod tests {
             user: None,
             read_only_rootfs: false,
             init: false,
+            network: Default::default(),
         })
     }
 

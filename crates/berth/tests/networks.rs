@@ -1,0 +1,209 @@
+//! Private networks with real containers (as root). The test makes a private LAN inside this
+//! machine: a network namespace holding a TCP server, joined to a host bridge that a berth
+//! network attaches to. A service attached to the network (egress `networks`) reaches the LAN
+//! and its host endpoint; what it may not reach (the host's other ports, other instances, the
+//! metadata address, other private ranges, the internet) is refused at once and counted per
+//! destination class; a service on no network reaches neither the LAN nor the endpoint. Every
+//! address tried lies in a namespace the test made, so nothing leaves the machine even if a rule
+//! were wrong (and a wrong rule shows: those namespaces accept connections).
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+
+use berth_testkit::hello_binary;
+use support::*;
+
+/// Namespaces with servers, each joined to a host bridge; all removed when dropped.
+#[derive(Default)]
+struct Lans {
+    names: Vec<(String, String)>,
+    servers: Vec<Child>,
+}
+
+impl Drop for Lans {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (ns, bridge) in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = Command::new("ip").args(["link", "del", "dev", bridge]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        return Err(format!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+/// A server that accepts connections on `addr:port` and closes them (python's standard library).
+const ACCEPTOR: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind((sys.argv[1],int(sys.argv[2])))\ns.listen()\nwhile True:\n c,_=s.accept()\n c.close()\n";
+
+impl Lans {
+    /// A namespace `ns` holding `addrs` (with a server on `port`), joined by a veth to a new
+    /// host bridge that has `host_addrs` and routes to `routes`; it answers through the host.
+    fn add(&mut self, ns: &str, bridge: &str, host_addrs: &[&str], routes: &[&str], addrs: &[&str], port: u16) -> Result {
+        self.names.push((ns.to_owned(), bridge.to_owned()));
+        ip(&["netns", "add", ns])?;
+        ip(&["link", "add", "name", bridge, "type", "bridge"])?;
+        for a in host_addrs {
+            ip(&["addr", "add", a, "dev", bridge])?;
+        }
+        ip(&["link", "set", "dev", bridge, "up"])?;
+        for r in routes {
+            ip(&["route", "add", r, "dev", bridge])?;
+        }
+        let (host_end, ns_end) = (format!("{bridge}h"), format!("{bridge}p"));
+        ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &ns_end, "netns", ns])?;
+        ip(&["link", "set", "dev", &host_end, "master", bridge, "up"])?;
+        for a in addrs {
+            ip(&["-n", ns, "addr", "add", a, "dev", &ns_end])?;
+        }
+        ip(&["-n", ns, "link", "set", "dev", &ns_end, "up"])?;
+        ip(&["-n", ns, "link", "set", "dev", "lo", "up"])?;
+        let gateway = host_addrs[0].split('/').next().unwrap_or("");
+        ip(&["-n", ns, "route", "add", "default", "via", gateway])?;
+        let server = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", ACCEPTOR, "0.0.0.0", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.servers.push(server);
+        // The server listens once the host reaches it.
+        let first = format!("{}:{port}", addrs[0].split('/').next().unwrap_or(""));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect_timeout(&first.parse()?, std::time::Duration::from_millis(200)).is_err() {
+            if std::time::Instant::now() > deadline {
+                return Err(format!("the server in {ns} did not start").into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+/// Accepts and closes connections on `listener` until the test ends.
+fn serve(listener: TcpListener) {
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            drop(c);
+        }
+    });
+}
+
+/// What `/connect/<target>` of `service` answered: `connected`, or the error.
+fn connect(agent: &ureq::Agent, router: &str, service: &str, target: &str) -> Result<String> {
+    let url = format!("http://{router}/connect/{target}");
+    Ok(match agent.get(&url).set("Host", &format!("{service}.localhost")).call() {
+        Ok(r) => r.into_string()?.trim().to_owned(),
+        Err(ureq::Error::Status(502, r)) => format!("refused: {}", r.into_string()?.trim()),
+        Err(e) => return Err(e.into()),
+    })
+}
+
+/// A connection refused by the rules: rejected at once (ICMP administratively prohibited reads
+/// as "no route to host"), not timed out.
+fn refused_at_once(answer: &str) -> bool {
+    answer.starts_with("refused") && answer.contains("No route to host")
+}
+
+#[test]
+fn a_service_reaches_its_lan_and_endpoint_and_nothing_else() -> Result {
+    let (s, _sandbox) = Server::start_with_runtime("w", 241, "")?;
+    let n = std::process::id() % 200;
+    // The private LAN the network attaches, and, behind another bridge the network does not
+    // attach, the far side: a private range, the metadata address and an "internet" address
+    // (documentation ranges), all in a namespace of the test's own.
+    let mut lans = Lans::default();
+    let lan_bridge = format!("bnl{n}");
+    lans.add(&format!("bnl{n}"), &lan_bridge, &["10.241.250.1/24"], &[], &["10.241.250.10/24"], 3306)?;
+    lans.add(
+        &format!("bnf{n}"),
+        &format!("bnf{n}"),
+        &["10.241.251.1/24", "203.0.113.1/24"],
+        &["169.254.169.254/32"],
+        &["10.241.251.7/24", "203.0.113.9/24", "169.254.169.254/32"],
+        7000,
+    )?;
+    let gateway = format!("10.241.{n}.1");
+    // A service on the host, published as a host endpoint; another port of the host, not.
+    let endpoint = TcpListener::bind("127.0.0.1:0")?;
+    let endpoint_port = endpoint.local_addr()?.port();
+    serve(endpoint);
+    let private_port = TcpListener::bind("0.0.0.0:0")?;
+    let host_port = private_port.local_addr()?.port();
+    serve(private_port);
+
+    let made = s.cli(&[
+        "network",
+        "create",
+        "lan",
+        "--cidr",
+        "10.241.250.0/24",
+        "--attach-bridge",
+        &lan_bridge,
+        "--host-endpoint",
+        &format!("db=127.0.0.1:{endpoint_port}"),
+    ])?;
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let tmp = tempfile::tempdir()?;
+    let bin = hello_binary(tmp.path())?.display().to_string();
+    s.cli_ok(&["image", "build", "--binary", &bin, "--port", "8080", "-t", "hello:v1"])?;
+    for (name, extra) in [("inside-app", &["--network", "lan", "--egress", "networks"][..]), ("outside-app", &[][..])] {
+        let base = ["service", "create", name, "--image", "hello:v1", "--memory", "128", "--wait"];
+        let out = s.cli(&[&base[..], extra].concat())?;
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let router = s.router_http()?;
+    let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(20)).build();
+    let shown: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "outside-app"])?)?;
+    let other_instance = shown["instances"][0]["address"].as_str().ok_or("no address")?.to_owned();
+
+    // Allowed: the LAN through the attached bridge, the host endpoint on the gateway.
+    let lan_db = "10.241.250.10:3306";
+    let endpoint = format!("{gateway}:{endpoint_port}");
+    assert_eq!(connect(&agent, &router, "inside-app", lan_db)?, "connected");
+    assert_eq!(connect(&agent, &router, "inside-app", &endpoint)?, "connected");
+    // Denied, at once: each class once.
+    let denied_targets = [
+        ("host", format!("{gateway}:{host_port}")),
+        ("instances", other_instance),
+        ("metadata", "169.254.169.254:7000".to_owned()),
+        ("private", "10.241.251.7:7000".to_owned()),
+        ("internet", "203.0.113.9:7000".to_owned()),
+    ];
+    for (class, target) in &denied_targets {
+        let got = connect(&agent, &router, "inside-app", target)?;
+        assert!(refused_at_once(&got), "inside-app and {class} at {target}: {got}");
+    }
+    // A service on no network reaches neither the LAN nor the endpoint.
+    for target in [lan_db, endpoint.as_str()] {
+        let got = connect(&agent, &router, "outside-app", target)?;
+        assert!(refused_at_once(&got), "outside-app and {target}: {got}");
+    }
+
+    // Counted per service and destination class: in `service show` and in /metrics.
+    let shown: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "inside-app"])?)?;
+    for (class, _) in &denied_targets {
+        assert!(shown["denied"][class].as_u64().is_some_and(|c| c >= 1), "{class} not counted: {}", shown["denied"]);
+    }
+    let outside: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "outside-app"])?)?;
+    assert!(outside["denied"]["private"].as_u64().is_some_and(|c| c >= 1), "{}", outside["denied"]);
+    assert!(outside["denied"]["host"].as_u64().is_some_and(|c| c >= 1), "{}", outside["denied"]);
+    let metrics = ureq::get(&s.url("/metrics")).set("Authorization", &format!("Bearer {}", s.token)).call()?.into_string()?;
+    assert!(metrics.contains(r#"berth_network_denied_total{service="inside-app",destination="metadata"}"#), "{metrics}");
+    eprintln!("denied: inside-app {} outside-app {}", shown["denied"], outside["denied"]);
+
+    // Detached, the LAN is refused too; the rules follow the instances.
+    s.cli_ok(&["service", "delete", "inside-app", "--wait"])?;
+    s.cli_ok(&["service", "delete", "outside-app", "--wait"])?;
+    s.cli_ok(&["network", "delete", "lan"])?;
+    Ok(())
+}
