@@ -141,6 +141,26 @@ fn a_service_reaches_its_lan_and_endpoint_and_nothing_else() -> Result {
     let host_port = private_port.local_addr()?.port();
     serve(private_port);
 
+    // Refused, each reason named: a bridge with no host address in the CIDR, an endpoint that is
+    // not on this host.
+    let refused = s.cli(&[
+        "network",
+        "create",
+        "far",
+        "--cidr",
+        "10.241.252.0/24",
+        "--attach-bridge",
+        &format!("bnf{n}"),
+        "--host-endpoint",
+        "pg=10.241.250.10:5432",
+    ])?;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("the host has no address in 10.241.252.0/24") && said.contains("10.241.250.10 is not an address of this host"),
+        "{said}"
+    );
+
     let made = s.cli(&[
         "network",
         "create",

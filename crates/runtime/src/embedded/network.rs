@@ -296,8 +296,24 @@ impl Network {
                     }
                     if dev == self.bridge || line.contains(&format!(" master {} ", self.bridge)) {
                         problems.push(format!("`{dev}` is berth's own instance network"));
+                    } else if !host_addresses(Some(dev))?.iter().any(|a| spec.cidr.contains(*a)) {
+                        problems.push(format!(
+                            "the host has no address in {} on `{dev}`, which instances' connections to the LAN are masqueraded to; give it one (`ip addr add {}/{} dev {dev}`)",
+                            spec.cidr,
+                            spec.cidr.gateway(),
+                            spec.cidr.prefix
+                        ));
                     }
                 }
+            }
+        }
+        let local = host_addresses(None)?;
+        for (name, target) in &spec.host_endpoints {
+            if !target.ip().is_loopback() && !local.contains(target.ip()) {
+                problems.push(format!(
+                    "host endpoint `{name}`: {} is not an address of this host; a machine on a LAN is reached through an attached network (--attach-interface, --attach-bridge, --host)",
+                    target.ip()
+                ));
             }
         }
         let routes = ip(&["-4", "-o", "route", "show", "table", "all"]).map_err(|e| e.to_string())?;
@@ -338,6 +354,23 @@ pub fn enable_forwarding() -> Result<(), NetworkError> {
 fn sysctl(dev: &str, key: &str, value: &str) -> Result<(), NetworkError> {
     std::fs::write(format!("/proc/sys/net/ipv4/conf/{dev}/{key}"), value)
         .map_err(|e| NetworkError::Io { context: format!("setting net.ipv4.conf.{dev}.{key} to {value}"), source: e })
+}
+
+/// The host's IPv4 addresses, on `dev` or on every device.
+fn host_addresses(dev: Option<&str>) -> Result<Vec<Ipv4Addr>, String> {
+    let mut args = vec!["-4", "-o", "addr", "show"];
+    if let Some(d) = dev {
+        args.extend(["dev", d]);
+    }
+    let out = ip(&args).map_err(|e| e.to_string())?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|x| *x == "inet")?;
+            w.next()?.split('/').next()?.parse().ok()
+        })
+        .collect())
 }
 
 /// The destination and device of one line of `ip -o route show table all`; none for default
