@@ -4,6 +4,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use berth_router::control::{DaemonConfig, Hello, SuppliedCertificate};
 use berth_router::listen::Gate;
 use berth_router::tls::LocalCa;
 use berth_router::{daemon, Launch, RemoteRouter, RouteBook, RouteSpec};
+use berth_runtime::embedded::firewall::Proto;
 use berth_runtime::embedded::rootfs::{overlay_supported, RootfsKind};
 use berth_runtime::embedded::{EmbeddedConfig, EmbeddedRuntime};
 use berth_runtime::Runtime;
@@ -31,6 +33,8 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 pub const API_ADDRESS_FILE: &str = "api-address";
 pub const ROUTER_ADDRESS_FILE: &str = "router-address";
 const SIGNING_KEY_FILE: &str = "token-signing-key";
+/// The port of the instance gateway where instances call services as `http://<name>.internal`.
+const INTERNAL_PORT: u16 = 80;
 
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -155,6 +159,7 @@ fn open_runtime(config: &Config, images: Arc<dyn ImageSource>) -> anyhow::Result
         cgroup_parent: r.cgroup_parent.clone(),
         rootfs,
         outbound_nat: r.outbound_nat,
+        open_ports: vec![(Proto::Tcp, INTERNAL_PORT), (Proto::Udp, 53), (Proto::Tcp, 53)],
         unpack_limits: config.image.limits(),
         init: install_init(&config.data_dir.join("runtime"))?,
     };
@@ -248,12 +253,13 @@ fn suffixes(config: &Config) -> Vec<String> {
 }
 
 /// What the router process runs with, from the server's configuration.
-fn daemon_config(config: &Config) -> DaemonConfig {
+fn daemon_config(config: &Config, internal: Option<SocketAddr>) -> DaemonConfig {
     let r = &config.router;
     DaemonConfig {
         data_dir: config.data_dir.clone(),
         listen_http: r.listen_http,
         listen_https: r.listen_https,
+        listen_internal: internal,
         workers: match r.workers {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
@@ -281,9 +287,9 @@ fn daemon_config(config: &Config) -> DaemonConfig {
 /// outlived a previous server (a successor replaces it when it runs another build or
 /// configuration). Its configuration is checked here first, so mistakes are reported by the
 /// server: a supplied certificate that does not load, a port that is taken.
-async fn start_router(config: &Config) -> anyhow::Result<RemoteRouter> {
+async fn start_router(config: &Config, internal: Option<SocketAddr>) -> anyhow::Result<RemoteRouter> {
     let data = &config.data_dir;
-    let daemon = daemon_config(config);
+    let daemon = daemon_config(config, internal);
     for c in &daemon.certificates {
         berth_router::tls::load_certificate(&c.domains, &c.cert, &c.key)
             .map_err(|e| anyhow::anyhow!("loading router.certificates: {e}"))?;
@@ -428,7 +434,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let ca =
         LocalCa::load_or_create(&data.join("tls"), &ca_domains).map_err(|e| anyhow::anyhow!("the local certificate authority: {e}"))?;
     let ca_pem: Arc<str> = Arc::from(ca.cert_pem());
-    let router = start_router(&config).await?;
+    // Instances call services at `<name>.internal`: port 80 of their gateway.
+    let internal = runtime.as_ref().map(|rt| SocketAddr::from((rt.gateway(), INTERNAL_PORT)));
+    let router = start_router(&config, internal).await?;
     let hello = router.hello();
     // Routes the router kept serving while no server ran stay until their owners set them again.
     let book = Arc::new(RouteBook::seeded(Arc::new(router.clone()), hello.owners.clone()));
@@ -439,6 +447,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                 suffixes: suffixes(&config),
                 url_scheme: "https".into(),
                 url_port: https_addr.port(),
+                gateway: internal.and_then(|a| match a {
+                    SocketAddr::V4(v4) => Some(*v4.ip()),
+                    SocketAddr::V6(_) => None,
+                }),
                 ..ControllerSettings::default()
             };
             let deps = Deps {

@@ -23,7 +23,7 @@ fn alive(pid: i32) -> bool {
 
 #[test]
 fn restarts_kills_and_upgrades_of_server_and_router_cost_no_request() -> Result {
-    let (mut s, _sandbox) = Server::start_with_runtime("d", 243, "dp-app-")?;
+    let mut s = Server::start_with_runtime("d", 243, "dp-app-")?;
     let tmp = tempfile::tempdir()?;
     let bin = hello_binary(tmp.path())?.display().to_string();
     s.cli_ok(&["image", "build", "--binary", &bin, "--port", "8080", "--env", "HELLO_VERSION=v1", "-t", "web:v1"])?;

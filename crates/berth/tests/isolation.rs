@@ -33,17 +33,17 @@ fn probe(s: &Server, name: &str, args: &str) -> Result<String> {
 }
 
 /// A server with the embedded runtime and the probe pushed as `probe:v1`.
-fn server_with_probe(name: &str, octet: u8, instances: &str) -> Result<(Server, berth_testkit::RuntimeSandbox)> {
-    let (s, sandbox) = Server::start_with_runtime(name, octet, instances)?;
+fn server_with_probe(name: &str, octet: u8, instances: &str) -> Result<Server> {
+    let s = Server::start_with_runtime(name, octet, instances)?;
     let tmp = tempfile::tempdir()?;
     let bin = probe_binary(tmp.path())?;
     s.cli_ok(&["image", "build", "--binary", &bin.display().to_string(), "-t", "probe:v1"])?;
-    Ok((s, sandbox))
+    Ok(s)
 }
 
 #[test]
 fn an_instance_cannot_reach_into_the_kernel_or_the_host() -> Result {
-    let (s, sandbox) = server_with_probe("i", 247, "p")?;
+    let s = server_with_probe("i", 247, "p")?;
 
     // EPERM = 1, ENOSYS = 38, EAFNOSUPPORT = 97.
     assert_eq!(
@@ -77,7 +77,7 @@ probe open-by-handle-at errno 1
     // A throwaway service on the host, on every address: the instance's gateway is one of them.
     let listener = std::net::TcpListener::bind("0.0.0.0:0")?;
     let port = listener.local_addr()?.port();
-    let net = sandbox.cidr.trim_end_matches(".0/24");
+    let net = s.sandbox()?.cidr.trim_end_matches(".0/24");
     let gateway = format!("{net}.1:{port}");
     // EHOSTUNREACH = 113: rejected by the host guard at once.
     assert_eq!(probe(&s, "p-net", &format!("connect {gateway}"))?, format!("probe connect-{gateway} errno 113\n"));
@@ -89,7 +89,7 @@ probe open-by-handle-at errno 1
 /// stop takes no time.
 #[test]
 fn init_forwards_signals_to_an_app_that_ignores_them_as_pid_1() -> Result {
-    let (s, _sandbox) = server_with_probe("n", 246, "n")?;
+    let s = server_with_probe("n", 246, "n")?;
     for (name, init, grace, status) in [("n-plain", false, "1", "exited (137)"), ("n-init", true, "30", "exited (143)")] {
         let mut args = vec!["run", "probe:v1", "--name", name, "--command", "/app/probe connect"];
         if init {

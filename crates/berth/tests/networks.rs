@@ -116,7 +116,7 @@ fn refused_at_once(answer: &str) -> bool {
 
 #[test]
 fn a_service_reaches_its_lan_and_endpoint_and_nothing_else() -> Result {
-    let (s, _sandbox) = Server::start_with_runtime("w", 241, "")?;
+    let s = Server::start_with_runtime("w", 241, "")?;
     let n = std::process::id() % 200;
     // The private LAN the network attaches, and, behind another bridge the network does not
     // attach, the far side: a private range, the metadata address and an "internet" address
@@ -225,5 +225,87 @@ fn a_service_reaches_its_lan_and_endpoint_and_nothing_else() -> Result {
     s.cli_ok(&["service", "delete", "inside-app", "--wait"])?;
     s.cli_ok(&["service", "delete", "outside-app", "--wait"])?;
     s.cli_ok(&["network", "delete", "lan"])?;
+    Ok(())
+}
+
+/// What `/call/<target>` of `service` answered: the status line and body the app got, or
+/// `failed: <error>`.
+fn call(agent: &ureq::Agent, router: &str, service: &str, target: &str) -> Result<String> {
+    let url = format!("http://{router}/call/{target}");
+    Ok(match agent.get(&url).set("Host", &format!("{service}.localhost")).call() {
+        Ok(r) => r.into_string()?.trim().to_owned(),
+        Err(ureq::Error::Status(502, r)) => format!("failed: {}", r.into_string()?.trim()),
+        Err(e) => return Err(e.into()),
+    })
+}
+
+#[test]
+fn private_services_are_called_by_name_from_the_services_allowed() -> Result {
+    let s = Server::start_with_runtime("v", 240, "")?;
+    let n = std::process::id() % 200;
+    let gateway = format!("10.240.{n}.1");
+    let tmp = tempfile::tempdir()?;
+    let bin = hello_binary(tmp.path())?.display().to_string();
+    s.cli_ok(&["image", "build", "--binary", &bin, "--port", "8080", "--env", "HELLO_VERSION=api-v1", "-t", "hello:api"])?;
+    s.cli_ok(&["image", "build", "--binary", &bin, "--port", "8080", "-t", "hello:v1"])?;
+    let services: [(&str, &[&str]); 3] = [
+        ("api-app", &["--image", "hello:api", "--visibility", "private", "--allow-from", "web-app", "--min-size", "2"]),
+        ("web-app", &["--image", "hello:v1"]),
+        ("other-app", &["--image", "hello:v1", "--egress", "none"]),
+    ];
+    for (name, extra) in services {
+        let base = ["service", "create", name, "--memory", "128", "--health-check", "http", "--health-path", "/healthz", "--wait"];
+        let out = s.cli(&[&base[..], extra].concat())?;
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let router = s.router_http()?;
+    let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(30)).build();
+
+    // Allowed: by name, through berth's DNS and the router.
+    let got = call(&agent, &router, "web-app", "api-app.internal/")?;
+    assert!(got.starts_with("HTTP/1.1 200 OK") && got.contains("hello from api-v1"), "{got}");
+    // A public service is called the same way, by every service (`none` egress keeps the router).
+    let got = call(&agent, &router, "other-app", "web-app.internal/")?;
+    assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+    // Not allowed: no such name, and refused by the router even at its address.
+    let got = call(&agent, &router, "other-app", "api-app.internal/")?;
+    assert!(got.contains("NXDOMAIN"), "{got}");
+    let got = call(&agent, &router, "other-app", &format!("api-app.internal@{gateway}/"))?;
+    assert!(got.starts_with("HTTP/1.1 403") && got.contains("`other-app` may not call `api-app`"), "{got}");
+    // Private: not on the public listeners.
+    match agent.get(&format!("http://{router}/")).set("Host", "api-app.localhost").call() {
+        Err(ureq::Error::Status(404, _)) => {}
+        other => return Err(format!("a private service on the public listener: {other:?}").into()),
+    }
+    // A name that is not berth's, for a service whose egress is `none`: refused.
+    let got = call(&agent, &router, "other-app", "example.org/")?;
+    assert!(got.contains("REFUSED"), "{got}");
+
+    // Calls go on while api-app is redeployed: none fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let caller = {
+        let (stop, agent, router) = (stop.clone(), agent.clone(), router.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match call(&agent, &router, "web-app", "api-app.internal/") {
+                    Ok(got) if got.starts_with("HTTP/1.1 200 OK") => ok += 1,
+                    Ok(got) => failed.push(got),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    s.cli_ok(&["service", "update", "api-app", "--env", "HELLO_VERSION=api-v2", "--wait"])?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = caller.join().map_err(|_| "the caller panicked")?;
+    eprintln!("service-to-service calls during a redeploy: {ok} succeeded, {} failed", failed.len());
+    assert!(failed.is_empty(), "{} of {} calls failed: {:?}", failed.len(), ok as usize + failed.len(), &failed[..failed.len().min(3)]);
+    assert!(ok > 10, "only {ok} calls");
+    let got = call(&agent, &router, "web-app", "api-app.internal/")?;
+    assert!(got.contains("hello from api-v2"), "{got}");
     Ok(())
 }

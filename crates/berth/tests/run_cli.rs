@@ -24,7 +24,7 @@ fn get_when_up(agent: &ureq::Agent, url: &str) -> Result<String> {
 
 #[test]
 fn run_serve_survive_a_server_crash_and_clean_up() -> Result {
-    let (mut s, _sandbox) = Server::start_with_runtime("c", 252, "h")?;
+    let mut s = Server::start_with_runtime("c", 252, "h")?;
     let tmp = tempfile::tempdir()?;
     let bin = hello_binary(tmp.path())?;
     s.cli_ok(&["image", "build", "--binary", &bin.display().to_string(), "--port", "8080", "--env", "HELLO_VERSION=v3", "-t", "hello:v3"])?;
@@ -122,7 +122,7 @@ fn run_serve_survive_a_server_crash_and_clean_up() -> Result {
 /// `umoci insert … /` writes it), runs like any other: pushed with skopeo, run with `berth run`.
 #[test]
 fn images_made_by_umoci_run() -> Result {
-    let (s, _sandbox) = Server::start_with_runtime("m", 248, "m")?;
+    let s = Server::start_with_runtime("m", 248, "m")?;
     let tmp = tempfile::tempdir()?;
     let bin = hello_binary(tmp.path())?;
     let src = tmp.path().join("src");

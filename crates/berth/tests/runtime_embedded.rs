@@ -93,6 +93,7 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
         cgroup_parent: sb.cgroup_parent.clone(),
         rootfs: RootfsKind::Overlay,
         outbound_nat: false,
+        open_ports: Vec::new(),
         unpack_limits: Default::default(),
         init: None,
     };
@@ -143,10 +144,19 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
     assert_eq!(next_exit(&mut events, &id2).await?, (137, true));
     assert_eq!(rt.inspect(&id2).await?.map(|s| s.state), Some(InstanceState::Exited { code: 137, oom_killed: true }));
 
+    // A create a crash cut short: a directory with no record, a namespace of an instance that is
+    // gone. The next start removes both.
+    let half = config.root.join("instances/hello-9");
+    std::fs::create_dir_all(half.join("bundle"))?;
+    let orphan_ns = format!("{}hello-8", sb.netns_prefix);
+    assert!(Command::new("ip").args(["netns", "add", &orphan_ns]).status()?.success());
+
     // A restarted server re-adopts: instances kept running, the dead one is reported again.
     drop(events);
     drop(rt);
     let rt = EmbeddedRuntime::open(config, source)?;
+    assert!(!half.exists(), "a half-made instance was left");
+    assert!(!std::path::Path::new("/run/netns").join(&orphan_ns).exists(), "an orphaned namespace was left");
     let mut events = rt.events();
     let states: Vec<(String, InstanceState)> = rt.list().await?.into_iter().map(|s| (s.id.to_string(), s.state)).collect();
     assert_eq!(

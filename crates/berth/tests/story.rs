@@ -46,7 +46,7 @@ fn last_operation(s: &Server) -> Result<serde_json::Value> {
 
 #[test]
 fn push_deploy_roll_back_replace_pause_resume_and_roll_back_by_id() -> Result {
-    let (s, _sandbox) = Server::start_with_runtime("s", 251, "web-app-")?;
+    let s = Server::start_with_runtime("s", 251, "web-app-")?;
     let tmp = tempfile::tempdir()?;
     let bin = hello_binary(tmp.path())?.display().to_string();
     let router = s.router_http()?;
@@ -191,7 +191,7 @@ fn push_deploy_roll_back_replace_pause_resume_and_roll_back_by_id() -> Result {
 
 #[test]
 fn a_server_killed_during_a_deployment_finishes_it_after_the_restart() -> Result {
-    let (mut s, _sandbox) = Server::start_with_runtime("k", 250, "crash-app-")?;
+    let mut s = Server::start_with_runtime("k", 250, "crash-app-")?;
     let tmp = tempfile::tempdir()?;
     let bin = hello_binary(tmp.path())?.display().to_string();
     s.cli_ok(&["repo", "create", "web"])?;

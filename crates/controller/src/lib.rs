@@ -82,6 +82,8 @@ pub struct ControllerSettings {
     /// How often a service looks for instances of its own that it no longer tracks (a delete
     /// that failed) and removes them.
     pub sweep_every: Duration,
+    /// The instances' gateway, where their network's host endpoints are reached.
+    pub gateway: Option<std::net::Ipv4Addr>,
 }
 
 impl Default for ControllerSettings {
@@ -94,6 +96,7 @@ impl Default for ControllerSettings {
             stop_grace: Duration::from_secs(10),
             startup_probe_every: Duration::from_millis(25),
             sweep_every: Duration::from_secs(30),
+            gateway: None,
         }
     }
 }

@@ -3,13 +3,13 @@
 //! operations one at a time: blue/green deployments with rollback, pause, resume, delete.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_autoscale::ScalingSettings;
 use berth_core::service::host_label;
-use berth_core::{OperationStatus, OperationType, ServiceStatus};
+use berth_core::{Egress, NetworkSpec, OperationStatus, OperationType, ServiceSpec, ServiceStatus, Visibility};
 use berth_router::{Leaver, RouteSettings, RouteSpec};
 use berth_runtime::{ImageRef, InstanceId, InstanceNetwork, InstanceSpec, InstanceState, Resources, RuntimeEvent};
 use tokio::sync::mpsc;
@@ -147,6 +147,8 @@ struct Supervisor {
     /// When the last sweep for untracked instances ran.
     swept: Instant,
     deleted: bool,
+    /// The networks the serving spec names, as stored.
+    networks: Vec<NetworkSpec>,
 }
 
 pub(crate) async fn run(
@@ -181,6 +183,7 @@ pub(crate) async fn run(
         retiring: Retiring::default(),
         swept: Instant::now(),
         deleted: false,
+        networks: Vec::new(),
     };
     s.recover(first.as_ref().map(|op| op.id.as_str())).await;
     if let Some(op) = first {
@@ -313,30 +316,53 @@ impl Supervisor {
 
     /// Puts the ready instances (or the paused notice) in the router; returns who left.
     fn route(&mut self) -> Vec<Leaver> {
-        let ready: Vec<SocketAddr> = self.instances.iter().filter(|i| i.phase == Phase::Ready).map(|i| i.addr).collect();
+        self.routed = self.instances.iter().filter(|i| i.phase == Phase::Ready).map(|i| i.addr).collect();
+        self.publish_view();
+        self.sh.book.set(&self.name, self.route_specs(None))
+    }
+
+    /// The service's routes: its public hosts (unless it is private) and `<name>.internal`, to
+    /// the instances last routed, with every instance's address as a caller (and `starting`'s,
+    /// an instance about to start).
+    fn route_specs(&self, starting: Option<IpAddr>) -> Vec<RouteSpec> {
+        let sources: Vec<IpAddr> = self.instances.iter().map(|i| i.addr.ip()).chain(starting).collect();
+        // The names of the networks' machines and host endpoints.
+        let mut names = std::collections::BTreeMap::new();
+        for n in &self.networks {
+            names.extend(n.hosts.iter().map(|(h, a)| (format!("{h}.{}.internal", n.name), IpAddr::V4(*a))));
+            if let Some(gw) = self.sh.settings.gateway {
+                names.extend(n.host_endpoints.keys().map(|e| (format!("{e}.{}.internal", n.name), IpAddr::V4(gw))));
+            }
+        }
+        if self.svc.current_revision.is_none() && !self.svc.paused && sources.is_empty() {
+            return Vec::new();
+        }
         let label = host_label(&self.name);
         let paused =
             self.svc.paused.then(|| format!("service `{}` is paused; `berth service resume {}` serves it again", self.name, self.name));
-        let settings = self.route_settings();
-        let specs = if self.svc.current_revision.is_none() && !self.svc.paused {
-            Vec::new()
-        } else {
-            self.sh
-                .settings
-                .suffixes
-                .iter()
-                .map(|suffix| RouteSpec {
-                    host: format!("{label}{suffix}"),
-                    service: self.name.clone(),
-                    upstreams: ready.clone(),
-                    settings: settings.clone(),
-                    paused: paused.clone(),
-                })
-                .collect()
+        let net = &self.svc.spec.network;
+        let spec = |host: String, internal: bool| RouteSpec {
+            host,
+            service: self.name.clone(),
+            upstreams: self.routed.clone(),
+            settings: self.route_settings(),
+            paused: paused.clone(),
+            internal,
+            allow_from: None,
+            sources: sources.clone(),
+            names: names.clone(),
+            resolve_public: net.egress == Egress::Public,
         };
-        self.routed = ready;
-        self.publish_view();
-        self.sh.book.set(&self.name, specs)
+        let mut specs: Vec<RouteSpec> = match net.visibility {
+            Visibility::Public => self.sh.settings.suffixes.iter().map(|suffix| spec(format!("{label}{suffix}"), false)).collect(),
+            Visibility::Private => Vec::new(),
+        };
+        let allow_from = match (net.visibility, net.allow_from.is_empty()) {
+            (Visibility::Public, true) => None,
+            _ => Some(net.allow_from.clone()),
+        };
+        specs.push(RouteSpec { allow_from, ..spec(format!("{label}.internal"), true) });
+        specs
     }
 
     /// Waits (bounded by the request timeout) for requests on `left` to finish, then stops and
@@ -362,6 +388,14 @@ impl Supervisor {
         tokio::spawn(drain_and_remove(self.sh.clone(), self.request_timeout(), left, ids, self.retiring.clone()));
     }
 
+    /// Loads the networks the serving spec names.
+    async fn refresh_networks(&mut self) {
+        match networks_of(&self.sh, &self.svc.spec).await {
+            Ok(n) => self.networks = n,
+            Err(e) => tracing::error!(service = %self.name, error = %e, "loading the service's networks"),
+        }
+    }
+
     fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.svc.spec.traffic.request_timeout.into())
     }
@@ -373,12 +407,7 @@ impl Supervisor {
         let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let id = InstanceId::new(format!("{}-{}-{suffix}", host_label(&self.name), rev.number)).map_err(|e| e.to_string())?;
         let command = spec.image_config.start_command.as_ref().map(|c| c.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
-        let mut networks = Vec::new();
-        for name in &spec.network.networks {
-            let doc = self.sh.store.get_network(name).await.map_err(|e| format!("loading network `{name}`: {e}"))?;
-            let doc = doc.ok_or_else(|| format!("network `{name}` does not exist"))?;
-            networks.push(serde_json::from_value(doc.doc).map_err(|e| format!("network `{name}` is malformed: {e}"))?);
-        }
+        let networks = networks_of(&self.sh, spec).await?;
         let instance = InstanceSpec {
             id: id.clone(),
             labels: vec![(LABEL_SERVICE.into(), self.name.clone()), (LABEL_REVISION.into(), rev.number.to_string())],
@@ -398,6 +427,10 @@ impl Supervisor {
             network: InstanceNetwork { group: host_label(&self.name), egress: spec.network.egress, networks },
         };
         let created = self.sh.runtime.create(instance).await.map_err(|e| format!("creating instance {id}: {e}"))?;
+        // The router knows who calls from its address before the app can call anyone.
+        if let Some(addr) = created.address {
+            drop(self.sh.book.set(&self.name, self.route_specs(Some(addr.ip()))));
+        }
         let started = match self.sh.runtime.start(&id).await {
             Ok(s) => s,
             Err(e) => {
@@ -664,6 +697,7 @@ impl Supervisor {
                 // Record the switch before making it: after a crash the deployment completes.
                 self.svc.current_revision = Some(target);
                 self.svc.spec = rev.doc.spec.clone();
+                self.refresh_networks().await;
                 self.svc.status = ServiceStatus::Running;
                 self.save().await;
                 self.current = Some(rev.clone());
@@ -779,6 +813,7 @@ impl Supervisor {
     /// `handed` is an operation the caller carries out next itself.
     async fn recover(&mut self, handed: Option<&str>) {
         self.load_current().await;
+        self.refresh_networks().await;
         let open: Vec<Operation> = match self.sh.store.list_operations(Some(&self.name), true, None, 10).await {
             Ok(list) => list.into_iter().filter_map(|r| from_value(r.doc).ok()).collect(),
             Err(e) => {
@@ -866,4 +901,15 @@ impl Supervisor {
             self.carry_out(op).await;
         }
     }
+}
+
+/// The networks `spec` names, as stored.
+async fn networks_of(sh: &Shared, spec: &ServiceSpec) -> Result<Vec<NetworkSpec>, String> {
+    let mut networks = Vec::new();
+    for name in &spec.network.networks {
+        let doc = sh.store.get_network(name).await.map_err(|e| format!("loading network `{name}`: {e}"))?;
+        let doc = doc.ok_or_else(|| format!("network `{name}` does not exist"))?;
+        networks.push(serde_json::from_value(doc.doc).map_err(|e| format!("network `{name}` is malformed: {e}"))?);
+    }
+    Ok(networks)
 }

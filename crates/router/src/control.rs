@@ -36,6 +36,10 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     pub listen_http: SocketAddr,
     pub listen_https: SocketAddr,
+    /// Where instances call services as `http://<name>.internal` (the instance bridge's gateway,
+    /// port 80), when the server runs instances; berth's DNS for them is on port 53 there.
+    #[serde(default)]
+    pub listen_internal: Option<SocketAddr>,
     /// Threads per listener.
     pub workers: usize,
     pub pin_workers: bool,
@@ -140,6 +144,8 @@ pub struct Handing {
 pub enum Listener {
     Http,
     Https,
+    /// Instances' calls to `<name>.internal`.
+    Internal,
 }
 
 /// Reads one message; `None` at the end of the stream.

@@ -147,7 +147,14 @@ pub async fn run(config: DaemonConfig, config_path: &Path, takeover: bool) -> st
     let socket_path = data.join(control::SOCKET);
     let table = Arc::new(RoutingTable::new());
     let (listeners, handed_from) = if takeover {
-        let (listeners, gen, owners, stream) = take_over(&socket_path).await?;
+        let (mut listeners, gen, owners, stream) = take_over(&socket_path).await?;
+        // A successor on another configuration may serve instances where its predecessor did not.
+        listeners.retain(|(k, _)| *k != Listener::Internal || config.listen_internal.is_some());
+        if let (Some(addr), false) = (config.listen_internal, listeners.iter().any(|(k, _)| *k == Listener::Internal)) {
+            let sockets = crate::workers::bind(addr, config.workers)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("binding the router's internal listener to {addr}: {e}")))?;
+            listeners.extend(sockets.into_iter().map(|l| (Listener::Internal, l)));
+        }
         table.replace(&flatten(&owners));
         (listeners, Some((stream, gen, owners)))
     } else {
@@ -162,6 +169,16 @@ pub async fn run(config: DaemonConfig, config_path: &Path, takeover: bool) -> st
     let stopping = CancellationToken::new();
     let activations = broadcast::channel(1024).0;
     let workers = start_workers(&config, &table, &listeners, &stopping, &activations, https)?;
+    // berth's DNS for instances, beside the internal listener on their gateway.
+    if let Some(SocketAddr::V4(internal)) = config.listen_internal {
+        let dns = SocketAddr::from((*internal.ip(), 53));
+        let (table, stopping) = (table.clone(), stopping.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::dns::serve(table, dns, *internal.ip(), stopping).await {
+                tracing::error!(error = %e, %dns, "DNS for instances failed");
+            }
+        });
+    }
     let state = Arc::new(State {
         identity: identity(),
         table,
@@ -222,7 +239,8 @@ fn inode(p: &Path) -> Option<(u64, u64)> {
 /// Binds `workers` sockets (`SO_REUSEPORT`) for each listener.
 fn bind(config: &DaemonConfig) -> std::io::Result<Vec<(Listener, std::net::TcpListener)>> {
     let mut all = Vec::new();
-    for (kind, addr) in [(Listener::Https, config.listen_https), (Listener::Http, config.listen_http)] {
+    let internal = config.listen_internal.map(|a| (Listener::Internal, a));
+    for (kind, addr) in [(Listener::Https, config.listen_https), (Listener::Http, config.listen_http)].into_iter().chain(internal) {
         let sockets = crate::workers::bind(addr, config.workers)
             .map_err(|e| std::io::Error::new(e.kind(), format!("binding the router's {kind:?} listener to {addr}: {e}")))?;
         all.extend(sockets.into_iter().map(|s| (kind, s)));
@@ -282,7 +300,7 @@ fn start_workers(
         None => None,
     };
     let activator: Arc<dyn Activator> = Arc::new(Relay(activations.clone()));
-    let options = |redirect: Option<u16>, name: &str| RouterOptions {
+    let options = |redirect: Option<u16>, name: &str, internal: bool| RouterOptions {
         redirect_to_https_port: redirect,
         hsts: config.hsts,
         access_log: access_log.clone(),
@@ -292,14 +310,25 @@ fn start_workers(
         tls_handshake_timeout: Duration::from_secs(config.tls_handshake_timeout_secs),
         stopping: stopping.clone(),
         drain_timeout: Duration::from_secs(config.drain_timeout_secs),
+        internal,
     };
     let copies = |kind: Listener| -> std::io::Result<Vec<std::net::TcpListener>> {
         listeners.iter().filter(|(k, _)| *k == kind).map(|(_, l)| l.try_clone()).collect()
     };
     let redirect = config.redirect_http_to_https.then_some(https.port());
     let mut threads =
-        Router::serve_on(table.clone(), options(None, "router HTTPS"), copies(Listener::Https)?, Some(tls), config.pin_workers)?;
-    threads.extend(Router::serve_on(table.clone(), options(redirect, "router HTTP"), copies(Listener::Http)?, None, config.pin_workers)?);
+        Router::serve_on(table.clone(), options(None, "router HTTPS", false), copies(Listener::Https)?, Some(tls), config.pin_workers)?;
+    threads.extend(Router::serve_on(
+        table.clone(),
+        options(redirect, "router HTTP", false),
+        copies(Listener::Http)?,
+        None,
+        config.pin_workers,
+    )?);
+    let internal = copies(Listener::Internal)?;
+    if !internal.is_empty() {
+        threads.extend(Router::serve_on(table.clone(), options(None, "router internal", true), internal, None, config.pin_workers)?);
+    }
     Ok(threads)
 }
 

@@ -146,7 +146,7 @@ where
         host = visible(v);
     });
     let Some(host) = host.filter(|_| hosts == 1) else { return Served::HandOver };
-    let Some(mut route) = router.table.lookup(host) else { return Served::HandOver };
+    let Ok(mut route) = router.table.route_for(host, peer.from) else { return Served::HandOver };
     let redirects = router.options.redirect_to_https_port.is_some() && peer.scheme == "http";
     if route.paused.is_some() || route.settings.h2c || redirects {
         return Served::HandOver;

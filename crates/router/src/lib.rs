@@ -4,6 +4,8 @@
 //! instance starts), forward (pooled upstream connections, one retry when connecting failed and
 //! nothing was sent; WebSocket tunnels), respond (hop-by-hop headers dropped, `X-Forwarded-*` and
 //! `X-Request-Id` added, the stream cut at the request timeout) and log (statistics, access log).
+//! Instances call services at `<name>.internal` on an internal listener, which knows the caller
+//! by its address; `dns.rs` answers their names from the same table.
 //!
 //! Invariants: the router never writes desired state; it learns instances through the
 //! [`RoutingTable`], which is replaced atomically, and lookups take no lock. An upstream that
@@ -13,6 +15,7 @@ mod access;
 mod book;
 pub mod control;
 pub mod daemon;
+pub mod dns;
 mod h1;
 pub mod listen;
 mod proxy;
@@ -29,5 +32,5 @@ pub use book::RouteBook;
 pub use proxy::{Activator, Body, BoxError, Router, RouterOptions, DEFAULT_MAX_CONNECTIONS};
 pub use remote::{Launch, RemoteRouter};
 pub use sink::{Leaver, Owners, RouteSink, ServiceLoad};
-pub use table::{InFlight, NoPick, Route, RouteSettings, RouteSpec, RoutingTable, ServiceState, Upstream};
+pub use table::{InFlight, NoPick, Refusal, Route, RouteSettings, RouteSpec, RoutingTable, ServiceState, Upstream};
 pub use workers::{bind, Workers};

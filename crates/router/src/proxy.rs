@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::{AccessLog, AccessRecord};
 use crate::listen::{self, Gate};
-use crate::table::{InFlight, NoPick, Route, RoutingTable};
+use crate::table::{InFlight, NoPick, Refusal, Route, RoutingTable};
 use crate::upstream::{self, Outgoing, Reply, RequestHead};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -170,6 +170,9 @@ pub(crate) struct Peer {
     /// The client's IP as text, for `X-Forwarded-For` and the access log.
     pub(crate) ip: String,
     pub(crate) scheme: &'static str,
+    /// On the internal listener: the address of the instance calling, which says what it may
+    /// call. `None` on public listeners.
+    pub(crate) from: Option<std::net::IpAddr>,
 }
 
 /// Starts instances of services that have none, on the router's request (scale from zero).
@@ -208,6 +211,10 @@ pub struct RouterOptions {
     pub stopping: CancellationToken,
     /// How long a stopping worker waits for its connections to end.
     pub drain_timeout: Duration,
+    /// This listener serves instances' calls to `<name>.internal`: the caller is told by its
+    /// address, and only internal routes it may call are served. Public listeners serve public
+    /// routes only.
+    pub internal: bool,
 }
 
 impl Default for RouterOptions {
@@ -222,6 +229,7 @@ impl Default for RouterOptions {
             tls_handshake_timeout: Duration::from_secs(10),
             stopping: CancellationToken::new(),
             drain_timeout: Duration::from_secs(60),
+            internal: false,
         }
     }
 }
@@ -611,7 +619,7 @@ impl Router {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let peer = Arc::new(Peer { ip: addr.ip().to_string(), scheme });
+        let peer = Arc::new(Peer { ip: addr.ip().to_string(), scheme, from: self.options.internal.then_some(addr.ip()) });
         if h2 {
             self.serve_hyper(io, peer).await;
         } else {
@@ -675,8 +683,10 @@ impl Router {
             }
         };
         let host = host_value.and_then(|h| h.to_str().ok()).unwrap_or("");
-        let Some(mut route) = self.table.lookup(host) else {
-            return text(StatusCode::NOT_FOUND, format!("no service is served at `{host}`\n"));
+        let mut route = match self.table.route_for(host, peer.from) {
+            Ok(route) => route,
+            Err(Refusal::NotFound) => return text(StatusCode::NOT_FOUND, format!("no service is served at `{host}`\n")),
+            Err(Refusal::Forbidden(why)) => return text(StatusCode::FORBIDDEN, format!("{why}\n")),
         };
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         if let (Some(port), "http") = (self.options.redirect_to_https_port, peer.scheme) {
@@ -985,7 +995,7 @@ mod tests {
 
     /// The headers an instance would see, for a client at `ip`.
     fn forwarded_from(src: Fields<'_>, ip: [u8; 4], host: &str, scheme: &'static str) -> HeaderMap {
-        let client = Peer { ip: std::net::IpAddr::from(ip).to_string(), scheme };
+        let client = Peer { ip: std::net::IpAddr::from(ip).to_string(), scheme, from: None };
         let ex = Exchange {
             host,
             client: &client,

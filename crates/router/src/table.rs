@@ -5,7 +5,7 @@
 //! handed back to the writer, which can wait for them to drain.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -236,6 +236,24 @@ pub struct Route {
     pub settings: RouteSettings,
     /// Set while the service is paused: the message requests get with their 503.
     pub paused: Option<String>,
+    /// Served to instances on the internal listener only, not on the public ones.
+    pub internal: bool,
+    /// The services that may call it on the internal listener; `None`: every service.
+    pub allow_from: Option<Vec<String>>,
+}
+
+/// Why a host is not served to a caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Nothing is served at that host on this listener.
+    NotFound,
+    /// The caller may not call it: the message says why and what to do.
+    Forbidden(String),
+}
+
+/// The name services are compared by: a DNS label (lowercase, `_` as `-`).
+fn label(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
 }
 
 impl Route {
@@ -292,18 +310,57 @@ pub struct RouteSpec {
     pub upstreams: Vec<SocketAddr>,
     pub settings: RouteSettings,
     pub paused: Option<String>,
+    /// Served to instances on the internal listener only (`<name>.internal`).
+    #[serde(default)]
+    pub internal: bool,
+    /// The services that may call it on the internal listener; `None`: every service.
+    #[serde(default)]
+    pub allow_from: Option<Vec<String>>,
+    /// The addresses the service's own instances call from (starting ones too), which tell
+    /// the internal listener (and berth's DNS) who calls.
+    #[serde(default)]
+    pub sources: Vec<IpAddr>,
+    /// Names the service's instances resolve beyond `<service>.internal`: the machines and host
+    /// endpoints of its networks (`<name>.<network>.internal`).
+    #[serde(default)]
+    pub names: std::collections::BTreeMap<String, IpAddr>,
+    /// Whether other names are resolved for its instances by the host's resolvers (public
+    /// egress); refused otherwise.
+    #[serde(default)]
+    pub resolve_public: bool,
+}
+
+/// Who calls from an instance's address: its service, and what that service's instances resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub service: String,
+    pub names: std::collections::BTreeMap<String, IpAddr>,
+    pub resolve_public: bool,
 }
 
 impl RouteSpec {
-    /// A route to `upstreams` with default settings.
+    /// A public route to `upstreams` with default settings.
     pub fn new(host: impl Into<String>, service: impl Into<String>, upstreams: Vec<SocketAddr>) -> RouteSpec {
-        RouteSpec { host: host.into(), service: service.into(), upstreams, settings: RouteSettings::default(), paused: None }
+        RouteSpec {
+            host: host.into(),
+            service: service.into(),
+            upstreams,
+            settings: RouteSettings::default(),
+            paused: None,
+            internal: false,
+            allow_from: None,
+            sources: Vec::new(),
+            names: Default::default(),
+            resolve_public: false,
+        }
     }
 }
 
 #[derive(Debug, Default)]
 struct Table {
     hosts: HashMap<String, Arc<Route>>,
+    /// Which service's instance calls from an address.
+    callers: HashMap<IpAddr, Arc<Caller>>,
 }
 
 #[derive(Debug, Default)]
@@ -336,6 +393,35 @@ impl RoutingTable {
         self.current.load().hosts.get(&normalize_host(host)).cloned()
     }
 
+    /// The route for a Host header value as a caller sees it: on a public listener (`from` is
+    /// `None`) the public routes; on the internal listener the internal routes the instance at
+    /// `from` may call.
+    pub fn route_for(&self, host: &str, from: Option<IpAddr>) -> Result<Arc<Route>, Refusal> {
+        let table = self.current.load();
+        let route = table.hosts.get(&normalize_host(host)).ok_or(Refusal::NotFound)?;
+        let Some(ip) = from else {
+            return if route.internal { Err(Refusal::NotFound) } else { Ok(route.clone()) };
+        };
+        if !route.internal {
+            return Err(Refusal::NotFound);
+        }
+        let callee = &route.service.name;
+        let Some(caller) = table.callers.get(&ip).map(|c| &c.service) else {
+            return Err(Refusal::Forbidden(format!("{ip} is not an instance of a service; only services call `{callee}` here")));
+        };
+        match &route.allow_from {
+            Some(allowed) if !allowed.iter().any(|a| label(a) == label(caller)) => Err(Refusal::Forbidden(format!(
+                "`{caller}` may not call `{callee}`; allow it with `berth service update {callee} --allow-from {caller}`"
+            ))),
+            _ => Ok(route.clone()),
+        }
+    }
+
+    /// Who calls from `ip`, if an instance does.
+    pub fn caller(&self, ip: IpAddr) -> Option<Arc<Caller>> {
+        self.current.load().callers.get(&ip).cloned()
+    }
+
     /// Every service in the table.
     pub fn services(&self) -> Vec<Arc<ServiceState>> {
         let mut all: Vec<_> = self.services.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
@@ -355,7 +441,13 @@ impl RoutingTable {
         let mut kept: HashMap<String, Arc<ServiceState>> = HashMap::new();
         let mut ready: HashMap<String, usize> = HashMap::new();
         let mut hosts = HashMap::new();
+        let mut callers = HashMap::new();
+        let mut callers_of: HashMap<&str, Arc<Caller>> = HashMap::new();
         for s in specs {
+            let caller = callers_of.entry(s.service.as_str()).or_insert_with(|| {
+                Arc::new(Caller { service: s.service.clone(), names: s.names.clone(), resolve_public: s.resolve_public })
+            });
+            callers.extend(s.sources.iter().map(|ip| (*ip, caller.clone())));
             let state = kept
                 .entry(s.service.clone())
                 .or_insert_with(|| services.get(&s.service).cloned().unwrap_or_else(|| Arc::new(ServiceState::new(&s.service))))
@@ -369,10 +461,17 @@ impl RoutingTable {
             *count = (*count).max(if s.paused.is_some() { 0 } else { upstreams.len() });
             hosts.insert(
                 normalize_host(&s.host),
-                Arc::new(Route { service: state, upstreams, settings: s.settings.clone(), paused: s.paused.clone() }),
+                Arc::new(Route {
+                    service: state,
+                    upstreams,
+                    settings: s.settings.clone(),
+                    paused: s.paused.clone(),
+                    internal: s.internal,
+                    allow_from: s.allow_from.clone(),
+                }),
             );
         }
-        let table = Table { hosts };
+        let table = Table { hosts, callers };
         let now: std::collections::HashSet<(&str, SocketAddr)> =
             table.hosts.values().flat_map(|r| r.upstreams.iter().map(|u| (r.service.name.as_str(), u.addr))).collect();
         let mut left: Vec<Arc<Upstream>> = existing.iter().filter(|(k, _)| !now.contains(*k)).map(|(_, u)| u.clone()).collect();
@@ -417,7 +516,42 @@ mod tests {
             service: state,
             settings: RouteSettings { max_concurrency, ..RouteSettings::default() },
             paused: None,
+            internal: false,
+            allow_from: None,
         }
+    }
+
+    #[test]
+    fn internal_routes_go_to_the_callers_allowed_only() {
+        let t = RoutingTable::new();
+        let ip = |n: u8| IpAddr::from([10, 77, 0, n]);
+        let web = RouteSpec { sources: vec![ip(2)], ..RouteSpec::new("web.localhost", "web", vec![addr(1)]) };
+        let web_internal = RouteSpec { internal: true, ..web.clone() };
+        let web_internal = RouteSpec { host: "web.internal".into(), ..web_internal };
+        let api = RouteSpec {
+            internal: true,
+            allow_from: Some(vec!["Web".into()]),
+            sources: vec![ip(3)],
+            ..RouteSpec::new("api.internal", "api", vec![addr(2)])
+        };
+        let batch = RouteSpec {
+            internal: true,
+            sources: vec![ip(4)],
+            allow_from: Some(vec![]),
+            ..RouteSpec::new("batch.internal", "batch", vec![])
+        };
+        t.replace(&[web, web_internal, api, batch]);
+        // Public listeners: public routes only.
+        assert!(t.route_for("web.localhost", None).is_ok());
+        assert_eq!(t.route_for("api.internal", None).err(), Some(Refusal::NotFound));
+        // The internal listener: internal routes, to the callers allowed.
+        assert_eq!(t.route_for("web.localhost", Some(ip(3))).err(), Some(Refusal::NotFound));
+        assert!(t.route_for("web.internal", Some(ip(3))).is_ok(), "a public service takes every service's calls");
+        assert!(t.route_for("api.internal", Some(ip(2))).is_ok(), "allowed by name, compared as labels");
+        let refused = t.route_for("api.internal", Some(ip(4))).err();
+        assert!(matches!(&refused, Some(Refusal::Forbidden(m)) if m.contains("`batch` may not call `api`")), "{refused:?}");
+        assert!(matches!(t.route_for("api.internal", Some(ip(9))).err(), Some(Refusal::Forbidden(_))), "an address no instance holds");
+        assert_eq!(t.caller(ip(4)).map(|c| c.service.clone()).as_deref(), Some("batch"));
     }
 
     #[test]

@@ -153,11 +153,16 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
     Ok(all)
 }
 
-/// A non-blocking listener on `addr` that other sockets may share (`SO_REUSEPORT`).
+/// A non-blocking listener on `addr` that other sockets may share (`SO_REUSEPORT`). The
+/// address need not be up yet (`IP_FREEBIND`): the internal listener binds the instance bridge's
+/// gateway address, which the runtime may make after the router starts.
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use rustix::net::{sockopt, AddressFamily, SocketFlags, SocketType};
     let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
     let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK, None)?;
+    if addr.is_ipv4() {
+        sockopt::set_ip_freebind(&fd, true)?;
+    }
     sockopt::set_socket_reuseaddr(&fd, true)?;
     sockopt::set_socket_reuseport(&fd, true)?;
     sockopt::set_tcp_nodelay(&fd, true)?;

@@ -8,6 +8,11 @@
 //! - `POST /echo` streams the request body back (chunked) while still reading it: full duplex.
 //! - `GET /connect/<host:port>` opens a TCP connection from the app (3 s at most) and answers
 //!   `connected` or 502 with the error: what an instance may reach.
+//! - `GET /call/<host[:port]>/<path>` makes a GET to `http://<host>/<path>` from the app and
+//!   answers the status line and body it got, or 502 with the error: service-to-service calls.
+//!   `<host>@<address>` sends it to another address than the host's.
+//! - Names are resolved with the name server of `/etc/resolv.conf` (a small DNS client of its
+//!   own: a static binary has no resolver library to load).
 //! - Listens on `0.0.0.0:$PORT` (default 8080) and logs one line per request to stdout.
 //! - Exits at once on SIGTERM (as PID 1 of a container, a signal without a handler does nothing,
 //!   so stopping it would otherwise wait out the grace period).
@@ -111,6 +116,10 @@ fn serve(stream: TcpStream, version: &str, host: &str, healthy: bool) {
                 Ok(()) => ("200 OK", "connected\n".to_owned()),
                 Err(e) => ("502 Bad Gateway", format!("{e}\n")),
             },
+            p if p.starts_with("/call/") => match call(&p["/call/".len()..]) {
+                Ok(answer) => ("200 OK", answer),
+                Err(e) => ("502 Bad Gateway", format!("{e}\n")),
+            },
             p if p.starts_with("/sleep/") => {
                 let ms = p["/sleep/".len()..].parse::<u64>().unwrap_or(0).min(60_000);
                 std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -157,7 +166,93 @@ fn echo(reader: &mut impl std::io::Read, out: &mut impl Write, len: usize) -> st
 
 /// A TCP connection to `target` (`host:port`), opened and closed.
 fn connect(target: &str) -> std::io::Result<()> {
-    use std::net::ToSocketAddrs;
-    let addr = target.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
-    TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3)).map(drop)
+    let (host, port) = target.rsplit_once(':').ok_or_else(|| bad(format!("`{target}` needs a port")))?;
+    let port = port.parse::<u16>().map_err(|_| bad(format!("`{port}` is not a port")))?;
+    TcpStream::connect_timeout(&(resolve(host)?, port).into(), std::time::Duration::from_secs(3)).map(drop)
+}
+
+/// `GET http://<target>` (`host[:port]/path`): the status line and body of the answer.
+fn call(target: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let (authority, path) = target.split_once('/').unwrap_or((target, ""));
+    let (authority, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad(format!("`{p}` is not a port")))?),
+        None => (authority, 80),
+    };
+    // `host@address`: the Host header of one name, sent to another address.
+    let (host, address) = authority.split_once('@').unwrap_or((authority, authority));
+    let mut conn = TcpStream::connect_timeout(&(resolve(address)?, port).into(), std::time::Duration::from_secs(3))?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+    write!(conn, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer)?;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.lines().next().unwrap_or("");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok(format!("{status}\n{body}"))
+}
+
+fn bad(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, message)
+}
+
+/// An IPv4 address for `host`: itself if it is one, else asked of the name server in
+/// `/etc/resolv.conf` (one A query over UDP).
+fn resolve(host: &str) -> std::io::Result<std::net::Ipv4Addr> {
+    if let Ok(ip) = host.parse() {
+        return Ok(ip);
+    }
+    let resolv = std::fs::read_to_string("/etc/resolv.conf")?;
+    let server = resolv
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("nameserver").and_then(|a| a.trim().parse::<std::net::Ipv4Addr>().ok()))
+        .ok_or_else(|| bad("no IPv4 name server in /etc/resolv.conf".into()))?;
+    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in host.trim_end_matches('.').split('.') {
+        let len = u8::try_from(label.len()).ok().filter(|l| (1..64).contains(l)).ok_or_else(|| bad(format!("`{host}` is not a name")))?;
+        query.push(len);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+    sock.send_to(&query, (server, 53))?;
+    let mut buf = [0u8; 1500];
+    let n = sock.recv(&mut buf)?;
+    let m = &buf[..n];
+    let not_found = |why: &str| std::io::Error::new(std::io::ErrorKind::NotFound, format!("resolving `{host}`: {why}"));
+    if m.len() < 12 || m[..2] != [0x12, 0x34] {
+        return Err(not_found("a malformed answer"));
+    }
+    match m[3] & 0x0f {
+        0 => {}
+        3 => return Err(not_found("no such name (NXDOMAIN)")),
+        5 => return Err(not_found("refused (REFUSED)")),
+        code => return Err(not_found(&format!("response code {code}"))),
+    }
+    // Skip the question, then read the answers.
+    let skip_name = |mut at: usize| -> Option<usize> {
+        loop {
+            let len = *m.get(at)?;
+            if len & 0xc0 == 0xc0 {
+                return Some(at + 2);
+            }
+            at += 1 + usize::from(len);
+            if len == 0 {
+                return Some(at);
+            }
+        }
+    };
+    let answers = u16::from_be_bytes([m[6], m[7]]);
+    let mut at = skip_name(12).map(|a| a + 4).ok_or_else(|| not_found("a malformed answer"))?;
+    for _ in 0..answers {
+        at = skip_name(at).ok_or_else(|| not_found("a malformed answer"))?;
+        let field = |i: usize| m.get(at + i).copied().unwrap_or(0);
+        let (kind, len) = (u16::from_be_bytes([field(0), field(1)]), usize::from(u16::from_be_bytes([field(8), field(9)])));
+        if kind == 1 && len == 4 {
+            return Ok(std::net::Ipv4Addr::new(field(10), field(11), field(12), field(13)));
+        }
+        at += 10 + len;
+    }
+    Err(not_found("no IPv4 address"))
 }

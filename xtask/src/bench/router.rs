@@ -347,6 +347,7 @@ impl BerthRouter {
             data_dir: data.clone(),
             listen_http: any,
             listen_https: any,
+            listen_internal: None,
             workers: 2,
             pin_workers: true,
             redirect_http_to_https: false,

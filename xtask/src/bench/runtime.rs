@@ -69,6 +69,7 @@ fn spec(id: &str, digest: &Digest) -> anyhow::Result<InstanceSpec> {
         user: None,
         read_only_rootfs: false,
         init: false,
+        network: Default::default(),
     })
 }
 
@@ -126,6 +127,7 @@ async fn measure(bin: &Path, dir: &Path, image: BuiltImage, digest: Digest, roun
         cgroup_parent: CGROUP_PARENT.into(),
         rootfs: RootfsKind::Overlay,
         outbound_nat: false,
+        open_ports: Vec::new(),
         unpack_limits: Default::default(),
         init: None,
     };

@@ -1,8 +1,9 @@
 //! What of the host berth could change outside its own directories: network links, routes and
 //! rules, nftables tables, mounts, network namespaces, top-level cgroups, IPv4 forwarding, and
 //! the files a hostile image tries to plant. berth's own things — its bridge and the veths on it,
-//! the route for its CIDR, its `berth_*` tables, mounts under its data directory, its
-//! `berth-<bridge>-…` namespaces and its cgroup parent — are left out.
+//! the route for its CIDR, its `berth_<bridge>` tables, mounts under its data directory, its
+//! `berth-<bridge>-…` namespaces and its cgroup parent — are left out, except from
+//! [`snapshot_all`], which is compared after `berth uninstall`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -30,6 +31,11 @@ fn lines(cmd: &str, args: &[&str]) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Everything, berth's own things included: what must be back as it was after an uninstall.
+pub fn snapshot_all() -> Snapshot {
+    snapshot(&Berth { bridge: "\0", cidr: "\0", data: Path::new("\0"), cgroup_parent: "\0" })
+}
+
 pub fn snapshot(b: &Berth<'_>) -> Snapshot {
     let mut s = BTreeMap::new();
     let ours = |l: &str| l.contains(b.bridge) || l.contains(b.cidr);
@@ -41,13 +47,13 @@ pub fn snapshot(b: &Berth<'_>) -> Snapshot {
     s.insert("links", links);
     s.insert("routes", lines("ip", &["route", "show", "table", "all"]).into_iter().filter(|l| !ours(l)).collect());
     s.insert("rules", lines("ip", &["rule", "show"]).into_iter().collect());
-    s.insert("nft", lines("nft", &["list", "tables"]).into_iter().filter(|l| !l.contains("berth_")).collect());
+    s.insert("nft", lines("nft", &["list", "tables"]).into_iter().filter(|l| !ours(l)).collect());
     let data = b.data.display().to_string();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
-        .filter(|m| !m.starts_with(&data) && !m.starts_with("/run/netns/berth-"))
+        .filter(|m| !m.starts_with(&data) && !m.starts_with(&format!("/run/netns/berth-{}-", b.bridge)))
         .collect();
     s.insert("mounts", mounts);
     let netns = format!("berth-{}-", b.bridge);

@@ -47,8 +47,7 @@ pub fn run() -> anyhow::Result<()> {
     let data = work.path().join("data");
     std::fs::create_dir_all(&data)?;
     cleanup_host();
-    let berth = host::Berth { bridge: BRIDGE, cidr: CIDR, data: &data, cgroup_parent: CGROUP_PARENT };
-    let untouched = host::snapshot(&berth);
+    let untouched = host::snapshot_all();
     let mount = Tmpfs::mount(&data, "512m")?;
 
     // A failed setup stops its server on the way out (`Server` cleans up when dropped).
@@ -59,7 +58,8 @@ pub fn run() -> anyhow::Result<()> {
     });
     drop(mount);
     cleanup_host();
-    let left = host::snapshot(&berth).changes_since(&untouched);
+    // After `berth uninstall`, nothing of berth's may be left either.
+    let left = host::snapshot_all().changes_since(&untouched);
     result?.report(&left)
 }
 

@@ -15,11 +15,14 @@ pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Sen
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
-/// A running `berth server` with its own temporary data directory.
+/// A running `berth server` with its own temporary data directory. Dropped, it stops the
+/// server, then removes what its runtime left (the sandbox: the router process, instances,
+/// host state), then the directory — fields drop in this order.
 pub struct Server {
-    pub dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
     process: Option<BerthProcess>,
+    sandbox: Option<berth_testkit::RuntimeSandbox>,
+    _tmp: Option<tempfile::TempDir>,
+    pub dir: PathBuf,
     pub addr: String,
     pub token: String,
     env: Vec<(String, String)>,
@@ -36,18 +39,23 @@ impl Server {
         let dir = tmp.path().to_path_buf();
         let p = BerthProcess::start(Path::new(BIN), &dir, env)?;
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Ok(Server { dir, _tmp: Some(tmp), addr: p.addr.clone(), token: p.token.clone(), process: Some(p), env })
+        Ok(Server { dir, _tmp: Some(tmp), addr: p.addr.clone(), token: p.token.clone(), process: Some(p), sandbox: None, env })
     }
 
     /// Starts with the embedded runtime on (as root); see [`runtime_sandbox`].
-    pub fn start_with_runtime(name: &str, octet: u8, instances: &str) -> Result<(Server, berth_testkit::RuntimeSandbox)> {
+    pub fn start_with_runtime(name: &str, octet: u8, instances: &str) -> Result<Server> {
         let tmp = tempfile::tempdir()?;
         let (env, sandbox) = runtime_sandbox(name, octet, instances, tmp.path())?;
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let p = BerthProcess::start(Path::new(BIN), tmp.path(), &env)?;
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let dir = tmp.path().to_path_buf();
-        Ok((Server { dir, _tmp: Some(tmp), addr: p.addr.clone(), token: p.token.clone(), process: Some(p), env }, sandbox))
+        Ok(Server { dir, _tmp: Some(tmp), addr: p.addr.clone(), token: p.token.clone(), process: Some(p), sandbox: Some(sandbox), env })
+    }
+
+    /// What the runtime of a server started with [`Server::start_with_runtime`] uses on the host.
+    pub fn sandbox(&self) -> Result<&berth_testkit::RuntimeSandbox> {
+        self.sandbox.as_ref().ok_or_else(|| "this server runs no runtime".into())
     }
 
     /// The router's plain-HTTP listener, `host:port`.

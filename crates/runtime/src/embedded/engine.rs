@@ -59,6 +59,8 @@ pub struct EmbeddedConfig {
     pub rootfs: RootfsKind,
     /// Masquerade instance traffic leaving the host. Off by default.
     pub outbound_nat: bool,
+    /// Ports of the gateway every instance may reach: berth's DNS and router.
+    pub open_ports: Vec<(firewall::Proto, u16)>,
     /// What unpacking one image may write.
     pub unpack_limits: UnpackLimits,
     /// berth's init (a static binary on this host), for instances that run under it.
@@ -141,6 +143,7 @@ impl EmbeddedRuntime {
             events: broadcast::channel(1024).0,
             locks: Mutex::new(HashMap::new()),
         });
+        rt.sweep_partial();
         // The rules of instances that outlived a server, as they are now.
         rt.apply_rules()?;
         let weak = Arc::downgrade(&rt);
@@ -158,6 +161,11 @@ impl EmbeddedRuntime {
             }
         });
         Ok(rt)
+    }
+
+    /// The instances' gateway: the bridge's address, where they reach berth's DNS and router.
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        self.config.cidr.gateway()
     }
 
     /// Removes what the runtime put on the host — the bridge with its route and firewall tables,
@@ -224,6 +232,36 @@ impl EmbeddedRuntime {
         format!("/{}/{}", self.config.cgroup_parent, id)
     }
 
+    /// Removes what creates a crash cut short left: instance directories with no record (the
+    /// record is written last), and namespaces and addresses of instances that have no directory.
+    fn sweep_partial(&self) {
+        for e in std::fs::read_dir(self.config.root.join("instances")).into_iter().flatten().flatten() {
+            let Ok(id) = InstanceId::new(e.file_name().to_string_lossy()) else { continue };
+            if self.record(&id).is_some() {
+                continue;
+            }
+            let dir = e.path();
+            tracing::warn!(instance = %id, "removing an instance a crash left half made");
+            if dir.join("state").exists() {
+                let _ = std::process::Command::new(&self.config.shim).arg("shim").arg("delete").arg(&dir).status();
+            }
+            let removed = Rootfs::at(&dir, self.config.rootfs)
+                .remove()
+                .map_err(backend)
+                .and_then(|()| self.network.detach(id.as_str()).map_err(backend))
+                .and_then(|()| std::fs::remove_dir_all(&dir).map_err(backend));
+            if let Err(e) = removed {
+                tracing::warn!(instance = %id, error = %e, "removing a half-made instance failed");
+            }
+        }
+        for id in self.network.orphans(|id| self.config.root.join("instances").join(id).exists()) {
+            tracing::warn!(instance = %id, "removing the network of an instance that is gone");
+            if let Err(e) = self.network.detach(&id) {
+                tracing::warn!(instance = %id, error = %e, "removing an orphaned network namespace failed");
+            }
+        }
+    }
+
     /// Every instance's record.
     fn records(&self) -> Result<Vec<InstanceRecord>> {
         let mut out = Vec::new();
@@ -240,7 +278,7 @@ impl EmbeddedRuntime {
     fn apply_rules(&self) -> Result<()> {
         let records = self.records()?;
         let members = records.iter().filter_map(|r| r.address.map(|address| firewall::Member { address, network: &r.network })).collect();
-        self.network.apply_rules(members, self.config.outbound_nat, &[]).map_err(backend)
+        self.network.apply_rules(members, self.config.outbound_nat, &self.config.open_ports).map_err(backend)
     }
 
     fn record(&self, id: &InstanceId) -> Option<InstanceRecord> {
@@ -344,7 +382,7 @@ impl EmbeddedRuntime {
         let rootfs = Rootfs::assemble(&files.dir, &pulled.layer_dirs, self.config.rootfs).map_err(backend)?;
         let att = self.network.attach(spec.id.as_str()).map_err(backend)?;
         std::fs::create_dir_all(files.etc()).map_err(backend)?;
-        let (hosts, resolv) = etc_files(spec.id.as_str(), Some(att.address));
+        let (hosts, resolv) = etc_files(spec.id.as_str(), Some(att.address), self.config.cidr.gateway());
         std::fs::write(files.etc().join("hosts"), hosts).map_err(backend)?;
         std::fs::write(files.etc().join("resolv.conf"), resolv).map_err(backend)?;
         std::fs::write(files.etc().join("hostname"), format!("{}\n", spec.id)).map_err(backend)?;

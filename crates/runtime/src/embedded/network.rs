@@ -234,6 +234,19 @@ impl Network {
         Ok(Attachment { netns, address, host_veth })
     }
 
+    /// Ids that hold a namespace or an address here but are not `known`: left by a create a
+    /// crash cut short.
+    pub fn orphans(&self, known: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut ids: std::collections::BTreeSet<String> = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(&self.prefix)).map(str::to_owned))
+            .collect();
+        ids.extend(self.leases.lock().unwrap_or_else(|p| p.into_inner()).leases.values().cloned());
+        ids.into_iter().filter(|id| !known(id)).collect()
+    }
+
     /// Removes the namespace (and with it the veth pair) and frees the address.
     pub fn detach(&self, id: &str) -> Result<(), NetworkError> {
         if let Some((ns, host_veth)) = self.legacy_names(id) {
@@ -403,20 +416,17 @@ fn ipv4_only(dev: &str) {
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1");
 }
 
-/// `/etc/hosts` and `/etc/resolv.conf` for an instance: its own name, and the host's name
-/// servers except loopback ones (unreachable from the instance's namespace).
-pub fn etc_files(hostname: &str, address: Option<Ipv4Addr>) -> (String, String) {
+/// `/etc/hosts` and `/etc/resolv.conf` for an instance: its own name, and berth's DNS on its
+/// gateway (which relays other names to the host's resolvers where the service's egress allows),
+/// with the host's search domains and options.
+pub fn etc_files(hostname: &str, address: Option<Ipv4Addr>, gateway: Ipv4Addr) -> (String, String) {
     let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     hosts.push_str(&format!("{}\t{hostname}\n", address.map(|a| a.to_string()).unwrap_or_else(|| "127.0.1.1".into())));
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let mut resolv = String::new();
-    for l in host_resolv.lines() {
-        let l = l.trim();
-        let loopback = l.strip_prefix("nameserver").map(str::trim).is_some_and(|a| a.starts_with("127.") || a == "::1");
-        if (l.starts_with("nameserver") && !loopback) || l.starts_with("search") || l.starts_with("options") {
-            resolv.push_str(l);
-            resolv.push('\n');
-        }
+    let mut resolv = format!("nameserver {gateway}\n");
+    for l in host_resolv.lines().map(str::trim).filter(|l| l.starts_with("search") || l.starts_with("options")) {
+        resolv.push_str(l);
+        resolv.push('\n');
     }
     (hosts, resolv)
 }
@@ -438,7 +448,8 @@ mod tests {
 
     #[test]
     fn hosts_file_names_the_instance() {
-        let (hosts, _) = etc_files("web-1", Some(Ipv4Addr::new(10, 88, 0, 2)));
+        let (hosts, resolv) = etc_files("web-1", Some(Ipv4Addr::new(10, 88, 0, 2)), Ipv4Addr::new(10, 88, 0, 1));
         assert!(hosts.ends_with("10.88.0.2\tweb-1\n"));
+        assert!(resolv.starts_with("nameserver 10.88.0.1\n") && resolv.matches("nameserver").count() == 1, "{resolv}");
     }
 }
