@@ -11,27 +11,6 @@ use std::time::Duration;
 use berth_testkit::probe_binary;
 use support::*;
 
-/// The log of instance `name` once the probe in it has finished.
-fn finished_log(s: &Server, name: &str) -> Result<String> {
-    for _ in 0..200 {
-        let logs = s.cli_ok(&["instance", "logs", name])?;
-        if logs.contains("probe done") {
-            return Ok(logs);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!("the probe {name} did not finish").into())
-}
-
-/// Runs the probe with `args` as the one-off instance `name` and returns its `probe …` lines.
-fn probe(s: &Server, name: &str, args: &str) -> Result<String> {
-    s.cli_ok(&["run", "probe:v1", "--name", name, "--command", &format!("/app/probe {args}")])?;
-    let logs = finished_log(s, name)?;
-    s.cli_ok(&["instance", "delete", name])?;
-    let lines: Vec<&str> = logs.lines().filter_map(|l| l.find("probe ").map(|i| &l[i..])).filter(|l| *l != "probe done").collect();
-    Ok(lines.join("\n") + "\n")
-}
-
 /// A server with the embedded runtime and the probe pushed as `probe:v1`.
 fn server_with_probe(name: &str, octet: u8, instances: &str) -> Result<Server> {
     let s = Server::start_with_runtime(name, octet, instances)?;

@@ -46,6 +46,9 @@ fn ip(args: &[&str]) -> Result {
 /// A server that accepts connections on `addr:port` and closes them (python's standard library).
 const ACCEPTOR: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind((sys.argv[1],int(sys.argv[2])))\ns.listen()\nwhile True:\n c,_=s.accept()\n c.close()\n";
 
+/// A UDP receiver on `addr:port` that appends what it receives to a file.
+const RECEIVER: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((sys.argv[1],int(sys.argv[2])))\nf=open(sys.argv[3],'ab',0)\nwhile True:\n d,_=s.recvfrom(2048)\n f.write(d+b'\\n')\n";
+
 impl Lans {
     /// A namespace `ns` holding `addrs` (with a server on `port`), joined by a veth to a new
     /// host bridge that has `host_addrs` and routes to `routes`; it answers through the host.
@@ -203,6 +206,32 @@ fn a_service_reaches_its_lan_and_endpoint_and_nothing_else() -> Result {
         let got = connect(&agent, &router, "inside-app", target)?;
         assert!(refused_at_once(&got), "inside-app and {class} at {target}: {got}");
     }
+    // No instance sends with another's address: a one-off instance (on no network) sends UDP to
+    // the LAN from inside-app's address, and nothing arrives. The host's own datagram does, so the
+    // receiver works.
+    let received = tmp.path().join("udp.log");
+    let receiver = Command::new("ip")
+        .args(["netns", "exec", &format!("bnl{n}"), "python3", "-c", RECEIVER, "10.241.250.10", "5353"])
+        .arg(&received)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    lans.servers.push(receiver);
+    let probe_bin = berth_testkit::probe_binary(tmp.path())?;
+    s.cli_ok(&["image", "build", "--binary", &probe_bin.display().to_string(), "-t", "probe:v1"])?;
+    let inside: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "inside-app"])?)?;
+    let inside_ip = inside["instances"][0]["address"].as_str().and_then(|a| a.split(':').next()).ok_or("no address")?.to_owned();
+    wait_until("the LAN's UDP receiver", std::time::Duration::from_secs(10), || {
+        std::net::UdpSocket::bind("10.241.250.1:0")?.send_to(b"from the host", "10.241.250.10:5353")?;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        Ok(std::fs::read_to_string(&received).is_ok_and(|r| r.contains("from the host")))
+    })?;
+    let said = probe(&s, "spoofer", &format!("spoof {inside_ip} 10.241.250.10:5353"))?;
+    assert_eq!(said.trim(), "probe spoof ok", "the probe could not send at all");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let got = std::fs::read_to_string(&received)?;
+    assert!(!got.contains("spoofed"), "a datagram with another instance's address reached the LAN: {got}");
+
     // A service on no network reaches neither the LAN nor the endpoint.
     for target in [lan_db, endpoint.as_str()] {
         let got = connect(&agent, &router, "outside-app", target)?;

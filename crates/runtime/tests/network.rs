@@ -32,7 +32,11 @@ impl Drop for Sandbox {
             }
         }
         let _ = Command::new("ip").args(["link", "del", "dev", &self.bridge]).status();
-        for (family, table) in [("inet", format!("berth_{}", self.bridge)), ("ip", format!("berth_nat_{}", self.bridge))] {
+        for (family, table) in [
+            ("inet", format!("berth_{}", self.bridge)),
+            ("ip", format!("berth_nat_{}", self.bridge)),
+            ("bridge", format!("berth_br_{}", self.bridge)),
+        ] {
             let _ = Command::new("nft").args(["delete", "table", family, &table]).stderr(Stdio::null()).status();
         }
         let _ = Command::new("ip").args(["route", "del", "unreachable", &self.cidr.to_string(), "metric", "4000"]).status();

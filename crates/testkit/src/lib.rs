@@ -229,7 +229,9 @@ pub fn stop_router(data: &Path) {
 pub fn cleanup_runtime_host(bridge: &str, cidr: &str, cgroup_parent: &str) {
     let _ = Command::new("ip").args(["link", "del", "dev", bridge]).stderr(Stdio::null()).status();
     let _ = Command::new("ip").args(["route", "del", "unreachable", cidr, "metric", "4000"]).stderr(Stdio::null()).status();
-    for (family, table) in [("inet", format!("berth_{bridge}")), ("ip", format!("berth_nat_{bridge}"))] {
+    for (family, table) in
+        [("inet", format!("berth_{bridge}")), ("ip", format!("berth_nat_{bridge}")), ("bridge", format!("berth_br_{bridge}"))]
+    {
         let _ = Command::new("nft").args(["delete", "table", family, &table]).stderr(Stdio::null()).status();
     }
     for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {

@@ -5,6 +5,8 @@
 //!
 //! - `probe syscalls`: namespaces, io_uring, socket families, mount, keyrings, bpf, …
 //! - `probe connect <ip:port>…`: TCP connections, e.g. to services on the host.
+//! - `probe spoof <source ip> <ip:port>`: one UDP datagram sent with another source address
+//!   (a raw socket, as `CAP_NET_RAW` allows), which the host must not let through.
 
 // Raw system calls: the point of this program.
 #![allow(unsafe_code)]
@@ -35,6 +37,7 @@ mod nr {
     pub const GETPID: i64 = 39;
     pub const EXIT_GROUP: i64 = 231;
     pub const WAIT4: i64 = 61;
+    pub const SENDTO: i64 = 44;
 }
 #[cfg(target_arch = "aarch64")]
 mod nr {
@@ -53,6 +56,7 @@ mod nr {
     pub const GETPID: i64 = 172;
     pub const EXIT_GROUP: i64 = 94;
     pub const WAIT4: i64 = 260;
+    pub const SENDTO: i64 = 206;
 }
 
 const SIGCHLD: i64 = 17;
@@ -150,13 +154,45 @@ fn connects(out: &mut impl Write, targets: &[String]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// One UDP datagram from `source` to `target` over a raw IPv4 socket (`IPPROTO_RAW`: the header
+/// is this program's; the kernel fills in the length and checksum).
+fn spoof(out: &mut impl Write, source: &str, target: &str) -> std::io::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (Ok(src), Ok(dst)) = (source.parse::<std::net::Ipv4Addr>(), target.parse::<std::net::SocketAddrV4>()) else {
+        return writeln!(out, "probe spoof bad-address");
+    };
+    let payload = b"spoofed";
+    let mut packet = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+    packet.extend_from_slice(&src.octets());
+    packet.extend_from_slice(&dst.ip().octets());
+    packet.extend_from_slice(&40000u16.to_be_bytes());
+    packet.extend_from_slice(&dst.port().to_be_bytes());
+    packet.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(payload);
+    let fd = call(nr::SOCKET, [2, 3, 255, 0, 0]);
+    if fd < 0 {
+        return writeln!(out, "probe spoof {}", answer(fd));
+    }
+    // SAFETY: `fd` was just returned by socket(2) and belongs to nothing else; dropping closes it.
+    let _owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // struct sockaddr_in: family, port (big-endian), address, padding.
+    let mut addr = [0u8; 16];
+    addr[..2].copy_from_slice(&2u16.to_ne_bytes());
+    addr[4..8].copy_from_slice(&dst.ip().octets());
+    // SAFETY: sendto(2) reads `packet` and `addr`, both alive and of the lengths given.
+    let sent = unsafe { syscall(nr::SENDTO as c_long, fd, packet.as_ptr(), packet.len(), 0, addr.as_ptr(), addr.len()) };
+    writeln!(out, "probe spoof {}", answer(sent))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut out = std::io::stdout().lock();
     let res = match args.first().map(String::as_str) {
         Some("syscalls") => syscalls(&mut out),
         Some("connect") => connects(&mut out, &args[1..]),
-        _ => writeln!(out, "usage: probe syscalls | probe connect <ip:port>…"),
+        Some("spoof") if args.len() == 3 => spoof(&mut out, &args[1], &args[2]),
+        _ => writeln!(out, "usage: probe syscalls | probe connect <ip:port>… | probe spoof <source ip> <ip:port>"),
     };
     let _ = res.and_then(|()| writeln!(out, "probe done")).and_then(|()| out.flush());
     drop(out);

@@ -125,6 +125,27 @@ impl Server {
     }
 }
 
+/// The log of instance `name` once the probe in it has finished.
+pub fn finished_log(s: &Server, name: &str) -> Result<String> {
+    for _ in 0..200 {
+        let logs = s.cli_ok(&["instance", "logs", name])?;
+        if logs.contains("probe done") {
+            return Ok(logs);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("the probe {name} did not finish").into())
+}
+
+/// Runs the probe with `args` as the one-off instance `name` and returns its `probe …` lines.
+pub fn probe(s: &Server, name: &str, args: &str) -> Result<String> {
+    s.cli_ok(&["run", "probe:v1", "--name", name, "--command", &format!("/app/probe {args}")])?;
+    let logs = finished_log(s, name)?;
+    s.cli_ok(&["instance", "delete", name])?;
+    let lines: Vec<&str> = logs.lines().filter_map(|l| l.find("probe ").map(|i| &l[i..])).filter(|l| *l != "probe done").collect();
+    Ok(lines.join("\n") + "\n")
+}
+
 /// The environment that turns the embedded runtime on (as root) for a server on `data_dir`,
 /// with a bridge, CIDR (`10.<octet>.<n>.0/24`) and cgroup parent of its own, and the sandbox
 /// that removes whatever is left when dropped — network namespaces included, named

@@ -277,7 +277,12 @@ impl EmbeddedRuntime {
     /// Loads the packet filter for every instance there is.
     fn apply_rules(&self) -> Result<()> {
         let records = self.records()?;
-        let members = records.iter().filter_map(|r| r.address.map(|address| firewall::Member { address, network: &r.network })).collect();
+        let members = records
+            .iter()
+            .filter_map(|r| {
+                r.address.map(|address| firewall::Member { address, veth: self.network.host_veth(r.id.as_str()), network: &r.network })
+            })
+            .collect();
         self.network.apply_rules(members, self.config.outbound_nat, &self.config.open_ports).map_err(backend)
     }
 

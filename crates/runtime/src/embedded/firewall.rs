@@ -32,6 +32,11 @@ pub fn guard_table(bridge: &str) -> String {
     format!("berth_{bridge}")
 }
 
+/// The name of the bridge-level table for `bridge`, which keeps each instance to its own address.
+pub fn spoof_table(bridge: &str) -> String {
+    format!("berth_br_{bridge}")
+}
+
 /// The name of the NAT table for `bridge`.
 pub fn nat_table(bridge: &str) -> String {
     format!("berth_nat_{bridge}")
@@ -54,6 +59,8 @@ const ONE_OFF: &str = "run";
 /// One instance as the rules see it.
 pub struct Member<'a> {
     pub address: Ipv4Addr,
+    /// The host end of its veth: what it sends arrives there.
+    pub veth: String,
     pub network: &'a InstanceNetwork,
 }
 
@@ -137,14 +144,32 @@ fn addresses(members: &[&Member<'_>]) -> Value {
 /// The ruleset of `plan`: both tables, in one transaction.
 pub fn ruleset(plan: &Plan<'_>) -> Value {
     let mut cmds = Vec::new();
-    let (filter, nat) = (guard_table(plan.bridge), nat_table(plan.bridge));
-    for (family, table) in [("inet", &filter), ("ip", &nat)] {
+    let (filter, nat, spoof) = (guard_table(plan.bridge), nat_table(plan.bridge), spoof_table(plan.bridge));
+    for (family, table) in [("inet", &filter), ("ip", &nat), ("bridge", &spoof)] {
         let t = json!({"family": family, "name": table});
         cmds.extend([json!({"add": {"table": t}}), json!({"delete": {"table": t}}), json!({"add": {"table": t}})]);
     }
     filter_table(plan, &filter, &mut cmds);
     nat_rules(plan, &nat, &mut cmds);
+    spoof_rules(plan, &spoof, &mut cmds);
     json!({ "nftables": cmds })
+}
+
+/// Each instance sends from its own address only: IPv4 and ARP with another source, and any
+/// IPv6, are dropped as they enter the bridge, so no instance takes on another's rules.
+fn spoof_rules(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
+    let chain = json!({"family": "bridge", "table": table, "name": "prerouting", "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"});
+    cmds.push(json!({"add": {"chain": chain}}));
+    let rule = |expr: Vec<Value>| json!({"add": {"rule": {"family": "bridge", "table": table, "chain": "prerouting", "expr": expr}}});
+    let ether = |kind: &str| is(field("ether", "type"), kind.into());
+    for m in &plan.members {
+        let port = is(meta("iifname"), m.veth.as_str().into());
+        let own = m.address.to_string();
+        let not_own = |f: Value| json!({"match": {"op": "!=", "left": f, "right": own}});
+        cmds.push(rule(vec![port.clone(), ether("ip"), not_own(field("ip", "saddr")), json!({"drop": null})]));
+        cmds.push(rule(vec![port.clone(), ether("arp"), not_own(field("arp", "saddr ip")), json!({"drop": null})]));
+        cmds.push(rule(vec![port, ether("ip6"), json!({"drop": null})]));
+    }
 }
 
 fn filter_table(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
@@ -393,6 +418,9 @@ mod tests {
             {"add":{"table":{"family":"ip","name":"berth_nat_berth0"}}}
             {"delete":{"table":{"family":"ip","name":"berth_nat_berth0"}}}
             {"add":{"table":{"family":"ip","name":"berth_nat_berth0"}}}
+            {"add":{"table":{"family":"bridge","name":"berth_br_berth0"}}}
+            {"delete":{"table":{"family":"bridge","name":"berth_br_berth0"}}}
+            {"add":{"table":{"family":"bridge","name":"berth_br_berth0"}}}
             {"add":{"chain":{"family":"inet","hook":"input","name":"input","policy":"accept","prio":0,"table":"berth_berth0","type":"filter"}}}
             {"add":{"chain":{"family":"inet","hook":"forward","name":"forward","policy":"accept","prio":0,"table":"berth_berth0","type":"filter"}}}
             {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"inet","table":"berth_berth0"}}}
@@ -405,6 +433,7 @@ mod tests {
             {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"berth0"}},{"reject":{"expr":"admin-prohibited","type":"icmpx"}}],"family":"inet","table":"berth_berth0"}}}
             {"add":{"chain":{"family":"ip","hook":"prerouting","name":"prerouting","policy":"accept","prio":-100,"table":"berth_nat_berth0","type":"nat"}}}
             {"add":{"chain":{"family":"ip","hook":"postrouting","name":"postrouting","policy":"accept","prio":100,"table":"berth_nat_berth0","type":"nat"}}}
+            {"add":{"chain":{"family":"bridge","hook":"prerouting","name":"prerouting","policy":"accept","prio":-300,"table":"berth_br_berth0","type":"filter"}}}
         "#]]
         .assert_eq(&lines(&ruleset(&plan)));
     }
@@ -427,8 +456,8 @@ mod tests {
             outbound_nat: true,
             open_ports: &[],
             members: vec![
-                Member { address: Ipv4Addr::new(10, 77, 0, 2), network: &web },
-                Member { address: Ipv4Addr::new(10, 77, 0, 3), network: &web },
+                Member { address: Ipv4Addr::new(10, 77, 0, 2), veth: "bv2".into(), network: &web },
+                Member { address: Ipv4Addr::new(10, 77, 0, 3), veth: "bv3".into(), network: &web },
             ],
             counters: &carried,
         };
@@ -448,6 +477,11 @@ mod tests {
             r#"{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":{"set":["10.77.0.2","10.77.0.3"]}}},{"match":{"left":{"payload":{"field":"daddr","protocol":"ip"}},"op":"==","right":"10.77.0.1"}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":3306}},{"dnat":{"addr":"127.0.0.1","port":3306}}"#,
         );
         has(r#"{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"br-db"}},{"masquerade":null}"#);
+        // Each instance sends from its own address only.
+        has(
+            r#"{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"bv2"}},{"match":{"left":{"payload":{"field":"type","protocol":"ether"}},"op":"==","right":"ip"}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"!=","right":"10.77.0.2"}},{"drop":null}"#,
+        );
+        has(r#"{"match":{"left":{"payload":{"field":"saddr ip","protocol":"arp"}},"op":"!=","right":"10.77.0.3"}},{"drop":null}"#);
         assert!(needs_localnet(&plan));
         assert_eq!(attached_devices(&plan).into_iter().collect::<Vec<_>>(), ["br-db"]);
     }

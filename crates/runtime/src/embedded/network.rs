@@ -179,6 +179,11 @@ impl Network {
         (format!("{}{id}", self.prefix), format!("bv{hash}"))
     }
 
+    /// The host end of `id`'s veth.
+    pub fn host_veth(&self, id: &str) -> String {
+        self.legacy_names(id).unwrap_or_else(|| self.names(id)).1
+    }
+
     /// Names an earlier berth gave instances (`berth-<id>`, a veth hashed from the id alone),
     /// when that veth is on this server's bridge: an instance created before an upgrade.
     fn legacy_names(&self, id: &str) -> Option<(String, String)> {
@@ -352,6 +357,7 @@ impl Network {
         }
         let _ = ip(&["route", "del", "unreachable", &self.cidr.to_string(), "metric", "4000"]);
         firewall::delete_table("inet", &firewall::guard_table(&self.bridge))?;
+        firewall::delete_table("bridge", &firewall::spoof_table(&self.bridge))?;
         firewall::delete_table("ip", &firewall::nat_table(&self.bridge))
     }
 }
