@@ -147,7 +147,8 @@ pub struct RuntimeSettings {
     pub cgroup_parent: String,
     /// `auto` (overlayfs where the kernel has it), `overlay` or `copy`.
     pub rootfs: String,
-    /// Let instances reach the outside through NAT (nftables masquerade). Off by default.
+    /// Let instances of services with public egress reach the internet through NAT (nftables
+    /// masquerade). On by default, as under Docker. Env `BERTH_RUNTIME_OUTBOUND_NAT`.
     pub outbound_nat: bool,
     /// Registries (`host:port`) pulled from over plain HTTP; loopback ones always are.
     pub insecure_registries: Vec<String>,
@@ -162,7 +163,7 @@ impl Default for RuntimeSettings {
             cidr: "10.77.0.0/16".into(),
             cgroup_parent: "berth".into(),
             rootfs: "auto".into(),
-            outbound_nat: false,
+            outbound_nat: true,
             insecure_registries: Vec::new(),
         }
     }
@@ -311,6 +312,13 @@ impl Config {
             if let Some(v) = env(key) {
                 *field = v;
             }
+        }
+        if let Some(v) = env("BERTH_RUNTIME_OUTBOUND_NAT") {
+            config.runtime.outbound_nat = match v.as_str() {
+                "true" | "on" | "1" => true,
+                "false" | "off" | "0" => false,
+                _ => bail!("BERTH_RUNTIME_OUTBOUND_NAT=`{v}`: use true or false"),
+            };
         }
         if !matches!(config.runtime.enabled.as_str(), "auto" | "on" | "off") {
             bail!("runtime.enabled `{}` is unknown; use auto, on or off", config.runtime.enabled);

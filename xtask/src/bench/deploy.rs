@@ -154,6 +154,7 @@ fn measure(bin: &Path, dir: &Path, hello: &Path, rounds: usize) -> anyhow::Resul
         &data,
         &[
             ("BERTH_RUNTIME", "on"),
+            ("BERTH_RUNTIME_OUTBOUND_NAT", "false"),
             ("BERTH_RUNTIME_BRIDGE", BRIDGE),
             ("BERTH_RUNTIME_CIDR", CIDR),
             ("BERTH_RUNTIME_CGROUP_PARENT", CGROUP_PARENT),

@@ -355,7 +355,7 @@ impl Chaos {
         std::fs::write(
             data.join("config.toml"),
             format!(
-                "[runtime]\nenabled = \"on\"\nbridge = \"{BRIDGE}\"\ncidr = \"{CIDR}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n\
+                "[runtime]\nenabled = \"on\"\noutbound_nat = false\nbridge = \"{BRIDGE}\"\ncidr = \"{CIDR}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n\
                  [router]\nidle_timeout_secs = 5\ndrain_timeout_secs = 15\n[api]\nidle_timeout_secs = 5\n\
                  [registry]\ngc_interval_secs = 0\n[image]\nmin_free_disk_mib = 32\n"
             ),

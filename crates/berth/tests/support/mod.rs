@@ -165,6 +165,8 @@ pub fn runtime_sandbox(
         (format!("bt{name}{n}"), format!("10.{octet}.{n}.0/24"), format!("berth-test-{name}-{}", std::process::id()));
     let env = vec![
         ("BERTH_RUNTIME".to_owned(), "on".to_owned()),
+        // Never the internet from a test's instances.
+        ("BERTH_RUNTIME_OUTBOUND_NAT".to_owned(), "false".to_owned()),
         ("BERTH_RUNTIME_BRIDGE".to_owned(), bridge.clone()),
         ("BERTH_RUNTIME_CIDR".to_owned(), cidr.clone()),
         ("BERTH_RUNTIME_CGROUP_PARENT".to_owned(), cgroup_parent.clone()),
