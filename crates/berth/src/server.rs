@@ -222,6 +222,8 @@ pub fn uninstall(mut config: Config, delete_data: bool) -> anyhow::Result<()> {
         stop_router_process(&data, Duration::from_secs(config.router.drain_timeout_secs + 5))?;
         config.data_dir = fs::canonicalize(&data).with_context(|| format!("resolving {}", data.display()))?;
         config.runtime.enabled = "on".into();
+        // Removing turns nothing on: not the host's forwarding.
+        config.runtime.outbound_nat = false;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let removed = rt.block_on(async {
             let runtime = open_runtime(&config, Arc::new(NoImages))?.context("the embedded runtime is off")?;
