@@ -13,6 +13,10 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
+    // The private database of the networks tests, started by the tests themselves.
+    ("mariadbd", "mariadb-server"),
+    ("mariadb", "mariadb-client"),
+    ("python3", "python3"),
 ];
 
 fn have(cmd: &str) -> bool {
@@ -37,14 +41,24 @@ pub fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
     if !ok {
         bail!("apt-get update failed");
     }
-    let ok = Command::new("apt-get")
+    // Packages with a service (mariadb-server) must not start it: the tests start their own.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(policy, "#!/bin/sh\n# No service starts while berth's test tools install.\nexit 101\n")?;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
-        .context("running apt-get install")?
-        .success();
-    if !ok {
+        .context("running apt-get install");
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    if !installed?.success() {
         bail!("apt-get install {} failed", missing.join(" "));
     }
     Ok(())

@@ -50,9 +50,10 @@ const ACCEPTOR: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socke
 const RECEIVER: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((sys.argv[1],int(sys.argv[2])))\nf=open(sys.argv[3],'ab',0)\nwhile True:\n d,_=s.recvfrom(2048)\n f.write(d+b'\\n')\n";
 
 impl Lans {
-    /// A namespace `ns` holding `addrs` (with a server on `port`), joined by a veth to a new
-    /// host bridge that has `host_addrs` and routes to `routes`; it answers through the host.
-    fn add(&mut self, ns: &str, bridge: &str, host_addrs: &[&str], routes: &[&str], addrs: &[&str], port: u16) -> Result {
+    /// A namespace `ns` holding `addrs` (with a TCP server on `port`, if given), joined by a veth
+    /// to a new host bridge that has `host_addrs` and routes to `routes`; it answers through the
+    /// host.
+    fn add(&mut self, ns: &str, bridge: &str, host_addrs: &[&str], routes: &[&str], addrs: &[&str], port: Option<u16>) -> Result {
         self.names.push((ns.to_owned(), bridge.to_owned()));
         ip(&["netns", "add", ns])?;
         ip(&["link", "add", "name", bridge, "type", "bridge"])?;
@@ -73,6 +74,7 @@ impl Lans {
         ip(&["-n", ns, "link", "set", "dev", "lo", "up"])?;
         let gateway = host_addrs[0].split('/').next().unwrap_or("");
         ip(&["-n", ns, "route", "add", "default", "via", gateway])?;
+        let Some(port) = port else { return Ok(()) };
         let server = Command::new("ip")
             .args(["netns", "exec", ns, "python3", "-c", ACCEPTOR, "0.0.0.0", &port.to_string()])
             .stdout(Stdio::null())
@@ -126,14 +128,14 @@ fn a_service_reaches_its_lan_and_endpoint_and_nothing_else() -> Result {
     // (documentation ranges), all in a namespace of the test's own.
     let mut lans = Lans::default();
     let lan_bridge = format!("bnl{n}");
-    lans.add(&format!("bnl{n}"), &lan_bridge, &["10.241.250.1/24"], &[], &["10.241.250.10/24"], 3306)?;
+    lans.add(&format!("bnl{n}"), &lan_bridge, &["10.241.250.1/24"], &[], &["10.241.250.10/24"], Some(3306))?;
     lans.add(
         &format!("bnf{n}"),
         &format!("bnf{n}"),
         &["10.241.251.1/24", "203.0.113.1/24"],
         &["169.254.169.254/32"],
         &["10.241.251.7/24", "203.0.113.9/24", "169.254.169.254/32"],
-        7000,
+        Some(7000),
     )?;
     let gateway = format!("10.241.{n}.1");
     // A service on the host, published as a host endpoint; another port of the host, not.
@@ -336,5 +338,66 @@ fn private_services_are_called_by_name_from_the_services_allowed() -> Result {
     assert!(ok > 10, "only {ok} calls");
     let got = call(&agent, &router, "web-app", "api-app.internal/")?;
     assert!(got.contains("hello from api-v2"), "{got}");
+    Ok(())
+}
+
+/// The story: MariaDB on a private LAN, `guestbook` attached to its network with egress
+/// `networks` reaches it by name, answers through the router with rows from the database; a
+/// service without the network cannot connect (refused at once, counted) and never becomes
+/// ready; a kill -9 of the server leaves the data plane as it was.
+#[test]
+fn guestbook_reaches_mariadb_on_a_private_lan() -> Result {
+    let mut s = Server::start_with_runtime("g", 239, "")?;
+    let n = std::process::id() % 200;
+    let mut lans = Lans::default();
+    let bridge = format!("bnd{n}");
+    lans.add(&format!("bnd{n}"), &bridge, &["10.239.250.1/24"], &[], &["10.239.250.10/24"], None)?;
+    let db = berth_testkit::MariaDb::start(Some(&format!("bnd{n}")), "10.239.250.10", 3306, "s3cret-pw")?;
+    let bin = berth_testkit::guestbook_binary()?;
+    s.cli_ok(&["image", "build", "--binary", &bin.display().to_string(), "--with-libs", "--port", "8080", "-t", "guestbook:v1"])?;
+    s.cli_ok(&["network", "create", "db", "--cidr", "10.239.250.0/24", "--attach-bridge", &bridge, "--host", "mariadb=10.239.250.10"])?;
+    let env = ["--env", "DB_HOST=mariadb.db.internal", "--env", "DB_USER=gb", "--env", "DB_PASSWORD=s3cret-pw"];
+    let base = ["--image", "guestbook:v1", "--memory", "128", "--health-check", "http", "--health-path", "/healthz", "--wait"];
+    let created = s.cli(&[&["service", "create", "guestbook", "--network", "db", "--egress", "networks"][..], &env, &base].concat())?;
+    if !created.status.success() {
+        let logs = s.cli(&["service", "logs", "guestbook"])?;
+        return Err(format!("{}\nits logs:\n{}", String::from_utf8_lossy(&created.stderr), String::from_utf8_lossy(&logs.stdout)).into());
+    }
+
+    // Entries go through the router into MariaDB on the LAN, and come back.
+    let router = s.router_http()?;
+    let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(20)).build();
+    let url = format!("http://{router}/entries");
+    let posted = agent
+        .post(&url)
+        .set("Host", "guestbook.localhost")
+        .send_json(serde_json::json!({"name": "ada", "message": "hello from the LAN"}))?;
+    assert_eq!(posted.status(), 201);
+    let page = agent.get(&format!("http://{router}/")).set("Host", "guestbook.localhost").call()?.into_string()?;
+    assert!(page.contains("ada: hello from the LAN"), "{page}");
+    assert_eq!(db.sql("SELECT name FROM guestbook.entries")?.trim(), "ada", "the row is in MariaDB");
+
+    // Without the network: the name is not its to resolve, and the address itself is refused at
+    // once and counted; the service never becomes ready.
+    let by_address = ["--env", "DB_HOST=10.239.250.10", "--env", "DB_USER=gb", "--env", "DB_PASSWORD=s3cret-pw"];
+    let without = s.cli(&[&["service", "create", "lonely-book"][..], &by_address, &base].concat())?;
+    assert!(!without.status.success(), "a guestbook without its network became ready");
+    let shown: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "lonely-book"])?)?;
+    assert!(shown["denied"]["private"].as_u64().is_some_and(|c| c >= 1), "{}", shown["denied"]);
+    let logs = s.cli_ok(&["service", "logs", "lonely-book"])?;
+    assert!(logs.contains("connecting to the database"), "{logs}");
+
+    // A kill -9 of the server: rules, DNS and the router stay; the app keeps its database; the
+    // restarted server carries on.
+    s.kill9()?;
+    let page = agent.get(&format!("http://{router}/")).set("Host", "guestbook.localhost").call()?.into_string()?;
+    assert!(page.contains("ada: hello from the LAN"), "{page}");
+    s.restart()?;
+    let posted = agent
+        .post(&url)
+        .set("Host", "guestbook.localhost")
+        .send_json(serde_json::json!({"name": "bob", "message": "after the restart"}))?;
+    assert_eq!(posted.status(), 201);
+    assert_eq!(db.sql("SELECT COUNT(*) FROM guestbook.entries")?.trim(), "2");
     Ok(())
 }

@@ -22,6 +22,8 @@ pub enum BuildError {
     UnsupportedFile { path: PathBuf },
     #[error("listing the shared libraries of {binary} failed: {reason}")]
     Libraries { binary: PathBuf, reason: String },
+    #[error("{binary} is dynamically linked (its loader is {loader}), and the image would hold none of its libraries: add --with-libs, or link it statically")]
+    DynamicBinary { binary: PathBuf, loader: String },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
@@ -194,6 +196,12 @@ pub fn build_from_binary(binary: &Path, with_libs: bool, settings: &ImageSetting
     let name = binary.file_name().ok_or_else(|| BuildError::NotADirectory(binary.to_owned()))?;
     let mode = fs::metadata(binary).map_err(io_ctx(format!("reading {}", binary.display())))?.permissions().mode() & 0o7777;
     let mut files: Vec<(PathBuf, Source)> = vec![(PathBuf::from("app").join(name), Source::File(binary.to_owned(), mode | 0o111))];
+    if !with_libs {
+        let head = fs::read(binary).map_err(io_ctx(format!("reading {}", binary.display())))?;
+        if let Some(loader) = elf_interpreter(&head) {
+            return Err(BuildError::DynamicBinary { binary: binary.to_owned(), loader });
+        }
+    }
     if with_libs {
         for lib in shared_libraries(binary)? {
             let rel = lib.strip_prefix("/").unwrap_or(&lib).to_owned();
@@ -216,6 +224,27 @@ pub fn build_from_binary(binary: &Path, with_libs: bool, settings: &ImageSetting
         settings.entrypoint = vec![format!("/app/{}", name.to_string_lossy())];
     }
     assemble(&entries, &settings)
+}
+
+/// The program interpreter (dynamic loader) a 64-bit little-endian ELF executable names, if it
+/// names one: a dynamically linked program.
+fn elf_interpreter(elf: &[u8]) -> Option<String> {
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let u16_at = |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u64_at = |at: usize| elf.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).and_then(|v| usize::try_from(v).ok());
+    let (phoff, phentsize, phnum) = (u64_at(0x20)?, u16_at(0x36)?, u16_at(0x38)?);
+    (0..phnum).find_map(|i| {
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        // PT_INTERP = 3.
+        if elf.get(ph..ph + 4)? != [3, 0, 0, 0] {
+            return None;
+        }
+        let (offset, size) = (u64_at(ph + 8)?, u64_at(ph + 32)?);
+        let name = elf.get(offset..offset.checked_add(size)?)?;
+        Some(String::from_utf8_lossy(name).trim_end_matches('\0').to_owned())
+    })
 }
 
 /// The shared libraries (and loader) a dynamic binary needs, from `ldd`. Empty for static ones.
@@ -295,6 +324,11 @@ mod tests {
         }
         let config: serde_json::Value = serde_json::from_slice(&img.config.data)?;
         assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/app/ls"]));
+        // Without its libraries it could never start: refused, saying what to do.
+        let err = build_from_binary(Path::new("/bin/ls"), false, &ImageSettings::default()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("dynamically linked (its loader is /lib") && err.contains("--with-libs"), "{err}");
+        // A script or a static binary has no loader.
+        assert_eq!(elf_interpreter(b"#!/bin/sh\n"), None);
         Ok(())
     }
 }

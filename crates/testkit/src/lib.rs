@@ -238,3 +238,110 @@ pub fn cleanup_runtime_host(bridge: &str, cidr: &str, cgroup_parent: &str) {
         let _ = std::fs::remove_dir(ctl.path().join(cgroup_parent));
     }
 }
+
+/// `examples/guestbook` (it has dependencies, so cargo builds it): the binary of the workspace's
+/// build when there is one, else built now into the same target directory.
+pub fn guestbook_binary() -> Result<PathBuf, Error> {
+    // Test binaries live in <target>/<profile>/deps; the example's binary in <target>/<profile>.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(Path::parent).ok_or("no target directory above the test binary")?;
+    let bin = profile_dir.join("guestbook");
+    let fresh = |p: &Path| p.metadata().is_ok_and(|m| m.len() > 0);
+    if !fresh(&bin) {
+        let start = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let root = start.ancestors().find(|d| d.join("examples/guestbook/Cargo.toml").exists()).ok_or("examples/guestbook not found")?;
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let target = profile_dir.parent().ok_or("no target directory")?;
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "guestbook"]).env("CARGO_TARGET_DIR", target).current_dir(root);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        if !cmd.status()?.success() || !fresh(&bin) {
+            return Err("building examples/guestbook failed".into());
+        }
+    }
+    Ok(bin)
+}
+
+/// A MariaDB server (Debian's mariadb-server) of the caller's own: its data directory, socket
+/// and address, started in network namespace `netns` when given, with database `guestbook`
+/// and user `gb` (password `password`) allowed from anywhere. Stopped when dropped.
+pub struct MariaDb {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub addr: String,
+}
+
+impl MariaDb {
+    pub fn start(netns: Option<&str>, bind: &str, port: u16, password: &str) -> Result<MariaDb, Error> {
+        let dir = tempfile::Builder::new().prefix("berth-mariadb").tempdir()?;
+        let data = dir.path().join("data");
+        let installed = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=socket", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !installed.success() {
+            return Err("mariadb-install-db failed (install mariadb-server)".into());
+        }
+        let socket = dir.path().join("mysqld.sock");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "mariadbd"]);
+                c
+            }
+            None => Command::new("mariadbd"),
+        };
+        cmd.args(["--no-defaults", "--user=root", "--skip-name-resolve", "--skip-log-bin", "--innodb-buffer-pool-size=16M"])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--pid-file={}", dir.path().join("mysqld.pid").display()))
+            .arg(format!("--bind-address={bind}"))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("mysqld.log"))?);
+        let child = cmd.spawn()?;
+        let db = MariaDb { child, socket, addr: format!("{bind}:{port}"), dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !db.socket.exists() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(db.dir.path().join("mysqld.log")).unwrap_or_default();
+                return Err(format!("MariaDB did not start within a minute:\n{log}").into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        db.sql(&format!(
+            "CREATE DATABASE guestbook; CREATE USER 'gb'@'%' IDENTIFIED BY '{password}'; GRANT ALL ON guestbook.* TO 'gb'@'%'; FLUSH PRIVILEGES;"
+        ))?;
+        Ok(db)
+    }
+
+    /// Runs `sql` as root over the socket; its output (tab-separated, no headers).
+    pub fn sql(&self, sql: &str) -> Result<String, Error> {
+        let out =
+            Command::new("mariadb").arg(format!("--socket={}", self.socket.display())).args(["-uroot", "-N", "-B", "-e", sql]).output()?;
+        if !out.status.success() {
+            return Err(format!("mariadb -e {sql:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        // `ip netns exec` runs mariadbd as its child: stop the server by its own pid first.
+        if let Some(pid) = std::fs::read_to_string(self.dir.path().join("mysqld.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

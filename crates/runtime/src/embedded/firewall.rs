@@ -176,14 +176,14 @@ fn filter_table(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
     let br = plan.bridge;
     let gateway = plan.cidr.gateway();
     let rule = |chain: &str, expr: Vec<Value>| json!({"add": {"rule": {"family": "inet", "table": table, "chain": chain, "expr": expr}}});
-    // Counters first: rules refer to them.
+    // Counters first: rules refer to them. Those of services with no instance now are kept while
+    // they count something: a service whose instances failed still shows what they tried.
     let groups: BTreeSet<&str> = plan.members.iter().map(Member::group).collect();
-    for group in &groups {
-        for class in DENIED_CLASSES {
-            let name = counter_name(group, class);
-            let (packets, bytes) = plan.counters.get(&name).copied().unwrap_or_default();
-            cmds.push(json!({"add": {"counter": {"family": "inet", "table": table, "name": name, "packets": packets, "bytes": bytes}}}));
-        }
+    let mut names: BTreeSet<String> = groups.iter().flat_map(|g| DENIED_CLASSES.iter().map(move |c| counter_name(g, c))).collect();
+    names.extend(plan.counters.iter().filter(|(n, (packets, _))| *packets > 0 && counter_of(n).is_some()).map(|(n, _)| n.clone()));
+    for name in names {
+        let (packets, bytes) = plan.counters.get(&name).copied().unwrap_or_default();
+        cmds.push(json!({"add": {"counter": {"family": "inet", "table": table, "name": name, "packets": packets, "bytes": bytes}}}));
     }
     for (name, hook) in [("input", "input"), ("forward", "forward")] {
         cmds.push(json!({"add": {"chain": {"family": "inet", "table": table, "name": name, "type": "filter", "hook": hook, "prio": 0, "policy": "accept"}}}));
@@ -449,7 +449,8 @@ mod tests {
             hosts: BTreeMap::new(),
         };
         let web = InstanceNetwork { group: "web".into(), egress: Egress::Networks, networks: vec![db] };
-        let carried: BTreeMap<String, (u64, u64)> = [(counter_name("web", "private"), (7, 420))].into();
+        let carried: BTreeMap<String, (u64, u64)> =
+            [(counter_name("web", "private"), (7, 420)), (counter_name("gone", "host"), (2, 120)), (counter_name("idle", "host"), (0, 0))].into();
         let plan = Plan {
             bridge: "berth0",
             cidr: "10.77.0.0/16".parse().unwrap_or(Cidr::new(Ipv4Addr::UNSPECIFIED, 0)),
@@ -464,6 +465,8 @@ mod tests {
         let text = lines(&ruleset(&plan));
         let has = |needle: &str| assert!(text.contains(needle), "no `{needle}` in\n{text}");
         has(r#"{"add":{"counter":{"bytes":420,"family":"inet","name":"denied_web_private","packets":7,"table":"berth_berth0"}}}"#);
+        has(r#"{"add":{"counter":{"bytes":120,"family":"inet","name":"denied_gone_host","packets":2,"table":"berth_berth0"}}}"#);
+        assert!(!text.contains("denied_idle_host"), "a counter of nothing, for a service with no instance, is dropped");
         has(r#"{"jump":{"target":"from_web_0"}}"#);
         has(r#"["10.77.0.2",{"jump":{"target":"from_web_0"}}],["10.77.0.3",{"jump":{"target":"from_web_0"}}]"#);
         // Its LAN through the attached bridge, nothing else but counted rejections.
