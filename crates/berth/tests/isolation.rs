@@ -58,8 +58,8 @@ probe open-by-handle-at errno 1
     let port = listener.local_addr()?.port();
     let net = s.sandbox()?.cidr.trim_end_matches(".0/24");
     let gateway = format!("{net}.1:{port}");
-    // EHOSTUNREACH = 113: rejected by the host guard at once.
-    assert_eq!(probe(&s, "p-net", &format!("connect {gateway}"))?, format!("probe connect-{gateway} errno 113\n"));
+    // ECONNREFUSED = 111: reset by the host's rules at once, whether or not anything listens.
+    assert_eq!(probe(&s, "p-net", &format!("connect {gateway}"))?, format!("probe connect-{gateway} errno 111\n"));
     Ok(())
 }
 

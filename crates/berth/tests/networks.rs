@@ -113,10 +113,10 @@ fn connect(agent: &ureq::Agent, router: &str, service: &str, target: &str) -> Re
     })
 }
 
-/// A connection refused by the rules: rejected at once (ICMP administratively prohibited reads
-/// as "no route to host"), not timed out.
+/// A connection refused by the rules: reset at once, not timed out (every target of these tests
+/// has a listener, so a reset is the rules').
 fn refused_at_once(answer: &str) -> bool {
-    answer.starts_with("refused") && answer.contains("No route to host")
+    answer.starts_with("refused") && answer.contains("Connection refused")
 }
 
 #[test]
@@ -399,5 +399,124 @@ fn guestbook_reaches_mariadb_on_a_private_lan() -> Result {
         .send_json(serde_json::json!({"name": "bob", "message": "after the restart"}))?;
     assert_eq!(posted.status(), 201);
     assert_eq!(db.sql("SELECT COUNT(*) FROM guestbook.entries")?.trim(), "2");
+    Ok(())
+}
+
+/// Every service × every destination: LANs and host endpoints of two networks, a port of the
+/// host, the metadata address, another instance. Every allowed pair connects, every other is
+/// refused at once; the matrix and the counts are printed.
+#[test]
+fn isolation_matrix() -> Result {
+    let s = Server::start_with_runtime("m", 238, "")?;
+    let n = std::process::id() % 200;
+    let gateway = format!("10.238.{n}.1");
+    let mut lans = Lans::default();
+    lans.add(&format!("bma{n}"), &format!("bma{n}"), &["10.238.250.1/24"], &[], &["10.238.250.10/24"], Some(7000))?;
+    lans.add(&format!("bmb{n}"), &format!("bmb{n}"), &["10.238.251.1/24"], &[], &["10.238.251.10/24"], Some(7000))?;
+    lans.add(
+        &format!("bmm{n}"),
+        &format!("bmm{n}"),
+        &["10.238.252.1/24"],
+        &["169.254.169.254/32"],
+        &["10.238.252.10/24", "169.254.169.254/32"],
+        Some(7000),
+    )?;
+    let listener = |addr: &str| -> Result<u16> {
+        let l = TcpListener::bind(addr)?;
+        let port = l.local_addr()?.port();
+        serve(l);
+        Ok(port)
+    };
+    let (ea, eb, host_port) = (listener("127.0.0.1:0")?, listener("127.0.0.1:0")?, listener("0.0.0.0:0")?);
+    for (net, cidr, bridge, port) in
+        [("neta", "10.238.250.0/24", format!("bma{n}"), ea), ("netb", "10.238.251.0/24", format!("bmb{n}"), eb)]
+    {
+        let endpoint = format!("ep=127.0.0.1:{port}");
+        s.cli_ok(&["network", "create", net, "--cidr", cidr, "--attach-bridge", &bridge, "--host-endpoint", &endpoint])?;
+    }
+    let tmp = tempfile::tempdir()?;
+    let bin = hello_binary(tmp.path())?.display().to_string();
+    s.cli_ok(&["image", "build", "--binary", &bin, "--port", "8080", "-t", "hello:v1"])?;
+    let services: [(&str, &[&str]); 4] = [
+        ("one-net", &["--network", "neta", "--egress", "networks"]),
+        ("two-nets", &["--network", "neta", "--network", "netb", "--egress", "networks"]),
+        ("public-app", &[]),
+        ("sealed-app", &["--egress", "none"]),
+    ];
+    for (name, extra) in services {
+        let base = ["service", "create", name, "--image", "hello:v1", "--memory", "128", "--wait"];
+        let out = s.cli(&[&base[..], extra].concat())?;
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Another service's instance: one-net's, and two-nets' for one-net.
+    let instance_of = |name: &str| -> Result<String> {
+        let shown: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", name])?)?;
+        Ok(shown["instances"][0]["address"].as_str().ok_or("no address")?.to_owned())
+    };
+    let (one_net, two_nets) = (instance_of("one-net")?, instance_of("two-nets")?);
+    let targets: [(&str, String); 7] = [
+        ("lan-a", "10.238.250.10:7000".into()),
+        ("lan-b", "10.238.251.10:7000".into()),
+        ("endpoint-a", format!("{gateway}:{ea}")),
+        ("endpoint-b", format!("{gateway}:{eb}")),
+        ("host-port", format!("{gateway}:{host_port}")),
+        ("metadata", "169.254.169.254:7000".into()),
+        ("instance", String::new()),
+    ];
+    let allowed = |service: &str, target: &str| match service {
+        "one-net" => matches!(target, "lan-a" | "endpoint-a"),
+        "two-nets" => matches!(target, "lan-a" | "lan-b" | "endpoint-a" | "endpoint-b"),
+        _ => false,
+    };
+    let router = s.router_http()?;
+    let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(20)).build();
+    let (mut allowed_ok, mut denied_ok, mut wrong) = (0, 0, Vec::new());
+    let mut table = format!("{:<12}", "");
+    for (t, _) in &targets {
+        table.push_str(&format!("{t:>12}"));
+    }
+    table.push('\n');
+    for (service, _) in services {
+        table.push_str(&format!("{service:<12}"));
+        for (target, addr) in &targets {
+            let addr = match (*target, service) {
+                ("instance", "one-net") => two_nets.as_str(),
+                ("instance", _) => one_net.as_str(),
+                _ => addr.as_str(),
+            };
+            let got = connect(&agent, &router, service, addr)?;
+            let (connected, refused) = (got == "connected", refused_at_once(&got));
+            table.push_str(&format!(
+                "{:>12}",
+                if connected {
+                    "connects"
+                } else if refused {
+                    "refused"
+                } else {
+                    "OTHER"
+                }
+            ));
+            match (allowed(service, target), connected, refused) {
+                (true, true, _) => allowed_ok += 1,
+                (false, _, true) => denied_ok += 1,
+                _ => wrong.push(format!("{service} → {target}: {got}")),
+            }
+        }
+        table.push('\n');
+    }
+    let counts: Vec<String> = services
+        .iter()
+        .map(|(name, _)| {
+            let v: serde_json::Value =
+                s.cli_ok(&["-o", "json", "service", "show", name]).ok().and_then(|o| serde_json::from_str(&o).ok()).unwrap_or_default();
+            format!("{name}: {}", v["denied"])
+        })
+        .collect();
+    eprintln!(
+        "{table}allowed pairs that connected: {allowed_ok}; denied pairs refused: {denied_ok}\ncounted refusals:\n  {}",
+        counts.join("\n  ")
+    );
+    assert!(wrong.is_empty(), "pairs not as allowed:\n{}\n{table}", wrong.join("\n"));
+    assert_eq!((allowed_ok, denied_ok), (6, 22));
     Ok(())
 }

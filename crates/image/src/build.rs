@@ -233,7 +233,8 @@ fn elf_interpreter(elf: &[u8]) -> Option<String> {
         return None;
     }
     let u16_at = |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u64_at = |at: usize| elf.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).and_then(|v| usize::try_from(v).ok());
+    let u64_at =
+        |at: usize| elf.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).and_then(|v| usize::try_from(v).ok());
     let (phoff, phentsize, phnum) = (u64_at(0x20)?, u16_at(0x36)?, u16_at(0x38)?);
     (0..phnum).find_map(|i| {
         let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
@@ -325,7 +326,8 @@ mod tests {
         let config: serde_json::Value = serde_json::from_slice(&img.config.data)?;
         assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/app/ls"]));
         // Without its libraries it could never start: refused, saying what to do.
-        let err = build_from_binary(Path::new("/bin/ls"), false, &ImageSettings::default()).err().map(|e| e.to_string()).unwrap_or_default();
+        let err =
+            build_from_binary(Path::new("/bin/ls"), false, &ImageSettings::default()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("dynamically linked (its loader is /lib") && err.contains("--with-libs"), "{err}");
         // A script or a static binary has no loader.
         assert_eq!(elf_interpreter(b"#!/bin/sh\n"), None);

@@ -8,9 +8,9 @@
 //!   (the router, health checks) pass. An instance may open connections to the ports open to all
 //!   on the gateway (berth's DNS and router), to host endpoints published to it (DNATed, below),
 //!   to the LANs of its networks (unless its egress is `none`), and to the internet when its
-//!   egress is `public` and outbound NAT is on. Everything else is rejected at once (ICMP
-//!   administratively prohibited, so a blocked call fails fast) and counted per service and
-//!   destination class: `host`, `instances`, `metadata`, `link_local`, `private`, `internet`.
+//!   egress is `public` and outbound NAT is on. Everything else is rejected at once (a TCP reset
+//!   for TCP, which no ICMP rate limit delays; ICMP administratively prohibited for the rest, so a
+//!   blocked call fails fast) and counted per service and destination class: `host`, `instances`, `metadata`, `link_local`, `private`, `internet`.
 //!   Nothing from outside opens a connection into an instance.
 //! - `ip berth_nat_<bridge>`: host endpoints (a port of the gateway DNATed to a service on the
 //!   host, for the instances allowed only), masquerade towards each attached LAN, and outbound
@@ -129,8 +129,10 @@ fn established() -> Value {
     json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}})
 }
 
+/// Refuses at once: jumps to the `refuse` chain (a TCP reset for TCP, which no rate limit
+/// holds back; ICMP administratively prohibited for the rest).
 fn reject() -> Value {
-    json!({"reject": {"type": "icmpx", "expr": "admin-prohibited"}})
+    json!({"jump": {"target": "refuse"}})
 }
 
 fn accept() -> Value {
@@ -188,6 +190,9 @@ fn filter_table(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
     for (name, hook) in [("input", "input"), ("forward", "forward")] {
         cmds.push(json!({"add": {"chain": {"family": "inet", "table": table, "name": name, "type": "filter", "hook": hook, "prio": 0, "policy": "accept"}}}));
     }
+    cmds.push(json!({"add": {"chain": {"family": "inet", "table": table, "name": "refuse"}}}));
+    cmds.push(rule("refuse", vec![is(meta("l4proto"), "tcp".into()), json!({"reject": {"type": "tcp reset"}})]));
+    cmds.push(rule("refuse", vec![json!({"reject": {"type": "icmpx", "expr": "admin-prohibited"}})]));
     // One chain per distinct policy: instances of one service share it (a deployment may run
     // two policies side by side for a while).
     let mut policies: Vec<(&str, &InstanceNetwork, Vec<&Member<'_>>)> = Vec::new();
@@ -423,14 +428,17 @@ mod tests {
             {"add":{"table":{"family":"bridge","name":"berth_br_berth0"}}}
             {"add":{"chain":{"family":"inet","hook":"input","name":"input","policy":"accept","prio":0,"table":"berth_berth0","type":"filter"}}}
             {"add":{"chain":{"family":"inet","hook":"forward","name":"forward","policy":"accept","prio":0,"table":"berth_berth0","type":"filter"}}}
+            {"add":{"chain":{"family":"inet","name":"refuse","table":"berth_berth0"}}}
+            {"add":{"rule":{"chain":"refuse","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":"tcp"}},{"reject":{"type":"tcp reset"}}],"family":"inet","table":"berth_berth0"}}}
+            {"add":{"rule":{"chain":"refuse","expr":[{"reject":{"expr":"admin-prohibited","type":"icmpx"}}],"family":"inet","table":"berth_berth0"}}}
             {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"inet","table":"berth_berth0"}}}
             {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"match":{"left":{"payload":{"field":"daddr","protocol":"ip"}},"op":"==","right":"10.77.0.1"}},{"match":{"left":{"payload":{"field":"dport","protocol":"udp"}},"op":"==","right":53}},{"accept":null}],"family":"inet","table":"berth_berth0"}}}
             {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"match":{"left":{"ct":{"key":"status"}},"op":"in","right":"dnat"}},{"accept":null}],"family":"inet","table":"berth_berth0"}}}
-            {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"reject":{"expr":"admin-prohibited","type":"icmpx"}}],"family":"inet","table":"berth_berth0"}}}
+            {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"jump":{"target":"refuse"}}],"family":"inet","table":"berth_berth0"}}}
             {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"inet","table":"berth_berth0"}}}
             {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"berth0"}},{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"inet","table":"berth_berth0"}}}
-            {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"reject":{"expr":"admin-prohibited","type":"icmpx"}}],"family":"inet","table":"berth_berth0"}}}
-            {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"berth0"}},{"reject":{"expr":"admin-prohibited","type":"icmpx"}}],"family":"inet","table":"berth_berth0"}}}
+            {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"berth0"}},{"jump":{"target":"refuse"}}],"family":"inet","table":"berth_berth0"}}}
+            {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"berth0"}},{"jump":{"target":"refuse"}}],"family":"inet","table":"berth_berth0"}}}
             {"add":{"chain":{"family":"ip","hook":"prerouting","name":"prerouting","policy":"accept","prio":-100,"table":"berth_nat_berth0","type":"nat"}}}
             {"add":{"chain":{"family":"ip","hook":"postrouting","name":"postrouting","policy":"accept","prio":100,"table":"berth_nat_berth0","type":"nat"}}}
             {"add":{"chain":{"family":"bridge","hook":"prerouting","name":"prerouting","policy":"accept","prio":-300,"table":"berth_br_berth0","type":"filter"}}}
@@ -450,7 +458,8 @@ mod tests {
         };
         let web = InstanceNetwork { group: "web".into(), egress: Egress::Networks, networks: vec![db] };
         let carried: BTreeMap<String, (u64, u64)> =
-            [(counter_name("web", "private"), (7, 420)), (counter_name("gone", "host"), (2, 120)), (counter_name("idle", "host"), (0, 0))].into();
+            [(counter_name("web", "private"), (7, 420)), (counter_name("gone", "host"), (2, 120)), (counter_name("idle", "host"), (0, 0))]
+                .into();
         let plan = Plan {
             bridge: "berth0",
             cidr: "10.77.0.0/16".parse().unwrap_or(Cidr::new(Ipv4Addr::UNSPECIFIED, 0)),
@@ -473,7 +482,7 @@ mod tests {
         has(
             r#"{"match":{"left":{"payload":{"field":"daddr","protocol":"ip"}},"op":"==","right":{"prefix":{"addr":"10.90.0.0","len":24}}}},{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"br-db"}},{"accept":null}"#,
         );
-        has(r#"{"counter":"denied_web_internet"},{"reject""#);
+        has(r#"{"counter":"denied_web_internet"},{"jump":{"target":"refuse"}}"#);
         assert!(!text.contains(r#""chain":"from_web_0","expr":[{"accept":null}]"#), "egress `networks` must not reach the internet");
         // The endpoint for both instances, masquerade towards the LAN, outbound NAT.
         has(
