@@ -345,7 +345,14 @@ fn route_one_off_instances(book: Arc<RouteBook>, rt: Arc<dyn Runtime>, suffixes:
                     .iter()
                     .filter(|i| i.state == berth_runtime::InstanceState::Running && !i.labels.iter().any(|(k, _)| k == "berth.service"))
                     .filter_map(|i| i.address.map(|a| (i, a)))
-                    .flat_map(|(i, a)| suffixes.iter().map(move |s| RouteSpec::new(format!("{}{s}", i.id), i.id.to_string(), vec![a])))
+                    // One-off instances have public egress: berth's DNS resolves any name for them.
+                    .flat_map(|(i, a)| {
+                        suffixes.iter().map(move |s| RouteSpec {
+                            sources: vec![a.ip()],
+                            resolve_public: true,
+                            ..RouteSpec::new(format!("{}{s}", i.id), i.id.to_string(), vec![a])
+                        })
+                    })
                     .collect();
                 if specs != book.get("instances") {
                     book.set("instances", specs);

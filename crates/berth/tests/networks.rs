@@ -308,6 +308,11 @@ fn private_services_are_called_by_name_from_the_services_allowed() -> Result {
         Err(ureq::Error::Status(404, _)) => {}
         other => return Err(format!("a private service on the public listener: {other:?}").into()),
     }
+    // A one-off instance (`berth run`) calls public services by name too.
+    s.cli_ok(&["run", "hello:v1", "--name", "oneoff"])?;
+    wait_until("the one-off instance calling web-app", std::time::Duration::from_secs(20), || {
+        Ok(call(&agent, &router, "oneoff", "web-app.internal/").is_ok_and(|got| got.starts_with("HTTP/1.1 200 OK")))
+    })?;
     // A name that is not berth's, for a service whose egress is `none`: refused.
     let got = call(&agent, &router, "other-app", "example.org/")?;
     assert!(got.contains("REFUSED"), "{got}");
