@@ -46,6 +46,9 @@ fn ip(args: &[&str]) -> Result {
 /// A server that accepts connections on `addr:port` and closes them (python's standard library).
 const ACCEPTOR: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind((sys.argv[1],int(sys.argv[2])))\ns.listen()\nwhile True:\n c,_=s.accept()\n c.close()\n";
 
+/// An HTTP server on `addr:port` that answers each request after 4 s.
+const SLOW_HTTP: &str = "import socket,sys,time,threading\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind((sys.argv[1],int(sys.argv[2])))\ns.listen()\ndef answer(c):\n c.recv(4096)\n time.sleep(4)\n c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 12\\r\\nConnection: close\\r\\n\\r\\nslow answer\\n')\n c.close()\nwhile True:\n c,_=s.accept()\n threading.Thread(target=answer,args=(c,)).start()\n";
+
 /// A UDP receiver on `addr:port` that appends what it receives to a file.
 const RECEIVER: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((sys.argv[1],int(sys.argv[2])))\nf=open(sys.argv[3],'ab',0)\nwhile True:\n d,_=s.recvfrom(2048)\n f.write(d+b'\\n')\n";
 
@@ -121,7 +124,7 @@ fn refused_at_once(answer: &str) -> bool {
 
 #[test]
 fn a_service_reaches_its_lan_and_endpoint_and_nothing_else() -> Result {
-    let s = Server::start_with_runtime("w", 241, "")?;
+    let mut s = Server::start_with_runtime("w", 241, "")?;
     let n = std::process::id() % 200;
     // The private LAN the network attaches, and, behind another bridge the network does not
     // attach, the far side: a private range, the metadata address and an "internet" address
@@ -251,6 +254,25 @@ fn a_service_reaches_its_lan_and_endpoint_and_nothing_else() -> Result {
     let metrics = ureq::get(&s.url("/metrics")).set("Authorization", &format!("Bearer {}", s.token)).call()?.into_string()?;
     assert!(metrics.contains(r#"berth_network_denied_total{service="inside-app",destination="metadata"}"#), "{metrics}");
     eprintln!("denied: inside-app {} outside-app {}", shown["denied"], outside["denied"]);
+
+    // A connection from an instance to its LAN outlives a kill -9 of the server and the reload
+    // of the rules by the next one: a slow answer started before comes back after.
+    let slow = Command::new("ip")
+        .args(["netns", "exec", &format!("bnl{n}"), "python3", "-c", SLOW_HTTP, "10.241.250.10", "7001"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    lans.servers.push(slow);
+    berth_testkit::wait_for_port("10.241.250.10:7001", std::time::Duration::from_secs(10))?;
+    let long_call = {
+        let (agent, router) = (agent.clone(), router.clone());
+        std::thread::spawn(move || call(&agent, &router, "inside-app", "10.241.250.10:7001/"))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    s.kill9()?;
+    s.restart()?;
+    let got = long_call.join().map_err(|_| "the long call panicked")??;
+    assert!(got.starts_with("HTTP/1.1 200 OK") && got.contains("slow answer"), "{got}");
 
     // Detached, the LAN is refused too; the rules follow the instances.
     s.cli_ok(&["service", "delete", "inside-app", "--wait"])?;
