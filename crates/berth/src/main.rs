@@ -186,8 +186,9 @@ fn uninstall(global: &berth_cli::GlobalArgs, args: UninstallArgs) -> ExitCode {
     }
 }
 
-/// Commands the embedded runtime runs, and the Debian packages that have them.
-const HOST_COMMANDS: &[(&str, &str)] = &[("ip", "iproute2"), ("nft", "nftables")];
+/// Commands the embedded runtime runs, and the Debian packages that have them (links and
+/// namespaces need none: they are made over netlink).
+const HOST_COMMANDS: &[(&str, &str)] = &[("nft", "nftables")];
 
 /// `berth up` sets a fresh host up: it installs the packages behind missing runtime commands
 /// with apt-get (saying so), where apt-get exists. `berth server` only says what is missing.

@@ -6,6 +6,7 @@
 mod engine;
 pub mod files;
 pub mod firewall;
+pub mod netlink;
 pub mod network;
 pub mod oci;
 pub mod rootfs;

@@ -301,6 +301,10 @@ impl EmbeddedRuntime {
         }
         match InstanceFiles::read_pid(&files.container_pid()) {
             Some(pid) if kill(Pid::from_raw(pid), None).is_ok() => InstanceState::Running,
+            // The process is gone but its shim is still up: it is about to record the exit.
+            Some(_) if InstanceFiles::read_pid(&files.shim_pid()).is_some_and(|shim| is_shim_of(shim, &files.dir)) => {
+                InstanceState::Running
+            }
             // The pid is gone and the shim recorded nothing: it was killed with its container.
             Some(_) => InstanceState::Exited { code: -1, oom_killed: false },
             None => InstanceState::Created,

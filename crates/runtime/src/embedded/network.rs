@@ -4,15 +4,15 @@
 //! other directly — only through the host (the router) — and the host guard
 //! ([`super::firewall`]) keeps them from opening connections to the host itself. An
 //! `unreachable` route for the whole CIDR keeps traffic for it on this host even when the bridge
-//! is gone. Outbound NAT is an option, off by default (and never on in tests). The host side is
+//! is gone. Outbound NAT is on by default for public egress (never in tests). The host side is
 //! IPv4 only: the bridge and the host ends of the veths have IPv6 turned off.
 //!
-//! Links and namespaces are managed with iproute2's `ip`.
+//! Links, addresses, routes and namespaces are managed over rtnetlink (`netlink.rs`): no `ip`
+//! process runs.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 
 pub use berth_core::network::Cidr;
@@ -20,29 +20,18 @@ use sha2::{Digest as _, Sha256};
 
 use super::files::write_atomic;
 use super::firewall;
+use super::netlink::{self, Rtnl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     #[error("no free address left in {0}")]
     Exhausted(Cidr),
-    #[error("`ip {args}` failed: {stderr}")]
-    Ip { args: String, stderr: String },
     #[error("loading nftables rules failed: {0}")]
     Nft(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
-}
-
-fn ip(args: &[&str]) -> Result<String, NetworkError> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| NetworkError::Io { context: "running ip (install iproute2)".into(), source: e })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(NetworkError::Ip { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
-    }
+    #[error(transparent)]
+    Netlink(#[from] super::netlink::NetlinkError),
 }
 
 /// Address assignments, persisted so a restart never hands out an address twice.
@@ -101,20 +90,13 @@ impl Network {
     }
 
     fn ensure_bridge(&self) -> Result<(), NetworkError> {
-        let cidr = self.cidr.to_string();
+        let mut host = Rtnl::new()?;
         // Keep traffic for the CIDR on this host whatever happens to the bridge.
-        if !ip(&["route", "show", "table", "main", "type", "unreachable"])?.lines().any(|l| l.starts_with(&format!("unreachable {cidr}"))) {
-            ip(&["route", "add", "unreachable", &cidr, "metric", "4000"])?;
-        }
-        if ip(&["link", "show", "dev", &self.bridge]).is_err() {
-            ip(&["link", "add", "name", &self.bridge, "type", "bridge"])?;
-        }
+        host.add_unreachable(self.cidr.addr, self.cidr.prefix, UNREACHABLE_METRIC)?;
+        host.add_bridge(&self.bridge)?;
         ipv4_only(&self.bridge);
-        let gw = format!("{}/{}", self.cidr.gateway(), self.cidr.prefix);
-        if !ip(&["-4", "addr", "show", "dev", &self.bridge])?.contains(&gw) {
-            ip(&["addr", "add", &gw, "dev", &self.bridge])?;
-        }
-        ip(&["link", "set", "dev", &self.bridge, "up"])?;
+        host.add_address(&self.bridge, self.cidr.gateway(), self.cidr.prefix)?;
+        host.set_up(&self.bridge)?;
         // The host routes between instances and their LANs, and answers every instance's ARP
         // itself (so a connection to another instance meets the rules, and is counted, rather
         // than an isolated port); it never redirects an instance to another.
@@ -188,7 +170,9 @@ impl Network {
     /// when that veth is on this server's bridge: an instance created before an upgrade.
     fn legacy_names(&self, id: &str) -> Option<(String, String)> {
         let veth = format!("bv{}", hex::encode(&Sha256::digest(id.as_bytes())[..5]));
-        let on_our_bridge = ip(&["-o", "link", "show", "dev", &veth]).is_ok_and(|l| l.contains(&format!(" master {} ", self.bridge)));
+        let mut host = Rtnl::new().ok()?;
+        let bridge = host.link_index(&self.bridge).ok()??;
+        let on_our_bridge = host.link(&veth).ok()?.is_some_and(|l| l.master == Some(bridge));
         on_our_bridge.then(|| (format!("berth-{id}"), veth))
     }
 
@@ -213,29 +197,23 @@ impl Network {
             }
         };
         let (ns, host_veth) = self.names(id);
-        let netns = PathBuf::from("/run/netns").join(&ns);
-        if !netns.exists() {
-            ip(&["netns", "add", &ns])?;
-        }
-        if ip(&["link", "show", "dev", &host_veth]).is_err() {
-            ip(&["link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        let netns = netlink::create_netns(&ns)?;
+        let mut host = Rtnl::new()?;
+        if host.link_index(&host_veth)?.is_none() {
+            let peer_ns =
+                std::fs::File::open(&netns).map_err(|e| NetworkError::Io { context: format!("opening {}", netns.display()), source: e })?;
+            host.add_veth(&host_veth, "eth0", &peer_ns)?;
         }
         ipv4_only(&host_veth);
-        ip(&["link", "set", "dev", &host_veth, "master", &self.bridge])?;
-        ip(&["link", "set", "dev", &host_veth, "type", "bridge_slave", "isolated", "on"])?;
-        ip(&["link", "set", "dev", &host_veth, "up"])?;
-        let addr = format!("{address}/{}", self.cidr.prefix);
-        if !ip(&["-n", &ns, "-4", "addr", "show", "dev", "eth0"])?.contains(&addr) {
-            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-        }
-        ip(&["-n", &ns, "link", "set", "dev", "eth0", "up"])?;
-        ip(&["-n", &ns, "link", "set", "dev", "lo", "up"])?;
+        host.attach_isolated(&host_veth, &self.bridge)?;
+        let mut inside = Rtnl::in_netns(&netns)?;
+        inside.add_address("eth0", address, self.cidr.prefix)?;
+        inside.set_up("eth0")?;
+        inside.set_up("lo")?;
+        inside.add_default_route(self.cidr.gateway())?;
         // A neighbour entry left from an earlier holder of the address would send the host's
         // packets to a veth that no longer exists until it expires.
-        let _ = ip(&["neigh", "flush", "to", &address.to_string(), "dev", &self.bridge]);
-        if !ip(&["-n", &ns, "route", "show", "default"])?.contains("default") {
-            ip(&["-n", &ns, "route", "add", "default", "via", &self.cidr.gateway().to_string()])?;
-        }
+        host.forget_neighbour(&self.bridge, address)?;
         Ok(Attachment { netns, address, host_veth })
     }
 
@@ -260,7 +238,7 @@ impl Network {
         let (ns, host_veth) = self.names(id);
         self.remove_link(&ns, &host_veth)?;
         if let Some(a) = self.lease(id) {
-            let _ = ip(&["neigh", "flush", "to", &a.to_string(), "dev", &self.bridge]);
+            Rtnl::new()?.forget_neighbour(&self.bridge, a)?;
         }
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         let before = leases.leases.len();
@@ -273,17 +251,14 @@ impl Network {
 
     /// Removes a namespace and its veth pair.
     fn remove_link(&self, ns: &str, host_veth: &str) -> Result<(), NetworkError> {
-        if Path::new("/run/netns").join(ns).exists() {
-            ip(&["netns", "del", ns])?;
-        }
+        netlink::delete_netns(ns)?;
         // Deleting the namespace takes the veth pair with it, asynchronously: a device that
         // vanishes under us is what we wanted.
-        if ip(&["link", "show", "dev", host_veth]).is_ok() {
-            match ip(&["link", "del", "dev", host_veth]) {
-                Err(NetworkError::Ip { stderr, .. }) if stderr.contains("Cannot find device") => {}
-                other => {
-                    other?;
-                }
+        let mut host = Rtnl::new()?;
+        if host.link_index(host_veth)?.is_some() {
+            match host.delete_link(host_veth) {
+                Err(e) if e.errno() == Some(libc::ENODEV) => {}
+                other => other?,
             }
         }
         Ok(())
@@ -304,17 +279,21 @@ impl Network {
             problems.push(format!("cidr {} overlaps the instance CIDR {} (runtime.cidr)", spec.cidr, self.cidr));
         }
         let device = spec.attach.as_ref().map(Attachment::device);
+        let mut host = Rtnl::new().map_err(|e| e.to_string())?;
+        let links = host.links().map_err(|e| e.to_string())?;
+        let addresses = host.all_addresses().map_err(|e| e.to_string())?;
+        let our_bridge = links.iter().find(|l| l.name == self.bridge).map(|l| l.index);
         if let Some(attach) = &spec.attach {
             let dev = attach.device();
-            match ip(&["-d", "-o", "link", "show", "dev", dev]) {
-                Err(_) => problems.push(format!("there is no interface `{dev}` on this host (see `ip link`)")),
-                Ok(line) => {
-                    if matches!(attach, Attachment::Bridge(_)) && !line.contains(" bridge ") {
+            match links.iter().find(|l| l.name == dev) {
+                None => problems.push(format!("there is no interface `{dev}` on this host (see `ip link`)")),
+                Some(link) => {
+                    if matches!(attach, Attachment::Bridge(_)) && !link.is_bridge {
                         problems.push(format!("`{dev}` is not a bridge; attach it with --attach-interface"));
                     }
-                    if dev == self.bridge || line.contains(&format!(" master {} ", self.bridge)) {
+                    if dev == self.bridge || (link.master.is_some() && link.master == our_bridge) {
                         problems.push(format!("`{dev}` is berth's own instance network"));
-                    } else if !host_addresses(Some(dev))?.iter().any(|a| spec.cidr.contains(*a)) {
+                    } else if !addresses.iter().any(|(i, a, _)| *i == link.index && spec.cidr.contains(*a)) {
                         problems.push(format!(
                             "the host has no address in {} on `{dev}`, which instances' connections to the LAN are masqueraded to; give it one (`ip addr add {}/{} dev {dev}`)",
                             spec.cidr,
@@ -325,23 +304,17 @@ impl Network {
                 }
             }
         }
-        let local = host_addresses(None)?;
         for (name, target) in &spec.host_endpoints {
-            if !target.ip().is_loopback() && !local.contains(target.ip()) {
+            if !target.ip().is_loopback() && !addresses.iter().any(|(_, a, _)| a == target.ip()) {
                 problems.push(format!(
                     "host endpoint `{name}`: {} is not an address of this host; a machine on a LAN is reached through an attached network (--attach-interface, --attach-bridge, --host)",
                     target.ip()
                 ));
             }
         }
-        let routes = ip(&["-4", "-o", "route", "show", "table", "all"]).map_err(|e| e.to_string())?;
-        for line in routes.lines() {
-            let Some((dst, dev)) = route_of(line) else { continue };
-            if dst.overlaps(&spec.cidr) && dev.as_deref() != device && !(dev.is_none() && dst == self.cidr) {
-                let how = dev.map(|d| format!("dev {d}")).unwrap_or_else(|| line.split_whitespace().next().unwrap_or("").to_owned());
-                problems.push(format!("cidr {} overlaps the host's route to {dst} ({how})", spec.cidr));
-            }
-        }
+        let routes = host.routes().map_err(|e| e.to_string())?;
+        let name_of = |i: u32| links.iter().find(|l| l.index == i).map(|l| l.name.clone());
+        problems.extend(route_conflicts(&routes, &name_of, spec.cidr, device, self.cidr));
         problems.dedup();
         if problems.is_empty() {
             Ok(())
@@ -352,10 +325,11 @@ impl Network {
 
     /// Removes the bridge and the unreachable route (tests; an uninstall).
     pub fn remove_bridge(&self) -> Result<(), NetworkError> {
-        if ip(&["link", "show", "dev", &self.bridge]).is_ok() {
-            ip(&["link", "del", "dev", &self.bridge])?;
+        let mut host = Rtnl::new()?;
+        if host.link_index(&self.bridge)?.is_some() {
+            host.delete_link(&self.bridge)?;
         }
-        let _ = ip(&["route", "del", "unreachable", &self.cidr.to_string(), "metric", "4000"]);
+        host.delete_unreachable(self.cidr.addr, self.cidr.prefix, UNREACHABLE_METRIC)?;
         firewall::delete_table("inet", &firewall::guard_table(&self.bridge))?;
         firewall::delete_table("bridge", &firewall::spoof_table(&self.bridge))?;
         firewall::delete_table("ip", &firewall::nat_table(&self.bridge))
@@ -375,46 +349,44 @@ fn sysctl(dev: &str, key: &str, value: &str) -> Result<(), NetworkError> {
         .map_err(|e| NetworkError::Io { context: format!("setting net.ipv4.conf.{dev}.{key} to {value}"), source: e })
 }
 
-/// The host's IPv4 addresses, on `dev` or on every device.
-fn host_addresses(dev: Option<&str>) -> Result<Vec<Ipv4Addr>, String> {
-    let mut args = vec!["-4", "-o", "addr", "show"];
-    if let Some(d) = dev {
-        args.extend(["dev", d]);
+/// How `routes` of the host conflict with a network on `cidr` attached through `device`: a route
+/// overlapping it through another device, or of another kind (unreachable, blackhole). Default
+/// routes, the host's own and broadcast addresses, and berth's own unreachable route for the
+/// instance CIDR do not count.
+fn route_conflicts(
+    routes: &[netlink::Route],
+    name_of: &dyn Fn(u32) -> Option<String>,
+    cidr: Cidr,
+    device: Option<&str>,
+    instances: Cidr,
+) -> Vec<String> {
+    use netlink_packet_route::route::RouteType;
+    let mut out = Vec::new();
+    for r in routes {
+        if r.prefix == 0
+            || matches!(r.kind, RouteType::Local | RouteType::Broadcast | RouteType::Multicast | RouteType::Anycast | RouteType::Nat)
+        {
+            continue;
+        }
+        let dst = Cidr::new(r.destination, r.prefix);
+        let dev = r.oif.and_then(name_of);
+        if !dst.overlaps(&cidr) || (dev.is_some() && dev.as_deref() == device) || (dev.is_none() && dst == instances) {
+            continue;
+        }
+        let how = match (&dev, r.kind) {
+            (Some(d), _) => format!("dev {d}"),
+            (None, RouteType::Unreachable) => "unreachable".into(),
+            (None, RouteType::BlackHole) => "blackhole".into(),
+            (None, RouteType::Prohibit) => "prohibit".into(),
+            (None, kind) => format!("{kind:?}").to_lowercase(),
+        };
+        out.push(format!("cidr {cidr} overlaps the host's route to {dst} ({how})"));
     }
-    let out = ip(&args).map_err(|e| e.to_string())?;
-    Ok(out
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            w.find(|x| *x == "inet")?;
-            w.next()?.split('/').next()?.parse().ok()
-        })
-        .collect())
+    out
 }
 
-/// The destination and device of one line of `ip -o route show table all`; none for default
-/// routes, broadcast and local addresses (a host's own address on an attached device is expected).
-fn route_of(line: &str) -> Option<(Cidr, Option<String>)> {
-    let mut words = line.split_whitespace().peekable();
-    let first = *words.peek()?;
-    if matches!(first, "broadcast" | "local" | "multicast" | "anycast" | "nat") {
-        return None;
-    }
-    if matches!(first, "unicast" | "unreachable" | "blackhole" | "prohibit" | "throw") {
-        words.next();
-    }
-    let dst = words.next()?;
-    if dst == "default" {
-        return None;
-    }
-    let dst: Cidr = match dst.split_once('/') {
-        Some((a, p)) => Cidr::new(a.parse().ok()?, p.parse().ok()?),
-        None => Cidr::new(dst.parse().ok()?, 32),
-    };
-    let rest: Vec<&str> = words.collect();
-    let dev = rest.windows(2).find(|w| w[0] == "dev").map(|w| w[1].to_owned());
-    Some((dst, dev))
-}
+/// The metric of the `unreachable` route for the instance CIDR: below any real route to it.
+const UNREACHABLE_METRIC: u32 = 4000;
 
 /// Keeps IPv6 off a host-side link: instance networking is IPv4, and a link-local address would
 /// add routes to the host's tables for every instance. Hosts without IPv6 have no such switch.
@@ -442,14 +414,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_are_read() {
-        let r = |l: &str| route_of(l).map(|(c, d)| (c.to_string(), d));
-        assert_eq!(r("10.90.0.0/24 dev br-db proto kernel scope link src 10.90.0.1"), Some(("10.90.0.0/24".into(), Some("br-db".into()))));
-        assert_eq!(r("unreachable 10.77.0.0/16 metric 4000"), Some(("10.77.0.0/16".into(), None)));
-        assert_eq!(r("192.168.5.9 via 10.0.0.1 dev eth0"), Some(("192.168.5.9/32".into(), Some("eth0".into()))));
-        assert_eq!(r("default via 10.0.0.1 dev eth0"), None);
-        assert_eq!(r("local 10.90.0.1 dev br-db table local proto kernel scope host src 10.90.0.1"), None);
-        assert_eq!(r("broadcast 10.90.0.255 dev br-db table local proto kernel scope link src 10.90.0.1"), None);
+    fn route_conflicts_are_named() {
+        use netlink_packet_route::route::RouteType;
+        let route = |d: [u8; 4], prefix: u8, oif: Option<u32>, kind: RouteType| netlink::Route {
+            destination: Ipv4Addr::from(d),
+            prefix,
+            oif,
+            kind,
+        };
+        let names = |i: u32| [(1, "eth0"), (2, "br-db"), (3, "eth1")].iter().find(|(n, _)| *n == i).map(|(_, s)| s.to_string());
+        let routes = [
+            route([0, 0, 0, 0], 0, Some(1), RouteType::Unicast),
+            route([10, 90, 0, 0], 24, Some(2), RouteType::Unicast),
+            route([10, 90, 0, 1], 32, Some(2), RouteType::Local),
+            route([10, 77, 0, 0], 16, None, RouteType::Unreachable),
+            route([10, 90, 0, 128], 25, Some(3), RouteType::Unicast),
+            route([10, 0, 0, 0], 8, None, RouteType::BlackHole),
+        ];
+        let cidr = |s: &str| s.parse::<Cidr>().unwrap_or(Cidr::new(Ipv4Addr::UNSPECIFIED, 0));
+        let found = route_conflicts(&routes, &names, cidr("10.90.0.0/24"), Some("br-db"), cidr("10.77.0.0/16"));
+        assert_eq!(
+            found,
+            [
+                "cidr 10.90.0.0/24 overlaps the host's route to 10.90.0.128/25 (dev eth1)",
+                "cidr 10.90.0.0/24 overlaps the host's route to 10.0.0.0/8 (blackhole)"
+            ]
+        );
+        let found = route_conflicts(&routes, &names, cidr("10.77.1.0/24"), None, cidr("10.77.0.0/16"));
+        assert_eq!(
+            found,
+            ["cidr 10.77.1.0/24 overlaps the host's route to 10.0.0.0/8 (blackhole)"],
+            "berth's own unreachable route is the instance CIDR's check"
+        );
     }
 
     #[test]
