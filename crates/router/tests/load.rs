@@ -166,7 +166,9 @@ async fn table_changes_under_load_fail_no_request() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_cap_queue_and_overflow() -> Result {
-    let slow = backend("slow", Duration::from_millis(600)).await?;
+    // Slow enough that the requests of one round all arrive while the first is in service, even
+    // on a loaded machine.
+    let slow = backend("slow", Duration::from_millis(2000)).await?;
     let table = Arc::new(RoutingTable::new());
     let capped = |queue_timeout: Duration| RouteSpec {
         settings: RouteSettings { max_concurrency: 1, queue_depth: 2, queue_timeout, ..RouteSettings::default() },
@@ -175,7 +177,7 @@ async fn concurrency_cap_queue_and_overflow() -> Result {
     let router = start_router(table.clone(), RouterOptions::default()).await?;
 
     // Queued requests are served one after another as the instance frees up.
-    table.replace(&[capped(Duration::from_secs(10))]);
+    table.replace(&[capped(Duration::from_secs(30))]);
     let c = client();
     let all = futures_util::future::join_all((0..3).map(|_| get(&c, router, "slow.localhost"))).await;
     for r in &all {
