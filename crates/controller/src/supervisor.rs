@@ -326,6 +326,9 @@ impl Supervisor {
     /// an instance about to start).
     fn route_specs(&self, starting: Option<IpAddr>) -> Vec<RouteSpec> {
         let sources: Vec<IpAddr> = self.instances.iter().map(|i| i.addr.ip()).chain(starting).collect();
+        if self.svc.current_revision.is_none() && !self.svc.paused && sources.is_empty() {
+            return Vec::new();
+        }
         // The names of the networks' machines and host endpoints.
         let mut names = std::collections::BTreeMap::new();
         for n in &self.networks {
@@ -333,9 +336,6 @@ impl Supervisor {
             if let Some(gw) = self.sh.settings.gateway {
                 names.extend(n.host_endpoints.keys().map(|e| (format!("{e}.{}.internal", n.name), IpAddr::V4(gw))));
             }
-        }
-        if self.svc.current_revision.is_none() && !self.svc.paused && sources.is_empty() {
-            return Vec::new();
         }
         let label = host_label(&self.name);
         let paused =

@@ -117,16 +117,7 @@ impl Rtnl {
 
     /// The index of link `name`, if there is one.
     pub fn link_index(&mut self, name: &str) -> Result<Option<u32>> {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
-        match self.request(&format!("looking up link {name}"), RouteNetlinkMessage::GetLink(msg), 0) {
-            Ok(answers) => Ok(answers.into_iter().find_map(|a| match a {
-                RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
-                _ => None,
-            })),
-            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self.link(name)?.map(|l| l.index))
     }
 
     fn link_index_of(&mut self, name: &str) -> Result<u32> {

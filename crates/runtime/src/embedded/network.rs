@@ -169,11 +169,17 @@ impl Network {
     /// Names an earlier berth gave instances (`berth-<id>`, a veth hashed from the id alone),
     /// when that veth is on this server's bridge: an instance created before an upgrade.
     fn legacy_names(&self, id: &str) -> Option<(String, String)> {
+        // Only an instance with a namespace of the old name can be one: the common case asks
+        // nothing of the kernel.
+        let ns = format!("berth-{id}");
+        if !Path::new("/run/netns").join(&ns).exists() {
+            return None;
+        }
         let veth = format!("bv{}", hex::encode(&Sha256::digest(id.as_bytes())[..5]));
         let mut host = Rtnl::new().ok()?;
         let bridge = host.link_index(&self.bridge).ok()??;
         let on_our_bridge = host.link(&veth).ok()?.is_some_and(|l| l.master == Some(bridge));
-        on_our_bridge.then(|| (format!("berth-{id}"), veth))
+        on_our_bridge.then_some((ns, veth))
     }
 
     /// Gives `id` an address (the same one again if it has one), a namespace and a veth pair.
