@@ -879,10 +879,9 @@ impl Router {
                 return Err(text(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")));
             }
             let settings = &route.settings;
-            let (bound, why) = match route.pick(exclude) {
-                Ok(u) => {
-                    let in_flight = u.begin();
-                    if !u.retired() {
+            let (bound, why) = match route.admit(exclude) {
+                Ok(in_flight) => {
+                    if !in_flight.upstream().retired() {
                         return Ok(in_flight);
                     }
                     // It left the table after this request looked it up: look again.

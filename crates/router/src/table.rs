@@ -183,6 +183,14 @@ impl Upstream {
         InFlight(self.clone())
     }
 
+    /// Counts a request when fewer than `cap` are in flight, in one atomic step: two requests
+    /// that see the last free slot at once cannot both take it.
+    fn try_begin(self: &Arc<Self>, cap: usize) -> Option<InFlight> {
+        self.in_flight.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < cap).then_some(n + 1)).ok()?;
+        self.service.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(self.clone()))
+    }
+
     /// Resolves once no request is in flight on this upstream. Once it has left the table nothing
     /// new arrives, so after this it is safe to stop the instance.
     pub async fn drained(&self) {
@@ -257,14 +265,31 @@ fn label(name: &str) -> String {
 }
 
 impl Route {
+    /// Takes a slot on an upstream below the concurrency cap (see `pick`), skipping `exclude`.
+    /// The slot is counted before anyone else can see it free, so the cap holds under any
+    /// number of concurrent requests.
+    pub fn admit(&self, exclude: Option<SocketAddr>) -> Result<InFlight, NoPick> {
+        loop {
+            // A lost race for the last slot of the picked upstream picks again: either another
+            // one is free or `pick` now says `Full`.
+            if let Some(slot) = self.pick(exclude)?.try_begin(self.cap()) {
+                return Ok(slot);
+            }
+        }
+    }
+
+    fn cap(&self) -> usize {
+        match self.settings.max_concurrency {
+            0 => usize::MAX,
+            n => n,
+        }
+    }
+
     /// Least outstanding requests between two upstreams picked at random (power of two
     /// choices), among those below the concurrency cap, skipping `exclude` (an upstream that
     /// just failed).
-    pub fn pick(&self, exclude: Option<SocketAddr>) -> Result<Arc<Upstream>, NoPick> {
-        let cap = match self.settings.max_concurrency {
-            0 => usize::MAX,
-            n => n,
-        };
+    fn pick(&self, exclude: Option<SocketAddr>) -> Result<Arc<Upstream>, NoPick> {
+        let cap = self.cap();
         let n = self.upstreams.len();
         let usable = |u: &Arc<Upstream>| Some(u.addr) != exclude;
         let open = |u: &Arc<Upstream>| usable(u) && u.in_flight() < cap;
@@ -611,13 +636,37 @@ mod tests {
         let r = route(&[1, 2, 3], 2);
         let mut held = Vec::new();
         for _ in 0..6 {
-            let u = r.pick(None)?;
-            held.push(u.begin());
+            held.push(r.admit(None)?);
         }
         assert!(r.upstreams.iter().all(|u| u.in_flight() == 2));
-        assert_eq!(r.pick(None).err(), Some(NoPick::Full));
+        assert_eq!(r.admit(None).err(), Some(NoPick::Full));
         held.pop();
-        assert!(r.pick(None).is_ok());
+        assert!(r.admit(None).is_ok());
         Ok(())
+    }
+
+    #[test]
+    fn the_concurrency_cap_holds_when_requests_race_for_the_last_slot() {
+        let r = Arc::new(route(&[1, 2], 1));
+        let over = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (r, over) = (r.clone(), over.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        if let Ok(slot) = r.admit(None) {
+                            if slot.upstream().in_flight() > 1 {
+                                over.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().is_ok(), "a racing thread panicked");
+        }
+        assert_eq!(over.load(Ordering::Relaxed), 0, "admissions beyond the cap");
+        assert!(r.upstreams.iter().all(|u| u.in_flight() == 0));
     }
 }
