@@ -1,5 +1,6 @@
 //! The access log: one JSON object per request, appended to a file by a background task so the
-//! request path never waits on the disk. When the writer falls behind, records are dropped and
+//! request path never waits on the disk, nor wakes the writer for each request: the writer
+//! takes what arrived within [`GATHER`] of the first record in one write. When the writer falls behind, records are dropped and
 //! counted rather than queued without bound. The file is rotated at [`ROTATE_BYTES`] (one old
 //! file kept, `<name>.1`).
 
@@ -13,6 +14,9 @@ use tokio::sync::mpsc;
 
 const ROTATE_BYTES: u64 = 64 << 20;
 const BACKLOG: usize = 8192;
+/// How long the writer gathers records after the first one before it writes them: at most one
+/// wake-up and one write per this long, however many requests.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// One request, as the access log records it, written when its answer has been sent in full,
 /// has failed, or was abandoned by the client.
@@ -78,15 +82,10 @@ impl AccessLog {
 async fn write_lines(path: PathBuf, file: std::fs::File, mut rx: mpsc::Receiver<String>) {
     let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut out = std::io::BufWriter::with_capacity(64 << 10, file);
-    while let Some(line) = rx.recv().await {
-        let mut batch = vec![line];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-            if batch.len() >= 1024 {
-                break;
-            }
-        }
-        for l in &batch {
+    while let Some(first) = rx.recv().await {
+        tokio::time::sleep(GATHER).await;
+        let mut line = Some(first);
+        while let Some(l) = line.take().or_else(|| rx.try_recv().ok()) {
             size += l.len() as u64;
             let _ = out.write_all(l.as_bytes());
         }
