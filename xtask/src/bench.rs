@@ -3,6 +3,10 @@
 
 mod deploy;
 pub mod http;
+#[cfg(feature = "runtime-bench")]
+mod network;
+#[cfg(any(feature = "router-bench", feature = "runtime-bench"))]
+mod nginx;
 mod registry;
 #[cfg(feature = "router-bench")]
 mod router;
@@ -28,12 +32,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("runtime") => runtime::run(rounds),
         #[cfg(not(feature = "runtime-bench"))]
         Some("runtime") => with_feature("runtime-bench", args),
+        #[cfg(feature = "runtime-bench")]
+        Some("network") => network::run(rounds),
+        #[cfg(not(feature = "runtime-bench"))]
+        Some("network") => with_feature("runtime-bench", args),
         #[cfg(feature = "router-bench")]
         Some("router") => router::run(rounds),
         #[cfg(not(feature = "router-bench"))]
         Some("router") => with_feature("router-bench", args),
-        Some(other) => bail!("unknown benchmark `{other}`; available: registry, runtime, router, deploy"),
-        None => bail!("name a benchmark: registry, runtime, router, deploy"),
+        Some(other) => bail!("unknown benchmark `{other}`; available: registry, runtime, router, deploy, network"),
+        None => bail!("name a benchmark: registry, runtime, router, deploy, network"),
     }
 }
 
@@ -70,14 +78,20 @@ pub fn compile_hello(dest: &std::path::Path, static_libc: bool) -> anyhow::Resul
 
 /// Builds the release `berth` binary and returns its path.
 pub fn build_berth() -> anyhow::Result<PathBuf> {
+    build_release("berth")
+}
+
+/// Builds the release binary of the workspace's package `package` (named as it) and returns its
+/// path.
+pub fn build_release(package: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = crate::workspace_root();
-    let ok = Command::new(&cargo).args(["build", "--release", "--quiet", "-p", "berth"]).current_dir(&root).status()?.success();
+    let ok = Command::new(&cargo).args(["build", "--release", "--quiet", "-p", package]).current_dir(&root).status()?.success();
     if !ok {
-        bail!("building berth failed");
+        bail!("building {package} failed");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release").join("berth"))
+    Ok(target.join("release").join(package))
 }
 
 /// Peak resident memory of a process, KiB.

@@ -6,6 +6,12 @@
 //! - `POST /entries` with `{"name": …, "message": …}` adds one.
 //! - `GET /healthz` answers `ok` when the database answers `SELECT 1`.
 //!
+//! `guestbook ping [COUNT]` checks the database as configured instead of serving: it connects
+//! COUNT times (1 by default), each time asking `SELECT 1` on a new connection, prints one JSON
+//! line with the microseconds each took (`{"connects":…,"failed":…,"us":[…],"error":…}`) and
+//! exits non-zero if any failed — in an instance, it shows whether its network reaches the
+//! database, and how fast.
+//!
 //! Configuration (environment): `PORT` (8080), `DB_KIND` (`mysql`, the default, or `postgres`),
 //! `DB_HOST`, `DB_PORT` (3306 or 5432), `DB_NAME` (`guestbook`), `DB_USER`, and `DB_PASSWORD`
 //! or `DB_PASSWORD_FILE`. Credentials are read again for every new connection (one per
@@ -168,6 +174,37 @@ async fn healthz(State(config): State<Arc<Config>>) -> Result<&'static str, Fail
     answered.map(|()| "ok\n").map_err(unavailable)
 }
 
+/// `guestbook ping [COUNT]`: COUNT connections, each with a `SELECT 1`, timed.
+async fn ping(config: &Config, count: &str) -> ! {
+    let Ok(count) = count.parse::<u32>() else {
+        eprintln!("guestbook: ping takes a number of connections, not `{count}`");
+        std::process::exit(2);
+    };
+    let (mut us, mut failed, mut error) = (Vec::new(), 0u32, None);
+    for _ in 0..count {
+        let t0 = std::time::Instant::now();
+        let answered = match Db::connect(config).await {
+            Ok(mut db) => {
+                let r = db.execute("SELECT 1", "SELECT 1", &[]).await.map_err(|e| e.to_string());
+                let took = t0.elapsed();
+                db.close().await;
+                r.map(|()| took)
+            }
+            Err(e) => Err(e),
+        };
+        match answered {
+            Ok(took) => us.push(took.as_micros() as u64),
+            Err(e) => {
+                failed += 1;
+                error.get_or_insert(e);
+            }
+        }
+    }
+    let report = serde_json::json!({"connects": count, "failed": failed, "us": us, "error": error});
+    println!("{report}");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let config = match Config::from_env() {
@@ -177,6 +214,15 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("ping") => ping(&config, args.get(1).map_or("1", String::as_str)).await,
+        Some(other) => {
+            eprintln!("guestbook: unknown command `{other}`: run it without arguments to serve, or `guestbook ping [COUNT]`");
+            std::process::exit(2);
+        }
+    }
     // The database first: without it the app is of no use, and says so by exiting.
     let mut db = match Db::connect(&config).await {
         Ok(db) => db,

@@ -28,6 +28,7 @@ use berth_router::control::{DaemonConfig, SuppliedCertificate};
 use berth_router::{daemon, Activator, Launch, RemoteRouter, RouteBook, RouteSettings, RouteSpec};
 
 use super::http::duplex_echo;
+use super::nginx::{free_port, nginx, PROXY_TO_BACKEND, REQUEST_ID_MAP};
 use super::{median, print_table, Figure};
 
 const HOST: &str = "bench.localhost";
@@ -35,8 +36,6 @@ const ECHO_HOST: &str = "echo.localhost";
 const COLD_HOST: &str = "cold.localhost";
 /// The body of the full-duplex echo.
 const ECHO_BYTES: usize = 64 << 20;
-
-struct Nginx(Child);
 
 /// A process killed when the measurement ends, however it ends.
 struct KillOnDrop<'a>(&'a mut Child);
@@ -46,44 +45,6 @@ impl Drop for KillOnDrop<'_> {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-impl Drop for Nginx {
-    /// SIGTERM to the master, which stops its workers (SIGKILL would orphan them).
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn nginx(dir: &Path, name: &str, workers: &str, server: &str) -> anyhow::Result<Nginx> {
-    let prefix = dir.join(name);
-    std::fs::create_dir_all(prefix.join("logs"))?;
-    let conf = prefix.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes {workers};\npid {pid};\nerror_log {err} error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n{server}\n}}\n",
-            pid = prefix.join("nginx.pid").display(),
-            err = prefix.join("logs/error.log").display()
-        ),
-    )?;
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting nginx")?;
-    std::thread::sleep(Duration::from_millis(300));
-    Ok(Nginx(child))
 }
 
 /// wrk's results: (requests/s, p50 µs, p99 µs).
@@ -406,13 +367,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     let (cert, key) = nginx_certificate(dir.path())?;
     let _backend =
         nginx(dir.path(), "backend", "1", &format!("  server {{ listen 127.0.0.1:{backend_port}; location / {{ return 200 \"ok\"; }} }}"))?;
-    // nginx does the work berth's router does for every request: the Host as the client sent
-    // it, X-Forwarded-For/-Proto/-Host, and the client's X-Request-Id or a new random one.
-    let request_id = "  map $http_x_request_id $berth_request_id { default $http_x_request_id; \"\" $request_id; }\n";
-    let location = "location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; \
-        proxy_set_header Host $http_host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; \
-        proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $http_host; \
-        proxy_set_header X-Request-Id $berth_request_id; }";
+    let (request_id, location) = (REQUEST_ID_MAP, PROXY_TO_BACKEND);
     let _proxy = nginx(
         dir.path(),
         "proxy",

@@ -25,16 +25,20 @@ use berth_testkit::noise;
 
 use super::{build_berth, median, print_table, Figure};
 
-struct MemorySource(BuiltImage);
+/// Images served from memory by repository name, as berth's registry would serve them.
+pub(super) struct MemorySource(pub Vec<(String, BuiltImage)>);
 
 #[async_trait::async_trait]
 impl ImageSource for MemorySource {
-    async fn manifest(&self, _: &str, _: &str) -> Result<(String, Vec<u8>), PullError> {
-        Ok((self.0.manifest.media_type.to_owned(), self.0.manifest.data.clone()))
+    async fn manifest(&self, repository: &str, _: &str) -> Result<(String, Vec<u8>), PullError> {
+        let (_, image) = self.0.iter().find(|(r, _)| r == repository).ok_or_else(|| PullError::NotFound(repository.to_owned()))?;
+        Ok((image.manifest.media_type.to_owned(), image.manifest.data.clone()))
     }
     async fn blob(&self, _: &str, digest: &Digest, dest: &Path) -> Result<(), PullError> {
-        let b = std::iter::once(&self.0.config)
-            .chain(&self.0.layers)
+        let b = self
+            .0
+            .iter()
+            .flat_map(|(_, i)| std::iter::once(&i.config).chain(&i.layers))
             .find(|b| &b.digest == digest)
             .ok_or_else(|| PullError::NotFound(digest.to_string()))?;
         std::fs::write(dest, &b.data).map_err(|e| PullError::Io { context: "writing a blob".into(), source: e })
@@ -45,7 +49,48 @@ const BRIDGE: &str = "bbench0";
 const CIDR: &str = "10.254.0.0/24";
 const CGROUP_PARENT: &str = "berth-bench";
 
-fn wait_tcp(addr: std::net::SocketAddr, limit: Duration) -> anyhow::Result<()> {
+/// runc with its state under `root`; its output but errors goes nowhere.
+pub(super) fn runc(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let ok = Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()?
+        .success();
+    if !ok {
+        bail!("runc {args:?} failed");
+    }
+    Ok(())
+}
+
+/// An embedded runtime of the benchmark's own, on `(bridge, cidr, netns prefix, cgroup
+/// parent)`, pulling `images` from memory, with no outbound NAT.
+pub(super) fn open_runtime(
+    bin: &Path,
+    root: &Path,
+    (bridge, cidr, netns_prefix, cgroup_parent): (&str, &str, &str, &str),
+    images: Vec<(String, BuiltImage)>,
+) -> anyhow::Result<Arc<EmbeddedRuntime>> {
+    let config = EmbeddedConfig {
+        root: root.to_owned(),
+        shim: bin.to_owned(),
+        bridge: bridge.into(),
+        cidr: cidr.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+        netns_prefix: netns_prefix.into(),
+        cgroup_parent: cgroup_parent.into(),
+        rootfs: RootfsKind::Overlay,
+        outbound_nat: false,
+        open_ports: Vec::new(),
+        unpack_limits: Default::default(),
+        init: None,
+    };
+    Ok(EmbeddedRuntime::open(config, Arc::new(MemorySource(images)))?)
+}
+
+pub(super) fn wait_tcp(addr: std::net::SocketAddr, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
@@ -118,20 +163,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
 }
 
 async fn measure(bin: &Path, dir: &Path, image: BuiltImage, digest: Digest, rounds: usize) -> anyhow::Result<()> {
-    let config = EmbeddedConfig {
-        root: dir.join("runtime"),
-        shim: bin.to_owned(),
-        bridge: BRIDGE.into(),
-        cidr: CIDR.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
-        netns_prefix: "bbench-".into(),
-        cgroup_parent: CGROUP_PARENT.into(),
-        rootfs: RootfsKind::Overlay,
-        outbound_nat: false,
-        open_ports: Vec::new(),
-        unpack_limits: Default::default(),
-        init: None,
-    };
-    let rt = EmbeddedRuntime::open(config, Arc::new(MemorySource(image)))?;
+    let rt = open_runtime(bin, &dir.join("runtime"), (BRIDGE, CIDR, "bbench-", CGROUP_PARENT), vec![("hello".into(), image)])?;
     let runc_root = dir.join("runc-state");
     let mut start = Figure::new("start to first TCP accept", "ms");
     for round in 0..rounds {
@@ -149,23 +181,10 @@ async fn measure(bin: &Path, dir: &Path, image: BuiltImage, digest: Digest, roun
             } else {
                 let bundle = dir.join("runtime/instances").join(&id).join("bundle");
                 let t0 = Instant::now();
-                let ok = Command::new("runc")
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["run", "-d", "--bundle"])
-                    .arg(&bundle)
-                    .arg(&id)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .status()?
-                    .success();
-                if !ok {
-                    bail!("runc run failed");
-                }
+                runc(&runc_root, &["run", "-d", "--bundle", &bundle.display().to_string(), &id])?;
                 wait_tcp(addr, Duration::from_secs(10))?;
                 let ms = t0.elapsed().as_secs_f64() * 1000.0;
-                Command::new("runc").arg("--root").arg(&runc_root).args(["delete", "-f", &id]).status()?;
+                runc(&runc_root, &["delete", "-f", &id])?;
                 ms
             };
             eprintln!("round {}/{rounds} {:<5} start {ms:.1} ms", round + 1, if berth { "berth" } else { "runc" });
