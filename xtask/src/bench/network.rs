@@ -766,12 +766,12 @@ fn through_the_server(
         }
     });
 
-    // `api.internal` as berth's DNS answers it to `web`.
+    // `api-svc.internal` as berth's DNS answers it to `web-app`.
     let dns = format!("{SERVER_GATEWAY}:53");
     let answered = in_netns(&web_ns, move || resolve(&dns, "api-svc.internal"))?;
-    let internal = format!("{}:80", answered.context("berth's DNS did not answer api.internal to web")?);
+    let internal = format!("{}:80", answered.context("berth's DNS did not answer api-svc.internal to web-app")?);
     let edge_endpoint = format!("{SERVER_GATEWAY}:{nginx_port}");
-    eprintln!("api.internal is {internal} for web; nginx is web's host endpoint at {edge_endpoint}; api's instance is {api}");
+    eprintln!("api-svc.internal is {internal} for web-app; nginx is its host endpoint at {edge_endpoint}; api-svc's instance is {api}");
 
     let (mut berth_added, mut nginx_added, mut direct) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -795,21 +795,21 @@ fn through_the_server(
 
     // Isolation of the server's instances, and `api` where it is not served.
     let pairs: Pairs = vec![
-        ("web → api.internal through the router".into(), internal.parse()?, true),
-        ("web → berth's DNS over TCP".into(), format!("{SERVER_GATEWAY}:53").parse()?, true),
-        ("web → its host endpoint (nginx)".into(), edge_endpoint.parse()?, true),
-        ("web → api's instance directly".into(), api, false),
-        ("web → a port of the host on the gateway".into(), format!("{SERVER_GATEWAY}:{host_port}").parse()?, false),
-        ("web → MariaDB (network db not attached)".into(), format!("{DB_IP}:3306").parse()?, false),
-        ("web → the metadata address".into(), format!("{METADATA}:{LAN_PORT}").parse()?, false),
-        ("web → an instance of another runtime".into(), *other_instance, false),
+        ("web-app → api-svc.internal, the router".into(), internal.parse()?, true),
+        ("web-app → berth's DNS over TCP".into(), format!("{SERVER_GATEWAY}:53").parse()?, true),
+        ("web-app → its host endpoint (nginx)".into(), edge_endpoint.parse()?, true),
+        ("web-app → api-svc's instance directly".into(), api, false),
+        ("web-app → a port of the host on the gateway".into(), format!("{SERVER_GATEWAY}:{host_port}").parse()?, false),
+        ("web-app → MariaDB (network db not attached)".into(), format!("{DB_IP}:3306").parse()?, false),
+        ("web-app → the metadata address".into(), format!("{METADATA}:{LAN_PORT}").parse()?, false),
+        ("web-app → an instance of another runtime".into(), *other_instance, false),
     ];
     let (mut allowed_failed, mut denied_reached, mut lines) = try_pairs(&web_ns, pairs)?;
     let public = status_of(&router, "api-svc.localhost")?;
-    lines.push(format!("  {:<44} {:<22} {}", "api on the public listener", router, if public == 404 { "404" } else { "SERVED" }));
+    lines.push(format!("  {:<44} {:<22} {}", "api-svc on the public listener", router, if public == 404 { "404" } else { "SERVED" }));
     denied_reached += usize::from(public != 404);
     let not_allowed = in_netns(&other_ns, move || status_of(&internal, "api-svc.internal"))?;
-    lines.push(format!("  {:<44} {:<22} {}", "other → api.internal (not allowed)", "", not_allowed));
+    lines.push(format!("  {:<44} {:<22} {}", "bystander → api-svc.internal (not allowed)", "", not_allowed));
     denied_reached += usize::from(not_allowed != 403);
     let through_nginx = in_netns(&web_ns, move || status_of(&edge_endpoint, "api-svc.internal"))?;
     allowed_failed += usize::from(through_nginx != 200);
