@@ -32,6 +32,10 @@ pub enum StoreError {
     ServiceNotFound(String),
     #[error("network `{0}` already exists")]
     NetworkExists(String),
+    #[error("secret `{0}` already exists")]
+    SecretExists(String),
+    #[error("secret `{0}` does not exist")]
+    SecretNotFound(String),
     #[error("state database error: {0}")]
     Database(rusqlite::Error),
     #[error("the disk holding the state database is full; free space on it (`berth registry gc` removes unused blobs) and try again")]
@@ -75,6 +79,24 @@ pub trait Store: Send + Sync + 'static {
     async fn list_networks(&self) -> Result<Vec<DocRecord>>;
     /// Whether it existed.
     async fn delete_network(&self, name: &str) -> Result<bool>;
+
+    // Secrets: documents owned by berth-secrets (sealed; no value in the clear ever reaches the
+    // store).
+    /// `SecretExists` if the name is taken.
+    async fn create_secret(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<()>;
+    /// Replaces an existing secret's document; `SecretNotFound` if there is none.
+    async fn put_secret(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<()>;
+    async fn get_secret(&self, name: &str) -> Result<Option<DocRecord>>;
+    /// Every secret, by name.
+    async fn list_secrets(&self) -> Result<Vec<DocRecord>>;
+    /// Removes it for good; whether it existed.
+    async fn purge_secret(&self, name: &str) -> Result<bool>;
+    /// A value about the secrets' key material (e.g. the master key's fingerprint).
+    async fn secret_meta(&self, key: &str) -> Result<Option<String>>;
+    async fn set_secret_meta(&self, key: &str, value: &str) -> Result<()>;
+    async fn add_secret_audit(&self, entry: &SecretAudit) -> Result<()>;
+    /// A secret's audit trail, newest first.
+    async fn secret_audit(&self, secret: &str, limit: usize) -> Result<Vec<SecretAudit>>;
     /// Stores a revision under the next number of the service, returned.
     async fn create_revision(&self, service: &str, doc: &serde_json::Value, now: i64) -> Result<u32>;
     /// A revision (`key` is its number).

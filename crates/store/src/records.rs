@@ -73,6 +73,18 @@ pub struct DocRecord {
     pub at: i64,
 }
 
+/// Who read or changed a secret, how and which version, when; never a value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SecretAudit {
+    pub at: i64,
+    pub secret: String,
+    /// The token that did it.
+    pub actor: String,
+    /// `create`, `put`, `read`, `label`, `delete`, `restore`, `purge`, …
+    pub action: String,
+    pub version: Option<String>,
+}
+
 /// Something that happened to a service: a status change, an instance replaced, a crash loop.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ServiceEvent {

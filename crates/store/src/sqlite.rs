@@ -9,12 +9,17 @@ use berth_core::{Digest, LifecycleRule, Scope, TagPolicy};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::{
-    DocRecord, ManifestRecord, PushEvent, RepositoryRecord, Result, ServiceEvent, Store, StoreError, TagRecord, TagWrite, TokenRecord,
+    DocRecord, ManifestRecord, PushEvent, RepositoryRecord, Result, SecretAudit, ServiceEvent, Store, StoreError, TagRecord, TagWrite,
+    TokenRecord,
 };
 
 /// Migrations in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] =
-    &[include_str!("sqlite/001_initial.sql"), include_str!("sqlite/002_services.sql"), include_str!("sqlite/003_networks.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("sqlite/001_initial.sql"),
+    include_str!("sqlite/002_services.sql"),
+    include_str!("sqlite/003_networks.sql"),
+    include_str!("sqlite/004_secrets.sql"),
+];
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -62,6 +67,25 @@ impl SqliteStore {
             let sql = format!("INSERT INTO {table} (name, doc, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) ON CONFLICT DO NOTHING");
             if c.execute(&sql, params![name, doc, now])? == 0 {
                 return Err(exists(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces document `name` of `table`; `missing` names the error when there is none.
+    async fn update_doc(
+        &self,
+        table: &'static str,
+        name: &str,
+        doc: &serde_json::Value,
+        now: i64,
+        missing: fn(String) -> StoreError,
+    ) -> Result<()> {
+        let (name, doc) = (name.to_owned(), to_json(doc)?);
+        self.call(move |c| {
+            if c.execute(&format!("UPDATE {table} SET doc = ?2, updated_at = ?3 WHERE name = ?1"), params![name, doc, now])? == 0 {
+                return Err(missing(name));
             }
             Ok(())
         })
@@ -221,15 +245,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_service(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<()> {
-        let (name, doc) = (name.to_owned(), to_json(doc)?);
-        self.call(move |c| {
-            let n = c.execute("UPDATE services SET doc = ?2, updated_at = ?3 WHERE name = ?1", params![name, doc, now])?;
-            if n == 0 {
-                return Err(StoreError::ServiceNotFound(name));
-            }
-            Ok(())
-        })
-        .await
+        self.update_doc("services", name, doc, now, StoreError::ServiceNotFound).await
     }
 
     async fn get_service(&self, name: &str) -> Result<Option<DocRecord>> {
@@ -262,6 +278,70 @@ impl Store for SqliteStore {
 
     async fn list_networks(&self) -> Result<Vec<DocRecord>> {
         self.list_docs("networks").await
+    }
+
+    async fn create_secret(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<()> {
+        self.insert_doc("secrets", name, doc, now, StoreError::SecretExists).await
+    }
+
+    async fn put_secret(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<()> {
+        self.update_doc("secrets", name, doc, now, StoreError::SecretNotFound).await
+    }
+
+    async fn get_secret(&self, name: &str) -> Result<Option<DocRecord>> {
+        self.get_doc("secrets", name).await
+    }
+
+    async fn list_secrets(&self) -> Result<Vec<DocRecord>> {
+        self.list_docs("secrets").await
+    }
+
+    async fn purge_secret(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.call(move |c| Ok(c.execute("DELETE FROM secrets WHERE name = ?1", [&name])? > 0)).await
+    }
+
+    async fn secret_meta(&self, key: &str) -> Result<Option<String>> {
+        let key = key.to_owned();
+        self.call(move |c| Ok(c.query_row("SELECT value FROM secret_meta WHERE key = ?1", [&key], |r| r.get(0)).optional()?)).await
+    }
+
+    async fn set_secret_meta(&self, key: &str, value: &str) -> Result<()> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO secret_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+                params![key, value],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_secret_audit(&self, entry: &SecretAudit) -> Result<()> {
+        let e = entry.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO secret_audit (at, secret, actor, action, version) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![e.at, e.secret, e.actor, e.action, e.version],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn secret_audit(&self, secret: &str, limit: usize) -> Result<Vec<SecretAudit>> {
+        let secret = secret.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT at, secret, actor, action, version FROM secret_audit WHERE secret = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![secret, limit as i64], |r| {
+                Ok(SecretAudit { at: r.get(0)?, secret: r.get(1)?, actor: r.get(2)?, action: r.get(3)?, version: r.get(4)? })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
     }
 
     async fn delete_network(&self, name: &str) -> Result<bool> {

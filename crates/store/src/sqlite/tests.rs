@@ -154,6 +154,37 @@ async fn networks() -> Result<()> {
 }
 
 #[tokio::test]
+async fn secrets_meta_and_audit() -> Result<()> {
+    let (_dir, store) = open();
+    let doc = serde_json::json!({"name": "db-creds", "versions": []});
+    store.create_secret("db-creds", &doc, 10).await?;
+    assert!(matches!(store.create_secret("db-creds", &doc, 11).await, Err(StoreError::SecretExists(_))));
+    store.put_secret("db-creds", &serde_json::json!({"name": "db-creds", "versions": [1]}), 12).await?;
+    assert!(matches!(store.put_secret("nope", &doc, 12).await, Err(StoreError::SecretNotFound(_))));
+    let got = store.get_secret("db-creds").await?.map(|r| (r.doc["versions"].clone(), r.at));
+    assert_eq!(got, Some((serde_json::json!([1]), 10)));
+    store.create_secret("api-key", &doc, 13).await?;
+    let names: Vec<String> = store.list_secrets().await?.into_iter().map(|r| r.key).collect();
+    assert_eq!(names, ["api-key", "db-creds"]);
+    assert!(store.purge_secret("api-key").await?);
+    assert!(!store.purge_secret("api-key").await?);
+
+    assert_eq!(store.secret_meta("fingerprint").await?, None);
+    store.set_secret_meta("fingerprint", "a").await?;
+    store.set_secret_meta("fingerprint", "b").await?;
+    assert_eq!(store.secret_meta("fingerprint").await?.as_deref(), Some("b"));
+
+    for (at, action) in [(20, "create"), (21, "read")] {
+        let entry = SecretAudit { at, secret: "db-creds".into(), actor: "ci".into(), action: action.into(), version: Some("v1".into()) };
+        store.add_secret_audit(&entry).await?;
+    }
+    let trail = store.secret_audit("db-creds", 10).await?;
+    assert_eq!(trail.iter().map(|e| (e.at, e.action.as_str())).collect::<Vec<_>>(), [(21, "read"), (20, "create")]);
+    assert!(store.secret_audit("api-key", 10).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
 async fn services_revisions_operations_and_events() -> Result<()> {
     let (_dir, store) = open();
     let doc = serde_json::json!({"spec": {"port": 8080}});
