@@ -1,6 +1,8 @@
 //! What an API token may do. A token carries scopes — `admin`, `read-only`,
-//! `pull:<repository pattern>`, `push:<repository pattern>` (push implies pull) — and a request
-//! is allowed when one of them covers the action it needs.
+//! `pull:<repository pattern>`, `push:<repository pattern>` (push implies pull),
+//! `secrets-read:<secret pattern>` (secret values), `secrets-write:<secret pattern>` (creating,
+//! changing and deleting secrets) — and a request is allowed when one of them covers the action
+//! it needs. Reading a secret's value is never implied by `read-only` or by writing it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,11 +19,17 @@ pub enum Scope {
     Pull(Pattern),
     /// Push to, pull from and delete in repositories whose name matches.
     Push(Pattern),
+    /// Read the values of secrets whose name matches.
+    SecretsRead(Pattern),
+    /// Create, change, label, delete and restore secrets whose name matches (not read them).
+    SecretsWrite(Pattern),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScopeError {
-    #[error("scope `{0}` is unknown; use `admin`, `read-only`, `pull:<repo pattern>` or `push:<repo pattern>`")]
+    #[error(
+        "scope `{0}` is unknown; use `admin`, `read-only`, `pull:<repo pattern>`, `push:<repo pattern>`, `secrets-read:<secret pattern>` or `secrets-write:<secret pattern>`"
+    )]
     Unknown(String),
     #[error("scope `{0}` has an invalid repository pattern; use repository name characters and `*`")]
     InvalidPattern(String),
@@ -31,6 +39,14 @@ impl FromStr for Scope {
     type Err = ScopeError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let secret_pattern = |p: &str| {
+            let ok = (1..=128).contains(&p.len()) && p.bytes().all(|c| c.is_ascii_alphanumeric() || b"/_+=.@-*".contains(&c));
+            if ok {
+                Ok(Pattern::new(p))
+            } else {
+                Err(ScopeError::InvalidPattern(s.to_owned()))
+            }
+        };
         let pattern = |p: &str| {
             let ok = !p.is_empty() && p.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-/*".contains(&c));
             if ok {
@@ -44,6 +60,8 @@ impl FromStr for Scope {
             None if s == "read-only" || s == "readonly" => Ok(Scope::ReadOnly),
             Some(("pull", p)) => Ok(Scope::Pull(pattern(p)?)),
             Some(("push", p)) => Ok(Scope::Push(pattern(p)?)),
+            Some(("secrets-read", p)) => Ok(Scope::SecretsRead(secret_pattern(p)?)),
+            Some(("secrets-write", p)) => Ok(Scope::SecretsWrite(secret_pattern(p)?)),
             _ => Err(ScopeError::Unknown(s.to_owned())),
         }
     }
@@ -56,6 +74,8 @@ impl fmt::Display for Scope {
             Scope::ReadOnly => f.write_str("read-only"),
             Scope::Pull(p) => write!(f, "pull:{p}"),
             Scope::Push(p) => write!(f, "push:{p}"),
+            Scope::SecretsRead(p) => write!(f, "secrets-read:{p}"),
+            Scope::SecretsWrite(p) => write!(f, "secrets-write:{p}"),
         }
     }
 }
@@ -79,6 +99,10 @@ pub enum Action<'a> {
     Pull(&'a str),
     /// Write or delete a repository's content.
     Push(&'a str),
+    /// Read a secret's value.
+    ReadSecret(&'a str),
+    /// Create, change or delete a secret.
+    WriteSecret(&'a str),
     /// Read platform state through the API.
     Read,
     /// Change platform configuration (repositories, policies, tokens, gc).
@@ -121,7 +145,7 @@ impl Principal {
         grants.iter().any(|g| match action {
             Action::Pull(repo) => g.repository == repo && (g.pull || g.push),
             Action::Push(repo) => g.repository == repo && g.push,
-            Action::Read | Action::Admin => false,
+            Action::Read | Action::Admin | Action::ReadSecret(_) | Action::WriteSecret(_) => false,
         })
     }
 }
@@ -132,6 +156,7 @@ fn scope_allows(scope: &Scope, action: Action<'_>) -> bool {
         (Scope::ReadOnly, Action::Pull(_) | Action::Read) => true,
         (Scope::Pull(p), Action::Pull(repo)) => p.matches(repo),
         (Scope::Push(p), Action::Pull(repo) | Action::Push(repo)) => p.matches(repo),
+        (Scope::SecretsRead(p), Action::ReadSecret(name)) | (Scope::SecretsWrite(p), Action::WriteSecret(name)) => p.matches(name),
         _ => false,
     }
 }
@@ -152,19 +177,41 @@ mod tests {
 
     #[test]
     fn table() {
-        let actions = [Action::Pull("team/web"), Action::Push("team/web"), Action::Pull("other"), Action::Read, Action::Admin];
+        let actions = [
+            Action::Pull("team/web"),
+            Action::Push("team/web"),
+            Action::Pull("other"),
+            Action::Read,
+            Action::Admin,
+            Action::ReadSecret("db/creds"),
+            Action::WriteSecret("db/creds"),
+            Action::ReadSecret("api-key"),
+        ];
         let mut out = String::new();
-        for scopes in [&["admin"][..], &["read-only"], &["pull:team/*"], &["push:team/*"], &["pull:*", "push:other"]] {
+        let rows = [
+            &["admin"][..],
+            &["read-only"],
+            &["pull:team/*"],
+            &["push:team/*"],
+            &["pull:*", "push:other"],
+            &["secrets-read:db/*"],
+            &["secrets-write:db/*"],
+            &["secrets-read:*", "secrets-write:api-key"],
+        ];
+        for scopes in rows {
             let p = principal(scopes);
             let row: Vec<&str> = actions.iter().map(|a| if p.allows(*a) { "y" } else { "-" }).collect();
             out.push_str(&format!("{:<22} {}\n", scopes.join(","), row.join(" ")));
         }
         expect![[r#"
-            admin                  y y y y y
-            read-only              y - y y -
-            pull:team/*            y - - - -
-            push:team/*            y y - - -
-            pull:*,push:other      y - y - -
+            admin                  y y y y y y y y
+            read-only              y - y y - - - -
+            pull:team/*            y - - - - - - -
+            push:team/*            y y - - - - - -
+            pull:*,push:other      y - y - - - - -
+            secrets-read:db/*      - - - - - y - -
+            secrets-write:db/*     - - - - - - y -
+            secrets-read:*,secrets-write:api-key - - - - - y - y
         "#]]
         .assert_eq(&out);
     }
@@ -180,7 +227,7 @@ mod tests {
 
     #[test]
     fn parse_errors() {
-        expect!["scope `root` is unknown; use `admin`, `read-only`, `pull:<repo pattern>` or `push:<repo pattern>`"]
+        expect!["scope `root` is unknown; use `admin`, `read-only`, `pull:<repo pattern>`, `push:<repo pattern>`, `secrets-read:<secret pattern>` or `secrets-write:<secret pattern>`"]
             .assert_eq(&"root".parse::<Scope>().err().map(|e| e.to_string()).unwrap_or_default());
         expect!["scope `push:Web` has an invalid repository pattern; use repository name characters and `*`"]
             .assert_eq(&"push:Web".parse::<Scope>().err().map(|e| e.to_string()).unwrap_or_default());
