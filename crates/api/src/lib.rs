@@ -14,6 +14,7 @@ mod metrics;
 mod networks;
 mod page;
 mod repositories;
+mod secrets;
 mod services;
 mod tokens;
 
@@ -49,9 +50,11 @@ pub struct AppState {
     pub ca_pem: Arc<str>,
     /// The services' controllers, when this server can run containers.
     pub controller: Option<berth_controller::Controller>,
+    pub secrets: Arc<berth_secrets::Secrets>,
 }
 
-pub(crate) fn now() -> i64 {
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
@@ -63,6 +66,7 @@ pub fn app(state: AppState) -> Router {
         .merge(instances::routes())
         .merge(services::routes())
         .merge(networks::routes())
+        .merge(secrets::routes())
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/ca", get(ca))
         .route("/token", get(auth::token_endpoint))

@@ -62,6 +62,13 @@ async fn fixture() -> Result<Fixture> {
         images: registry_source,
         ca_pem: Arc::from("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"),
         controller: Some(controller),
+        secrets: Arc::new(
+            berth_secrets::Secrets::open(
+                store.clone(),
+                &berth_secrets::KeySource::File { path: dir.path().join("master.key"), create: true },
+            )
+            .await?,
+        ),
     };
     Ok(Fixture { _dir: dir, store, router: app(state), admin, reader })
 }
@@ -102,6 +109,83 @@ async fn every_documented_operation_is_routed() -> Result {
         }
     }
     assert!(checked >= 20, "only {checked} operations documented");
+    Ok(())
+}
+
+#[tokio::test]
+async fn secrets_are_written_read_and_audited_by_scope() -> Result {
+    let f = fixture().await?;
+    let token = |name: &'static str, scopes: &'static [&'static str]| {
+        let store = f.store.clone();
+        async move {
+            let scopes = scopes.iter().map(|s| s.parse()).collect::<std::result::Result<Vec<Scope>, _>>()?;
+            Ok::<String, Box<dyn std::error::Error>>(issue_token(&store, name, scopes).await.map_err(|e| e.message)?.secret)
+        }
+    };
+    let writer = token("ci-writer", &["secrets-write:db/*"]).await?;
+    let app = token("app", &["secrets-read:db/*"]).await?;
+    let body = r#"{"name":"db/creds","description":"guestbook","value":"{\"user\":\"gb\",\"password\":\"s3cret-one\"}"}"#;
+    let (s, j, text) = call(&f, "POST", "/api/v1/secrets", Some(&writer), body).await?;
+    assert_eq!(s, StatusCode::CREATED, "{text}");
+    assert!(!text.contains("s3cret"), "the answer shows the value: {text}");
+    let v1 = j["version"]["id"].as_str().ok_or("no version id")?.to_owned();
+    assert_eq!(j["version"]["labels"], serde_json::json!(["CURRENT"]));
+    assert_eq!(call(&f, "POST", "/api/v1/secrets", Some(&writer), body).await?.1["error"]["code"], "already_exists");
+    let (s, _, _) = call(&f, "POST", "/api/v1/secrets", Some(&writer), r#"{"name":"other","value":"x"}"#).await?;
+    assert_eq!(s, StatusCode::FORBIDDEN, "secrets-write:db/* wrote outside db/");
+
+    // Values: only secrets-read, never read-only or the writer; listings never show them.
+    let (s, j, _) = call(&f, "GET", "/api/v1/secrets/db%2Fcreds/value?key=password", Some(&app), "").await?;
+    assert_eq!((s, j["value"].as_str(), j["version"].as_str()), (StatusCode::OK, Some("s3cret-one"), Some(v1.as_str())));
+    for who in [&f.reader, &writer] {
+        assert_eq!(call(&f, "GET", "/api/v1/secrets/db%2Fcreds/value", Some(who), "").await?.0, StatusCode::FORBIDDEN);
+    }
+    for path in ["/api/v1/secrets", "/api/v1/secrets/db%2Fcreds", "/api/v1/secrets/db%2Fcreds/audit"] {
+        let (s, _, text) = call(&f, "GET", path, Some(&f.reader), "").await?;
+        assert_eq!(s, StatusCode::OK, "{path}: {text}");
+        assert!(!text.contains("s3cret"), "{path} shows the value: {text}");
+    }
+
+    // A pending version, CURRENT moved to it, the old one PREVIOUS.
+    let (s, j, _) = call(
+        &f,
+        "POST",
+        "/api/v1/secrets/db%2Fcreds/versions",
+        Some(&writer),
+        r#"{"value":"{\"password\":\"two\"}","labels":["PENDING"]}"#,
+    )
+    .await?;
+    assert_eq!(s, StatusCode::CREATED);
+    let v2 = j["version"]["id"].as_str().ok_or("no version id")?.to_owned();
+    let moved = format!(r#"{{"label":"CURRENT","version":"{v2}"}}"#);
+    let (s, j, _) = call(&f, "POST", "/api/v1/secrets/db%2Fcreds/labels", Some(&writer), &moved).await?;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(j["versions"][1]["labels"], serde_json::json!(["PREVIOUS"]));
+    let (_, j, _) = call(&f, "GET", "/api/v1/secrets/db%2Fcreds/value?label=PREVIOUS&key=password", Some(&app), "").await?;
+    assert_eq!(j["value"], "s3cret-one");
+    let (s, j, _) = call(&f, "GET", "/api/v1/secrets/db%2Fcreds/value?key=user", Some(&app), "").await?;
+    assert_eq!((s, j["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+
+    // Deleted: unreadable until restored.
+    let (s, _, _) = call(&f, "DELETE", "/api/v1/secrets/db%2Fcreds?recovery_days=3", Some(&writer), "").await?;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, j, _) = call(&f, "DELETE", "/api/v1/secrets/db%2Fcreds?recovery_days=7", Some(&writer), "").await?;
+    assert_eq!((s, j["purge_at"].is_i64()), (StatusCode::OK, true));
+    let (s, j, _) = call(&f, "GET", "/api/v1/secrets/db%2Fcreds/value", Some(&app), "").await?;
+    assert_eq!((s, j["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("failed_precondition")));
+    assert_eq!(call(&f, "POST", "/api/v1/secrets/db%2Fcreds/restore", Some(&writer), "").await?.0, StatusCode::OK);
+
+    // The audit trail names who did what to which version.
+    let (_, j, _) = call(&f, "GET", "/api/v1/secrets/db%2Fcreds/audit", Some(&f.reader), "").await?;
+    let entries: Vec<(String, String)> = j["entries"]
+        .as_array()
+        .ok_or("no entries")?
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap_or("").to_owned(), e["action"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    assert!(entries.contains(&("app".into(), "read".into())), "{entries:?}");
+    assert!(entries.contains(&("ci-writer".into(), "label CURRENT".into())), "{entries:?}");
+    assert_eq!(entries.last(), Some(&("ci-writer".to_owned(), "create".to_owned())));
     Ok(())
 }
 

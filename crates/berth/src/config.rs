@@ -18,7 +18,21 @@ pub struct Config {
     pub runtime: RuntimeSettings,
     pub router: RouterSettings,
     pub image: ImageSettings,
+    pub secrets: SecretsSettings,
     pub log: LogConfig,
+}
+
+/// Where the master key of the secrets comes from (`[secrets]`). Neither set: berth's own
+/// `<data dir>/master.key`, made (mode 0600) at the first start.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsSettings {
+    /// A file holding the key (64 hex digits or base64 of 32 bytes), mode 0600. Env
+    /// `BERTH_SECRETS_MASTER_KEY_FILE`.
+    pub master_key_file: Option<PathBuf>,
+    /// A command that prints the key, run by `sh -c` at start (e.g. one that asks a KMS). Env
+    /// `BERTH_SECRETS_MASTER_KEY_COMMAND`.
+    pub master_key_command: Option<String>,
 }
 
 /// Bounds on unpacking images (`[image]`): what one image may write to this host's disk.
@@ -221,6 +235,7 @@ impl Default for Config {
             runtime: RuntimeSettings::default(),
             router: RouterSettings::default(),
             image: ImageSettings::default(),
+            secrets: SecretsSettings::default(),
             log: LogConfig::default(),
         }
     }
@@ -355,6 +370,15 @@ impl Config {
             if v == 0 {
                 bail!("image.{key} must be at least 1");
             }
+        }
+        if let Some(v) = env("BERTH_SECRETS_MASTER_KEY_FILE") {
+            config.secrets.master_key_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("BERTH_SECRETS_MASTER_KEY_COMMAND") {
+            config.secrets.master_key_command = Some(v);
+        }
+        if config.secrets.master_key_file.is_some() && config.secrets.master_key_command.is_some() {
+            bail!("secrets: set master_key_file or master_key_command, not both");
         }
         if !matches!(config.log.format.as_str(), "text" | "json") {
             bail!("log format `{}` is unknown; use `text` or `json`", config.log.format);

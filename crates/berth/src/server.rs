@@ -30,6 +30,8 @@ use crate::config::Config;
 
 /// File names inside the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The master key of the secrets, when no other is configured.
+pub const MASTER_KEY_FILE: &str = "master.key";
 pub const API_ADDRESS_FILE: &str = "api-address";
 pub const ROUTER_ADDRESS_FILE: &str = "router-address";
 const SIGNING_KEY_FILE: &str = "token-signing-key";
@@ -61,6 +63,15 @@ fn write_private(path: &Path, content: &[u8]) -> anyhow::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     written.with_context(|| format!("writing {}", path.display()))
+}
+
+/// The configured master key of the secrets, or berth's own key file.
+fn master_key_source(config: &Config) -> berth_secrets::KeySource {
+    match (&config.secrets.master_key_command, &config.secrets.master_key_file) {
+        (Some(cmd), _) => berth_secrets::KeySource::Command(cmd.clone()),
+        (None, Some(path)) => berth_secrets::KeySource::File { path: path.clone(), create: false },
+        (None, None) => berth_secrets::KeySource::File { path: config.data_dir.join(MASTER_KEY_FILE), create: true },
+    }
 }
 
 fn signing_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
@@ -425,6 +436,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let blobs = Arc::new(FsBlobStore::open(&data.join("registry")).context("opening blob storage")?);
     let registry = Arc::new(Registry::new(store.clone(), blobs, registry_config(&config)?));
     let auth = Arc::new(Authenticator::new(signing_key(data)?));
+    // Before anything is served: a wrong or missing master key stops the start here.
+    let secrets = Arc::new(berth_secrets::Secrets::open(store.clone(), &master_key_source(&config)).await.context("opening the secrets")?);
     if let Some(token) = bootstrap_admin_token(&store, data).await? {
         // Shown once, and only to a person at a terminal: a service manager's log keeps stdout.
         use std::io::IsTerminal;
@@ -481,8 +494,29 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
     let router_metrics = book.clone();
     let metrics = Metrics::new().with_source(Box::new(move |out| router_metrics.render_metrics(out)));
-    let state =
-        AppState { store, registry: registry.clone(), auth, metrics: Arc::new(metrics), runtime: runtime_dyn, images, ca_pem, controller };
+    let state = AppState {
+        store,
+        registry: registry.clone(),
+        auth,
+        metrics: Arc::new(metrics),
+        runtime: runtime_dyn,
+        images,
+        ca_pem,
+        controller,
+        secrets: secrets.clone(),
+    };
+    // Deleted secrets whose recovery window has passed are purged.
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match secrets.purge_due(berth_api::now()).await {
+                Ok(gone) if !gone.is_empty() => tracing::info!(secrets = ?gone, "purged deleted secrets whose recovery window passed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "purging deleted secrets failed"),
+            }
+        }
+    });
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

@@ -63,6 +63,9 @@ pub enum Command {
     /// reach (`--network` on `service create`/`update`).
     #[command(subcommand)]
     Network(crate::networks::NetworkCommand),
+    /// Secrets: values sealed at rest, with versions and staging labels, for services to use.
+    #[command(subcommand)]
+    Secret(crate::secrets::SecretCommand),
     /// The local certificate authority behind the router's HTTPS.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -417,6 +420,7 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         }
         Command::Service(cmd) => crate::services::run(&Client::from_args(g)?, fmt, *cmd)?,
         Command::Network(cmd) => crate::networks::run(&Client::from_args(g)?, fmt, cmd)?,
+        Command::Secret(cmd) => crate::secrets::run(&Client::from_args(g)?, fmt, cmd)?,
         Command::Ca(CaCommand::Export) => {
             let c = Client::from_args(g)?;
             print!("{}", c.get_text("/api/v1/ca")?);

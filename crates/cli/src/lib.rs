@@ -10,6 +10,7 @@ mod commands;
 mod networks;
 mod output;
 mod quickstart;
+mod secrets;
 mod services;
 
 use std::path::PathBuf;

@@ -1,0 +1,203 @@
+//! `/api/v1/secrets`: secrets, their versions and staging labels. A name with `/` is sent
+//! percent-encoded (`db%2Fcreds`). Only `GET …/value` answers with a value, and only to a token
+//! with `secrets-read` for the name; every read and change is in the secret's audit trail under
+//! the token's name.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use berth_core::Action;
+use berth_secrets::{Reference, SecretError, Selector};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::caller::Caller;
+use crate::page::Page;
+use crate::{now, ApiError, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/secrets", get(list).post(create))
+        .route("/api/v1/secrets/{name}", get(describe).delete(remove))
+        .route("/api/v1/secrets/{name}/versions", post(put))
+        .route("/api/v1/secrets/{name}/value", get(value))
+        .route("/api/v1/secrets/{name}/labels", post(label))
+        .route("/api/v1/secrets/{name}/labels/{label}", delete(unlabel))
+        .route("/api/v1/secrets/{name}/restore", post(restore))
+        .route("/api/v1/secrets/{name}/audit", get(audit))
+}
+
+impl From<SecretError> for ApiError {
+    fn from(e: SecretError) -> Self {
+        let e = match e {
+            SecretError::Store(s) => return s.into(),
+            e => e,
+        };
+        let status = match &e {
+            SecretError::NotFound(_) => StatusCode::NOT_FOUND,
+            SecretError::Exists(_) => StatusCode::CONFLICT,
+            SecretError::Deleted { .. } | SecretError::NotDeleted(_) | SecretError::LabelNeeded { .. } => StatusCode::CONFLICT,
+            SecretError::NoVersion { .. } | SecretError::NoKey { .. } => StatusCode::NOT_FOUND,
+            SecretError::InvalidName(_)
+            | SecretError::InvalidLabel(_)
+            | SecretError::TooLarge(_)
+            | SecretError::Empty
+            | SecretError::NotJson { .. }
+            | SecretError::RecoveryWindow(_) => StatusCode::BAD_REQUEST,
+            // Key and sealing failures never carry a value; they are the operator's to fix.
+            SecretError::KeySource(_)
+            | SecretError::WrongMasterKey
+            | SecretError::Crypto(_)
+            | SecretError::Corrupt(_)
+            | SecretError::Store(_) => {
+                tracing::error!(error = %e, "secret request failed");
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log");
+            }
+        };
+        let code = match status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT if matches!(e, SecretError::Exists(_)) => "already_exists",
+            StatusCode::CONFLICT => "failed_precondition",
+            _ => "invalid_argument",
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSecret {
+    name: String,
+    #[serde(default)]
+    description: String,
+    value: String,
+}
+
+async fn create(State(s): State<AppState>, caller: Caller, Json(body): Json<NewSecret>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let p = caller.require(Action::WriteSecret(&body.name))?;
+    let version = s.secrets.create(&body.name, &body.description, &body.value, &p.token_name, now()).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "name": body.name, "version": version }))))
+}
+
+/// Secrets in name order, without values; the cursor is a name.
+async fn list(State(s): State<AppState>, caller: Caller, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Read)?;
+    let (secrets, next) = page.slice(s.secrets.list().await?, |i| i.name.clone())?;
+    Ok(Json(json!({ "secrets": secrets, "next": next })))
+}
+
+async fn describe(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Read)?;
+    Ok(Json(serde_json::to_value(s.secrets.describe(&name).await?).unwrap_or_default()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewVersion {
+    value: String,
+    /// `CURRENT` when empty.
+    #[serde(default)]
+    labels: Vec<String>,
+}
+
+async fn put(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<NewVersion>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let p = caller.require(Action::WriteSecret(&name))?;
+    let version = s.secrets.put(&name, &body.value, &body.labels, &p.token_name, now()).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "name": name, "version": version }))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValueQuery {
+    /// A key of a JSON value.
+    key: Option<String>,
+    label: Option<String>,
+    version: Option<String>,
+}
+
+async fn value(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<ValueQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let p = caller.require(Action::ReadSecret(&name))?;
+    let selector = match (q.label, q.version) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid("name a label or a version, not both")),
+        (Some(l), None) => Selector::Label(l),
+        (None, Some(v)) => Selector::Version(v),
+        (None, None) => Selector::default(),
+    };
+    let reference = match &q.key {
+        Some(k) => format!("{name}#{k}").parse::<Reference>()?,
+        None => name.parse::<Reference>()?,
+    };
+    let (plain, version) = s.secrets.read(&reference, &selector, &p.token_name, now()).await?;
+    Ok(Json(json!({ "name": name, "version": version, "value": plain.expose() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveLabel {
+    label: String,
+    version: String,
+}
+
+async fn label(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<MoveLabel>,
+) -> Result<Json<Value>, ApiError> {
+    let p = caller.require(Action::WriteSecret(&name))?;
+    s.secrets.label(&name, &body.label, &body.version, &p.token_name, now()).await?;
+    Ok(Json(serde_json::to_value(s.secrets.describe(&name).await?).unwrap_or_default()))
+}
+
+async fn unlabel(State(s): State<AppState>, caller: Caller, Path((name, label)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    let p = caller.require(Action::WriteSecret(&name))?;
+    s.secrets.unlabel(&name, &label, &p.token_name, now()).await?;
+    Ok(Json(serde_json::to_value(s.secrets.describe(&name).await?).unwrap_or_default()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    /// Days before the secret is purged; 7–30, default 30.
+    recovery_days: Option<u32>,
+}
+
+async fn remove(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let p = caller.require(Action::WriteSecret(&name))?;
+    let purge_at = s.secrets.delete(&name, q.recovery_days.unwrap_or(30), &p.token_name, now()).await?;
+    Ok(Json(json!({ "name": name, "purge_at": purge_at })))
+}
+
+async fn restore(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let p = caller.require(Action::WriteSecret(&name))?;
+    s.secrets.restore(&name, &p.token_name, now()).await?;
+    Ok(Json(serde_json::to_value(s.secrets.describe(&name).await?).unwrap_or_default()))
+}
+
+/// Who read or changed the secret, newest first (at most `limit`, default 100).
+async fn audit(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Read)?;
+    s.secrets.describe(&name).await?;
+    Ok(Json(json!({ "entries": s.secrets.audit_trail(&name, page.limit()).await? })))
+}
