@@ -123,6 +123,17 @@ pub struct EmbeddedRuntime {
     events: broadcast::Sender<RuntimeEvent>,
     /// One lock per instance: never two operations on one instance at once.
     locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Instances the last guard found without supervision (see [`confirmed`]).
+    suspects: Mutex<HashSet<InstanceId>>,
+}
+
+/// Of the instances found without supervision now, those also found so at the previous look;
+/// `previous` becomes the ones found now. A shim is seen for a moment without its command line
+/// while it re-executes itself to watch (right after its container starts), so one look is not
+/// evidence; two looks a guard period apart are.
+fn confirmed<T>(previous: &mut HashSet<InstanceId>, now: Vec<(InstanceId, T)>) -> Vec<(InstanceId, T)> {
+    let seen_before = std::mem::replace(previous, now.iter().map(|(id, _)| id.clone()).collect());
+    now.into_iter().filter(|(id, _)| seen_before.contains(id)).collect()
 }
 
 impl EmbeddedRuntime {
@@ -141,6 +152,7 @@ impl EmbeddedRuntime {
             source,
             network,
             events: broadcast::channel(1024).0,
+            suspects: Mutex::new(HashSet::new()),
             locks: Mutex::new(HashMap::new()),
         });
         rt.sweep_partial();
@@ -324,10 +336,12 @@ impl EmbeddedRuntime {
 
     /// Checks that every running instance is still under supervision: its shim alive (the
     /// process that holds its output and records its end) and its process still in its cgroup
-    /// (its limits). An instance that lost either is killed — a lost shim's end is recorded here
-    /// — so it is reported as failed rather than left running unwatched or unlimited.
+    /// (its limits). An instance found without either at two looks in a row is killed — a lost
+    /// shim's end is recorded here — so it is reported as failed rather than left running
+    /// unwatched or unlimited.
     fn guard_instances(&self) {
         let Ok(entries) = std::fs::read_dir(self.config.root.join("instances")) else { return };
+        let mut lost = Vec::new();
         for e in entries.flatten() {
             let Ok(id) = InstanceId::new(e.file_name().to_string_lossy()) else { continue };
             let files = InstanceFiles::new(&e.path());
@@ -343,6 +357,10 @@ impl EmbeddedRuntime {
             } else {
                 continue;
             };
+            lost.push((id, (files, pid, shim_alive, why)));
+        }
+        let lost = confirmed(&mut self.suspects.lock().unwrap_or_else(|p| p.into_inner()), lost);
+        for (id, (files, pid, shim_alive, why)) in lost {
             tracing::warn!(instance = %id, reason = why, "an instance lost its supervision; killing it");
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             if !shim_alive {
@@ -700,5 +718,22 @@ impl Runtime for EmbeddedRuntime {
 
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supervision_is_lost_only_when_seen_lost_twice_in_a_row() -> Result<()> {
+        let (a, b) = (InstanceId::new("a")?, InstanceId::new("b")?);
+        let mut previous = HashSet::new();
+        // `a`'s shim re-executing itself: seen once, then fine. `b`'s shim gone for good.
+        assert!(confirmed(&mut previous, vec![(a.clone(), ()), (b.clone(), ())]).is_empty(), "killed on one look");
+        let now = confirmed(&mut previous, vec![(b.clone(), ())]);
+        assert_eq!(now.into_iter().map(|(id, _)| id).collect::<Vec<_>>(), [b]);
+        assert!(confirmed(&mut previous, vec![(a, ())]).is_empty(), "a look between two of `a`'s found it supervised");
+        Ok(())
     }
 }
