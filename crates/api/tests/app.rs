@@ -40,7 +40,10 @@ async fn fixture() -> Result<Fixture> {
         }
     }
     let runtime: Arc<dyn berth_runtime::Runtime> = Arc::new(berth_runtime::FakeRuntime::new());
+    let key = berth_secrets::KeySource::File { path: dir.path().join("master.key"), create: true };
+    let secrets = Arc::new(berth_secrets::Secrets::open(store.clone(), &key).await?);
     let controller = berth_controller::Controller::start(berth_controller::Deps {
+        secrets: Some(secrets.clone()),
         store: store.clone(),
         runtime: runtime.clone(),
         book: Arc::new(berth_router::RouteBook::new(Arc::new(berth_router::RoutingTable::new()))),
@@ -62,13 +65,7 @@ async fn fixture() -> Result<Fixture> {
         images: registry_source,
         ca_pem: Arc::from("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"),
         controller: Some(controller),
-        secrets: Arc::new(
-            berth_secrets::Secrets::open(
-                store.clone(),
-                &berth_secrets::KeySource::File { path: dir.path().join("master.key"), create: true },
-            )
-            .await?,
-        ),
+        secrets,
     };
     Ok(Fixture { _dir: dir, store, router: app(state), admin, reader })
 }

@@ -480,6 +480,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                 runtime: rt.clone(),
                 book: book.clone(),
                 prober: Arc::new(NetProber),
+                secrets: Some(secrets.clone()),
                 pushes: Some(registry.subscribe()),
                 settings,
             };

@@ -383,7 +383,13 @@ fn guestbook_reaches_mariadb_on_a_private_lan() -> Result {
     let bin = berth_testkit::guestbook_binary()?;
     s.cli_ok(&["image", "build", "--binary", &bin.display().to_string(), "--with-libs", "--port", "8080", "-t", "guestbook:v1"])?;
     s.cli_ok(&["network", "create", "db", "--cidr", "10.239.250.0/24", "--attach-bridge", &bridge, "--host", "mariadb=10.239.250.10"])?;
-    let env = ["--env", "DB_HOST=mariadb.db.internal", "--env", "DB_USER=gb", "--env", "DB_PASSWORD=s3cret-pw"];
+    // The credentials come from a secret, as env vars resolved when each instance starts.
+    let creds = s.dir.join("creds.json");
+    std::fs::write(&creds, r#"{"user":"gb","password":"s3cret-pw"}"#)?;
+    s.cli_ok(&["secret", "create", "db-creds", "--from-file", &creds.display().to_string()])?;
+    std::fs::remove_file(&creds)?;
+    let env =
+        ["--env", "DB_HOST=mariadb.db.internal", "--secret-env", "DB_USER=db-creds#user", "--secret-env", "DB_PASSWORD=db-creds#password"];
     let base = ["--image", "guestbook:v1", "--memory", "128", "--health-check", "http", "--health-path", "/healthz", "--wait"];
     let created = s.cli(&[&["service", "create", "guestbook", "--network", "db", "--egress", "networks"][..], &env, &base].concat())?;
     if !created.status.success() {
@@ -403,6 +409,8 @@ fn guestbook_reaches_mariadb_on_a_private_lan() -> Result {
     let page = agent.get(&format!("http://{router}/")).set("Host", "guestbook.localhost").call()?.into_string()?;
     assert!(page.contains("ada: hello from the LAN"), "{page}");
     assert_eq!(db.sql("SELECT name FROM guestbook.entries")?.trim(), "ada", "the row is in MariaDB");
+    let shown = s.cli_ok(&["service", "show", "guestbook"])?;
+    assert!(shown.contains("DB_PASSWORD=db-creds#password@") && !shown.contains("s3cret-pw"), "{shown}");
 
     // Without the network: the name is not its to resolve, and the address itself is refused at
     // once and counted; the service never becomes ready.

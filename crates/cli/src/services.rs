@@ -115,6 +115,11 @@ pub struct SpecArgs {
     /// An environment variable, KEY=value; repeatable. Replaces the whole set when given.
     #[arg(long = "env")]
     env: Vec<String>,
+    /// An environment variable from a secret, KEY=secret or KEY=secret#key (a key of a JSON
+    /// value), e.g. DB_PASSWORD=db-creds#password; repeatable. Replaces the whole set when given.
+    /// Each revision pins the versions CURRENT when it is made.
+    #[arg(long = "secret-env", value_name = "KEY=SECRET[#KEY]")]
+    secret_env: Vec<String>,
     /// Replaces the image's entrypoint and command.
     #[arg(long)]
     start_command: Option<String>,
@@ -224,13 +229,16 @@ impl SpecArgs {
         set(&mut spec, "source", "image", self.image.clone().map(Value::from));
         set(&mut spec, "source", "auto_deploy", self.auto_deploy.map(Value::from));
         set(&mut spec, "image_config", "port", self.port.map(Value::from));
-        if !self.env.is_empty() {
+        for (flag, field, items) in [("env", "env", &self.env), ("secret-env", "secret_env", &self.secret_env)] {
+            if items.is_empty() {
+                continue;
+            }
             let mut env = Map::new();
-            for kv in &self.env {
-                let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv}: expected KEY=value"))?;
+            for kv in items {
+                let (k, v) = kv.split_once('=').with_context(|| format!("--{flag} {kv}: expected KEY=value"))?;
                 env.insert(k.to_owned(), v.into());
             }
-            set(&mut spec, "image_config", "env", Some(Value::Object(env)));
+            set(&mut spec, "image_config", field, Some(Value::Object(env)));
         }
         set(&mut spec, "image_config", "start_command", self.start_command.clone().map(Value::from));
         set(&mut spec, "image_config", "init", self.init.map(Value::from));
@@ -277,6 +285,7 @@ const SERVICE_FIELDS: &[Column<'_>] = &[
     ("EGRESS", "egress"),
     ("VISIBILITY", "visibility"),
     ("DENIED", "denied"),
+    ("SECRET ENV", "secret_env"),
     ("OPERATION", "operation_in_progress"),
 ];
 const REVISION_COLUMNS: &[Column<'_>] = &[
@@ -313,6 +322,24 @@ fn flatten_service(mut v: Value) -> Value {
     let net = v["spec"]["network"].clone();
     v["networks"] = net["networks"].clone();
     v["egress"] = net["egress"].clone();
+    // Each variable with its secret and the version the serving revision pinned.
+    let pinned = &rev["secret_versions"];
+    v["secret_env"] = v["spec"]["image_config"]["secret_env"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(var, reference)| {
+                    let reference = reference.as_str().unwrap_or_default();
+                    let name = reference.split('#').next().unwrap_or_default();
+                    match pinned[name].as_str() {
+                        Some(version) => Value::from(format!("{var}={reference}@{version}")),
+                        None => Value::from(format!("{var}={reference}")),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .into()
+        })
+        .unwrap_or(Value::Null);
     v["visibility"] = match (net["visibility"].as_str(), net["allow_from"].as_array()) {
         (Some(vis), Some(from)) if !from.is_empty() => format!("{vis}, from {}", output::cell_text(&net["allow_from"])).into(),
         (vis, _) => vis.map(Value::from).unwrap_or(Value::Null),

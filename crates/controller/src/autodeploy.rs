@@ -83,7 +83,7 @@ async fn pass(sh: &Arc<Shared>, state: &mut Watch) -> Result<(), ControllerError
             }
             continue;
         }
-        let rev = resolved(&sh.store, &svc.spec, repo, digest.clone()).await?;
+        let rev = resolved(sh, &svc.spec, repo, digest.clone()).await?;
         let why = format!("auto-deploy: {repo}:{tag} now points at {digest}");
         match controller.deploy_revision_doc(&name, &svc, rev, Some(why)).await {
             Ok(op) => {

@@ -115,6 +115,8 @@ pub struct Deps {
     pub runtime: Arc<dyn Runtime>,
     pub book: Arc<RouteBook>,
     pub prober: Arc<dyn Prober>,
+    /// The secrets services name in `image_config.secret_env`; none: services may name none.
+    pub secrets: Option<Arc<berth_secrets::Secrets>>,
     /// Wakes the auto-deployer at once on a push (it also looks every few seconds).
     pub pushes: Option<tokio::sync::broadcast::Receiver<berth_store::PushEvent>>,
     pub settings: ControllerSettings,
@@ -141,6 +143,7 @@ pub(crate) struct Shared {
     runtime: Arc<dyn Runtime>,
     book: Arc<RouteBook>,
     prober: Arc<dyn Prober>,
+    secrets: Option<Arc<berth_secrets::Secrets>>,
     settings: ControllerSettings,
     handles: Mutex<HashMap<String, Handle>>,
     autoscaler: Arc<Autoscaler>,
@@ -197,6 +200,7 @@ impl Controller {
             runtime: deps.runtime,
             book: deps.book,
             prober: deps.prober,
+            secrets: deps.secrets,
             settings: deps.settings,
             handles: Mutex::new(HashMap::new()),
             autoscaler: Autoscaler::new(Arc::new(Relay(weak.clone()))),
@@ -288,7 +292,7 @@ impl Controller {
                 return Err(ControllerError::Exists(existing.key));
             }
         }
-        let rev = resolve(&self.sh.store, &spec, None).await?;
+        let rev = resolve(&self.sh, &spec, None).await?;
         let doc = ServiceDoc { spec: spec.clone(), status: ServiceStatus::OperationInProgress, current_revision: None, paused: false };
         match self.sh.store.create_service(&spec.name, &to_value(&doc)?, now()).await {
             Err(StoreError::ServiceExists(n)) => return Err(ControllerError::Exists(n)),
@@ -315,9 +319,9 @@ impl Controller {
         let rev = match svc.current_revision {
             Some(n) if spec.source.image == svc.spec.source.image => {
                 let serving = self.revision(&spec.name, n).await?;
-                resolved(&self.sh.store, &spec, &serving.doc.repository, serving.doc.digest.clone()).await?
+                resolved(&self.sh, &spec, &serving.doc.repository, serving.doc.digest.clone()).await?
             }
-            _ => resolve(&self.sh.store, &spec, None).await?,
+            _ => resolve(&self.sh, &spec, None).await?,
         };
         let number = self.sh.store.create_revision(&spec.name, &to_value(&rev)?, now()).await?;
         let mut op = Operation::new(&spec.name, OperationType::UpdateService, Some(number), svc.current_revision);
@@ -330,7 +334,7 @@ impl Controller {
     pub async fn deploy(&self, name: &str, image: Option<&str>) -> Result<Operation> {
         let svc = self.service_doc(name).await?;
         self.require_unpaused(name, &svc)?;
-        let rev = resolve(&self.sh.store, &svc.spec, image).await?;
+        let rev = resolve(&self.sh, &svc.spec, image).await?;
         self.deploy_revision_doc(name, &svc, rev, None).await
     }
 
@@ -570,7 +574,8 @@ fn tags_text(tags: &[String]) -> String {
 
 /// The revision a deployment of `spec` (or of `image` with its configuration) runs: the digest
 /// the image resolves to now, and every tag pointing at it.
-pub(crate) async fn resolve(store: &SharedStore, spec: &ServiceSpec, image: Option<&str>) -> Result<RevisionDoc> {
+pub(crate) async fn resolve(sh: &Shared, spec: &ServiceSpec, image: Option<&str>) -> Result<RevisionDoc> {
+    let store = &sh.store;
     let image = image.unwrap_or(&spec.source.image);
     let src = ImageSource::parse(image).map_err(ControllerError::BadRequest)?;
     let repo = src.repository.as_str();
@@ -585,11 +590,28 @@ pub(crate) async fn resolve(store: &SharedStore, spec: &ServiceSpec, image: Opti
             d.clone()
         }
     };
-    resolved(store, spec, repo, digest).await
+    resolved(sh, spec, repo, digest).await
 }
 
 /// A revision of `spec` running `repo@digest`, with the tags that point at it now.
-pub(crate) async fn resolved(store: &SharedStore, spec: &ServiceSpec, repo: &str, digest: Digest) -> Result<RevisionDoc> {
-    let tags = store.tags_at(repo, &digest).await?;
-    Ok(RevisionDoc { spec: spec.clone(), repository: repo.to_owned(), digest, tags })
+pub(crate) async fn resolved(sh: &Shared, spec: &ServiceSpec, repo: &str, digest: Digest) -> Result<RevisionDoc> {
+    let tags = sh.store.tags_at(repo, &digest).await?;
+    let secret_versions = pin_secrets(sh, spec).await?;
+    Ok(RevisionDoc { spec: spec.clone(), repository: repo.to_owned(), digest, tags, secret_versions })
+}
+
+/// The CURRENT version of every secret `spec` takes env vars from, each reference checked.
+async fn pin_secrets(sh: &Shared, spec: &ServiceSpec) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut pinned = std::collections::BTreeMap::new();
+    if spec.image_config.secret_env.is_empty() {
+        return Ok(pinned);
+    }
+    let secrets = sh.secrets.as_ref().ok_or_else(|| ControllerError::BadRequest("this server keeps no secrets".into()))?;
+    for (var, reference) in &spec.image_config.secret_env {
+        let bad = |e: berth_secrets::SecretError| ControllerError::BadRequest(format!("image_config.secret_env: {var}={reference}: {e}"));
+        let r: berth_secrets::Reference = reference.parse().map_err(bad)?;
+        let version = secrets.pin(&r).await.map_err(bad)?;
+        pinned.insert(r.name, version);
+    }
+    Ok(pinned)
 }

@@ -27,6 +27,10 @@ pub struct RevisionDoc {
     pub repository: String,
     pub digest: Digest,
     pub tags: Vec<String>,
+    /// The version of each secret `spec.image_config.secret_env` names, pinned when the
+    /// revision was made: every instance of the revision gets the same values.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_versions: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -402,19 +402,42 @@ impl Supervisor {
 
     // ---- instances ----
 
+    /// The env vars the revision takes from secrets, at the versions it pinned; each read is in
+    /// the secret's audit trail as the service's.
+    async fn secret_env(&self, rev: &Revision) -> Result<Vec<(String, String)>, String> {
+        let wanted = &rev.doc.spec.image_config.secret_env;
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let secrets = self.sh.secrets.as_ref().ok_or("this server keeps no secrets")?;
+        let mut env = Vec::new();
+        for (var, reference) in wanted {
+            let failed = |e: &dyn std::fmt::Display| format!("{var} from secret `{reference}`: {e}");
+            let r: berth_secrets::Reference = reference.parse().map_err(|e| failed(&e))?;
+            let version = rev.doc.secret_versions.get(&r.name).ok_or_else(|| failed(&"the revision pinned no version of it"))?;
+            let selector = berth_secrets::Selector::Version(version.clone());
+            let (value, _) = secrets.read(&r, &selector, &format!("service {}", self.name), now()).await.map_err(|e| failed(&e))?;
+            env.push((var.clone(), value.expose().to_owned()));
+        }
+        Ok(env)
+    }
+
     async fn start_instance(&self, rev: &Revision) -> Result<Inst, String> {
         let spec = &rev.doc.spec;
         let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let id = InstanceId::new(format!("{}-{}-{suffix}", host_label(&self.name), rev.number)).map_err(|e| e.to_string())?;
         let command = spec.image_config.start_command.as_ref().map(|c| c.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
         let networks = networks_of(&self.sh, spec).await?;
+        let mut env: Vec<(String, String)> = spec.image_config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.extend(self.secret_env(rev).await?);
+        env.extend(identity(&self.name, rev, &id));
         let instance = InstanceSpec {
             id: id.clone(),
             labels: vec![(LABEL_SERVICE.into(), self.name.clone()), (LABEL_REVISION.into(), rev.number.to_string())],
             image: ImageRef { repository: rev.doc.repository.clone(), digest: rev.doc.digest.clone() },
             entrypoint: command,
             cmd: spec.image_config.start_command.as_ref().map(|_| Vec::new()),
-            env: spec.image_config.env.iter().map(|(k, v)| (k.clone(), v.clone())).chain(identity(&self.name, rev, &id)).collect(),
+            env,
             port: spec.image_config.port,
             resources: Resources {
                 cpu_millis: spec.instance.cpu * 1000 / 1024,

@@ -13,6 +13,7 @@ use berth_core::service::HealthCheck;
 use berth_core::{Digest, OperationStatus, OperationType, ServiceSpec, ServiceStatus};
 use berth_router::{RouteBook, RoutingTable};
 use berth_runtime::{Call, FakeRuntime, Runtime};
+use berth_secrets::{KeySource, Secrets};
 use berth_store::{ManifestRecord, PushEvent, SharedStore, SqliteStore, TagWrite};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -40,7 +41,7 @@ impl Prober for RevisionProber {
 }
 
 struct World {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     store: SharedStore,
     runtime: Arc<FakeRuntime>,
     book: Arc<RouteBook>,
@@ -55,7 +56,7 @@ impl World {
         let store: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("state.db"))?);
         let table = Arc::new(RoutingTable::new());
         Ok(World {
-            _dir: dir,
+            dir,
             store,
             runtime: Arc::new(FakeRuntime::new()),
             book: Arc::new(RouteBook::new(table.clone())),
@@ -79,10 +80,17 @@ impl World {
             runtime,
             book: self.book.clone(),
             prober: self.prober.clone(),
+            secrets: Some(self.secrets().await?),
             pushes: Some(self.pushes.subscribe()),
             settings,
         })
         .await?)
+    }
+
+    /// The secrets of this world (the same key each time).
+    async fn secrets(&self) -> Result<Arc<Secrets>> {
+        let key = KeySource::File { path: self.dir.path().join("master.key"), create: true };
+        Ok(Arc::new(Secrets::open(self.store.clone(), &key).await?))
     }
 
     /// Pushes a manifest (`n` makes the digest) and points `tag` at it.
@@ -530,5 +538,63 @@ async fn updates_keep_the_serving_digest_and_refusals_leave_nothing() -> Result 
     }
     assert_eq!(c.revisions("conf-app").await?.len(), revisions, "a refused update left a revision behind");
     wait_op(&c, &slow.id).await?;
+    Ok(())
+}
+
+/// Env vars from secrets: each revision pins the versions CURRENT when it was made, so its
+/// instances all get the same values however CURRENT moves; a new revision takes the new ones.
+/// References that do not resolve are refused when the revision is made, naming what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_get_the_secret_versions_their_revision_pinned() -> Result {
+    let w = World::new()?;
+    w.push("web", "latest", 1).await?;
+    let c = w.controller().await?;
+    let secrets = w.secrets().await?;
+    secrets.create("db-creds", "", r#"{"user":"gb","password":"one"}"#, "admin", 1).await?;
+    secrets.create("plain", "", "not json", "admin", 1).await?;
+
+    let mut s = spec("env-app", "web:latest");
+    s.source.auto_deploy = Some(false);
+    for (reference, why) in
+        [("missing", "secret `missing` does not exist"), ("plain#password", "not a JSON object"), ("db-creds#nope", "no key `nope`")]
+    {
+        s.image_config.secret_env = [("DB_PASSWORD".to_owned(), reference.to_owned())].into();
+        let err = c.create(s.clone()).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(why) && err.contains("DB_PASSWORD"), "{reference}: {err}");
+        assert!(!err.contains("not json") && !err.contains("one"), "an error shows a value: {err}");
+    }
+    assert!(c.get("env-app").await.is_err(), "a refused create left a service");
+
+    s.image_config.secret_env =
+        [("DB_PASSWORD".to_owned(), "db-creds#password".to_owned()), ("DB_USER".to_owned(), "db-creds#user".to_owned())].into();
+    let op = wait_op(&c, &c.create(s.clone()).await?.id).await?;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
+    let env_of_newest = || -> Vec<(String, String)> {
+        let newest = w.runtime.calls().into_iter().rev().find_map(|call| match call {
+            Call::Create(id) => w.runtime.spec(&id),
+            _ => None,
+        });
+        newest.map(|spec| spec.env.into_iter().filter(|(k, _)| k.starts_with("DB_")).collect()).unwrap_or_default()
+    };
+    assert_eq!(env_of_newest(), [("DB_PASSWORD".to_owned(), "one".to_owned()), ("DB_USER".to_owned(), "gb".to_owned())]);
+
+    // CURRENT moves; an instance of the serving revision made afterwards (one replacing a
+    // crashed one) keeps its pinned version.
+    secrets.put("db-creds", r#"{"user":"gb","password":"two"}"#, &[], "admin", 2).await?;
+    let first = w.upstreams("env-app.localhost");
+    let crashed = c.get("env-app").await?.instances.first().map(|i| i.id.clone()).ok_or("no instance")?;
+    w.runtime.crash(&berth_runtime::InstanceId::new(crashed)?, 1, false);
+    until("a replacement", || {
+        let now = w.upstreams("env-app.localhost");
+        !now.is_empty() && now != first
+    })
+    .await?;
+    assert_eq!(env_of_newest()[0], ("DB_PASSWORD".to_owned(), "one".to_owned()));
+    // A new revision takes the new version.
+    let op = wait_op(&c, &c.deploy("env-app", None).await?.id).await?;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
+    assert_eq!(env_of_newest()[0], ("DB_PASSWORD".to_owned(), "two".to_owned()));
+    let trail = secrets.audit_trail("db-creds", 100).await?;
+    assert!(trail.iter().any(|e| e.actor == "service env-app" && e.action == "read"), "{trail:?}");
     Ok(())
 }

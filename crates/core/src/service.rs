@@ -51,11 +51,28 @@ pub struct ImageConfig {
     /// Run the app under berth's init as PID 1: signals forwarded to it, orphans reaped (an app
     /// that is PID 1 itself ignores SIGTERM unless it handles it). Default false.
     pub init: bool,
+    /// Environment variables from secrets: name → `secret` or `secret#key` (a key of a JSON
+    /// value). Each revision pins the secrets' versions that were CURRENT when it was made;
+    /// instances get those values when they start.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
+}
+
+/// The secret a reference (`name` or `name#key`) names, if it is well formed.
+pub fn secret_name(reference: &str) -> Option<&str> {
+    let (name, key) = match reference.split_once('#') {
+        Some((n, k)) => (n, Some(k)),
+        None => (reference, None),
+    };
+    let ok = (1..=128).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b))
+        && key.is_none_or(|k| !k.is_empty());
+    ok.then_some(name)
 }
 
 impl Default for ImageConfig {
     fn default() -> Self {
-        ImageConfig { port: 8080, env: BTreeMap::new(), start_command: None, init: false }
+        ImageConfig { port: 8080, env: BTreeMap::new(), start_command: None, init: false, secret_env: BTreeMap::new() }
     }
 }
 
@@ -226,12 +243,22 @@ impl ServiceSpec {
         if ic.port == 0 {
             e.push("image_config.port must be 1–65535".into());
         }
-        for k in ic.env.keys() {
+        for (field, k) in ic.env.keys().map(|k| ("env", k)).chain(ic.secret_env.keys().map(|k| ("secret_env", k))) {
             let valid = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && !k.as_bytes()[0].is_ascii_digit();
             if !valid {
-                e.push(format!("image_config.env: `{k}` is not a variable name (letters, digits, `_`, not starting with a digit)"));
+                e.push(format!("image_config.{field}: `{k}` is not a variable name (letters, digits, `_`, not starting with a digit)"));
             } else if k == "PORT" || k.starts_with("BERTH_") {
-                e.push(format!("image_config.env: `{k}` is set by berth (PORT comes from image_config.port)"));
+                e.push(format!("image_config.{field}: `{k}` is set by berth (PORT comes from image_config.port)"));
+            }
+        }
+        for (k, reference) in &ic.secret_env {
+            if ic.env.contains_key(k) {
+                e.push(format!("image_config.secret_env: `{k}` is also in image_config.env; set it in one of them"));
+            }
+            if secret_name(reference).is_none() {
+                e.push(format!(
+                    "image_config.secret_env: `{k}={reference}`: a secret reference is `name` or `name#key` (a name is 1–128 letters, digits and `/_+=.@-`)"
+                ));
             }
         }
         if ic.start_command.as_deref().is_some_and(|c| c.trim().is_empty()) {

@@ -181,6 +181,16 @@ impl Secrets {
         Ok((value, version.id.clone()))
     }
 
+    /// The id of the version `reference` resolves to now (CURRENT), after checking that it does
+    /// resolve — the secret exists and is not deleted, and a `#key` is in its JSON value — with
+    /// no value leaving this crate. Consumers pin it.
+    pub async fn pin(&self, reference: &Reference) -> Result<String> {
+        let doc = self.live(&reference.name).await?;
+        let version = doc.select(&Selector::default())?;
+        reference.pick(version.open(&self.data_key(&doc)?, &doc.name)?)?;
+        Ok(version.id.clone())
+    }
+
     /// Moves `label` to `version` (an id); `CURRENT` moving makes its old version `PREVIOUS`.
     pub async fn label(&self, name: &str, label: &str, version: &str, actor: &str, now: i64) -> Result<()> {
         model::check_label(label)?;

@@ -21,8 +21,7 @@ fn value_aad(name: &str, version: &str) -> String {
 }
 
 pub(crate) fn check_name(name: &str) -> Result<()> {
-    let ok = (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b));
-    if ok {
+    if berth_core::service::secret_name(name) == Some(name) {
         Ok(())
     } else {
         Err(SecretError::InvalidName(name.to_owned()))
