@@ -87,9 +87,14 @@ async fn list(State(s): State<AppState>, caller: Caller, Query(page): Query<Page
     Ok(Json(json!({ "secrets": secrets, "next": next })))
 }
 
+/// The secret without values, and who uses which of its versions.
 async fn describe(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Read)?;
-    Ok(Json(serde_json::to_value(s.secrets.describe(&name).await?).unwrap_or_default()))
+    let mut v = serde_json::to_value(s.secrets.describe(&name).await?).unwrap_or_default();
+    if let Some(c) = &s.controller {
+        v["consumers"] = serde_json::to_value(c.secret_consumers(&name).await?).unwrap_or_default();
+    }
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]

@@ -411,6 +411,8 @@ fn guestbook_reaches_mariadb_on_a_private_lan() -> Result {
     assert_eq!(db.sql("SELECT name FROM guestbook.entries")?.trim(), "ada", "the row is in MariaDB");
     let shown = s.cli_ok(&["service", "show", "guestbook"])?;
     assert!(shown.contains("DB_PASSWORD=db-creds#password@") && !shown.contains("s3cret-pw"), "{shown}");
+    let used = s.cli_ok(&["secret", "describe", "db-creds"])?;
+    assert!(used.contains("guestbook-0001") && used.contains("(1 instances)"), "{used}");
 
     // Without the network: the name is not its to resolve, and the address itself is refused at
     // once and counted; the service never becomes ready.

@@ -105,7 +105,7 @@ const VERSION_COLUMNS: &[Column<'_>] = &[("VERSION", "id"), ("LABELS", "labels")
 pub fn run(c: &Client, fmt: Format, cmd: SecretCommand) -> anyhow::Result<()> {
     let path = |name: &str| format!("/api/v1/secrets/{}", segment(name));
     let mut fields = SECRET_COLUMNS.to_vec();
-    fields.extend([("CREATED", "created_at"), ("VERSIONS", "versions")]);
+    fields.extend([("CREATED", "created_at"), ("VERSIONS", "versions"), ("USED BY", "used_by")]);
     let versions = |v: &Value| v["versions"].as_array().cloned().unwrap_or_default();
     match cmd {
         SecretCommand::Create { name, description, value } => {
@@ -155,6 +155,23 @@ pub fn run(c: &Client, fmt: Format, cmd: SecretCommand) -> anyhow::Result<()> {
                 })
                 .collect::<Vec<_>>()
                 .into();
+            // A cell per consuming revision: which version, how many instances.
+            v["used_by"] = v["consumers"]
+                .as_array()
+                .map(|cs| {
+                    cs.iter()
+                        .map(|c| {
+                            let n = c["instances"].as_array().map_or(0, Vec::len);
+                            Value::from(format!(
+                                "{} {} ({n} instances)",
+                                c["revision"].as_str().unwrap_or_default(),
+                                c["version"].as_str().unwrap_or_default()
+                            ))
+                        })
+                        .collect::<Vec<_>>()
+                        .into()
+                })
+                .unwrap_or(Value::Null);
             output::object(fmt, &v, &fields);
         }
         SecretCommand::Versions { name } => {

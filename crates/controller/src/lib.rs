@@ -32,7 +32,7 @@ use berth_store::{SharedStore, StoreError};
 use tokio::sync::mpsc;
 
 pub use health::{NetProber, Probe, Prober};
-pub use model::{InstanceView, Operation, Revision, RevisionDoc, ServiceDoc, ServiceView};
+pub use model::{InstanceView, Operation, Revision, RevisionDoc, SecretConsumer, ServiceDoc, ServiceView};
 pub use networks::NetworkView;
 
 use model::{now, parse_revision};
@@ -426,6 +426,30 @@ impl Controller {
         let denied = self.denied().await;
         for record in records.into_iter().filter(|r| after.is_none_or(|a| r.key.as_str() > a)).take(limit) {
             out.push(self.view(record, &denied).await?);
+        }
+        Ok(out)
+    }
+
+    /// Who uses secret `secret`: per service and revision (the serving one, and any other that
+    /// has instances), the version it pinned and its instances.
+    pub async fn secret_consumers(&self, secret: &str) -> Result<Vec<SecretConsumer>> {
+        let mut out = Vec::new();
+        for view in self.list(None, usize::MAX).await? {
+            let mut numbers: Vec<u32> =
+                view.instances.iter().map(|i| i.revision).chain(view.current_revision.as_ref().map(|r| r.number)).collect();
+            numbers.sort_unstable();
+            numbers.dedup();
+            for number in numbers {
+                let rev = self.revision(&view.name, number).await?;
+                if let Some(version) = rev.doc.secret_versions.get(secret) {
+                    out.push(SecretConsumer {
+                        service: view.name.clone(),
+                        revision: rev.id.clone(),
+                        version: version.clone(),
+                        instances: view.instances.iter().filter(|i| i.revision == number).map(|i| i.id.clone()).collect(),
+                    });
+                }
+            }
         }
         Ok(out)
     }

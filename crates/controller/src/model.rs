@@ -141,6 +141,16 @@ pub struct ServiceView {
     pub denied: std::collections::BTreeMap<String, u64>,
 }
 
+/// A revision that uses a secret: the version it pinned, and its instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecretConsumer {
+    pub service: String,
+    /// `<service>-<number>`.
+    pub revision: String,
+    pub version: String,
+    pub instances: Vec<String>,
+}
+
 pub(crate) fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }

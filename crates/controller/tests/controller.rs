@@ -594,6 +594,13 @@ async fn instances_get_the_secret_versions_their_revision_pinned() -> Result {
     let op = wait_op(&c, &c.deploy("env-app", None).await?.id).await?;
     assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
     assert_eq!(env_of_newest()[0], ("DB_PASSWORD".to_owned(), "two".to_owned()));
+    let two = secrets.describe("db-creds").await?.versions[0].id.clone();
+    let consumers = c.secret_consumers("db-creds").await?;
+    assert!(
+        consumers.iter().any(|u| u.service == "env-app" && u.version == two && !u.instances.is_empty()),
+        "the serving revision and the version it uses: {consumers:?}"
+    );
+    assert!(c.secret_consumers("plain").await?.is_empty());
     let trail = secrets.audit_trail("db-creds", 100).await?;
     assert!(trail.iter().any(|e| e.actor == "service env-app" && e.action == "read"), "{trail:?}");
     Ok(())
