@@ -414,6 +414,24 @@ fn guestbook_reaches_mariadb_on_a_private_lan() -> Result {
     let used = s.cli_ok(&["secret", "describe", "db-creds"])?;
     assert!(used.contains("guestbook-0001") && used.contains("(1 instances)"), "{used}");
 
+    // New credentials (another user with the same grants) put as the secret's CURRENT: the
+    // service is deployed again by itself and serves with them.
+    db.sql("CREATE USER 'gb_clone'@'%' IDENTIFIED BY 'second-pw'; GRANT ALL ON guestbook.* TO 'gb_clone'@'%'; FLUSH PRIVILEGES;")?;
+    std::fs::write(&creds, r#"{"user":"gb_clone","password":"second-pw"}"#)?;
+    s.cli_ok(&["secret", "put", "db-creds", "--from-file", &creds.display().to_string()])?;
+    std::fs::remove_file(&creds)?;
+    wait_until("guestbook deployed with the new credentials", std::time::Duration::from_secs(60), || {
+        let v: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "guestbook"])?)?;
+        Ok(v["current_revision"]["number"] == 2 && v["operation_in_progress"].is_null())
+    })?;
+    // The old user can go: every instance now connects as the new one.
+    db.sql("DROP USER 'gb'@'%';")?;
+    let posted = agent
+        .post(&url)
+        .set("Host", "guestbook.localhost")
+        .send_json(serde_json::json!({"name": "cy", "message": "as the clone"}))?;
+    assert_eq!(posted.status(), 201);
+
     // Without the network: the name is not its to resolve, and the address itself is refused at
     // once and counted; the service never becomes ready.
     let by_address = ["--env", "DB_HOST=10.239.250.10", "--env", "DB_USER=gb", "--env", "DB_PASSWORD=s3cret-pw"];
@@ -435,7 +453,7 @@ fn guestbook_reaches_mariadb_on_a_private_lan() -> Result {
         .set("Host", "guestbook.localhost")
         .send_json(serde_json::json!({"name": "bob", "message": "after the restart"}))?;
     assert_eq!(posted.status(), 201);
-    assert_eq!(db.sql("SELECT COUNT(*) FROM guestbook.entries")?.trim(), "2");
+    assert_eq!(db.sql("SELECT COUNT(*) FROM guestbook.entries")?.trim(), "3");
     Ok(())
 }
 

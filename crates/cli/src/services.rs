@@ -117,7 +117,8 @@ pub struct SpecArgs {
     env: Vec<String>,
     /// An environment variable from a secret, KEY=secret or KEY=secret#key (a key of a JSON
     /// value), e.g. DB_PASSWORD=db-creds#password; repeatable. Replaces the whole set when given.
-    /// Each revision pins the versions CURRENT when it is made.
+    /// Each revision pins the versions CURRENT when it is made; when CURRENT moves, the service
+    /// is deployed again with the new ones.
     #[arg(long = "secret-env", value_name = "KEY=SECRET[#KEY]")]
     secret_env: Vec<String>,
     /// Replaces the image's entrypoint and command.

@@ -4,9 +4,11 @@
 //! pushes of new digests made while berth was down are caught up. A digest whose deployment
 //! failed (rolled back) is not tried again, and an event says so once; the same digest pushed
 //! again does nothing; a deploy by hand of another image is left alone until the tag moves; a
-//! service busy with another operation is retried when that one ends.
+//! service busy with another operation is retried when that one ends. It also follows secrets:
+//! a service whose env vars come from secrets whose CURRENT version moved is deployed again with
+//! the new versions (see [`follow_secrets`]); a change of a secret wakes it at once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -15,19 +17,33 @@ use berth_core::{Digest, OperationStatus, ServiceStatus};
 use berth_store::PushEvent;
 use tokio::sync::broadcast;
 
-use crate::model::{Operation, Revision, ServiceDoc};
+use crate::model::{Operation, Revision, RevisionDoc, ServiceDoc};
 use crate::{from_value, resolved, Controller, ControllerError, Shared};
 
 pub(crate) async fn run(sh: Weak<Shared>, mut pushes: Option<broadcast::Receiver<PushEvent>>) {
     let mut state = Watch::default();
+    let mut secret_changes = sh.upgrade().and_then(|s| s.secrets.as_ref().map(|x| x.changes()));
     loop {
         let Some(shared) = sh.upgrade() else { return };
         if let Err(e) = pass(&shared, &mut state).await {
             tracing::warn!(error = %e, "auto-deploy pass failed");
         }
+        if let Err(e) = follow_secrets(&shared, &mut state).await {
+            tracing::warn!(error = %e, "following secrets failed");
+        }
         let wake = shared.autodeploy.notified();
         tokio::select! {
             _ = wake => {}
+            _ = async {
+                match secret_changes.as_mut() {
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
             _ = async {
                 match pushes.as_mut() {
                     Some(rx) => {
@@ -50,6 +66,68 @@ struct Watch {
     seen: HashMap<String, Digest>,
     /// Failed digests already reported, so the event is said once.
     reported: HashSet<(String, Digest)>,
+    /// The secret versions each service was last moved to (or failed to move to): each is
+    /// tried once; a deployment of them that failed is not tried again until they change.
+    secrets_tried: HashMap<String, BTreeMap<String, String>>,
+}
+
+/// A service whose serving revision pinned secret versions other than those CURRENT now gets a
+/// new revision of the same build with the new versions, deployed blue/green: health-gated, and
+/// rolled back to the revision holding the old ones on failure. A reference that no longer
+/// resolves (a deleted secret, a key the new value lacks) is reported once as an event, and the
+/// service keeps what it runs.
+async fn follow_secrets(sh: &Arc<Shared>, state: &mut Watch) -> Result<(), ControllerError> {
+    if sh.secrets.is_none() {
+        return Ok(());
+    }
+    let controller = Controller { sh: sh.clone() };
+    for record in sh.store.list_services().await? {
+        let name = record.key.clone();
+        let svc: ServiceDoc = from_value(record.doc)?;
+        if svc.spec.image_config.secret_env.is_empty() || svc.paused || svc.status != ServiceStatus::Running {
+            continue;
+        }
+        let Some(number) = svc.current_revision else { continue };
+        let Some(serving) = sh.store.get_revision(&name, number).await? else { continue };
+        let serving = Revision::from_record(&name, serving)?;
+        let now = match crate::pin_secrets(sh, &svc.spec).await {
+            Ok(now) => now,
+            Err(e) => {
+                let key = BTreeMap::from([("error".to_owned(), e.to_string())]);
+                if state.secrets_tried.insert(name.clone(), key.clone()).as_ref() != Some(&key) {
+                    sh.store
+                        .add_service_event(
+                            &name,
+                            crate::model::now(),
+                            "secret_not_followed",
+                            &format!("{e}; the service keeps the versions it runs"),
+                        )
+                        .await?;
+                }
+                continue;
+            }
+        };
+        if now == serving.doc.secret_versions || state.secrets_tried.get(&name) == Some(&now) {
+            continue;
+        }
+        let moved: Vec<String> = now
+            .iter()
+            .filter(|(secret, version)| serving.doc.secret_versions.get(*secret) != Some(version))
+            .map(|(secret, version)| format!("`{secret}` to version {version}"))
+            .collect();
+        let why = format!("secrets moved: {}", moved.join(", "));
+        let rev = RevisionDoc { secret_versions: now.clone(), ..serving.doc.clone() };
+        match controller.deploy_revision_doc(&name, &svc, rev, Some(why)).await {
+            Ok(op) => {
+                tracing::info!(service = %name, operation = %op.id, "deploying new secret versions");
+                state.secrets_tried.insert(name, now);
+            }
+            // Tried again after the operation in progress.
+            Err(ControllerError::Busy { .. }) => {}
+            Err(e) => tracing::warn!(service = %name, error = %e, "deploying new secret versions could not start"),
+        }
+    }
+    Ok(())
 }
 
 async fn pass(sh: &Arc<Shared>, state: &mut Watch) -> Result<(), ControllerError> {

@@ -625,7 +625,7 @@ pub(crate) async fn resolved(sh: &Shared, spec: &ServiceSpec, repo: &str, digest
 }
 
 /// The CURRENT version of every secret `spec` takes env vars from, each reference checked.
-async fn pin_secrets(sh: &Shared, spec: &ServiceSpec) -> Result<std::collections::BTreeMap<String, String>> {
+pub(crate) async fn pin_secrets(sh: &Shared, spec: &ServiceSpec) -> Result<std::collections::BTreeMap<String, String>> {
     let mut pinned = std::collections::BTreeMap::new();
     if spec.image_config.secret_env.is_empty() {
         return Ok(pinned);

@@ -578,9 +578,8 @@ async fn instances_get_the_secret_versions_their_revision_pinned() -> Result {
     };
     assert_eq!(env_of_newest(), [("DB_PASSWORD".to_owned(), "one".to_owned()), ("DB_USER".to_owned(), "gb".to_owned())]);
 
-    // CURRENT moves; an instance of the serving revision made afterwards (one replacing a
-    // crashed one) keeps its pinned version.
-    secrets.put("db-creds", r#"{"user":"gb","password":"two"}"#, &[], "admin", 2).await?;
+    // An instance of the serving revision made later (one replacing a crashed one) gets the
+    // same pinned version.
     let first = w.upstreams("env-app.localhost");
     let crashed = c.get("env-app").await?.instances.first().map(|i| i.id.clone()).ok_or("no instance")?;
     w.runtime.crash(&berth_runtime::InstanceId::new(crashed)?, 1, false);
@@ -590,11 +589,38 @@ async fn instances_get_the_secret_versions_their_revision_pinned() -> Result {
     })
     .await?;
     assert_eq!(env_of_newest()[0], ("DB_PASSWORD".to_owned(), "one".to_owned()));
-    // A new revision takes the new version.
-    let op = wait_op(&c, &c.deploy("env-app", None).await?.id).await?;
+
+    // CURRENT moves: the service is deployed again, same build, with the new version.
+    secrets.put("db-creds", r#"{"user":"gb","password":"two"}"#, &[], "admin", 2).await?;
+    let mut followed = None;
+    for _ in 0..200 {
+        let ops = c.operations("env-app", None, 10).await?;
+        if let Some(op) = ops.into_iter().find(|o| log_text(o).contains("secrets moved: `db-creds`")) {
+            followed = Some(op);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let op = wait_op(&c, &followed.ok_or("no deployment followed the secret")?.id).await?;
     assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
     assert_eq!(env_of_newest()[0], ("DB_PASSWORD".to_owned(), "two".to_owned()));
-    let two = secrets.describe("db-creds").await?.versions[0].id.clone();
+    let svc = c.get("env-app").await?;
+    assert_eq!(svc.current_revision.as_ref().map(|r| r.doc.digest.clone()), c.revision("env-app", 1).await.ok().map(|r| r.doc.digest));
+
+    // A new value that lacks a key the service takes is not followed; an event says why.
+    secrets.put("db-creds", r#"{"password":"three"}"#, &[], "admin", 3).await?;
+    let mut said = false;
+    for _ in 0..200 {
+        let events = c.events("env-app", None, 20).await?;
+        if events.iter().any(|e| e.kind == "secret_not_followed" && e.message.contains("no key `user`")) {
+            said = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(said, "no event says why the new value was not followed");
+    assert_eq!(c.get("env-app").await?.current_revision.map(|r| r.number), svc.current_revision.map(|r| r.number));
+    let two = secrets.describe("db-creds").await?.versions[1].id.clone();
     let consumers = c.secret_consumers("db-creds").await?;
     assert!(
         consumers.iter().any(|u| u.service == "env-app" && u.version == two && !u.instances.is_empty()),

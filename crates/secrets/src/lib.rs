@@ -81,6 +81,8 @@ pub type Result<T, E = SecretError> = std::result::Result<T, E>;
 pub struct Secrets {
     store: Arc<dyn Store>,
     master: Key,
+    /// Counts changes (a version, a label, a deletion or restore), for consumers to follow.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -100,7 +102,12 @@ impl Secrets {
             Some(_) => {}
             None => store.set_secret_meta(FINGERPRINT, &master.fingerprint()).await?,
         }
-        Ok(Secrets { store, master })
+        Ok(Secrets { store, master, changes: tokio::sync::watch::channel(0).0 })
+    }
+
+    /// Changes whenever a secret does (a version added, a label moved, a deletion or restore).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     async fn load(&self, name: &str) -> Result<SecretDoc> {
@@ -119,7 +126,9 @@ impl Secrets {
 
     async fn save(&self, doc: &SecretDoc, now: i64) -> Result<()> {
         let json = serde_json::to_value(doc).map_err(|e| SecretError::Corrupt(e.to_string()))?;
-        Ok(self.store.put_secret(&doc.name, &json, now).await?)
+        self.store.put_secret(&doc.name, &json, now).await?;
+        self.changes.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     async fn audit(&self, secret: &str, actor: &str, action: &str, version: Option<&str>, now: i64) -> Result<()> {
