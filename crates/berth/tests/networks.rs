@@ -426,10 +426,8 @@ fn guestbook_reaches_mariadb_on_a_private_lan() -> Result {
     })?;
     // The old user can go: every instance now connects as the new one.
     db.sql("DROP USER 'gb'@'%';")?;
-    let posted = agent
-        .post(&url)
-        .set("Host", "guestbook.localhost")
-        .send_json(serde_json::json!({"name": "cy", "message": "as the clone"}))?;
+    let posted =
+        agent.post(&url).set("Host", "guestbook.localhost").send_json(serde_json::json!({"name": "cy", "message": "as the clone"}))?;
     assert_eq!(posted.status(), 201);
 
     // Without the network: the name is not its to resolve, and the address itself is refused at

@@ -99,6 +99,12 @@ fn bridge_veth_isolation_and_leases() -> Result {
         let v6 = String::from_utf8_lossy(&Command::new("ip").args(["-6", "-o", "addr", "show", "dev", dev]).output()?.stdout).into_owned();
         assert!(v6.trim().is_empty(), "{dev} has IPv6 addresses: {v6}");
     }
+    // Forwarding turned off behind berth's back (as writing net.ipv4.ip_forward does to every
+    // interface) is turned on again.
+    std::fs::write(format!("/proc/sys/net/ipv4/conf/{}/forwarding", sb.bridge), "0")?;
+    assert_eq!(net.keep_forwarding(), [sb.bridge.clone()]);
+    assert_eq!(std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{}/forwarding", sb.bridge))?.trim(), "1");
+    assert!(net.keep_forwarding().is_empty());
     // The CIDR never leaves the host.
     let routes = String::from_utf8_lossy(&Command::new("ip").args(["route", "show", "type", "unreachable"]).output()?.stdout).into_owned();
     assert!(routes.contains(&cidr.to_string()), "{routes}");

@@ -168,6 +168,13 @@ impl EmbeddedRuntime {
                 let Some(rt) = weak.upgrade() else { return };
                 if tick % GUARD_EVERY == 0 {
                     rt.guard_instances();
+                    for dev in rt.network.keep_forwarding() {
+                        tracing::warn!(device = %dev, "IPv4 forwarding was turned off on a device instances need; turned it on again");
+                    }
+                    if rt.config.outbound_nat && std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "0") {
+                        tracing::warn!("IPv4 forwarding was turned off on the host; outbound NAT needs it: turned it on again");
+                        let _ = super::network::enable_forwarding();
+                    }
                 }
                 rt.report_exits(&mut reported);
             }

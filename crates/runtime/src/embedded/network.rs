@@ -148,6 +148,23 @@ impl Network {
             .map_err(|e| NetworkError::Io { context: "saving forwarding settings".into(), source: e })
     }
 
+    /// Turns IPv4 forwarding on again on the bridge and the attached devices in use where
+    /// something else on the host turned it off (writing `net.ipv4.ip_forward`, say, which
+    /// resets every interface): the devices it was off on.
+    pub fn keep_forwarding(&self) -> Vec<String> {
+        let saved: BTreeMap<String, String> =
+            std::fs::read(self.state_dir.join("forwarding.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let mut fixed = Vec::new();
+        for dev in std::iter::once(self.bridge.clone()).chain(saved.into_keys()) {
+            let now = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/forwarding")).unwrap_or_default();
+            // A device that is gone has no value: nothing to turn on.
+            if now.trim() == "0" && sysctl(&dev, "forwarding", "1").is_ok() {
+                fixed.push(dev);
+            }
+        }
+        fixed
+    }
+
     fn save(&self, leases: &Leases) -> Result<(), NetworkError> {
         write_atomic(&self.leases_file, &serde_json::to_vec_pretty(leases).unwrap_or_default())
             .map_err(|e| NetworkError::Io { context: "saving address leases".into(), source: e })
