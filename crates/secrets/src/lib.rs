@@ -32,6 +32,8 @@ const UNLABELED_KEPT: usize = 10;
 /// The recovery window of a deletion, in days.
 pub const RECOVERY_DAYS: std::ops::RangeInclusive<u32> = 7..=30;
 const FINGERPRINT: &str = "master_key_fingerprint";
+/// Audit entries kept per secret, newest first (every instance start of a consumer adds one).
+const AUDIT_KEPT: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -139,7 +141,7 @@ impl Secrets {
             action: action.to_owned(),
             version: version.map(str::to_owned),
         };
-        Ok(self.store.add_secret_audit(&entry).await?)
+        Ok(self.store.add_secret_audit(&entry, AUDIT_KEPT).await?)
     }
 
     fn data_key(&self, doc: &SecretDoc) -> Result<Key> {

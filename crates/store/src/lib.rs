@@ -94,7 +94,8 @@ pub trait Store: Send + Sync + 'static {
     /// A value about the secrets' key material (e.g. the master key's fingerprint).
     async fn secret_meta(&self, key: &str) -> Result<Option<String>>;
     async fn set_secret_meta(&self, key: &str, value: &str) -> Result<()>;
-    async fn add_secret_audit(&self, entry: &SecretAudit) -> Result<()>;
+    /// Records `entry`, keeping the newest `keep` entries of its secret.
+    async fn add_secret_audit(&self, entry: &SecretAudit, keep: usize) -> Result<()>;
     /// A secret's audit trail, newest first.
     async fn secret_audit(&self, secret: &str, limit: usize) -> Result<Vec<SecretAudit>>;
     /// Stores a revision under the next number of the service, returned.

@@ -318,13 +318,20 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn add_secret_audit(&self, entry: &SecretAudit) -> Result<()> {
+    async fn add_secret_audit(&self, entry: &SecretAudit, keep: usize) -> Result<()> {
         let e = entry.clone();
         self.call(move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "INSERT INTO secret_audit (at, secret, actor, action, version) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![e.at, e.secret, e.actor, e.action, e.version],
             )?;
+            tx.execute(
+                "DELETE FROM secret_audit WHERE secret = ?1 AND id <= \
+                 (SELECT id FROM secret_audit WHERE secret = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                params![e.secret, keep as i64],
+            )?;
+            tx.commit()?;
             Ok(())
         })
         .await

@@ -176,11 +176,20 @@ async fn secrets_meta_and_audit() -> Result<()> {
 
     for (at, action) in [(20, "create"), (21, "read")] {
         let entry = SecretAudit { at, secret: "db-creds".into(), actor: "ci".into(), action: action.into(), version: Some("v1".into()) };
-        store.add_secret_audit(&entry).await?;
+        store.add_secret_audit(&entry, 3).await?;
     }
     let trail = store.secret_audit("db-creds", 10).await?;
     assert_eq!(trail.iter().map(|e| (e.at, e.action.as_str())).collect::<Vec<_>>(), [(21, "read"), (20, "create")]);
-    assert!(store.secret_audit("api-key", 10).await?.is_empty());
+    // Bounded per secret: the newest `keep` stay, other secrets' untouched.
+    let other = SecretAudit { at: 1, secret: "api-key".into(), actor: "ci".into(), action: "create".into(), version: None };
+    store.add_secret_audit(&other, 3).await?;
+    for at in 22..26 {
+        let entry = SecretAudit { at, secret: "db-creds".into(), actor: "svc".into(), action: "read".into(), version: None };
+        store.add_secret_audit(&entry, 3).await?;
+    }
+    let trail = store.secret_audit("db-creds", 10).await?;
+    assert_eq!(trail.iter().map(|e| e.at).collect::<Vec<_>>(), [25, 24, 23]);
+    assert_eq!(store.secret_audit("api-key", 10).await?.len(), 1);
     Ok(())
 }
 
