@@ -131,6 +131,7 @@ async fn run(State(s): State<AppState>, caller: Caller, Json(body): Json<RunBody
         },
         user: None,
         read_only_rootfs: false,
+        files: Vec::new(),
         init: body.init,
         network: Default::default(),
     };

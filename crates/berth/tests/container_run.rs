@@ -74,6 +74,7 @@ fn runs_hello_in_an_isolated_container() -> Result {
         resources: Resources { cpu_millis: 500, memory_bytes: 64 << 20, pids: 64 },
         user: Some("65534".into()),
         read_only_rootfs: true,
+        files: Vec::new(),
         init: false,
         network: Default::default(),
     };
@@ -83,6 +84,7 @@ fn runs_hello_in_an_isolated_container() -> Result {
         hostname: &id,
         rootfs: &rootfs.path,
         read_only_rootfs: true,
+        files: &[],
         process: &process,
         resources: spec.resources,
         cgroup_path: &cgroup,

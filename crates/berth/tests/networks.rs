@@ -452,6 +452,32 @@ fn guestbook_reaches_mariadb_on_a_private_lan() -> Result {
         .send_json(serde_json::json!({"name": "bob", "message": "after the restart"}))?;
     assert_eq!(posted.status(), 201);
     assert_eq!(db.sql("SELECT COUNT(*) FROM guestbook.entries")?.trim(), "3");
+
+    // The password as a file from its own secret (guestbook reads DB_PASSWORD_FILE for every new
+    // connection): changed in the database and then in the secret, the file follows in place —
+    // the same instance serves with the new password, with no new revision.
+    std::fs::write(&creds, "second-pw")?;
+    s.cli_ok(&["secret", "create", "gb-password", "--from-file", &creds.display().to_string()])?;
+    let file_env = ["--env", "DB_HOST=mariadb.db.internal", "--env", "DB_PASSWORD_FILE=/run/secrets/db-password"];
+    let file = ["--secret-file", "/run/secrets/db-password=gb-password", "--wait"];
+    s.cli_ok(&[&["service", "update", "guestbook"][..], &file_env, &file].concat())?;
+    let serving = |s: &Server| -> Result<(u64, String)> {
+        let v: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "guestbook"])?)?;
+        Ok((v["current_revision"]["number"].as_u64().unwrap_or(0), v["instances"][0]["id"].as_str().unwrap_or("").to_owned()))
+    };
+    let before = serving(&s)?;
+    db.sql("ALTER USER 'gb_clone'@'%' IDENTIFIED BY 'third-pw'; FLUSH PRIVILEGES;")?;
+    std::fs::write(&creds, "third-pw")?;
+    s.cli_ok(&["secret", "put", "gb-password", "--from-file", &creds.display().to_string()])?;
+    std::fs::remove_file(&creds)?;
+    let put_at = std::time::Instant::now();
+    wait_until("guestbook to connect with the new password", std::time::Duration::from_secs(10), || {
+        let r =
+            agent.post(&url).set("Host", "guestbook.localhost").send_json(serde_json::json!({"name": "di", "message": "from the file"}));
+        Ok(matches!(r, Ok(ref ok) if ok.status() == 201))
+    })?;
+    eprintln!("the file followed the secret: the first request with the new password succeeded {:?} after the put", put_at.elapsed());
+    assert_eq!(serving(&s)?, before, "the file was followed by a new revision or instance, not in place");
     Ok(())
 }
 

@@ -111,6 +111,7 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
             resources: Resources { cpu_millis: 250, memory_bytes: memory, pids: 128 },
             user: None,
             read_only_rootfs: false,
+            files: Vec::new(),
             init: false,
             network: Default::default(),
         })

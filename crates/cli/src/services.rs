@@ -121,6 +121,12 @@ pub struct SpecArgs {
     /// is deployed again with the new ones.
     #[arg(long = "secret-env", value_name = "KEY=SECRET[#KEY]")]
     secret_env: Vec<String>,
+    /// A file from a secret, PATH=secret or PATH=secret#key, e.g.
+    /// /run/secrets/db-password=db-creds#password: read-only, on a tmpfs, 0400 for the app's
+    /// user, and replaced in place when the secret's CURRENT moves; repeatable. Replaces the
+    /// whole set when given.
+    #[arg(long = "secret-file", value_name = "PATH=SECRET[#KEY]")]
+    secret_file: Vec<String>,
     /// Replaces the image's entrypoint and command.
     #[arg(long)]
     start_command: Option<String>,
@@ -230,7 +236,9 @@ impl SpecArgs {
         set(&mut spec, "source", "image", self.image.clone().map(Value::from));
         set(&mut spec, "source", "auto_deploy", self.auto_deploy.map(Value::from));
         set(&mut spec, "image_config", "port", self.port.map(Value::from));
-        for (flag, field, items) in [("env", "env", &self.env), ("secret-env", "secret_env", &self.secret_env)] {
+        for (flag, field, items) in
+            [("env", "env", &self.env), ("secret-env", "secret_env", &self.secret_env), ("secret-file", "secret_files", &self.secret_file)]
+        {
             if items.is_empty() {
                 continue;
             }

@@ -31,6 +31,9 @@ pub(crate) async fn run(sh: Weak<Shared>, mut pushes: Option<broadcast::Receiver
         if let Err(e) = follow_secrets(&shared, &mut state).await {
             tracing::warn!(error = %e, "following secrets failed");
         }
+        if let Err(e) = refresh_files(&shared, &mut state).await {
+            tracing::warn!(error = %e, "refreshing files from secrets failed");
+        }
         let wake = shared.autodeploy.notified();
         tokio::select! {
             _ = wake => {}
@@ -69,6 +72,60 @@ struct Watch {
     /// The secret versions each service was last moved to (or failed to move to): each is
     /// tried once; a deployment of them that failed is not tried again until they change.
     secrets_tried: HashMap<String, BTreeMap<String, String>>,
+    /// The secret versions each service's instances' files were last written from.
+    files_written: HashMap<String, BTreeMap<String, String>>,
+}
+
+/// Files from secrets follow CURRENT in place: when a version a service's files come from is no
+/// longer CURRENT, every running instance of the service gets the new files (one directory at
+/// once), with no restart. At start every instance's files are written once more.
+async fn refresh_files(sh: &Arc<Shared>, state: &mut Watch) -> Result<(), ControllerError> {
+    let Some(secrets) = &sh.secrets else { return Ok(()) };
+    let mut running = None;
+    for record in sh.store.list_services().await? {
+        let name = record.key.clone();
+        let svc: ServiceDoc = from_value(record.doc)?;
+        let wanted = &svc.spec.image_config.secret_files;
+        if wanted.is_empty() {
+            continue;
+        }
+        // The versions CURRENT now, found without reading a value.
+        let mut now = BTreeMap::new();
+        for reference in wanted.values() {
+            if let Ok(r) = reference.parse::<berth_secrets::Reference>() {
+                let version = secrets.pin(&r).await.unwrap_or_default();
+                now.insert(r.name, version);
+            }
+        }
+        if state.files_written.get(&name) == Some(&now) {
+            continue;
+        }
+        let mounts = match crate::secret_files(sh, &name, &svc.spec).await {
+            Ok(m) => m,
+            Err(e) => {
+                sh.store
+                    .add_service_event(&name, crate::model::now(), "secret_not_followed", &format!("{e}; the files stay as they are"))
+                    .await?;
+                state.files_written.insert(name, now);
+                continue;
+            }
+        };
+        if running.is_none() {
+            running = Some(sh.runtime.list().await.map_err(|e| ControllerError::Conflict(e.to_string()))?);
+        }
+        let ours = running.iter().flatten().filter(|i| {
+            i.state == berth_runtime::InstanceState::Running
+                && i.labels.iter().any(|(k, v)| k == crate::supervisor::LABEL_SERVICE && *v == name)
+        });
+        for inst in ours {
+            if let Err(e) = sh.runtime.update_files(&inst.id, mounts.clone()).await {
+                tracing::warn!(service = %name, instance = %inst.id, error = %e, "updating an instance's files from secrets failed");
+            }
+        }
+        tracing::info!(service = %name, "files from secrets written");
+        state.files_written.insert(name, now);
+    }
+    Ok(())
 }
 
 /// A service whose serving revision pinned secret versions other than those CURRENT now gets a

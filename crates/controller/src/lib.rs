@@ -624,13 +624,38 @@ pub(crate) async fn resolved(sh: &Shared, spec: &ServiceSpec, repo: &str, digest
     Ok(RevisionDoc { spec: spec.clone(), repository: repo.to_owned(), digest, tags, secret_versions })
 }
 
+/// The directories of files `spec` takes from secrets, with the values CURRENT now; each read is
+/// in the secret's audit trail as the service's.
+pub(crate) async fn secret_files(sh: &Shared, service: &str, spec: &ServiceSpec) -> Result<Vec<berth_runtime::FileMount>, String> {
+    let wanted = &spec.image_config.secret_files;
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let secrets = sh.secrets.as_ref().ok_or("this server keeps no secrets")?;
+    let mut dirs: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<u8>>> = std::collections::BTreeMap::new();
+    for (path, reference) in wanted {
+        let failed = |e: &dyn std::fmt::Display| format!("{path} from secret `{reference}`: {e}");
+        let (dir, name) = berth_core::service::secret_file_path(path).map_err(|e| failed(&e))?;
+        let r: berth_secrets::Reference = reference.parse().map_err(|e| failed(&e))?;
+        let (value, _) =
+            secrets.read(&r, &berth_secrets::Selector::default(), &format!("service {service}"), now()).await.map_err(|e| failed(&e))?;
+        dirs.entry(dir.to_owned()).or_default().insert(name.to_owned(), value.expose().as_bytes().to_vec());
+    }
+    Ok(dirs.into_iter().map(|(dir, files)| berth_runtime::FileMount { dir, files }).collect())
+}
+
 /// The CURRENT version of every secret `spec` takes env vars from, each reference checked.
 pub(crate) async fn pin_secrets(sh: &Shared, spec: &ServiceSpec) -> Result<std::collections::BTreeMap<String, String>> {
     let mut pinned = std::collections::BTreeMap::new();
-    if spec.image_config.secret_env.is_empty() {
+    if spec.image_config.secret_env.is_empty() && spec.image_config.secret_files.is_empty() {
         return Ok(pinned);
     }
     let secrets = sh.secrets.as_ref().ok_or_else(|| ControllerError::BadRequest("this server keeps no secrets".into()))?;
+    for (path, reference) in &spec.image_config.secret_files {
+        let bad =
+            |e: berth_secrets::SecretError| ControllerError::BadRequest(format!("image_config.secret_files: {path}={reference}: {e}"));
+        secrets.pin(&reference.parse().map_err(bad)?).await.map_err(bad)?;
+    }
     for (var, reference) in &spec.image_config.secret_env {
         let bad = |e: berth_secrets::SecretError| ControllerError::BadRequest(format!("image_config.secret_env: {var}={reference}: {e}"));
         let r: berth_secrets::Reference = reference.parse().map_err(bad)?;

@@ -430,6 +430,7 @@ impl Supervisor {
         let networks = networks_of(&self.sh, spec).await?;
         let mut env: Vec<(String, String)> = spec.image_config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         env.extend(self.secret_env(rev).await?);
+        let files = crate::secret_files(&self.sh, &self.name, spec).await?;
         env.extend(identity(&self.name, rev, &id));
         let instance = InstanceSpec {
             id: id.clone(),
@@ -446,6 +447,7 @@ impl Supervisor {
             },
             user: None,
             read_only_rootfs: false,
+            files,
             init: spec.image_config.init,
             network: InstanceNetwork { group: host_label(&self.name), egress: spec.network.egress, networks },
         };

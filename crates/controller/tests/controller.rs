@@ -395,6 +395,7 @@ async fn a_deployment_interrupted_by_a_crash_completes_or_starts_over() -> Resul
             resources: Default::default(),
             user: None,
             read_only_rootfs: false,
+            files: Vec::new(),
             init: false,
             network: Default::default(),
         };
@@ -629,5 +630,40 @@ async fn instances_get_the_secret_versions_their_revision_pinned() -> Result {
     assert!(c.secret_consumers("plain").await?.is_empty());
     let trail = secrets.audit_trail("db-creds", 100).await?;
     assert!(trail.iter().any(|e| e.actor == "service env-app" && e.action == "read"), "{trail:?}");
+    Ok(())
+}
+
+/// Files from secrets follow CURRENT in place: the running instance gets the new file, no new
+/// instance and no new revision; a path that cannot be a secret file is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_from_secrets_follow_current_in_place() -> Result {
+    let w = World::new()?;
+    w.push("web", "latest", 1).await?;
+    let c = w.controller().await?;
+    let secrets = w.secrets().await?;
+    secrets.create("db-creds", "", r#"{"user":"gb","password":"one"}"#, "admin", 1).await?;
+
+    let mut s = spec("file-app", "web:latest");
+    s.source.auto_deploy = Some(false);
+    s.image_config.secret_files = [("/etc/db-password".to_owned(), "db-creds#password".to_owned())].into();
+    let err = c.create(s.clone()).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("/etc/db-password") && err.contains("/etc"), "{err}");
+    s.image_config.secret_files = [("/run/secrets/db-password".to_owned(), "db-creds#password".to_owned())].into();
+    let op = wait_op(&c, &c.create(s).await?.id).await?;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
+    let id = c.get("file-app").await?.instances.first().map(|i| i.id.clone()).ok_or("no instance")?;
+    let id = berth_runtime::InstanceId::new(id)?;
+    let file = |w: &World| -> Option<Vec<u8>> {
+        let spec = w.runtime.spec(&id)?;
+        let m = spec.files.into_iter().find(|m| m.dir == "/run/secrets")?;
+        m.files.get("db-password").cloned()
+    };
+    assert_eq!(file(&w).as_deref(), Some(&b"one"[..]));
+
+    secrets.put("db-creds", r#"{"user":"gb","password":"two"}"#, &[], "admin", 2).await?;
+    until("the file to follow the secret", || file(&w).as_deref() == Some(&b"two"[..])).await?;
+    let creates = w.runtime.calls().into_iter().filter(|c| matches!(c, Call::Create(_))).count();
+    assert_eq!(creates, 1, "an instance was made to follow the secret");
+    assert_eq!(c.revisions("file-app").await?.len(), 1, "a revision was made to follow the secret");
     Ok(())
 }

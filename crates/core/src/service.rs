@@ -56,6 +56,30 @@ pub struct ImageConfig {
     /// instances get those values when they start.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_env: BTreeMap<String, String>,
+    /// Files from secrets: an absolute path in the instance → `secret` or `secret#key`. Each
+    /// directory of them is a tmpfs of its own, read-only, each file `0400` owned by the app's
+    /// user; the files follow the secret's CURRENT version in place, with no restart.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_files: BTreeMap<String, String>,
+}
+
+/// A secret file's path split into its directory and name, or why it cannot be one: absolute,
+/// plain components, not in the root directory nor under a directory the runtime provides.
+pub fn secret_file_path(path: &str) -> Result<(&str, &str), &'static str> {
+    let (dir, name) = path.rsplit_once('/').ok_or("use an absolute path such as /run/secrets/db-password")?;
+    if !path.starts_with('/') {
+        return Err("use an absolute path such as /run/secrets/db-password");
+    }
+    if dir.is_empty() {
+        return Err("a file needs a directory of its own, such as /run/secrets");
+    }
+    if path.split('/').skip(1).any(|c| c.is_empty() || c == "." || c == ".." || c.starts_with("..")) || path.contains('\0') {
+        return Err("use plain path components (no empty, `.` or `..` ones)");
+    }
+    if ["/proc", "/sys", "/dev", "/etc", "/tmp"].iter().any(|d| dir == *d || dir.starts_with(&format!("{d}/"))) {
+        return Err("not under /proc, /sys, /dev, /etc or /tmp, which the runtime provides");
+    }
+    Ok((dir, name))
 }
 
 /// The secret a reference (`name` or `name#key`) names, if it is well formed.
@@ -72,7 +96,14 @@ pub fn secret_name(reference: &str) -> Option<&str> {
 
 impl Default for ImageConfig {
     fn default() -> Self {
-        ImageConfig { port: 8080, env: BTreeMap::new(), start_command: None, init: false, secret_env: BTreeMap::new() }
+        ImageConfig {
+            port: 8080,
+            env: BTreeMap::new(),
+            start_command: None,
+            init: false,
+            secret_env: BTreeMap::new(),
+            secret_files: BTreeMap::new(),
+        }
     }
 }
 
@@ -249,6 +280,16 @@ impl ServiceSpec {
                 e.push(format!("image_config.{field}: `{k}` is not a variable name (letters, digits, `_`, not starting with a digit)"));
             } else if k == "PORT" || k.starts_with("BERTH_") {
                 e.push(format!("image_config.{field}: `{k}` is set by berth (PORT comes from image_config.port)"));
+            }
+        }
+        for (path, reference) in &ic.secret_files {
+            if let Err(why) = secret_file_path(path) {
+                e.push(format!("image_config.secret_files: `{path}`: {why}"));
+            }
+            if secret_name(reference).is_none() {
+                e.push(format!(
+                    "image_config.secret_files: `{path}={reference}`: a secret reference is `name` or `name#key` (a name is 1–128 letters, digits and `/_+=.@-`)"
+                ));
             }
         }
         for (k, reference) in &ic.secret_env {

@@ -11,6 +11,7 @@ pub mod network;
 pub mod oci;
 pub mod rootfs;
 pub mod seccomp;
+pub mod secret_files;
 pub mod shim;
 
 pub use engine::{EmbeddedConfig, EmbeddedRuntime};

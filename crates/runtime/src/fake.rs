@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use crate::{
-    Denied, InstanceId, InstanceSpec, InstanceState, InstanceStatus, Result, RetiredInstance, Runtime, RuntimeError, RuntimeEvent,
+    Denied, FileMount, InstanceId, InstanceSpec, InstanceState, InstanceStatus, Result, RetiredInstance, Runtime, RuntimeError,
+    RuntimeEvent,
 };
 
 /// A recorded call.
@@ -191,6 +192,18 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
+    /// Replaces the files in the spec it keeps (what [`FakeRuntime::spec`] then shows).
+    async fn update_files(&self, id: &InstanceId, files: Vec<FileMount>) -> Result<()> {
+        let mut inner = self.lock();
+        let (spec, _) = inner.instances.get_mut(id).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        for new in files {
+            if let Some(m) = spec.files.iter_mut().find(|m| m.dir == new.dir) {
+                m.files = new.files;
+            }
+        }
+        Ok(())
+    }
+
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.events.subscribe()
     }
@@ -213,6 +226,7 @@ mod tests {
             resources: Resources::default(),
             user: None,
             read_only_rootfs: false,
+            files: Vec::new(),
             init: false,
             network: Default::default(),
         })

@@ -57,6 +57,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// (the instance addresses) or the host's routes, and the device it attaches exists. The
     /// error names the conflict.
     async fn check_network(&self, network: &berth_core::NetworkSpec) -> Result<()>;
+    /// Replaces the files of the instance's file directories (matched by `dir`) in place, each
+    /// directory at once: the app sees the old set or the new one, with no restart.
+    async fn update_files(&self, id: &InstanceId, files: Vec<FileMount>) -> Result<()>;
     /// Connections instances tried and were refused, per instance group (service) and
     /// destination class, counted since the rules were first loaded.
     async fn denied(&self) -> Result<Vec<Denied>>;

@@ -115,6 +115,25 @@ pub struct InstanceSpec {
     pub init: bool,
     /// What the instance may reach; in force before it starts.
     pub network: InstanceNetwork,
+    /// Directories of files from secrets (each on a tmpfs of its own, read-only in the
+    /// instance); [`Runtime::update_files`](crate::Runtime::update_files) replaces their files.
+    pub files: Vec<FileMount>,
+}
+
+/// One directory of files in an instance, e.g. `/run/secrets` with `db-password`: each file
+/// `0400` owned by the app's user. Its `Debug` names the files, never their content.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileMount {
+    /// An absolute directory in the instance.
+    pub dir: String,
+    /// File name → content.
+    pub files: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl fmt::Debug for FileMount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileMount").field("dir", &self.dir).field("files", &self.files.keys().collect::<Vec<_>>()).finish()
+    }
 }
 
 /// What an instance may open connections to, beside berth's DNS and router on its gateway.

@@ -381,6 +381,7 @@ fn spec(id: &str, image: &ImageRef, env: &[(&str, &str)], network: &InstanceNetw
         resources: Resources { cpu_millis: 1000, memory_bytes: 256 << 20, pids: 256 },
         user: None,
         read_only_rootfs: false,
+        files: Vec::new(),
         init: false,
         network: network.clone(),
     })

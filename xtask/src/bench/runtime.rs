@@ -113,6 +113,7 @@ fn spec(id: &str, digest: &Digest) -> anyhow::Result<InstanceSpec> {
         resources: Resources { cpu_millis: 1000, memory_bytes: 256 << 20, pids: 256 },
         user: None,
         read_only_rootfs: false,
+        files: Vec::new(),
         init: false,
         network: Default::default(),
     })

@@ -22,9 +22,10 @@ use super::firewall;
 use super::network::{etc_files, Cidr, Network};
 use super::oci::{process_plan, runtime_spec, BundlePlan};
 use super::rootfs::{Rootfs, RootfsKind};
+use super::secret_files;
 use crate::{
-    Denied, ImageRef, InstanceId, InstanceNetwork, InstanceSpec, InstanceState, InstanceStatus, Result, RetiredInstance, Runtime,
-    RuntimeError, RuntimeEvent,
+    Denied, FileMount, ImageRef, InstanceId, InstanceNetwork, InstanceSpec, InstanceState, InstanceStatus, Result, RetiredInstance,
+    Runtime, RuntimeError, RuntimeEvent,
 };
 
 /// How long `start` waits for a container to run.
@@ -104,11 +105,24 @@ struct InstanceRecord {
     /// What it may reach (an instance from before networks: public egress, no network).
     #[serde(default)]
     network: InstanceNetwork,
+    /// Its directories of files from secrets (in the instance; `secrets/<i>` on the host), and
+    /// who owns the files.
+    #[serde(default)]
+    file_dirs: Vec<String>,
+    #[serde(default)]
+    file_owner: (u32, u32),
 }
 
 fn fingerprint(spec: &InstanceSpec) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(format!("{spec:?}").as_bytes()))
+}
+
+/// Unmounts the tmpfs of each of the instance's file directories (`<dir>/secrets/<i>`).
+fn unmount_file_dirs(dir: &std::path::Path) {
+    for e in std::fs::read_dir(dir.join("secrets")).into_iter().flatten().flatten() {
+        secret_files::unmount(&e.path());
+    }
 }
 
 fn backend(e: impl std::fmt::Display) -> RuntimeError {
@@ -264,6 +278,7 @@ impl EmbeddedRuntime {
             if dir.join("state").exists() {
                 let _ = std::process::Command::new(&self.config.shim).arg("shim").arg("delete").arg(&dir).status();
             }
+            unmount_file_dirs(&dir);
             let removed = Rootfs::at(&dir, self.config.rootfs)
                 .remove()
                 .map_err(backend)
@@ -431,6 +446,14 @@ impl EmbeddedRuntime {
             }
         };
         let cgroup = self.cgroup(&spec.id);
+        let mut file_mounts = Vec::new();
+        for (i, m) in spec.files.iter().enumerate() {
+            let host = files.dir.join("secrets").join(i.to_string());
+            secret_files::mount_tmpfs(&host).map_err(|e| backend(format!("mounting a tmpfs for {}: {e}", m.dir)))?;
+            secret_files::write(&host, &m.files, process.uid, process.gid)
+                .map_err(|e| backend(format!("writing the files of {}: {e}", m.dir)))?;
+            file_mounts.push((host, m.dir.clone()));
+        }
         let oci = runtime_spec(&BundlePlan {
             hostname: spec.id.as_str(),
             rootfs: &rootfs.path,
@@ -441,6 +464,7 @@ impl EmbeddedRuntime {
             netns: Some(&att.netns),
             etc_dir: &files.etc(),
             init,
+            files: &file_mounts,
         });
         write_atomic(&files.config(), &serde_json::to_vec_pretty(&oci).map_err(backend)?).map_err(backend)?;
         Ok(InstanceRecord {
@@ -453,6 +477,8 @@ impl EmbeddedRuntime {
             fingerprint: fingerprint(spec),
             layers: pulled.layers.iter().map(ToString::to_string).collect(),
             network: spec.network.clone(),
+            file_dirs: spec.files.iter().map(|m| m.dir.clone()).collect(),
+            file_owner: (process.uid, process.gid),
         })
     }
 
@@ -468,6 +494,7 @@ impl EmbeddedRuntime {
             }
         }
         Rootfs::at(&dir, self.config.rootfs).remove().map_err(backend)?;
+        unmount_file_dirs(&dir);
         self.network.detach(id.as_str()).map_err(backend)?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(backend)?;
@@ -701,6 +728,21 @@ impl Runtime for EmbeddedRuntime {
                 Some(Denied { group: group.to_owned(), destination: class.to_owned(), count: *packets })
             })
             .collect())
+    }
+
+    async fn update_files(&self, id: &InstanceId, files: Vec<FileMount>) -> Result<()> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let rec = self.record(id).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        for m in files {
+            let i = rec.file_dirs.iter().position(|d| *d == m.dir).ok_or_else(|| {
+                RuntimeError::InvalidSpec(format!("instance {id} has no file directory {} (it was created without it)", m.dir))
+            })?;
+            let host = self.dir(id).join("secrets").join(i.to_string());
+            let (uid, gid) = rec.file_owner;
+            secret_files::write(&host, &m.files, uid, gid).map_err(|e| backend(format!("writing the files of {}: {e}", m.dir)))?;
+        }
+        Ok(())
     }
 
     async fn check_network(&self, network: &berth_core::NetworkSpec) -> Result<()> {

@@ -141,6 +141,9 @@ pub struct BundlePlan<'a> {
     pub etc_dir: &'a Path,
     /// berth's init on the host, when the app runs under it ([`INIT_PATH`] in the container).
     pub init: Option<&'a Path>,
+    /// Directories of files from secrets: (the tmpfs on the host, the directory in the
+    /// container), bound read-only.
+    pub files: &'a [(std::path::PathBuf, String)],
 }
 
 /// Where berth's init is in a container that runs under it (on the runtime's own `/dev`, so an
@@ -180,6 +183,9 @@ pub fn runtime_spec(plan: &BundlePlan<'_>) -> Value {
         bind("hosts"),
         bind("hostname"),
     ];
+    for (host, dir) in plan.files {
+        mounts.push(json!({"destination": dir, "type": "bind", "source": host.display().to_string(), "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}));
+    }
     if let Some(init) = plan.init {
         mounts.push(json!({"destination": INIT_PATH, "type": "bind", "source": init.display().to_string(), "options": ["rbind", "ro", "nosuid", "nodev"]}));
         args.splice(0..0, [INIT_PATH.to_owned(), "--".to_owned()]);
@@ -231,6 +237,7 @@ mod tests {
             resources: Resources::default(),
             user: None,
             read_only_rootfs: false,
+            files: Vec::new(),
             init: false,
             network: Default::default(),
         })
@@ -313,6 +320,7 @@ mod tests {
             hostname: "web-1",
             rootfs: root.path(),
             read_only_rootfs: true,
+            files: &[],
             process: &p,
             resources: r,
             cgroup_path: "/berth/web-1",
