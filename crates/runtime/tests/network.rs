@@ -99,6 +99,17 @@ fn bridge_veth_isolation_and_leases() -> Result {
         let v6 = String::from_utf8_lossy(&Command::new("ip").args(["-6", "-o", "addr", "show", "dev", dev]).output()?.stdout).into_owned();
         assert!(v6.trim().is_empty(), "{dev} has IPv6 addresses: {v6}");
     }
+    // The bridge keeps its address when a port with a lower one joins (instances keep the
+    // gateway's MAC in their ARP caches).
+    let mac = |dev: &str| std::fs::read_to_string(format!("/sys/class/net/{dev}/address")).unwrap_or_default();
+    let before = mac(&sb.bridge);
+    let low = format!("{}lo", sb.bridge);
+    let ip = |args: &[&str]| Command::new("ip").args(args).status();
+    ip(&["link", "add", &low, "address", "00:00:00:00:00:01", "type", "veth", "peer", "name", &format!("{low}p")])?;
+    ip(&["link", "set", &low, "master", &sb.bridge, "up"])?;
+    let after = mac(&sb.bridge);
+    ip(&["link", "del", &low])?;
+    assert_eq!(after, before, "the bridge took a new port's address");
     // Forwarding turned off behind berth's back (as writing net.ipv4.ip_forward does to every
     // interface) is turned on again.
     std::fs::write(format!("/proc/sys/net/ipv4/conf/{}/forwarding", sb.bridge), "0")?;

@@ -163,6 +163,16 @@ impl Rtnl {
         self.request(&format!("setting {name} up"), RouteNetlinkMessage::SetLink(msg), 0).map(drop)
     }
 
+    /// Gives link `name` the hardware address `mac`. On a bridge this also pins it: a bridge
+    /// whose address was never set takes the lowest of its ports', so it changes as ports come
+    /// and go, and neighbours still sending to the old one lose frames until they ask again.
+    pub fn set_mac(&mut self, name: &str, mac: [u8; 6]) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = self.link_index_of(name)?;
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.request(&format!("setting the address of {name}"), RouteNetlinkMessage::SetLink(msg), 0).map(drop)
+    }
+
     /// Deletes link `name` (a veth takes its peer with it).
     pub fn delete_link(&mut self, name: &str) -> Result<()> {
         let mut msg = LinkMessage::default();

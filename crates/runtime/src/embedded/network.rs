@@ -94,6 +94,10 @@ impl Network {
         // Keep traffic for the CIDR on this host whatever happens to the bridge.
         host.add_unreachable(self.cidr.addr, self.cidr.prefix, UNREACHABLE_METRIC)?;
         host.add_bridge(&self.bridge)?;
+        // A fixed address (locally administered, from the bridge's name): the gateway's MAC
+        // must not change when an instance's veth joins or leaves.
+        let hash = Sha256::digest(format!("berth bridge {}", self.bridge).as_bytes());
+        host.set_mac(&self.bridge, [0x02, hash[0], hash[1], hash[2], hash[3], hash[4]])?;
         ipv4_only(&self.bridge);
         host.add_address(&self.bridge, self.cidr.gateway(), self.cidr.prefix)?;
         host.set_up(&self.bridge)?;
