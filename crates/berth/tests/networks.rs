@@ -412,7 +412,7 @@ fn guestbook_reaches_mariadb_on_a_private_lan() -> Result {
     let shown = s.cli_ok(&["service", "show", "guestbook"])?;
     assert!(shown.contains("DB_PASSWORD=db-creds#password@") && !shown.contains("s3cret-pw"), "{shown}");
     let used = s.cli_ok(&["secret", "describe", "db-creds"])?;
-    assert!(used.contains("guestbook-0001") && used.contains("(1 instances)"), "{used}");
+    assert!(used.contains("guestbook-0001 env") && used.contains("(1 instances)"), "{used}");
 
     // New credentials (another user with the same grants) put as the secret's CURRENT: the
     // service is deployed again by itself and serves with them.

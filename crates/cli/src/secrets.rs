@@ -163,8 +163,9 @@ pub fn run(c: &Client, fmt: Format, cmd: SecretCommand) -> anyhow::Result<()> {
                         .map(|c| {
                             let n = c["instances"].as_array().map_or(0, Vec::len);
                             Value::from(format!(
-                                "{} {} ({n} instances)",
+                                "{} {} {} ({n} instances)",
                                 c["revision"].as_str().unwrap_or_default(),
+                                c["how"].as_str().unwrap_or_default(),
                                 c["version"].as_str().unwrap_or_default()
                             ))
                         })

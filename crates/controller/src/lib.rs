@@ -441,13 +441,27 @@ impl Controller {
             numbers.dedup();
             for number in numbers {
                 let rev = self.revision(&view.name, number).await?;
+                let instances: Vec<String> = view.instances.iter().filter(|i| i.revision == number).map(|i| i.id.clone()).collect();
                 if let Some(version) = rev.doc.secret_versions.get(secret) {
                     out.push(SecretConsumer {
                         service: view.name.clone(),
                         revision: rev.id.clone(),
                         version: version.clone(),
-                        instances: view.instances.iter().filter(|i| i.revision == number).map(|i| i.id.clone()).collect(),
+                        how: "env",
+                        instances: instances.clone(),
                     });
+                }
+                // Files follow CURRENT: their version is the one CURRENT now.
+                let files_from_it =
+                    rev.doc.spec.image_config.secret_files.values().any(|r| berth_core::service::secret_name(r) == Some(secret));
+                if let (true, Some(secrets)) = (files_from_it, &self.sh.secrets) {
+                    let current =
+                        secrets.describe(secret).await.ok().and_then(|i| {
+                            i.versions.into_iter().find(|v| v.labels.iter().any(|l| l == berth_secrets::CURRENT)).map(|v| v.id)
+                        });
+                    if let Some(version) = current {
+                        out.push(SecretConsumer { service: view.name.clone(), revision: rev.id.clone(), version, how: "files", instances });
+                    }
                 }
             }
         }

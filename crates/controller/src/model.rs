@@ -148,6 +148,8 @@ pub struct SecretConsumer {
     /// `<service>-<number>`.
     pub revision: String,
     pub version: String,
+    /// `env` (pinned by the revision) or `files` (following CURRENT).
+    pub how: &'static str,
     pub instances: Vec<String>,
 }
 

@@ -665,5 +665,8 @@ async fn files_from_secrets_follow_current_in_place() -> Result {
     let creates = w.runtime.calls().into_iter().filter(|c| matches!(c, Call::Create(_))).count();
     assert_eq!(creates, 1, "an instance was made to follow the secret");
     assert_eq!(c.revisions("file-app").await?.len(), 1, "a revision was made to follow the secret");
+    let current = secrets.describe("db-creds").await?.versions[0].id.clone();
+    let consumers = c.secret_consumers("db-creds").await?;
+    assert!(consumers.iter().any(|u| u.service == "file-app" && u.how == "files" && u.version == current), "{consumers:?}");
     Ok(())
 }
