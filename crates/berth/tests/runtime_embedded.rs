@@ -122,6 +122,10 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
         let s = spec(i, 64 << 20)?;
         let created = rt.create(s.clone()).await?;
         assert_eq!(created.state, InstanceState::Created);
+        // The bundle (its spec holds the environment) lives on a tmpfs, never on a disk.
+        let bundle = root.join(format!("instances/hello-{i}/bundle")).display().to_string();
+        let mounts = std::fs::read_to_string("/proc/mounts")?;
+        assert!(mounts.lines().any(|l| l.starts_with(&format!("tmpfs {bundle} tmpfs"))), "no tmpfs at {bundle}");
         assert_eq!(rt.create(s.clone()).await?, created, "create is idempotent");
         let started = rt.start(&s.id).await?;
         assert_eq!(started.state, InstanceState::Running);

@@ -201,6 +201,7 @@ impl Drop for RuntimeSandbox {
                 }
                 let _ = Command::new(&self.berth).arg("shim").arg("delete").arg(e.path()).status();
                 let _ = Command::new("umount").arg("-l").arg(e.path().join("rootfs")).stderr(Stdio::null()).status();
+                let _ = Command::new("umount").arg("-l").arg(e.path().join("bundle")).stderr(Stdio::null()).status();
                 for m in std::fs::read_dir(e.path().join("secrets")).into_iter().flatten().flatten() {
                     let _ = Command::new("umount").arg("-l").arg(m.path()).stderr(Stdio::null()).status();
                 }

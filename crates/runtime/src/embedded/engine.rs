@@ -118,8 +118,10 @@ fn fingerprint(spec: &InstanceSpec) -> String {
     hex::encode(sha2::Sha256::digest(format!("{spec:?}").as_bytes()))
 }
 
-/// Unmounts the tmpfs of each of the instance's file directories (`<dir>/secrets/<i>`).
-fn unmount_file_dirs(dir: &std::path::Path) {
+/// Unmounts the instance's tmpfs mounts: its bundle and each of its file directories
+/// (`<dir>/secrets/<i>`).
+fn unmount_tmpfs_mounts(dir: &std::path::Path) {
+    secret_files::unmount(&InstanceFiles::new(dir).bundle());
     for e in std::fs::read_dir(dir.join("secrets")).into_iter().flatten().flatten() {
         secret_files::unmount(&e.path());
     }
@@ -278,7 +280,7 @@ impl EmbeddedRuntime {
             if dir.join("state").exists() {
                 let _ = std::process::Command::new(&self.config.shim).arg("shim").arg("delete").arg(&dir).status();
             }
-            unmount_file_dirs(&dir);
+            unmount_tmpfs_mounts(&dir);
             let removed = Rootfs::at(&dir, self.config.rootfs)
                 .remove()
                 .map_err(backend)
@@ -427,7 +429,9 @@ impl EmbeddedRuntime {
             )
         })?
         .map_err(|e| RuntimeError::Image(image, e.to_string()))?;
-        std::fs::create_dir_all(files.bundle()).map_err(backend)?;
+        // The bundle's spec holds the environment, values from secrets included: on a tmpfs, so
+        // they never reach a disk.
+        secret_files::mount_tmpfs(&files.bundle(), 0o700).map_err(|e| backend(format!("mounting a tmpfs for the bundle: {e}")))?;
         let rootfs = Rootfs::assemble(&files.dir, &pulled.layer_dirs, self.config.rootfs).map_err(backend)?;
         let att = self.network.attach(spec.id.as_str()).map_err(backend)?;
         std::fs::create_dir_all(files.etc()).map_err(backend)?;
@@ -449,7 +453,7 @@ impl EmbeddedRuntime {
         let mut file_mounts = Vec::new();
         for (i, m) in spec.files.iter().enumerate() {
             let host = files.dir.join("secrets").join(i.to_string());
-            secret_files::mount_tmpfs(&host).map_err(|e| backend(format!("mounting a tmpfs for {}: {e}", m.dir)))?;
+            secret_files::mount_tmpfs(&host, 0o755).map_err(|e| backend(format!("mounting a tmpfs for {}: {e}", m.dir)))?;
             secret_files::write(&host, &m.files, process.uid, process.gid)
                 .map_err(|e| backend(format!("writing the files of {}: {e}", m.dir)))?;
             file_mounts.push((host, m.dir.clone()));
@@ -494,7 +498,7 @@ impl EmbeddedRuntime {
             }
         }
         Rootfs::at(&dir, self.config.rootfs).remove().map_err(backend)?;
-        unmount_file_dirs(&dir);
+        unmount_tmpfs_mounts(&dir);
         self.network.detach(id.as_str()).map_err(backend)?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(backend)?;

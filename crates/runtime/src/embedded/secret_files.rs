@@ -1,5 +1,5 @@
 //! Files from secrets in an instance: each directory of them is a tmpfs of its own (so values
-//! never reach a disk), bind-mounted read-only into the instance. The files are links into a
+//! never reach a disk; the bundle, whose spec holds the environment, is one too), bind-mounted read-only into the instance. The files are links into a
 //! generation directory named by `..data`, and a new set is written as a new generation and
 //! switched to by renaming a new `..data` link over the old one, as Kubernetes does: a reader
 //! sees the old set or the new one, never a mix or a half-written file.
@@ -18,10 +18,11 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 255 && !name.contains('/') && !name.contains('\0') && !name.starts_with("..") && name != "."
 }
 
-/// Mounts a small tmpfs on `dir` (made if missing).
-pub fn mount_tmpfs(dir: &Path) -> std::io::Result<()> {
+/// Mounts a small tmpfs with root directory mode `mode` on `dir` (made if missing).
+pub fn mount_tmpfs(dir: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("size=2m,mode=0755"))
+    let options = format!("size=2m,mode={mode:o}");
+    mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some(options.as_str()))
         .map_err(std::io::Error::from)
 }
 
