@@ -185,6 +185,21 @@ async fn remove(
     Query(q): Query<DeleteQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let p = caller.require(Action::WriteSecret(&name))?;
+    // A secret a service runs with is not deleted from under it: its next instance could not start.
+    if let Some(c) = &s.controller {
+        let mut users: Vec<String> = c.secret_consumers(&name).await?.into_iter().map(|u| u.service).collect();
+        users.dedup();
+        if !users.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "failed_precondition",
+                format!(
+                    "secret `{name}` is used by {}; take it out of their settings first",
+                    users.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
     let purge_at = s.secrets.delete(&name, q.recovery_days.unwrap_or(30), &p.token_name, now()).await?;
     Ok(Json(json!({ "name": name, "purge_at": purge_at })))
 }

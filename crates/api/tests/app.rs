@@ -172,6 +172,24 @@ async fn secrets_are_written_read_and_audited_by_scope() -> Result {
     assert_eq!((s, j["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("failed_precondition")));
     assert_eq!(call(&f, "POST", "/api/v1/secrets/db%2Fcreds/restore", Some(&writer), "").await?.0, StatusCode::OK);
 
+    // A secret a service runs with cannot be deleted; the refusal names the service.
+    f.store.ensure_repository("web", &Default::default(), 0).await?;
+    f.store.put_manifest(&manifest("web", b"m"), Some(berth_store::TagWrite { tag: "latest", immutable: false }), 0).await?;
+    let svc = r#"{"name":"web-app","source":{"image":"web:latest"},"image_config":{"secret_env":{"DB_PASSWORD":"db/creds#password"}}}"#;
+    let (s, _, text) = call(&f, "POST", "/api/v1/services", Some(&f.admin), svc).await?;
+    assert_eq!(s, StatusCode::ACCEPTED, "{text}");
+    let mut refused = None;
+    for _ in 0..100 {
+        let (s, j, _) = call(&f, "DELETE", "/api/v1/secrets/db%2Fcreds?recovery_days=7", Some(&writer), "").await?;
+        if s == StatusCode::CONFLICT {
+            refused = j["error"]["message"].as_str().map(str::to_owned);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let refused = refused.ok_or("a secret in use was deleted")?;
+    assert!(refused.contains("`web-app`"), "{refused}");
+
     // The audit trail names who did what to which version.
     let (_, j, _) = call(&f, "GET", "/api/v1/secrets/db%2Fcreds/audit", Some(&f.reader), "").await?;
     let entries: Vec<(String, String)> = j["entries"]

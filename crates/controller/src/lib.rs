@@ -437,6 +437,10 @@ impl Controller {
         for view in self.list(None, usize::MAX).await? {
             let mut numbers: Vec<u32> =
                 view.instances.iter().map(|i| i.revision).chain(view.current_revision.as_ref().map(|r| r.number)).collect();
+            // A revision being deployed uses its secrets before it has an instance.
+            if view.operation_in_progress.is_some() {
+                numbers.extend(self.sh.store.list_revisions(&view.name).await?.last().and_then(|r| r.key.parse::<u32>().ok()));
+            }
             numbers.sort_unstable();
             numbers.dedup();
             for number in numbers {
