@@ -40,12 +40,12 @@ use berth_core::{Egress, NetworkSpec};
 use berth_image::build::{build_from_binary, ImageSettings};
 use berth_runtime::embedded::EmbeddedRuntime;
 use berth_runtime::InstanceNetwork;
-use berth_runtime::{ImageRef, InstanceId, InstanceSpec, InstanceState, Resources, Runtime};
+use berth_runtime::{ImageRef, InstanceId, InstanceState, Runtime};
 use berth_testkit::{BerthProcess, MariaDb, RuntimeSandbox};
 
 use super::http::Conn;
 use super::nginx::{free_port, nginx, PROXY_TO_BACKEND, REQUEST_ID_MAP};
-use super::runtime::{open_runtime, runc, wait_tcp};
+use super::runtime::{open_runtime, runc, spec, wait_tcp};
 use super::{build_berth, build_release, median, print_table, Figure};
 
 /// The embedded runtime this process drives.
@@ -366,24 +366,6 @@ fn db_network() -> anyhow::Result<NetworkSpec> {
         attach: Some(Attachment::Bridge(LAN_BRIDGE.into())),
         host_endpoints: BTreeMap::new(),
         hosts: BTreeMap::new(),
-    })
-}
-
-fn spec(id: &str, image: &ImageRef, env: &[(&str, &str)], network: &InstanceNetwork) -> anyhow::Result<InstanceSpec> {
-    Ok(InstanceSpec {
-        id: InstanceId::new(id)?,
-        labels: vec![],
-        image: image.clone(),
-        entrypoint: None,
-        cmd: None,
-        env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-        port: 8080,
-        resources: Resources { cpu_millis: 1000, memory_bytes: 256 << 20, pids: 256 },
-        user: None,
-        read_only_rootfs: false,
-        files: Vec::new(),
-        init: false,
-        network: network.clone(),
     })
 }
 

@@ -20,7 +20,7 @@ use berth_image::build::{build_from_binary, build_from_dir, BuiltImage, ImageSet
 use berth_image::{ImageSource, LayerCache, PullError};
 use berth_runtime::embedded::rootfs::RootfsKind;
 use berth_runtime::embedded::{EmbeddedConfig, EmbeddedRuntime};
-use berth_runtime::{ImageRef, InstanceId, InstanceSpec, Resources, Runtime};
+use berth_runtime::{ImageRef, InstanceId, InstanceNetwork, InstanceSpec, Resources, Runtime};
 use berth_testkit::noise;
 
 use super::{build_berth, median, print_table, Figure};
@@ -101,21 +101,22 @@ pub(super) fn wait_tcp(addr: std::net::SocketAddr, limit: Duration) -> anyhow::R
     bail!("{addr} did not accept a connection within {limit:?}")
 }
 
-fn spec(id: &str, digest: &Digest) -> anyhow::Result<InstanceSpec> {
+/// An instance of `image` for the benchmarks: port 8080, one CPU, 256 MiB.
+pub(super) fn spec(id: &str, image: &ImageRef, env: &[(&str, &str)], network: &InstanceNetwork) -> anyhow::Result<InstanceSpec> {
     Ok(InstanceSpec {
         id: InstanceId::new(id)?,
         labels: vec![],
-        image: ImageRef { repository: "hello".into(), digest: digest.clone() },
+        image: image.clone(),
         entrypoint: None,
         cmd: None,
-        env: vec![],
+        env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         port: 8080,
         resources: Resources { cpu_millis: 1000, memory_bytes: 256 << 20, pids: 256 },
         user: None,
         read_only_rootfs: false,
         files: Vec::new(),
         init: false,
-        network: Default::default(),
+        network: network.clone(),
     })
 }
 
@@ -165,13 +166,14 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
 
 async fn measure(bin: &Path, dir: &Path, image: BuiltImage, digest: Digest, rounds: usize) -> anyhow::Result<()> {
     let rt = open_runtime(bin, &dir.join("runtime"), (BRIDGE, CIDR, "bbench-", CGROUP_PARENT), vec![("hello".into(), image)])?;
+    let hello = ImageRef { repository: "hello".into(), digest };
     let runc_root = dir.join("runc-state");
     let mut start = Figure::new("start to first TCP accept", "ms");
     for round in 0..rounds {
         let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
         for berth in order {
             let id = format!("bench-{}-{round}", if berth { "b" } else { "r" });
-            let st = rt.create(spec(&id, &digest)?).await?;
+            let st = rt.create(spec(&id, &hello, &[], &InstanceNetwork::default())?).await?;
             let addr = st.address.context("no address")?;
             let iid = InstanceId::new(&id)?;
             let ms = if berth {
@@ -202,7 +204,7 @@ async fn measure(bin: &Path, dir: &Path, image: BuiltImage, digest: Digest, roun
     let mut shims = Vec::new();
     for i in 0..3 {
         let id = format!("bench-idle-{i}");
-        rt.create(spec(&id, &digest)?).await?;
+        rt.create(spec(&id, &hello, &[], &InstanceNetwork::default())?).await?;
         let st = rt.start(&InstanceId::new(&id)?).await?;
         wait_tcp(st.address.context("no address")?, Duration::from_secs(10))?;
         shims.push(id);
