@@ -87,6 +87,11 @@ async fn list(State(s): State<AppState>, caller: Caller, Query(page): Query<Page
     Ok(Json(json!({ "secrets": secrets, "next": next })))
 }
 
+/// The secret as `describe` shows it, without values.
+async fn shown(s: &AppState, name: &str) -> Result<Json<Value>, ApiError> {
+    Ok(Json(serde_json::to_value(s.secrets.describe(name).await?).unwrap_or_default()))
+}
+
 /// The secret without values, and who uses which of its versions.
 async fn describe(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     caller.require(Action::Read)?;
@@ -162,13 +167,13 @@ async fn label(
 ) -> Result<Json<Value>, ApiError> {
     let p = caller.require(Action::WriteSecret(&name))?;
     s.secrets.label(&name, &body.label, &body.version, &p.token_name, now()).await?;
-    Ok(Json(serde_json::to_value(s.secrets.describe(&name).await?).unwrap_or_default()))
+    shown(&s, &name).await
 }
 
 async fn unlabel(State(s): State<AppState>, caller: Caller, Path((name, label)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
     let p = caller.require(Action::WriteSecret(&name))?;
     s.secrets.unlabel(&name, &label, &p.token_name, now()).await?;
-    Ok(Json(serde_json::to_value(s.secrets.describe(&name).await?).unwrap_or_default()))
+    shown(&s, &name).await
 }
 
 #[derive(Deserialize)]
@@ -207,7 +212,7 @@ async fn remove(
 async fn restore(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let p = caller.require(Action::WriteSecret(&name))?;
     s.secrets.restore(&name, &p.token_name, now()).await?;
-    Ok(Json(serde_json::to_value(s.secrets.describe(&name).await?).unwrap_or_default()))
+    shown(&s, &name).await
 }
 
 /// Who read or changed the secret, newest first (at most `limit`, default 100).
