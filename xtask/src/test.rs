@@ -16,6 +16,9 @@ pub const TOOLS: &[(&str, &str)] = &[
     // The private database of the networks tests, started by the tests themselves.
     ("mariadbd", "mariadb-server"),
     ("mariadb", "mariadb-client"),
+    // The rotation tests' PostgreSQL (its server binaries are not on PATH; this script is).
+    ("pg_ctlcluster", "postgresql"),
+    ("setpriv", "util-linux"),
     ("python3", "python3"),
 ];
 

@@ -14,6 +14,7 @@
 
 mod crypto;
 mod model;
+pub mod rotation;
 
 use std::sync::Arc;
 
@@ -63,6 +64,8 @@ pub enum SecretError {
     RecoveryWindow(u32),
     #[error("label `{label}` cannot be removed from secret `{name}`: move it to another version instead")]
     LabelNeeded { name: String, label: String },
+    #[error("rotation: {0}")]
+    Rotation(String),
     #[error("the master key: {0}")]
     KeySource(String),
     #[error(
@@ -85,6 +88,9 @@ pub struct Secrets {
     master: Key,
     /// Counts changes (a version, a label, a deletion or restore), for consumers to follow.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Held while a secret is read, changed and written back, so that two changes (a put and
+    /// a rotation step) never lose one another.
+    write: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -104,7 +110,7 @@ impl Secrets {
             Some(_) => {}
             None => store.set_secret_meta(FINGERPRINT, &master.fingerprint()).await?,
         }
-        Ok(Secrets { store, master, changes: tokio::sync::watch::channel(0).0 })
+        Ok(Secrets { store, master, changes: tokio::sync::watch::channel(0).0, write: tokio::sync::Mutex::new(()) })
     }
 
     /// Changes whenever a secret does (a version added, a label moved, a deletion or restore).
@@ -167,6 +173,7 @@ impl Secrets {
     /// Adds a version with `labels` (`CURRENT` when none are given: the version that had it
     /// becomes `PREVIOUS`). Returns the new version.
     pub async fn put(&self, name: &str, value: &str, labels: &[String], actor: &str, now: i64) -> Result<VersionInfo> {
+        let _w = self.write.lock().await;
         model::check_value(value)?;
         let labels = if labels.is_empty() { vec![CURRENT.to_owned()] } else { labels.to_vec() };
         for l in &labels {
@@ -204,6 +211,7 @@ impl Secrets {
 
     /// Moves `label` to `version` (an id); `CURRENT` moving makes its old version `PREVIOUS`.
     pub async fn label(&self, name: &str, label: &str, version: &str, actor: &str, now: i64) -> Result<()> {
+        let _w = self.write.lock().await;
         model::check_label(label)?;
         let mut doc = self.live(name).await?;
         doc.select(&Selector::Version(version.to_owned()))?;
@@ -218,6 +226,7 @@ impl Secrets {
         if label == CURRENT {
             return Err(SecretError::LabelNeeded { name: name.to_owned(), label: label.to_owned() });
         }
+        let _w = self.write.lock().await;
         let mut doc = self.live(name).await?;
         let had = doc.versions.iter().find(|v| v.labels.iter().any(|l| l == label)).map(|v| v.id.clone());
         for v in &mut doc.versions {
@@ -246,6 +255,7 @@ impl Secrets {
     /// Schedules the secret's purge `days` from now; until then it can be restored, and nothing
     /// can read it.
     pub async fn delete(&self, name: &str, days: u32, actor: &str, now: i64) -> Result<i64> {
+        let _w = self.write.lock().await;
         if !RECOVERY_DAYS.contains(&days) {
             return Err(SecretError::RecoveryWindow(days));
         }
@@ -258,6 +268,7 @@ impl Secrets {
     }
 
     pub async fn restore(&self, name: &str, actor: &str, now: i64) -> Result<()> {
+        let _w = self.write.lock().await;
         let mut doc = self.load(name).await?;
         if doc.purge_at.is_none() {
             return Err(SecretError::NotDeleted(name.to_owned()));
@@ -283,6 +294,11 @@ impl Secrets {
     pub async fn audit_trail(&self, name: &str, limit: usize) -> Result<Vec<SecretAudit>> {
         Ok(self.store.secret_audit(name, limit).await?)
     }
+}
+
+/// Now, in Unix seconds.
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub(crate) fn check_value(value: &str) -> Result<()> {
 
 /// A value in the clear. Its `Debug` does not show it; [`Plain::expose`] does.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Plain(String);
+pub struct Plain(pub(crate) String);
 
 impl Plain {
     pub fn expose(&self) -> &str {
@@ -152,6 +152,9 @@ pub struct SecretInfo {
     pub purge_at: Option<i64>,
     /// Newest first.
     pub versions: Vec<VersionInfo>,
+    /// How the secret is rotated and where its rotation stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<crate::rotation::Rotation>,
 }
 
 /// A version as stored: its value sealed under the secret's data key.
@@ -187,6 +190,8 @@ pub(crate) struct SecretDoc {
     pub purge_at: Option<i64>,
     /// Oldest first.
     pub versions: Vec<VersionDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<crate::rotation::Rotation>,
 }
 
 impl SecretDoc {
@@ -200,6 +205,7 @@ impl SecretDoc {
             deleted_at: None,
             purge_at: None,
             versions: Vec::new(),
+            rotation: None,
         }
     }
 
@@ -269,6 +275,7 @@ impl SecretDoc {
                 .rev()
                 .map(|v| VersionInfo { id: v.id.clone(), created_at: v.created_at, labels: v.labels.clone() })
                 .collect(),
+            rotation: self.rotation.clone(),
         }
     }
 }

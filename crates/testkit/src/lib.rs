@@ -349,3 +349,112 @@ impl Drop for MariaDb {
         let _ = self.child.wait();
     }
 }
+
+/// A PostgreSQL server (Debian's postgresql) of the caller's own: its data directory and socket
+/// directory, listening on `bind:port` (in network namespace `netns` when given) with password
+/// (SCRAM) logins from anywhere, database `guestbook` and user `gb` (password `password`),
+/// which owns it. Runs as the `postgres` user, as PostgreSQL requires. Stopped when dropped.
+pub struct Postgres {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    bin: PathBuf,
+}
+
+impl Postgres {
+    pub fn start(netns: Option<&str>, bind: &str, port: u16, password: &str) -> Result<Postgres, Error> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .map_err(|_| "PostgreSQL is not installed (install postgresql)")?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("postgres").exists())
+            .max_by_key(|b| b.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()))
+            .ok_or("no /usr/lib/postgresql/*/bin/postgres (install postgresql)")?;
+        let dir = tempfile::Builder::new().prefix("berth-postgres").tempdir()?;
+        let data = dir.path().join("data");
+        let owned = Command::new("chown").args(["postgres:postgres"]).arg(dir.path()).status()?;
+        if !owned.success() {
+            return Err("chown postgres: is there a `postgres` user (install postgresql)?".into());
+        }
+        let as_postgres = |program: &Path| {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(program);
+            c
+        };
+        let initdb = as_postgres(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !initdb.success() {
+            return Err("initdb failed".into());
+        }
+        std::fs::write(data.join("pg_hba.conf"), "local all all trust\nhost all all 0.0.0.0/0 scram-sha-256\n")?;
+        let mut server = as_postgres(&bin.join("postgres"));
+        if let Some(ns) = netns {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(server.get_program()).args(server.get_args());
+            server = c;
+        }
+        server
+            .arg("-D")
+            .arg(&data)
+            .args(["-c", &format!("listen_addresses={bind}"), "-p", &port.to_string()])
+            .args(["-c", &format!("unix_socket_directories={}", dir.path().display())])
+            .args(["-c", "fsync=off", "-c", "shared_buffers=16MB", "-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("postgres.log"))?);
+        let child = server.spawn()?;
+        let pg = Postgres { child, addr: format!("{bind}:{port}"), dir, bin };
+        let socket = pg.dir.path().join(format!(".s.PGSQL.{port}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                return Err(format!("PostgreSQL did not start within a minute:\n{}", pg.log()).into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pg.sql(&format!("CREATE USER gb PASSWORD '{password}'"))?;
+        pg.sql("CREATE DATABASE guestbook OWNER gb")?;
+        Ok(pg)
+    }
+
+    /// Runs `sql` as the superuser over the socket; its output (unaligned, no headers).
+    pub fn sql(&self, sql: &str) -> Result<String, Error> {
+        let port = self.addr.rsplit(':').next().unwrap_or("5432");
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres", "-p", port])
+            .arg("-h")
+            .arg(self.dir.path())
+            .args(["-c", sql])
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("psql -c {sql:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // The postmaster's pid (under `ip netns exec` it is not our child); SIGINT: fast shutdown.
+        let pid = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
+            .ok()
+            .and_then(|p| p.lines().next()?.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
