@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use berth_core::Action;
+use berth_secrets::rotation::RotationConfig;
 use berth_secrets::{Reference, SecretError, Selector};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -26,6 +27,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/secrets/{name}/labels/{label}", delete(unlabel))
         .route("/api/v1/secrets/{name}/restore", post(restore))
         .route("/api/v1/secrets/{name}/audit", get(audit))
+        .route("/api/v1/secrets/{name}/rotate", post(rotate))
+        .route("/api/v1/secrets/{name}/cancel-rotation", post(cancel_rotation))
 }
 
 impl From<SecretError> for ApiError {
@@ -37,13 +40,16 @@ impl From<SecretError> for ApiError {
         let status = match &e {
             SecretError::NotFound(_) => StatusCode::NOT_FOUND,
             SecretError::Exists(_) => StatusCode::CONFLICT,
-            SecretError::Deleted { .. } | SecretError::NotDeleted(_) | SecretError::LabelNeeded { .. } => StatusCode::CONFLICT,
+            SecretError::Deleted { .. } | SecretError::NotDeleted(_) | SecretError::LabelNeeded { .. } | SecretError::RotationBusy(_) => {
+                StatusCode::CONFLICT
+            }
             SecretError::NoVersion { .. } | SecretError::NoKey { .. } => StatusCode::NOT_FOUND,
             SecretError::InvalidName(_)
             | SecretError::InvalidLabel(_)
             | SecretError::TooLarge(_)
             | SecretError::Empty
             | SecretError::NotJson { .. }
+            | SecretError::Rotation(_)
             | SecretError::RecoveryWindow(_) => StatusCode::BAD_REQUEST,
             // Key and sealing failures never carry a value; they are the operator's to fix.
             SecretError::KeySource(_)
@@ -225,4 +231,41 @@ async fn audit(
     caller.require(Action::Read)?;
     s.secrets.describe(&name).await?;
     Ok(Json(json!({ "entries": s.secrets.audit_trail(&name, page.limit()).await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    /// How to rotate; none: as set before.
+    rotation: Option<RotationConfig>,
+    /// Start a rotation now (default), or only set how and when.
+    #[serde(default = "yes")]
+    rotate_now: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Sets how the secret is rotated and (unless `rotate_now` is false) rotates it now.
+async fn rotate(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<Rotate>,
+) -> Result<Json<Value>, ApiError> {
+    let p = caller.require(Action::WriteSecret(&name))?;
+    if let Some(admin) = body.rotation.as_ref().and_then(|r| r.admin_secret.as_deref()) {
+        // Rotation reads the admin secret's value for the caller: they must be able to.
+        caller.require(Action::ReadSecret(admin))?;
+    }
+    s.secrets.rotate(&name, body.rotation, body.rotate_now, &p.token_name, now()).await?;
+    shown(&s, &name).await
+}
+
+/// Stops the rotation in progress (when that is safe) and the schedule.
+async fn cancel_rotation(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let p = caller.require(Action::WriteSecret(&name))?;
+    s.secrets.cancel_rotation(&name, &p.token_name, now()).await?;
+    shown(&s, &name).await
 }

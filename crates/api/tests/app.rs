@@ -204,6 +204,53 @@ async fn secrets_are_written_read_and_audited_by_scope() -> Result {
     Ok(())
 }
 
+/// Rotation through the API: set up and started by a writer that may read the admin secret;
+/// one at a time; bad configurations refused with what to change; cancelled before CURRENT moves.
+#[tokio::test]
+async fn secret_rotation_is_set_up_started_and_cancelled() -> Result {
+    let f = fixture().await?;
+    let scopes = ["secrets-write:db/*".parse()?];
+    let writer = issue_token(&f.store, "ci-writer", scopes.to_vec()).await.map_err(|e| e.message)?.secret;
+    let both = issue_token(&f.store, "rotator", vec!["secrets-write:db/*".parse()?, "secrets-read:db/*".parse()?])
+        .await
+        .map_err(|e| e.message)?
+        .secret;
+    for body in [
+        r#"{"name":"db/creds","value":"{\"username\":\"gb\",\"password\":\"pw\"}"}"#,
+        r#"{"name":"db/admin","value":"{\"username\":\"root\",\"password\":\"rootpw\"}"}"#,
+    ] {
+        assert_eq!(call(&f, "POST", "/api/v1/secrets", Some(&both), body).await?.0, StatusCode::CREATED);
+    }
+    let rotate = "/api/v1/secrets/db%2Fcreds/rotate";
+    let (s, j, _) = call(&f, "POST", rotate, Some(&writer), "{}").await?;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(j["error"]["message"].as_str().unwrap_or("").contains("no rotation set up"), "{j}");
+    let config = r#"{"rotation":{"rotator":"mariadb","strategy":"alternating-users","admin_secret":"db/admin","schedule":"every 4h"}}"#;
+    assert_eq!(call(&f, "POST", rotate, Some(&writer), config).await?.0, StatusCode::FORBIDDEN, "the writer cannot read the admin secret");
+    for (bad, status, says) in [
+        (r#"{"rotation":{"rotator":"mysql","strategy":"alternating-users"}}"#, StatusCode::BAD_REQUEST, "needs an admin secret"),
+        (r#"{"rotation":{"rotator":"mysql","schedule":"every 5s"}}"#, StatusCode::BAD_REQUEST, "shortest interval is 1 minute"),
+        (r#"{"rotation":{"rotator":"oracle"}}"#, StatusCode::UNPROCESSABLE_ENTITY, "unknown variant `oracle`"),
+    ] {
+        let (s, j, text) = call(&f, "POST", rotate, Some(&both), bad).await?;
+        assert_eq!(s, status, "{bad}: {text}");
+        assert!(j["error"]["message"].as_str().unwrap_or("").contains(says), "{bad}: {text}");
+    }
+    let (s, j, text) = call(&f, "POST", rotate, Some(&both), config).await?;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    assert_eq!(j["rotation"]["config"]["rotator"], "mysql");
+    assert_eq!(j["rotation"]["enabled"], true);
+    assert_eq!(j["rotation"]["status"]["step"], "create_secret");
+    assert!(j["rotation"]["status"]["next_at"].is_i64(), "{j}");
+    assert!(!text.contains("rootpw") && !text.contains("\"pw"), "{text}");
+    let (s, j, _) = call(&f, "POST", rotate, Some(&both), "{}").await?;
+    assert_eq!((s, j["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("failed_precondition")), "one rotation at a time");
+    let (s, j, _) = call(&f, "POST", "/api/v1/secrets/db%2Fcreds/cancel-rotation", Some(&writer), "").await?;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!((j["rotation"]["enabled"].as_bool(), j["rotation"]["status"].get("step")), (Some(false), None));
+    Ok(())
+}
+
 #[tokio::test]
 async fn authentication_and_scopes() -> Result {
     let f = fixture().await?;

@@ -506,6 +506,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         controller,
         secrets: secrets.clone(),
     };
+    // Rotations run from here: scheduled ones, asked-for ones, and ones a stop cut short.
+    let consumers: Arc<dyn berth_secrets::rotation::Consumers> = match &state.controller {
+        Some(c) => Arc::new(c.clone()),
+        None => Arc::new(berth_secrets::rotation::NoConsumers),
+    };
+    tokio::spawn(berth_secrets::rotation::run(secrets.clone(), consumers));
     // Deleted secrets whose recovery window has passed are purged.
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));

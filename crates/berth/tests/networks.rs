@@ -10,92 +10,16 @@
 mod support;
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use berth_testkit::hello_binary;
 use support::*;
-
-/// Namespaces with servers, each joined to a host bridge; all removed when dropped.
-#[derive(Default)]
-struct Lans {
-    names: Vec<(String, String)>,
-    servers: Vec<Child>,
-}
-
-impl Drop for Lans {
-    fn drop(&mut self) {
-        for c in &mut self.servers {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for (ns, bridge) in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-            let _ = Command::new("ip").args(["link", "del", "dev", bridge]).status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result {
-    let out = Command::new("ip").args(args).output()?;
-    if !out.status.success() {
-        return Err(format!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(())
-}
-
-/// A server that accepts connections on `addr:port` and closes them (python's standard library).
-const ACCEPTOR: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind((sys.argv[1],int(sys.argv[2])))\ns.listen()\nwhile True:\n c,_=s.accept()\n c.close()\n";
 
 /// An HTTP server on `addr:port` that answers each request after 4 s.
 const SLOW_HTTP: &str = "import socket,sys,time,threading\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind((sys.argv[1],int(sys.argv[2])))\ns.listen()\ndef answer(c):\n c.recv(4096)\n time.sleep(4)\n c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 12\\r\\nConnection: close\\r\\n\\r\\nslow answer\\n')\n c.close()\nwhile True:\n c,_=s.accept()\n threading.Thread(target=answer,args=(c,)).start()\n";
 
 /// A UDP receiver on `addr:port` that appends what it receives to a file.
 const RECEIVER: &str = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((sys.argv[1],int(sys.argv[2])))\nf=open(sys.argv[3],'ab',0)\nwhile True:\n d,_=s.recvfrom(2048)\n f.write(d+b'\\n')\n";
-
-impl Lans {
-    /// A namespace `ns` holding `addrs` (with a TCP server on `port`, if given), joined by a veth
-    /// to a new host bridge that has `host_addrs` and routes to `routes`; it answers through the
-    /// host.
-    fn add(&mut self, ns: &str, bridge: &str, host_addrs: &[&str], routes: &[&str], addrs: &[&str], port: Option<u16>) -> Result {
-        self.names.push((ns.to_owned(), bridge.to_owned()));
-        ip(&["netns", "add", ns])?;
-        ip(&["link", "add", "name", bridge, "type", "bridge"])?;
-        for a in host_addrs {
-            ip(&["addr", "add", a, "dev", bridge])?;
-        }
-        ip(&["link", "set", "dev", bridge, "up"])?;
-        for r in routes {
-            ip(&["route", "add", r, "dev", bridge])?;
-        }
-        let (host_end, ns_end) = (format!("{bridge}h"), format!("{bridge}p"));
-        ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &ns_end, "netns", ns])?;
-        ip(&["link", "set", "dev", &host_end, "master", bridge, "up"])?;
-        for a in addrs {
-            ip(&["-n", ns, "addr", "add", a, "dev", &ns_end])?;
-        }
-        ip(&["-n", ns, "link", "set", "dev", &ns_end, "up"])?;
-        ip(&["-n", ns, "link", "set", "dev", "lo", "up"])?;
-        let gateway = host_addrs[0].split('/').next().unwrap_or("");
-        ip(&["-n", ns, "route", "add", "default", "via", gateway])?;
-        let Some(port) = port else { return Ok(()) };
-        let server = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", ACCEPTOR, "0.0.0.0", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        self.servers.push(server);
-        // The server listens once the host reaches it.
-        let first = format!("{}:{port}", addrs[0].split('/').next().unwrap_or(""));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect_timeout(&first.parse()?, std::time::Duration::from_millis(200)).is_err() {
-            if std::time::Instant::now() > deadline {
-                return Err(format!("the server in {ns} did not start").into());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Ok(())
-    }
-}
 
 /// Accepts and closes connections on `listener` until the test ends.
 fn serve(listener: TcpListener) {

@@ -64,6 +64,40 @@ pub enum SecretCommand {
     Restore { name: String },
     /// Who read or changed a secret, which version, when (no values).
     Audit { name: String },
+    /// Rotate a secret now: a new value (PENDING), set where it is used, tested, then made
+    /// CURRENT once every service using it is ready. The first time, say how (--rotator); flags
+    /// given later change only what they name.
+    ///
+    /// Example: `berth secret rotate db-creds --rotator mariadb --strategy alternating-users
+    /// --admin-secret db-admin --schedule 'every 4h' --wait`
+    Rotate {
+        name: String,
+        /// mysql (also MariaDB), postgresql, or command (an executable of yours, --command).
+        #[arg(long)]
+        rotator: Option<String>,
+        /// single-user (default) or alternating-users (`<user>` and `<user>_clone` take turns;
+        /// needs --admin-secret).
+        #[arg(long)]
+        strategy: Option<String>,
+        /// A secret whose database user may change other users (and create the clone).
+        #[arg(long)]
+        admin_secret: Option<String>,
+        /// The executable of a `command` rotator: an absolute path on the server.
+        #[arg(long)]
+        command: Option<String>,
+        /// `every 30m|4h|1d`, `rate(4 hours)` or a cron expression in UTC (`0 3 * * *`); at least a
+        /// minute apart. `none` turns the schedule off.
+        #[arg(long)]
+        schedule: Option<String>,
+        /// Only set how and when; do not rotate now.
+        #[arg(long)]
+        no_rotate_now: bool,
+        /// Wait until the rotation ends, printing its steps; fail if it fails.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop the rotation in progress (when that is safe) and the schedule.
+    CancelRotation { name: String },
 }
 
 /// Where a value comes from.
@@ -105,7 +139,7 @@ const VERSION_COLUMNS: &[Column<'_>] = &[("VERSION", "id"), ("LABELS", "labels")
 pub fn run(c: &Client, fmt: Format, cmd: SecretCommand) -> anyhow::Result<()> {
     let path = |name: &str| format!("/api/v1/secrets/{}", segment(name));
     let mut fields = SECRET_COLUMNS.to_vec();
-    fields.extend([("CREATED", "created_at"), ("VERSIONS", "versions"), ("USED BY", "used_by")]);
+    fields.extend([("CREATED", "created_at"), ("VERSIONS", "versions"), ("USED BY", "used_by"), ("ROTATION", "rotation_text")]);
     let versions = |v: &Value| v["versions"].as_array().cloned().unwrap_or_default();
     match cmd {
         SecretCommand::Create { name, description, value } => {
@@ -173,6 +207,7 @@ pub fn run(c: &Client, fmt: Format, cmd: SecretCommand) -> anyhow::Result<()> {
                         .into()
                 })
                 .unwrap_or(Value::Null);
+            v["rotation_text"] = rotation_text(&v["rotation"]).map_or(Value::Null, Value::from);
             output::object(fmt, &v, &fields);
         }
         SecretCommand::Versions { name } => {
@@ -201,6 +236,103 @@ pub fn run(c: &Client, fmt: Format, cmd: SecretCommand) -> anyhow::Result<()> {
             let rows = v["entries"].as_array().cloned().unwrap_or_default();
             output::list(fmt, &v, &rows, &[("AT", "at"), ("WHO", "actor"), ("ACTION", "action"), ("VERSION", "version")]);
         }
+        SecretCommand::Rotate { name, rotator, strategy, admin_secret, command, schedule, no_rotate_now, wait } => {
+            let changed = rotator.is_some() || strategy.is_some() || admin_secret.is_some() || command.is_some() || schedule.is_some();
+            let mut body = json!({ "rotate_now": !no_rotate_now });
+            let before = c.get(&path(&name))?;
+            if changed {
+                // Flags change what they name; the rest stays as set before.
+                let mut config = before["rotation"]["config"].as_object().cloned().unwrap_or_default();
+                for (key, value) in [("rotator", rotator), ("strategy", strategy), ("admin_secret", admin_secret), ("command", command)] {
+                    if let Some(v) = value {
+                        config.insert(key.into(), v.into());
+                    }
+                }
+                match schedule.as_deref() {
+                    Some("none") => {
+                        config.remove("schedule");
+                    }
+                    Some(s) => {
+                        config.insert("schedule".into(), s.into());
+                    }
+                    None => {}
+                }
+                body["rotation"] = config.into();
+            }
+            let v = c.send("POST", &format!("{}/rotate", path(&name)), &body)?;
+            if no_rotate_now {
+                eprintln!("{}", rotation_text(&v["rotation"]).unwrap_or_default());
+            } else if wait {
+                let done = before["rotation"]["status"]["rotations"].as_u64().unwrap_or(0);
+                follow_rotation(c, &path(&name), done)?;
+            } else {
+                eprintln!("rotating `{name}`; `berth secret describe {name}` shows where it stands");
+            }
+        }
+        SecretCommand::CancelRotation { name } => {
+            let v = c.send("POST", &format!("{}/cancel-rotation", path(&name)), &json!({}))?;
+            eprintln!("cancelled: {}", rotation_text(&v["rotation"]).unwrap_or_default());
+        }
     }
     Ok(())
+}
+
+/// A secret's rotation in a line: how, when, and where it stands.
+fn rotation_text(r: &Value) -> Option<String> {
+    let config = r.get("config")?;
+    let st = &r["status"];
+    let time = |k: &str| st[k].as_i64().map(|t| output::utc_millis(t * 1000));
+    let mut parts =
+        vec![format!("{} {}", config["rotator"].as_str().unwrap_or_default(), config["strategy"].as_str().unwrap_or("single-user"))];
+    if let Some(a) = config["admin_secret"].as_str() {
+        parts.push(format!("admin secret {a}"));
+    }
+    match (config["schedule"].as_str(), r["enabled"].as_bool()) {
+        (Some(s), Some(true)) => parts.push(format!("{s}, next at {}", time("next_at").unwrap_or_default())),
+        (Some(s), _) => parts.push(format!("{s} (off)")),
+        _ => parts.push("on request".into()),
+    }
+    parts.push(format!("{} done", st["rotations"].as_u64().unwrap_or(0)));
+    if let Some(t) = time("last_rotated_at") {
+        parts.push(format!("last at {t}"));
+    }
+    if let Some(step) = st["step"].as_str() {
+        parts.push(format!("in progress: {step}"));
+        if let Some(w) = st["waiting_for"].as_str() {
+            parts.push(w.to_owned());
+        }
+    }
+    if let Some(e) = st["last_error"].as_str() {
+        parts.push(format!("FAILED {}×: {e}; retry at {}", st["failures"].as_u64().unwrap_or(0), time("retry_at").unwrap_or_default()));
+    }
+    Some(parts.join("; "))
+}
+
+/// Prints each step of the rotation in progress until it ends; an error if it failed.
+fn follow_rotation(c: &Client, path: &str, done_before: u64) -> anyhow::Result<()> {
+    let mut said = String::new();
+    loop {
+        let v = c.get(path)?;
+        let st = &v["rotation"]["status"];
+        if st["rotations"].as_u64().unwrap_or(0) > done_before {
+            let current = v["versions"]
+                .as_array()
+                .and_then(|vs| vs.iter().find(|x| x["labels"].as_array().is_some_and(|l| l.iter().any(|l| l == "CURRENT"))));
+            eprintln!("rotated: version {} is CURRENT", current.and_then(|x| x["id"].as_str()).unwrap_or_default());
+            return Ok(());
+        }
+        if let Some(e) = st["last_error"].as_str() {
+            anyhow::bail!("rotation failed: {e}; it is tried again by itself (`berth secret describe` shows when), or stop it with `berth secret cancel-rotation`");
+        }
+        let Some(step) = st["step"].as_str() else { anyhow::bail!("the rotation was cancelled") };
+        let now = match st["waiting_for"].as_str() {
+            Some(w) => format!("{step}: {w}"),
+            None => step.to_owned(),
+        };
+        if now != said {
+            eprintln!("{now}");
+            said = now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }

@@ -117,13 +117,19 @@ async fn refresh_files(sh: &Arc<Shared>, state: &mut Watch) -> Result<(), Contro
             i.state == berth_runtime::InstanceState::Running
                 && i.labels.iter().any(|(k, v)| k == crate::supervisor::LABEL_SERVICE && *v == name)
         });
+        let mut all = true;
         for inst in ours {
             if let Err(e) = sh.runtime.update_files(&inst.id, mounts.clone()).await {
+                all = false;
                 tracing::warn!(service = %name, instance = %inst.id, error = %e, "updating an instance's files from secrets failed");
             }
         }
-        tracing::info!(service = %name, "files from secrets written");
-        state.files_written.insert(name, now);
+        // An instance that could not be updated is tried again at the next pass.
+        if all {
+            tracing::info!(service = %name, "files from secrets written");
+            sh.files_at.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), now.clone());
+            state.files_written.insert(name, now);
+        }
     }
     Ok(())
 }

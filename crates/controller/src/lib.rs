@@ -17,6 +17,7 @@ mod autodeploy;
 pub mod health;
 pub mod model;
 mod networks;
+mod rotation;
 mod supervisor;
 
 use std::collections::HashMap;
@@ -153,6 +154,9 @@ pub(crate) struct Shared {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Held while networks change or a spec naming them is stored.
     networks: tokio::sync::Mutex<()>,
+    /// Per service, the secret versions its running instances' files were last written from
+    /// (every instance, without an error): what rotation waits for.
+    files_at: Mutex<HashMap<String, std::collections::BTreeMap<String, String>>>,
 }
 
 /// Sends the autoscaler's decisions to the supervisors.
@@ -207,6 +211,7 @@ impl Controller {
             autodeploy: tokio::sync::Notify::new(),
             tasks: Mutex::new(Vec::new()),
             networks: tokio::sync::Mutex::new(()),
+            files_at: Mutex::new(HashMap::new()),
         });
         let controller = Controller { sh: sh.clone() };
         for record in sh.store.list_services().await? {
@@ -356,7 +361,10 @@ impl Controller {
         self.submit(op).await
     }
 
-    /// Deploys an earlier revision again, exactly: its digest and its configuration.
+    /// Deploys an earlier revision again, exactly: its digest and its configuration — with one
+    /// exception: env vars from secrets take the versions CURRENT now when the revision pinned
+    /// older ones, which a rotation may have retired since (then it is a new revision of that
+    /// revision's build, and the operation says so).
     pub async fn rollback(&self, name: &str, revision: &str) -> Result<Operation> {
         let svc = self.service_doc(name).await?;
         self.require_unpaused(name, &svc)?;
@@ -366,6 +374,16 @@ impl Controller {
         let rev = self.revision(name, number).await?;
         if svc.current_revision == Some(number) && svc.status == ServiceStatus::Running {
             return Err(ControllerError::Conflict(format!("revision {} is already serving", rev.id)));
+        }
+        if !rev.doc.secret_versions.is_empty() {
+            let current = pin_secrets(&self.sh, &rev.doc.spec).await?;
+            if current != rev.doc.secret_versions {
+                let why = format!(
+                    "rolling back to revision {}'s build and configuration with the secret versions CURRENT now (it pinned older ones, which a rotation may have retired)",
+                    rev.id
+                );
+                return self.deploy_revision_doc(name, &svc, RevisionDoc { secret_versions: current, ..rev.doc }, Some(why)).await;
+            }
         }
         let mut op = Operation::new(name, OperationType::StartDeployment, Some(number), svc.current_revision);
         op.say(format!("rolling back to revision {}: {}@{} ({})", rev.id, rev.doc.repository, rev.doc.digest, tags_text(&rev.doc.tags)));

@@ -2,7 +2,7 @@
 //! the healthy ones, replaces the failing ones, follows the autoscaler — and carries out its
 //! operations one at a time: blue/green deployments with rollback, pause, resume, delete.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -96,8 +96,9 @@ async fn drain_and_remove(sh: Arc<Shared>, bound: Duration, left: Vec<Leaver>, i
     futures_util::future::join_all(ids.iter().map(|id| remove_instance(&sh, id))).await;
     let mut r = retiring.lock().unwrap_or_else(|p| p.into_inner());
     for id in &ids {
-        r.remove(id);
+        r.instances.remove(id);
     }
+    r.gone += 1;
 }
 
 /// What an instance is told about itself, as environment variables: its service, revision and
@@ -112,8 +113,17 @@ fn identity(service: &str, rev: &Revision, instance: &InstanceId) -> [(String, S
     ]
 }
 
-/// Instances on their way out (draining, stopping), which the sweep leaves alone.
-type Retiring = Arc<Mutex<std::collections::HashSet<InstanceId>>>;
+/// Instances on their way out (draining, stopping), which the sweep leaves alone and which stay
+/// callers of the router (their requests in flight may still resolve names, call private
+/// services) until they are gone; `gone` counts removals, for the supervisor to stop naming
+/// them as callers.
+#[derive(Default)]
+struct RetiringSet {
+    instances: HashMap<InstanceId, IpAddr>,
+    gone: u64,
+}
+
+type Retiring = Arc<Mutex<RetiringSet>>;
 
 /// SIGTERM, the grace period, SIGKILL, then everything the instance held is freed.
 async fn remove_instance(sh: &Shared, id: &InstanceId) {
@@ -133,6 +143,9 @@ struct Supervisor {
     svc: ServiceDoc,
     current: Option<Revision>,
     instances: Vec<Inst>,
+    /// Addresses of instances a deployment started and is health-checking, not yet among
+    /// `instances`: callers of the router (DNS, private services) from their first moment.
+    bringing_up: Vec<IpAddr>,
     /// How many instances the autoscaler wants (within the spec's bounds).
     desired: u32,
     /// Ready addresses last put in the table.
@@ -144,6 +157,8 @@ struct Supervisor {
     hold_until: Option<Instant>,
     /// Instances being drained and removed.
     retiring: Retiring,
+    /// `retiring.gone` when last seen.
+    gone_seen: u64,
     /// When the last sweep for untracked instances ran.
     swept: Instant,
     deleted: bool,
@@ -175,12 +190,14 @@ pub(crate) async fn run(
         svc,
         current: None,
         instances: Vec::new(),
+        bringing_up: Vec::new(),
         desired: 1,
         routed: Vec::new(),
         runtime_events,
         early_failures: VecDeque::new(),
         hold_until: None,
         retiring: Retiring::default(),
+        gone_seen: 0,
         swept: Instant::now(),
         deleted: false,
         networks: Vec::new(),
@@ -325,7 +342,9 @@ impl Supervisor {
     /// the instances last routed, with every instance's address as a caller (and `starting`'s,
     /// an instance about to start).
     fn route_specs(&self, starting: Option<IpAddr>) -> Vec<RouteSpec> {
-        let sources: Vec<IpAddr> = self.instances.iter().map(|i| i.addr.ip()).chain(starting).collect();
+        let retiring: Vec<IpAddr> = self.retiring.lock().unwrap_or_else(|p| p.into_inner()).instances.values().copied().collect();
+        let sources: Vec<IpAddr> =
+            self.instances.iter().map(|i| i.addr.ip()).chain(self.bringing_up.iter().copied()).chain(retiring).chain(starting).collect();
         if self.svc.current_revision.is_none() && !self.svc.paused && sources.is_empty() {
             return Vec::new();
         }
@@ -374,9 +393,20 @@ impl Supervisor {
 
     /// Records `instances` as on their way out (so the sweep leaves them to their removal).
     fn mark_retiring(&self, instances: Vec<Inst>) -> Vec<InstanceId> {
-        let ids: Vec<InstanceId> = instances.into_iter().map(|i| i.id).collect();
-        self.retiring.lock().unwrap_or_else(|p| p.into_inner()).extend(ids.iter().cloned());
-        ids
+        if self.set_aside(&instances) {
+            // They stay callers while they drain.
+            drop(self.sh.book.set(&self.name, self.route_specs(None)));
+        }
+        instances.into_iter().map(|i| i.id).collect()
+    }
+
+    /// Counts `instances` (no longer among `instances`) as retiring before the routes change, so
+    /// that they stay callers throughout; whether any was new.
+    fn set_aside(&self, instances: &[Inst]) -> bool {
+        let mut r = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+        let before = r.instances.len();
+        r.instances.extend(instances.iter().map(|i| (i.id.clone(), i.addr.ip())));
+        r.instances.len() != before
     }
 
     /// Retires in the background: the supervisor goes on serving meanwhile.
@@ -534,7 +564,7 @@ impl Supervisor {
         }
         self.swept = Instant::now();
         let Ok(list) = self.sh.runtime.list().await else { return };
-        let retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let retiring: HashSet<InstanceId> = self.retiring.lock().unwrap_or_else(|p| p.into_inner()).instances.keys().cloned().collect();
         for st in list {
             let ours = st.labels.iter().any(|(k, v)| k == LABEL_SERVICE && v == &self.name);
             if ours && !retiring.contains(&st.id) && !self.instances.iter().any(|i| i.id == st.id) {
@@ -547,6 +577,12 @@ impl Supervisor {
     /// One pass: probe what is due, replace what failed, match the desired count, route.
     async fn reconcile(&mut self) {
         self.sweep().await;
+        // Instances removed since: no longer callers.
+        let gone = self.retiring.lock().unwrap_or_else(|p| p.into_inner()).gone;
+        if gone != self.gone_seen {
+            self.gone_seen = gone;
+            drop(self.sh.book.set(&self.name, self.route_specs(None)));
+        }
         if self.svc.paused || self.current.is_none() {
             return;
         }
@@ -619,6 +655,8 @@ impl Supervisor {
         }
         let ready: Vec<SocketAddr> = self.instances.iter().filter(|i| i.phase == Phase::Ready).map(|i| i.addr).collect();
         if ready != self.routed || !failed.is_empty() || !extra.is_empty() {
+            self.set_aside(&failed);
+            self.set_aside(&extra);
             let left = self.route();
             let mut gone = failed;
             gone.extend(extra);
@@ -649,9 +687,11 @@ impl Supervisor {
             match self.start_instance(rev).await {
                 Ok(i) => {
                     op.say(format!("started instance {} at {}", i.id, i.addr));
+                    self.bringing_up.push(i.addr.ip());
                     new.push(i);
                 }
                 Err(e) => {
+                    self.brought_up(false);
                     self.retire_later(Vec::new(), new);
                     return Err(e);
                 }
@@ -687,6 +727,7 @@ impl Supervisor {
             tokio::time::sleep(next.max(Duration::from_millis(1))).await;
         };
         self.current = saved;
+        self.brought_up(outcome.is_ok());
         match outcome {
             Ok(()) => Ok(new),
             Err(why) => {
@@ -694,6 +735,16 @@ impl Supervisor {
                 self.retire_later(Vec::new(), new);
                 Err(why)
             }
+        }
+    }
+
+    /// Ends a bring-up: its instances stop being callers of their own — they become part of
+    /// `instances` (`kept`), or go, and then their addresses must not stay callers (another
+    /// service's instance may get one next).
+    fn brought_up(&mut self, kept: bool) {
+        self.bringing_up.clear();
+        if !kept {
+            drop(self.sh.book.set(&self.name, self.route_specs(None)));
         }
     }
 
@@ -727,6 +778,7 @@ impl Supervisor {
                 self.save().await;
                 self.current = Some(rev.clone());
                 let old = std::mem::replace(&mut self.instances, new);
+                self.set_aside(&old);
                 self.desired = n;
                 self.configure_autoscaler();
                 let left = self.route();
@@ -806,8 +858,10 @@ impl Supervisor {
 
     async fn delete(&mut self, mut op: Operation) {
         self.sh.autoscaler.remove(&self.name);
-        let left = self.sh.book.set(&self.name, Vec::new());
         let mut all = std::mem::take(&mut self.instances);
+        // Set aside first, so that retiring them does not bring the routes back.
+        self.set_aside(&all);
+        let left = self.sh.book.set(&self.name, Vec::new());
         // Instances the supervisor does not track (left over from a crash) go too.
         if let Ok(list) = self.sh.runtime.list().await {
             for st in list {
@@ -899,8 +953,8 @@ impl Supervisor {
         }
         if !to_retire.is_empty() {
             let left = to_retire.iter().map(|(_, addr)| self.sh.book.left_earlier(&self.name, *addr)).collect();
+            self.retiring.lock().unwrap_or_else(|p| p.into_inner()).instances.extend(to_retire.iter().map(|(id, a)| (id.clone(), a.ip())));
             let ids: Vec<InstanceId> = to_retire.into_iter().map(|(id, _)| id).collect();
-            self.retiring.lock().unwrap_or_else(|p| p.into_inner()).extend(ids.iter().cloned());
             tokio::spawn(drain_and_remove(self.sh.clone(), self.request_timeout(), left, ids, self.retiring.clone()));
         }
         if !self.instances.is_empty() {

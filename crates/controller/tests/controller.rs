@@ -20,15 +20,24 @@ type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + 
 
 /// Healthy unless the instance's revision is listed: `broken` fails, `unprobed` cannot be
 /// probed at all (berth out of descriptors).
+/// When `table` is set, every probed address the table does not know as a caller is noted in
+/// `strangers` (its app could not resolve berth's names or call a private service).
 #[derive(Default)]
 struct RevisionProber {
     broken: Mutex<HashSet<u32>>,
     unprobed: Mutex<HashSet<u32>>,
+    table: Mutex<Option<Arc<RoutingTable>>>,
+    strangers: Mutex<Vec<SocketAddr>>,
 }
 
 #[async_trait::async_trait]
 impl Prober for RevisionProber {
-    async fn probe(&self, instance: &str, _addr: SocketAddr, _check: &HealthCheck) -> Probe {
+    async fn probe(&self, instance: &str, addr: SocketAddr, _check: &HealthCheck) -> Probe {
+        if let Some(t) = self.table.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if t.caller(addr.ip()).is_none() {
+                self.strangers.lock().unwrap_or_else(|p| p.into_inner()).push(addr);
+            }
+        }
         let rev = instance.rsplit('-').nth(1).and_then(|r| r.parse::<u32>().ok()).unwrap_or(0);
         if self.broken.lock().unwrap_or_else(|p| p.into_inner()).contains(&rev) {
             Probe::Fail("GET /healthz answered 503".into())
@@ -630,6 +639,73 @@ async fn instances_get_the_secret_versions_their_revision_pinned() -> Result {
     assert!(c.secret_consumers("plain").await?.is_empty());
     let trail = secrets.audit_trail("db-creds", 100).await?;
     assert!(trail.iter().any(|e| e.actor == "service env-app" && e.action == "read"), "{trail:?}");
+
+    // What rotation waits for: every instance on the version.
+    use berth_secrets::rotation::Consumers;
+    assert_eq!(c.lagging("db-creds", &two).await, Vec::<String>::new());
+    let lag = c.lagging("db-creds", "a-newer-version").await;
+    assert!(lag.iter().any(|l| l.starts_with("service env-app: 1 instance(s)")), "{lag:?}");
+    assert!(c.lagging("plain", "any").await.is_empty(), "nothing uses `plain`");
+
+    // Rolling back to revision 1, which pinned version one (a rotation may have retired it):
+    // revision 1's build with the versions CURRENT now.
+    secrets.label("db-creds", berth_secrets::CURRENT, &two, "admin", 4).await?;
+    let op = wait_op(&c, &c.rollback("env-app", "1").await?.id).await?;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
+    assert!(log_text(&op).contains("with the secret versions CURRENT now"), "{}", log_text(&op));
+    assert_eq!(env_of_newest()[0], ("DB_PASSWORD".to_owned(), "two".to_owned()));
+    let serving = c.get("env-app").await?.current_revision.ok_or("nothing serves")?;
+    assert!(serving.number > 2, "a new revision: {}", serving.number);
+    assert_eq!(serving.doc.secret_versions.get("db-creds"), Some(&two));
+    Ok(())
+}
+
+/// Every instance a deployment starts is known to the router as a caller from before its app
+/// runs until it goes — all of them, not only the last one started — so that its app can resolve
+/// berth's names while it is health-checked.
+#[tokio::test]
+async fn instances_being_brought_up_are_callers_all_at_once() -> Result {
+    let w = World::new()?;
+    w.push("web", "latest", 1).await?;
+    *w.prober.table.lock().unwrap_or_else(|p| p.into_inner()) = Some(w.table.clone());
+    let c = w.controller().await?;
+    let mut s = spec("two-app", "web:latest");
+    s.autoscaling.min_size = 3;
+    let op = wait_op(&c, &c.create(s).await?.id).await?;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
+    let strangers = w.prober.strangers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(strangers.is_empty(), "probed while the router did not know them as callers: {strangers:?}");
+    // A failed deployment's instances stop being callers.
+    w.push("web", "latest", 2).await?;
+    w.prober.broken.lock().unwrap_or_else(|p| p.into_inner()).insert(2);
+    let op = wait_op(&c, &c.deploy("two-app", None).await?.id).await?;
+    assert_ne!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
+    let serving: Vec<SocketAddr> = c.get("two-app").await?.instances.iter().filter_map(|i| i.address.as_deref()?.parse().ok()).collect();
+    assert_eq!(serving.len(), 3);
+    let started: Vec<String> = log_text(&op).lines().filter_map(|l| l.split(" at ").nth(1).map(str::to_owned)).collect();
+    assert!(!started.is_empty(), "{}", log_text(&op));
+    for addr in started {
+        let addr: SocketAddr = addr.trim().parse()?;
+        assert!(w.table.caller(addr.ip()).is_none() || serving.contains(&addr), "{addr} of the failed revision is still a caller");
+    }
+
+    // An instance of the previous revision still working on a request is a caller until it is
+    // gone: that request may still need a name resolved.
+    let held = w.table.lookup("two-app.localhost").ok_or("no route")?.admit(None).map_err(|_| "no upstream")?;
+    let old = held.upstream().addr;
+    w.push("web", "latest", 3).await?;
+    let op = c.deploy("two-app", None).await?;
+    until("the switch to the new revision", || {
+        let now = w.upstreams("two-app.localhost");
+        !now.is_empty() && !now.contains(&old)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.table.caller(old.ip()).is_some(), "a draining instance stopped being a caller");
+    drop(held);
+    let op = wait_op(&c, &op.id).await?;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
+    until("the drained instance to stop being a caller", || w.table.caller(old.ip()).is_none()).await?;
     Ok(())
 }
 
@@ -668,5 +744,17 @@ async fn files_from_secrets_follow_current_in_place() -> Result {
     let current = secrets.describe("db-creds").await?.versions[0].id.clone();
     let consumers = c.secret_consumers("db-creds").await?;
     assert!(consumers.iter().any(|u| u.service == "file-app" && u.how == "files" && u.version == current), "{consumers:?}");
+    // Rotation waits for the files: the version they were written from is the one.
+    use berth_secrets::rotation::Consumers;
+    let mut lag = c.lagging("db-creds", &current).await;
+    for _ in 0..100 {
+        if lag.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        lag = c.lagging("db-creds", &current).await;
+    }
+    assert_eq!(lag, Vec::<String>::new());
+    assert_eq!(c.lagging("db-creds", "a-newer-version").await, ["service file-app: files not yet rewritten"]);
     Ok(())
 }

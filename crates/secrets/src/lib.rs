@@ -66,6 +66,9 @@ pub enum SecretError {
     LabelNeeded { name: String, label: String },
     #[error("rotation: {0}")]
     Rotation(String),
+    /// A rotation is under way and the request would cut into it.
+    #[error("rotation: {0}")]
+    RotationBusy(String),
     #[error("the master key: {0}")]
     KeySource(String),
     #[error(

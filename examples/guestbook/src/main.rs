@@ -14,8 +14,10 @@
 //!
 //! Configuration (environment): `PORT` (8080), `DB_KIND` (`mysql`, the default, or `postgres`),
 //! `DB_HOST`, `DB_PORT` (3306 or 5432), `DB_NAME` (`guestbook`), `DB_USER`, and `DB_PASSWORD`
-//! or `DB_PASSWORD_FILE`. Credentials are read again for every new connection (one per
-//! request), so a rotated password file is followed without a restart.
+//! or `DB_PASSWORD_FILE` — or `DB_CREDENTIALS_FILE`, a JSON object with `username` and
+//! `password` (a database secret as a file, whose user changes with alternating-users
+//! rotation). Credentials are read again for every new connection (one per request), so a
+//! rotated file is followed without a restart.
 
 use std::sync::Arc;
 
@@ -34,9 +36,10 @@ struct Config {
     host: String,
     port: u16,
     name: String,
-    user: String,
+    user: Option<String>,
     password: Option<String>,
     password_file: Option<String>,
+    credentials_file: Option<String>,
 }
 
 impl Config {
@@ -57,21 +60,31 @@ impl Config {
             host: var("DB_HOST").ok_or("DB_HOST is not set: name the database server")?,
             port,
             name: var("DB_NAME").unwrap_or_else(|| "guestbook".into()),
-            user: var("DB_USER").ok_or("DB_USER is not set")?,
+            user: var("DB_USER"),
             password: var("DB_PASSWORD"),
             password_file: var("DB_PASSWORD_FILE"),
+            credentials_file: var("DB_CREDENTIALS_FILE"),
         })
     }
 
-    /// The password as it is now: the file's first line when there is a file.
-    fn password(&self) -> Result<String, String> {
-        match (&self.password_file, &self.password) {
+    /// The user and password as they are now: from the credentials file, or `DB_USER` with
+    /// the password file's first line or `DB_PASSWORD`.
+    fn credentials(&self) -> Result<(String, String), String> {
+        if let Some(f) = &self.credentials_file {
+            let text = std::fs::read_to_string(f).map_err(|e| format!("reading DB_CREDENTIALS_FILE {f}: {e}"))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| format!("DB_CREDENTIALS_FILE {f} is not a JSON object"))?;
+            let field = |k: &str| v[k].as_str().map(str::to_owned).ok_or(format!("DB_CREDENTIALS_FILE {f} has no `{k}`"));
+            return Ok((field("username")?, field("password")?));
+        }
+        let user = self.user.clone().ok_or("DB_USER is not set")?;
+        let password = match (&self.password_file, &self.password) {
             (Some(f), _) => std::fs::read_to_string(f)
                 .map(|p| p.lines().next().unwrap_or("").to_owned())
-                .map_err(|e| format!("reading DB_PASSWORD_FILE {f}: {e}")),
-            (None, Some(p)) => Ok(p.clone()),
-            (None, None) => Err("neither DB_PASSWORD nor DB_PASSWORD_FILE is set".into()),
-        }
+                .map_err(|e| format!("reading DB_PASSWORD_FILE {f}: {e}"))?,
+            (None, Some(p)) => p.clone(),
+            (None, None) => return Err("neither DB_PASSWORD nor DB_PASSWORD_FILE is set".into()),
+        };
+        Ok((user, password))
     }
 }
 
@@ -89,13 +102,13 @@ struct Entry {
 
 impl Db {
     async fn connect(c: &Config) -> Result<Db, String> {
-        let password = c.password()?;
-        let failed = |e: sqlx::Error| format!("connecting to the database at {}:{} as {}: {e}", c.host, c.port, c.user);
+        let (user, password) = c.credentials()?;
+        let failed = |e: sqlx::Error| format!("connecting to the database at {}:{} as {user}: {e}", c.host, c.port);
         if c.postgres {
-            let o = PgConnectOptions::new().host(&c.host).port(c.port).username(&c.user).password(&password).database(&c.name);
+            let o = PgConnectOptions::new().host(&c.host).port(c.port).username(&user).password(&password).database(&c.name);
             PgConnection::connect_with(&o).await.map(Db::Pg).map_err(failed)
         } else {
-            let o = MySqlConnectOptions::new().host(&c.host).port(c.port).username(&c.user).password(&password).database(&c.name);
+            let o = MySqlConnectOptions::new().host(&c.host).port(c.port).username(&user).password(&password).database(&c.name);
             MySqlConnection::connect_with(&o).await.map(Db::My).map_err(failed)
         }
     }

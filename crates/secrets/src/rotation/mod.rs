@@ -186,6 +186,20 @@ pub struct Rotation {
     pub status: RotationStatus,
 }
 
+/// No services: nothing to wait for, no names of berth's own (a server without a runtime).
+pub struct NoConsumers;
+
+#[async_trait::async_trait]
+impl Consumers for NoConsumers {
+    async fn lagging(&self, _secret: &str, _version: &str) -> Vec<String> {
+        Vec::new()
+    }
+
+    async fn resolve(&self, _host: &str) -> Option<IpAddr> {
+        None
+    }
+}
+
 /// What rotation needs to know of the services using a secret.
 #[async_trait::async_trait]
 pub trait Consumers: Send + Sync {
@@ -247,7 +261,7 @@ impl Secrets {
         };
         if now_too {
             if let Some(step) = rotation.status.step {
-                return Err(SecretError::Rotation(format!(
+                return Err(SecretError::RotationBusy(format!(
                     "secret `{name}` is being rotated (step {}); wait for it, or `berth secret cancel-rotation {name}`",
                     step.name()
                 )));
@@ -274,7 +288,7 @@ impl Secrets {
         let single = rotation.config.strategy == Strategy::SingleUser && rotation.config.rotator != RotatorKind::Command;
         match rotation.status.step {
             Some(Step::SetSecret | Step::TestSecret | Step::FinishSecret) if single => {
-                return Err(SecretError::Rotation(format!(
+                return Err(SecretError::RotationBusy(format!(
                     "secret `{name}` is past create_secret with a single user: the database may already have the new password, so the rotation must finish (see `berth secret describe {name}`)"
                 )))
             }

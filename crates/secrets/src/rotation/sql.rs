@@ -4,8 +4,10 @@
 //! An admin secret has the same shape; its `host`/`port`, when given, are where the admin
 //! connects.
 //!
-//! Every step checks before it acts, so running it twice (after a crash) changes nothing more:
-//! `set_secret` first tries the PENDING credentials and does nothing when they already work.
+//! Every step may run twice (after a crash) and change nothing more: as the admin, `set_secret`
+//! creates a user only if it is missing and sets a password the user may already have; as the
+//! user itself, it finds PENDING already working when CURRENT no longer does. No step tries a
+//! login that should fail, so a rotation's normal course leaves no failed login on the database.
 
 use std::time::Duration;
 
@@ -104,15 +106,19 @@ fn pending(input: &StepInput) -> Result<Creds, String> {
 pub(super) async fn set(kind: RotatorKind, input: &StepInput, consumers: &dyn Consumers) -> Result<(), String> {
     let target = pending(input)?;
     let current = creds("the secret's CURRENT value", &input.current)?;
-    if Db::connect(kind, &target, &target.at, consumers).await.is_ok() {
-        return Ok(());
-    }
     let redact = target.password.clone();
     let Some(admin) = &input.admin else {
         if target.username != current.username {
             return Err("the PENDING value names another user than CURRENT: that takes alternating users and an admin secret".into());
         }
-        let mut db = Db::connect(kind, &current, &current.at, consumers).await.map_err(|e| format!("connecting with CURRENT: {e}"))?;
+        // As the user itself: with CURRENT, or — when a crash came after the change — PENDING
+        // already works and there is nothing left to do. CURRENT is tried first so that a
+        // rotation's normal course makes no failed login on the database.
+        let mut db = match Db::connect(kind, &current, &current.at, consumers).await {
+            Ok(db) => db,
+            Err(_) if Db::connect(kind, &target, &target.at, consumers).await.is_ok() => return Ok(()),
+            Err(e) => return Err(format!("connecting with CURRENT: {e}")),
+        };
         let sql = match kind {
             RotatorKind::Postgresql => format!("ALTER ROLE CURRENT_USER WITH PASSWORD '{}'", target.password),
             // MariaDB lets a user without the CREATE USER privilege change its own password
@@ -124,6 +130,7 @@ pub(super) async fn set(kind: RotatorKind, input: &StepInput, consumers: &dyn Co
         };
         return db.exec(&sql, &redact).await;
     };
+    // As the admin: every statement below may run again after a crash and change nothing more.
     let admin = creds("the admin secret", admin)?;
     let at = Endpoint {
         host: admin.at.host.clone().or(current.at.host.clone()),
