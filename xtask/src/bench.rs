@@ -12,6 +12,7 @@ mod registry;
 mod router;
 #[cfg(feature = "runtime-bench")]
 mod runtime;
+mod secrets;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -28,6 +29,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("registry") => registry::run(rounds),
         Some("deploy") => deploy::run(rounds),
+        Some("secrets") => secrets::run(&args[1..]),
         #[cfg(feature = "runtime-bench")]
         Some("runtime") => runtime::run(rounds),
         #[cfg(not(feature = "runtime-bench"))]
@@ -40,8 +42,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("router") => router::run(rounds),
         #[cfg(not(feature = "router-bench"))]
         Some("router") => with_feature("router-bench", args),
-        Some(other) => bail!("unknown benchmark `{other}`; available: registry, runtime, router, deploy, network"),
-        None => bail!("name a benchmark: registry, runtime, router, deploy, network"),
+        Some(other) => bail!("unknown benchmark `{other}`; available: registry, runtime, router, deploy, network, secrets"),
+        None => bail!("name a benchmark: registry, runtime, router, deploy, network, secrets"),
     }
 }
 
@@ -92,6 +94,37 @@ pub fn build_release(package: &str) -> anyhow::Result<PathBuf> {
     }
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     Ok(target.join("release").join(package))
+}
+
+/// A release `berth server` on `data` with the embedded runtime on its own bridge, CIDR and
+/// cgroup parent (outbound NAT off: a benchmark's instances reach nothing outside).
+pub fn server_with_runtime(
+    bin: &std::path::Path,
+    data: &std::path::Path,
+    bridge: &str,
+    cidr: &str,
+    cgroup_parent: &str,
+) -> anyhow::Result<berth_testkit::BerthProcess> {
+    let env = [
+        ("BERTH_RUNTIME", "on"),
+        ("BERTH_RUNTIME_OUTBOUND_NAT", "false"),
+        ("BERTH_RUNTIME_BRIDGE", bridge),
+        ("BERTH_RUNTIME_CIDR", cidr),
+        ("BERTH_RUNTIME_CGROUP_PARENT", cgroup_parent),
+    ];
+    berth_testkit::BerthProcess::start(bin, data, &env).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Deletes `services` and waits (a minute at most) until they are gone: instances outlive the
+/// server, so a benchmark removes them before it stops the server, whatever happened.
+pub fn delete_services(api: &http::Api, services: &[&str]) {
+    for s in services {
+        let _ = api.call("DELETE", &format!("/api/v1/services/{s}"), &serde_json::Value::Null);
+    }
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < end && services.iter().any(|s| api.get(&format!("/api/v1/services/{s}")).is_ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// Peak resident memory of a process, KiB.

@@ -458,3 +458,49 @@ impl Drop for Postgres {
         let _ = self.child.wait();
     }
 }
+
+/// A private LAN inside this machine: network namespace `ns`, joined by a veth to a new host
+/// bridge `bridge` that has `host_addrs` (the first is the namespace's default gateway), the
+/// namespace's end having `ns_addrs`. Both removed when dropped.
+pub struct Lan {
+    pub ns: String,
+    pub bridge: String,
+}
+
+impl Lan {
+    pub fn add(ns: &str, bridge: &str, host_addrs: &[&str], ns_addrs: &[&str]) -> Result<Lan, Error> {
+        let ip = |args: &[&str]| -> Result<(), Error> {
+            let out = Command::new("ip").args(args).stdin(Stdio::null()).output()?;
+            if !out.status.success() {
+                return Err(format!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+            }
+            Ok(())
+        };
+        // Dropped on any failure below: what was made so far goes.
+        let lan = Lan { ns: ns.to_owned(), bridge: bridge.to_owned() };
+        ip(&["netns", "add", ns])?;
+        ip(&["link", "add", "name", bridge, "type", "bridge"])?;
+        for a in host_addrs {
+            ip(&["addr", "add", a, "dev", bridge])?;
+        }
+        ip(&["link", "set", "dev", bridge, "up"])?;
+        let (host_end, ns_end) = (format!("{bridge}h"), format!("{bridge}p"));
+        ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &ns_end, "netns", ns])?;
+        ip(&["link", "set", "dev", &host_end, "master", bridge, "up"])?;
+        for a in ns_addrs {
+            ip(&["-n", ns, "addr", "add", a, "dev", &ns_end])?;
+        }
+        ip(&["-n", ns, "link", "set", "dev", &ns_end, "up"])?;
+        ip(&["-n", ns, "link", "set", "dev", "lo", "up"])?;
+        let gateway = host_addrs.first().and_then(|a| a.split('/').next()).ok_or("a LAN needs a host address")?;
+        ip(&["-n", ns, "route", "add", "default", "via", gateway])?;
+        Ok(lan)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip").args(["link", "del", "dev", &self.bridge]).stderr(Stdio::null()).status();
+    }
+}

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use berth_testkit::BerthProcess;
 
 use super::http::{Api, Conn};
 use super::{build_berth, median};
@@ -149,30 +148,13 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
 
 fn measure(bin: &Path, dir: &Path, hello: &Path, rounds: usize) -> anyhow::Result<()> {
     let data = dir.join("data");
-    let server = BerthProcess::start(
-        bin,
-        &data,
-        &[
-            ("BERTH_RUNTIME", "on"),
-            ("BERTH_RUNTIME_OUTBOUND_NAT", "false"),
-            ("BERTH_RUNTIME_BRIDGE", BRIDGE),
-            ("BERTH_RUNTIME_CIDR", CIDR),
-            ("BERTH_RUNTIME_CGROUP_PARENT", CGROUP_PARENT),
-        ],
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server = super::server_with_runtime(bin, &data, BRIDGE, CIDR, CGROUP_PARENT)?;
     let api = Api::new(&server.addr, &server.token);
     let routers = std::fs::read_to_string(data.join("router-address"))?;
     let router = routers.lines().find_map(|l| l.strip_prefix("http://")).context("no router address")?.to_owned();
 
     let result = rounds_with(&api, bin, &data, hello, &router, rounds);
-    // Instances outlive the server: delete the service (and so every instance) first, whatever
-    // happened.
-    let _ = api.call("DELETE", "/api/v1/services/web-app", &serde_json::Value::Null);
-    let end = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < end && api.call("GET", "/api/v1/services/web-app", &serde_json::Value::Null).is_ok() {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    super::delete_services(&api, &["web-app"]);
     drop(server);
     result
 }

@@ -101,25 +101,16 @@ const ACCEPTOR: &str =
 struct Lan {
     acceptor: Option<Child>,
     db: Option<MariaDb>,
+    _lan: berth_testkit::Lan,
 }
 
 impl Lan {
     fn start() -> anyhow::Result<Lan> {
-        let mut lan = Lan { acceptor: None, db: None };
-        ip(&["netns", "add", LAN_NS])?;
-        ip(&["link", "add", "name", LAN_BRIDGE, "type", "bridge"])?;
-        ip(&["addr", "add", LAN_HOST, "dev", LAN_BRIDGE])?;
-        ip(&["link", "set", "dev", LAN_BRIDGE, "up"])?;
+        let addrs = [format!("{DB_IP}/24"), format!("{METADATA}/32")];
+        let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        let lan = berth_testkit::Lan::add(LAN_NS, LAN_BRIDGE, &[LAN_HOST], &addrs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut lan = Lan { acceptor: None, db: None, _lan: lan };
         ip(&["route", "add", &format!("{METADATA}/32"), "dev", LAN_BRIDGE])?;
-        let (host_end, ns_end) = (format!("{LAN_BRIDGE}h"), format!("{LAN_BRIDGE}p"));
-        ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &ns_end, "netns", LAN_NS])?;
-        ip(&["link", "set", "dev", &host_end, "master", LAN_BRIDGE, "up"])?;
-        for a in [format!("{DB_IP}/24"), format!("{METADATA}/32")] {
-            ip(&["-n", LAN_NS, "addr", "add", &a, "dev", &ns_end])?;
-        }
-        ip(&["-n", LAN_NS, "link", "set", "dev", &ns_end, "up"])?;
-        ip(&["-n", LAN_NS, "link", "set", "dev", "lo", "up"])?;
-        ip(&["-n", LAN_NS, "route", "add", "default", "via", LAN_HOST.split('/').next().unwrap_or_default()])?;
         lan.acceptor = Some(
             Command::new("ip")
                 .args(["netns", "exec", LAN_NS, "python3", "-c", ACCEPTOR, &LAN_PORT.to_string()])
@@ -140,9 +131,8 @@ impl Drop for Lan {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // The database before its namespace.
         drop(self.db.take());
-        let _ = Command::new("ip").args(["netns", "del", LAN_NS]).stderr(Stdio::null()).status();
-        let _ = Command::new("ip").args(["link", "del", "dev", LAN_BRIDGE]).stderr(Stdio::null()).status();
     }
 }
 

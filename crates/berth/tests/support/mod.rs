@@ -419,11 +419,12 @@ pub fn layout_blobs(dir: &Path) -> Result<Vec<String>> {
     Ok(v)
 }
 
-/// Namespaces with servers, each joined to a host bridge; all removed when dropped.
+/// Namespaces with servers, each joined to a host bridge; all removed when dropped (the servers
+/// first).
 #[derive(Default)]
 pub struct Lans {
-    names: Vec<(String, String)>,
     pub servers: Vec<Child>,
+    lans: Vec<berth_testkit::Lan>,
 }
 
 impl Drop for Lans {
@@ -432,10 +433,7 @@ impl Drop for Lans {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for (ns, bridge) in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-            let _ = Command::new("ip").args(["link", "del", "dev", bridge]).status();
-        }
+        self.lans.clear();
     }
 }
 
@@ -455,26 +453,10 @@ impl Lans {
     /// to a new host bridge that has `host_addrs` and routes to `routes`; it answers through the
     /// host.
     pub fn add(&mut self, ns: &str, bridge: &str, host_addrs: &[&str], routes: &[&str], addrs: &[&str], port: Option<u16>) -> Result {
-        self.names.push((ns.to_owned(), bridge.to_owned()));
-        ip(&["netns", "add", ns])?;
-        ip(&["link", "add", "name", bridge, "type", "bridge"])?;
-        for a in host_addrs {
-            ip(&["addr", "add", a, "dev", bridge])?;
-        }
-        ip(&["link", "set", "dev", bridge, "up"])?;
+        self.lans.push(berth_testkit::Lan::add(ns, bridge, host_addrs, addrs)?);
         for r in routes {
             ip(&["route", "add", r, "dev", bridge])?;
         }
-        let (host_end, ns_end) = (format!("{bridge}h"), format!("{bridge}p"));
-        ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &ns_end, "netns", ns])?;
-        ip(&["link", "set", "dev", &host_end, "master", bridge, "up"])?;
-        for a in addrs {
-            ip(&["-n", ns, "addr", "add", a, "dev", &ns_end])?;
-        }
-        ip(&["-n", ns, "link", "set", "dev", &ns_end, "up"])?;
-        ip(&["-n", ns, "link", "set", "dev", "lo", "up"])?;
-        let gateway = host_addrs[0].split('/').next().unwrap_or("");
-        ip(&["-n", ns, "route", "add", "default", "via", gateway])?;
         let Some(port) = port else { return Ok(()) };
         let server = Command::new("ip")
             .args(["netns", "exec", ns, "python3", "-c", ACCEPTOR, "0.0.0.0", &port.to_string()])
