@@ -8,7 +8,7 @@ use crate::Controller;
 
 #[async_trait::async_trait]
 impl berth_secrets::rotation::Consumers for Controller {
-    /// A service lags when an instance of it — draining ones too, which still hold connections —
+    /// A service (not paused) lags when an instance of it — draining ones too, which still hold connections —
     /// runs a revision that pinned another version of `secret` for its env vars; when its serving
     /// revision pinned another version (its next instance, from zero, would start with it); or
     /// when its running instances' files from the secret were not yet rewritten to `version`.
@@ -18,7 +18,8 @@ impl berth_secrets::rotation::Consumers for Controller {
             Err(e) => return vec![format!("the services cannot be read: {e}")],
         };
         let mut out = Vec::new();
-        for view in views {
+        // A paused service holds no instance, so no credential: it does not hold a rotation back.
+        for view in views.into_iter().filter(|v| v.status != berth_core::ServiceStatus::Paused) {
             let mut pinned: BTreeMap<u32, Option<String>> = BTreeMap::new();
             for number in view.instances.iter().map(|i| i.revision).chain(view.current_revision.as_ref().map(|r| r.number)) {
                 if let std::collections::btree_map::Entry::Vacant(e) = pinned.entry(number) {

@@ -738,6 +738,29 @@ impl Supervisor {
         }
     }
 
+    /// `rev`, or — when it pinned secret versions that are no longer CURRENT (a rotation while
+    /// the service was paused may have retired them) — a new revision of its build with the
+    /// versions CURRENT now.
+    async fn with_current_secrets(&self, rev: Revision, op: &mut Operation) -> Result<Revision, String> {
+        if rev.doc.secret_versions.is_empty() {
+            return Ok(rev);
+        }
+        let current = crate::pin_secrets(&self.sh, &rev.doc.spec).await.map_err(|e| e.to_string())?;
+        if current == rev.doc.secret_versions {
+            return Ok(rev);
+        }
+        let doc = crate::model::RevisionDoc { secret_versions: current, ..rev.doc.clone() };
+        let value = to_value(&doc).map_err(|e| e.to_string())?;
+        let number = self.sh.store.create_revision(&self.name, &value, now()).await.map_err(|e| e.to_string())?;
+        let record = self.sh.store.get_revision(&self.name, number).await.map_err(|e| e.to_string())?.ok_or("the new revision is gone")?;
+        let new = Revision::from_record(&self.name, record).map_err(|e| e.to_string())?;
+        op.say(format!(
+            "revision {} pinned secret versions that are no longer CURRENT; resuming with revision {}: its build with the versions CURRENT now",
+            rev.id, new.id
+        ));
+        Ok(new)
+    }
+
     /// Ends a bring-up: its instances stop being callers of their own — they become part of
     /// `instances` (`kept`), or go, and then their addresses must not stay callers (another
     /// service's instance may get one next).
@@ -835,10 +858,19 @@ impl Supervisor {
             self.set_status(ServiceStatus::Paused).await;
             return self.finish(&mut op, OperationStatus::Failed, "the service has no revision to resume").await;
         };
+        let rev = match self.with_current_secrets(rev, &mut op).await {
+            Ok(r) => r,
+            Err(why) => {
+                self.set_status(ServiceStatus::Paused).await;
+                return self.finish(&mut op, OperationStatus::Failed, format!("resuming failed: {why}; the service stays paused")).await;
+            }
+        };
         let n = self.svc.spec.autoscaling.min_size.max(1);
         op.say(format!("starting {n} instance(s) of revision {}", rev.id));
         match self.bring_up(&rev, n, &mut op).await {
             Ok(new) => {
+                self.current = Some(rev.clone());
+                self.svc.current_revision = Some(rev.number);
                 self.instances = new;
                 self.svc.paused = false;
                 self.svc.status = ServiceStatus::Running;

@@ -670,6 +670,7 @@ async fn instances_being_brought_up_are_callers_all_at_once() -> Result {
     *w.prober.table.lock().unwrap_or_else(|p| p.into_inner()) = Some(w.table.clone());
     let c = w.controller().await?;
     let mut s = spec("two-app", "web:latest");
+    s.source.auto_deploy = Some(false);
     s.autoscaling.min_size = 3;
     let op = wait_op(&c, &c.create(s).await?.id).await?;
     assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
@@ -706,6 +707,38 @@ async fn instances_being_brought_up_are_callers_all_at_once() -> Result {
     let op = wait_op(&c, &op.id).await?;
     assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
     until("the drained instance to stop being a caller", || w.table.caller(old.ip()).is_none()).await?;
+    Ok(())
+}
+
+/// A paused service holds no credential: it does not hold a rotation back, and it resumes with
+/// the versions CURRENT then, not the ones its revision pinned before.
+#[tokio::test]
+async fn a_paused_service_resumes_with_the_current_secret_versions() -> Result {
+    use berth_secrets::rotation::Consumers;
+    let w = World::new()?;
+    w.push("web", "latest", 1).await?;
+    let c = w.controller().await?;
+    let secrets = w.secrets().await?;
+    secrets.create("db-creds", "", r#"{"password":"one"}"#, "admin", 1).await?;
+    let mut s = spec("paused-app", "web:latest");
+    s.source.auto_deploy = Some(false);
+    s.image_config.secret_env = [("DB_PASSWORD".to_owned(), "db-creds#password".to_owned())].into();
+    assert_eq!(wait_op(&c, &c.create(s).await?.id).await?.status, OperationStatus::Succeeded);
+    assert_eq!(wait_op(&c, &c.pause("paused-app").await?.id).await?.status, OperationStatus::Succeeded);
+    let two = secrets.put("db-creds", r#"{"password":"two"}"#, &[], "admin", 2).await?;
+    assert_eq!(c.lagging("db-creds", &two.id).await, Vec::<String>::new(), "a paused service held the rotation back");
+
+    let op = wait_op(&c, &c.resume("paused-app").await?.id).await?;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{}", log_text(&op));
+    assert!(log_text(&op).contains("no longer CURRENT; resuming with revision paused-app-0002"), "{}", log_text(&op));
+    let serving = c.get("paused-app").await?.current_revision.ok_or("nothing serves")?;
+    assert_eq!((serving.number, serving.doc.secret_versions.get("db-creds")), (2, Some(&two.id)));
+    let newest = w.runtime.calls().into_iter().rev().find_map(|call| match call {
+        Call::Create(id) => w.runtime.spec(&id),
+        _ => None,
+    });
+    let env: Vec<(String, String)> = newest.ok_or("no instance")?.env.into_iter().filter(|(k, _)| k == "DB_PASSWORD").collect();
+    assert_eq!(env, [("DB_PASSWORD".to_owned(), "two".to_owned())]);
     Ok(())
 }
 

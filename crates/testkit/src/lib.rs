@@ -504,3 +504,67 @@ impl Drop for Lan {
         let _ = Command::new("ip").args(["link", "del", "dev", &self.bridge]).stderr(Stdio::null()).status();
     }
 }
+
+/// One of the databases berth's stories run on.
+pub enum Database {
+    Maria(MariaDb),
+    Postgres(Postgres),
+}
+
+impl Database {
+    /// `mariadb` (or `mysql`) or `postgresql` (or `postgres`), as [`MariaDb::start`] and
+    /// [`Postgres::start`] start them, with a superuser-like `admin` (password `admin_password`)
+    /// that may create and change other users.
+    pub fn start(kind: &str, netns: Option<&str>, bind: &str, password: &str, admin_password: &str) -> Result<Database, Error> {
+        match kind {
+            "mariadb" | "mysql" => {
+                let db = MariaDb::start(netns, bind, 3306, password)?;
+                db.sql(&format!(
+                    "CREATE USER 'admin'@'%' IDENTIFIED BY '{admin_password}'; GRANT ALL ON *.* TO 'admin'@'%' WITH GRANT OPTION;"
+                ))?;
+                Ok(Database::Maria(db))
+            }
+            "postgresql" | "postgres" => {
+                let db = Postgres::start(netns, bind, 5432, password)?;
+                db.sql(&format!("CREATE USER admin SUPERUSER PASSWORD '{admin_password}'"))?;
+                Ok(Database::Postgres(db))
+            }
+            other => Err(format!("database `{other}`: use mariadb or postgresql").into()),
+        }
+    }
+
+    /// berth's rotator for it.
+    pub fn rotator(&self) -> &'static str {
+        match self {
+            Database::Maria(_) => "mariadb",
+            Database::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// `DB_KIND` of examples/guestbook.
+    pub fn guestbook_kind(&self) -> &'static str {
+        match self {
+            Database::Maria(_) => "mysql",
+            Database::Postgres(_) => "postgres",
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            Database::Maria(_) => 3306,
+            Database::Postgres(_) => 5432,
+        }
+    }
+
+    /// Logins the database refused so far (MariaDB's `Access_denied_errors`; PostgreSQL's
+    /// password failures in its log).
+    pub fn failed_logins(&self) -> Result<u64, Error> {
+        match self {
+            Database::Maria(db) => {
+                let out = db.sql("SHOW GLOBAL STATUS LIKE 'Access_denied_errors'")?;
+                Ok(out.split_whitespace().nth(1).and_then(|n| n.parse().ok()).ok_or("no Access_denied_errors")?)
+            }
+            Database::Postgres(db) => Ok(db.log().matches("password authentication failed").count() as u64),
+        }
+    }
+}

@@ -1,11 +1,11 @@
-//! `cargo xtask bench secrets` (as root): guestbook on MariaDB, on a private LAN berth attaches,
-//! two services of two instances each — one taking its credentials as env vars, one as a file —
-//! under steady load through the router (about 200 requests/s in all, each a new database
-//! connection). Measured:
+//! `cargo xtask bench secrets` (as root): guestbook on MariaDB (`--db postgresql`: PostgreSQL) on
+//! a private LAN berth attaches, two services of two instances each — one taking its credentials
+//! as env vars, one as a file — under steady load through the router (about 200 requests/s in
+//! all, each a new database connection). Measured:
 //!
 //! - rotations with alternating users, one started every `--every` seconds (5 by default;
 //!   60 is the acceptance run), `--rotations` of them (20): failed requests, and failed logins
-//!   on the database (MariaDB's `Access_denied_errors`);
+//!   on the database (MariaDB's `Access_denied_errors`, PostgreSQL's password failures);
 //! - env rollout: from CURRENT moving (the rotation's `finish_secret`) to every env consumer on
 //!   the new version (the rotation done);
 //! - file propagation: from a `secret put` answered to the file changed in every instance of the
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use berth_testkit::{Lan, MariaDb};
+use berth_testkit::{Database, Lan};
 use serde_json::{json, Value};
 
 use super::build_berth;
@@ -61,14 +61,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .unwrap_or(Ok(default))
     };
     let (rotations, every) = (number("--rotations", 20)?, Duration::from_secs(number("--every", 5)?));
+    let kind = args.windows(2).find(|w| w[0] == "--db").map_or("mariadb", |w| w[1].as_str());
     let bin = build_berth()?;
     let guestbook = super::build_release("guestbook")?;
     cleanup_host();
     let lan = Lan::add(LAN_NS, LAN_BRIDGE, &[LAN_HOST], &[&format!("{DB_IP}/24")]).map_err(|e| anyhow::anyhow!("{e}"))?;
-    eprintln!("starting MariaDB on the LAN ({DB_IP}:3306)");
-    let db = MariaDb::start(Some(LAN_NS), DB_IP, 3306, "first-pw").map_err(|e| anyhow::anyhow!("{e}"))?;
-    db.sql("CREATE USER 'admin'@'%' IDENTIFIED BY 'admin-pw'; GRANT ALL ON *.* TO 'admin'@'%' WITH GRANT OPTION;")
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!("starting {kind} on the LAN ({DB_IP})");
+    let db = Database::start(kind, Some(LAN_NS), DB_IP, "first-pw", "admin-pw").map_err(|e| anyhow::anyhow!("{e}"))?;
     let tmp = tempfile::Builder::new().prefix("berth-bench-secrets").tempdir()?;
     let result = measure(&bin, &guestbook, tmp.path(), &db, rotations, every);
     drop(db);
@@ -128,7 +127,7 @@ impl Load {
     }
 }
 
-fn measure(bin: &Path, guestbook: &Path, dir: &Path, db: &MariaDb, rotations: u64, every: Duration) -> anyhow::Result<()> {
+fn measure(bin: &Path, guestbook: &Path, dir: &Path, db: &Database, rotations: u64, every: Duration) -> anyhow::Result<()> {
     let data = dir.join("data");
     let server = super::server_with_runtime(bin, &data, BRIDGE, CIDR, CGROUP_PARENT)?;
     let api = Api::new(&server.addr, &server.token);
@@ -138,9 +137,8 @@ fn measure(bin: &Path, guestbook: &Path, dir: &Path, db: &MariaDb, rotations: u6
     result
 }
 
-fn denied(db: &MariaDb) -> anyhow::Result<u64> {
-    let out = db.sql("SHOW GLOBAL STATUS LIKE 'Access_denied_errors'").map_err(|e| anyhow::anyhow!("{e}"))?;
-    out.split_whitespace().nth(1).and_then(|n| n.parse().ok()).context("no Access_denied_errors")
+fn denied(db: &Database) -> anyhow::Result<u64> {
+    db.failed_logins().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn p99(mut v: Vec<f64>) -> f64 {
@@ -151,7 +149,7 @@ fn p99(mut v: Vec<f64>) -> f64 {
     v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
-fn rounds(api: &Api, bin: &Path, guestbook: &Path, data: &Path, db: &MariaDb, rotations: u64, every: Duration) -> anyhow::Result<()> {
+fn rounds(api: &Api, bin: &Path, guestbook: &Path, data: &Path, db: &Database, rotations: u64, every: Duration) -> anyhow::Result<()> {
     let cli = |args: &[&str]| -> anyhow::Result<String> {
         let out = Command::new(bin).arg("--data-dir").arg(data).args(args).output()?;
         if !out.status.success() {
@@ -163,9 +161,9 @@ fn rounds(api: &Api, bin: &Path, guestbook: &Path, data: &Path, db: &MariaDb, ro
     api.call(
         "POST",
         "/api/v1/networks",
-        &json!({"name": "db", "cidr": LAN_CIDR, "attach": {"bridge": LAN_BRIDGE}, "hosts": {"mariadb": DB_IP}}),
+        &json!({"name": "db", "cidr": LAN_CIDR, "attach": {"bridge": LAN_BRIDGE}, "hosts": {"db": DB_IP}}),
     )?;
-    let creds = json!({"username": "gb", "password": "first-pw", "host": "mariadb.db.internal", "port": 3306, "dbname": "guestbook"});
+    let creds = json!({"username": "gb", "password": "first-pw", "host": "db.db.internal", "port": db.port(), "dbname": "guestbook"});
     for (name, value) in
         [("db-admin", json!({"username": "admin", "password": "admin-pw"})), ("db-creds", creds), ("app-config", json!({"n": 0}))]
     {
@@ -182,9 +180,9 @@ fn rounds(api: &Api, bin: &Path, guestbook: &Path, data: &Path, db: &MariaDb, ro
             "network": {"networks": ["db"], "egress": "networks"},
         })
     };
-    let env = json!({"port": 8080, "env": {"DB_HOST": "mariadb.db.internal"},
+    let env = json!({"port": 8080, "env": {"DB_HOST": "db.db.internal", "DB_KIND": db.guestbook_kind()},
         "secret_env": {"DB_USER": "db-creds#username", "DB_PASSWORD": "db-creds#password"}});
-    let files = json!({"port": 8080, "env": {"DB_HOST": "mariadb.db.internal", "DB_CREDENTIALS_FILE": "/run/secrets/db.json"},
+    let files = json!({"port": 8080, "env": {"DB_HOST": "db.db.internal", "DB_KIND": db.guestbook_kind(), "DB_CREDENTIALS_FILE": "/run/secrets/db.json"},
         "secret_files": {"/run/secrets/db.json": "db-creds", "/run/config/app.json": "app-config"}});
     for (name, config) in [("gb-env", env), ("gb-file", files)] {
         api.call("POST", "/api/v1/services", &service(name, config))?;
@@ -208,7 +206,7 @@ fn rounds(api: &Api, bin: &Path, guestbook: &Path, data: &Path, db: &MariaDb, ro
 
     // Rotations with alternating users, one every `every`.
     let mut rollout = Vec::new();
-    let mut config = Some(json!({"rotator": "mariadb", "strategy": "alternating-users", "admin_secret": "db-admin"}));
+    let mut config = Some(json!({"rotator": db.rotator(), "strategy": "alternating-users", "admin_secret": "db-admin"}));
     let status = || -> anyhow::Result<Value> { Ok(api.get("/api/v1/secrets/db-creds")?["rotation"]["status"].clone()) };
     for n in 1..=rotations {
         let started = Instant::now();
