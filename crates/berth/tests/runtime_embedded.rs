@@ -197,6 +197,32 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
     std::fs::write(procs, &pid)?;
     assert_eq!(next_exit(&mut events, &id0).await?, (137, false));
 
+    // Creates at once reload the rules at once: every instance is in the rules that stay loaded
+    // (a reload that read the instances earlier must not be loaded last).
+    let rt = Arc::new(rt);
+    let tasks: Vec<_> = (3..9)
+        .map(|i| {
+            let (rt, s) = (rt.clone(), spec(i, 64 << 20).map_err(|e| e.to_string()));
+            tokio::spawn(async move { rt.create(s?).await.map_err(|e| e.to_string()) })
+        })
+        .collect();
+    let mut made = Vec::new();
+    for t in tasks {
+        made.push(t.await??);
+    }
+    let rules = String::from_utf8_lossy(
+        &Command::new("nft").args(["-j", "list", "table", "inet", &format!("berth_{}", sb.bridge)]).output()?.stdout,
+    )
+    .into_owned();
+    for m in &made {
+        let addr = m.address.ok_or("a created instance has no address")?.ip().to_string();
+        assert!(rules.contains(&format!("\"{addr}\"")), "instance {} ({addr}) is not in the rules loaded last", m.id);
+    }
+    for m in &made {
+        rt.delete(&m.id).await?;
+    }
+    let rt = Arc::try_unwrap(rt).map_err(|_| "the runtime is still shared")?;
+
     // Layers in use are kept; once no instance uses them they are collected.
     assert_eq!(rt.collect_layers()?, 0);
     // Delete leaves nothing behind.

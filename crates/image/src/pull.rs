@@ -149,7 +149,28 @@ async fn fetch_manifest(source: &dyn ImageSource, repository: &str, reference: &
     Ok((m, actual))
 }
 
-/// Pulls `repository:reference` into `cache` within `limits`, staging downloads in `tmp`.
+/// A pull's own staging directory under the shared one, removed with everything in it when
+/// the pull ends (finished, failed or dropped): pulls of one image at once (two services of one
+/// build starting together) never write or delete each other's downloads.
+struct Staging(std::path::PathBuf);
+
+impl Staging {
+    async fn new(under: &Path) -> Result<Staging, PullError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = under.join(format!("pull-{}-{n}", std::process::id()));
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| PullError::Io { context: format!("creating {}", dir.display()), source: e })?;
+        Ok(Staging(dir))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Pulls `repository:reference` into `cache` within `limits`, staging downloads under `tmp`.
 pub async fn pull(
     source: &dyn ImageSource,
     cache: &LayerCache,
@@ -176,8 +197,8 @@ pub async fn pull(
     let config_desc =
         manifest.config.as_ref().ok_or_else(|| PullError::Invalid { reference: name.clone(), reason: "manifest has no config".into() })?;
     let config_digest = parse_digest(&config_desc.digest, &name)?;
-    tokio::fs::create_dir_all(tmp).await.map_err(|e| PullError::Io { context: format!("creating {}", tmp.display()), source: e })?;
-    let config_path = tmp.join(format!("config-{}", config_digest.hex()));
+    let staging = Staging::new(tmp).await?;
+    let config_path = staging.0.join(format!("config-{}", config_digest.hex()));
     source.blob(repository, &config_digest, &config_path).await?;
     let config_bytes =
         tokio::fs::read(&config_path).await.map_err(|e| PullError::Io { context: "reading the image config".into(), source: e })?;
@@ -206,7 +227,7 @@ pub async fn pull(
         if cache.contains(&d) {
             budget.charge(cache.stats(&d)).map_err(|source| CacheError::Unpack { digest: d.clone(), source })?;
         } else {
-            let file = tmp.join(format!("layer-{}", d.hex()));
+            let file = staging.0.join(format!("layer-{}", d.hex()));
             source.blob(repository, &d, &file).await?;
             let (cache_root, media_type, dd, f2) = (cache.root().to_owned(), l.media_type.clone(), d.clone(), file.clone());
             let mut b = budget.clone();
@@ -226,4 +247,94 @@ pub async fn pull(
         layers.push(d);
     }
     Ok(PulledImage { digest, config, layers, layer_dirs })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+
+    type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+    /// One image; blobs are written in two halves with a pause between, and every file they are
+    /// written to is remembered.
+    struct SlowSource {
+        manifest: Vec<u8>,
+        blobs: HashMap<Digest, Vec<u8>>,
+        written_to: Mutex<Vec<PathBuf>>,
+    }
+
+    #[async_trait::async_trait]
+    impl ImageSource for SlowSource {
+        async fn manifest(&self, _repository: &str, _reference: &str) -> std::result::Result<(String, Vec<u8>), PullError> {
+            Ok(("application/vnd.oci.image.manifest.v1+json".into(), self.manifest.clone()))
+        }
+
+        async fn blob(&self, _repository: &str, digest: &Digest, dest: &Path) -> std::result::Result<(), PullError> {
+            self.written_to.lock().unwrap_or_else(|p| p.into_inner()).push(dest.to_owned());
+            let bytes = self.blobs.get(digest).ok_or_else(|| PullError::NotFound(digest.to_string()))?;
+            let io = |e: io::Error| PullError::Io { context: "writing a blob".into(), source: e };
+            let mut f = std::fs::File::create(dest).map_err(io)?;
+            f.write_all(&bytes[..bytes.len() / 2]).map_err(io)?;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            f.write_all(&bytes[bytes.len() / 2..]).map_err(io)?;
+            Ok(())
+        }
+    }
+
+    fn image() -> Result<SlowSource> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let data = vec![7u8; 256 << 10];
+        let mut h = tar::Header::new_gnu();
+        h.set_path("app/data")?;
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append(&h, data.as_slice())?;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar.into_inner()?)?;
+        let layer = gz.finish()?;
+        let config =
+            br#"{"architecture":"amd64","os":"linux","config":{"Cmd":["/app/run"]},"rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+        let (ld, cd) = (Digest::sha256_of(&layer), Digest::sha256_of(&config));
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld.to_string(), "size": layer.len()}],
+        });
+        Ok(SlowSource {
+            manifest: serde_json::to_vec(&manifest)?,
+            blobs: [(ld, layer), (cd, config)].into(),
+            written_to: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Two services of one build start at once: both pulls succeed, neither writes or removes
+    /// the other's downloads (they shared one file per blob, and the second truncated what the
+    /// first was unpacking), and nothing is left staged.
+    #[tokio::test]
+    async fn pulls_of_one_image_at_once_keep_to_their_own_downloads() -> Result {
+        let dir = tempfile::tempdir()?;
+        let cache = LayerCache::open(&dir.path().join("cache"))?;
+        let staging = dir.path().join("tmp");
+        let source = image()?;
+        let limits = UnpackLimits::default();
+        let (a, b) = tokio::join!(
+            pull(&source, &cache, "guestbook", "v1", &staging, limits),
+            pull(&source, &cache, "guestbook", "v1", &staging, limits),
+        );
+        let (a, b) = (a?, b?);
+        assert_eq!(a.layers, b.layers);
+        assert!(cache.contains(&a.layers[0]));
+        let written = source.written_to.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let distinct: std::collections::HashSet<&PathBuf> = written.iter().collect();
+        assert_eq!(distinct.len(), written.len(), "two pulls wrote one file: {written:?}");
+        assert_eq!(std::fs::read_dir(&staging)?.count(), 0, "downloads were left behind");
+        Ok(())
+    }
 }

@@ -244,13 +244,23 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let made = db
-        .execute(
-            "CREATE TABLE IF NOT EXISTS entries (id BIGINT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100) NOT NULL, message VARCHAR(1000) NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS entries (id BIGSERIAL PRIMARY KEY, name VARCHAR(100) NOT NULL, message VARCHAR(1000) NOT NULL)",
-            &[],
-        )
-        .await;
+    // PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe against itself: two instances starting
+    // at once may both try to make the table, and one fails on a unique index of the catalog.
+    // That one tries again (and then finds the table).
+    let mut made = Ok(());
+    for attempt in 0..3 {
+        made = db
+            .execute(
+                "CREATE TABLE IF NOT EXISTS entries (id BIGINT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100) NOT NULL, message VARCHAR(1000) NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS entries (id BIGSERIAL PRIMARY KEY, name VARCHAR(100) NOT NULL, message VARCHAR(1000) NOT NULL)",
+                &[],
+            )
+            .await;
+        if made.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+    }
     db.close().await;
     if let Err(e) = made {
         eprintln!("guestbook: creating the entries table: {e}");

@@ -194,7 +194,11 @@ fn rounds(api: &Api, bin: &Path, guestbook: &Path, data: &Path, db: &Database, r
     let end = Instant::now() + Duration::from_secs(120);
     while !(ready("gb-env")? && ready("gb-file")?) {
         if Instant::now() > end {
-            bail!("the guestbook services did not come up: {}", api.get("/api/v1/services/gb-env/operations?limit=1")?);
+            let ops: Vec<String> = ["gb-env", "gb-file"]
+                .iter()
+                .map(|s| api.get(&format!("/api/v1/services/{s}/operations?limit=1")).map(|v| v.to_string()).unwrap_or_default())
+                .collect();
+            bail!("the guestbook services did not come up: {}", ops.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -281,7 +285,8 @@ fn rounds(api: &Api, bin: &Path, guestbook: &Path, data: &Path, db: &Database, r
     for (load, name) in loads.into_iter().zip(["gb-env", "gb-file"]) {
         let (o, f, last) = load.finish();
         if f > 0 {
-            eprintln!("{name}: {f} failed requests, the last: {last}");
+            let denied = api.get(&format!("/api/v1/services/{name}")).map(|v| v["denied"].clone()).unwrap_or_default();
+            eprintln!("{name}: {f} failed requests, the last: {last} (connections its rules refused: {denied})");
         }
         (ok, failed) = (ok + o, failed + f);
     }

@@ -141,6 +141,10 @@ pub struct EmbeddedRuntime {
     locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
     /// Instances the last guard found without supervision (see [`confirmed`]).
     suspects: Mutex<HashSet<InstanceId>>,
+    /// Held from reading the instances to loading their rules: two reloads at once (a create
+    /// and a delete) must not load the one that read the instances first last, which would
+    /// leave an instance out of the rules, refused, until the next reload.
+    rules: Mutex<()>,
 }
 
 /// Of the instances found without supervision now, those also found so at the previous look;
@@ -170,6 +174,7 @@ impl EmbeddedRuntime {
             events: broadcast::channel(1024).0,
             suspects: Mutex::new(HashSet::new()),
             locks: Mutex::new(HashMap::new()),
+            rules: Mutex::new(()),
         });
         rt.sweep_partial();
         // The rules of instances that outlived a server, as they are now.
@@ -312,6 +317,7 @@ impl EmbeddedRuntime {
 
     /// Loads the packet filter for every instance there is.
     fn apply_rules(&self) -> Result<()> {
+        let _in_order = self.rules.lock().unwrap_or_else(|p| p.into_inner());
         let records = self.records()?;
         let members = records
             .iter()
