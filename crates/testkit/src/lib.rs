@@ -243,27 +243,25 @@ pub fn cleanup_runtime_host(bridge: &str, cidr: &str, cgroup_parent: &str) {
     }
 }
 
-/// `examples/guestbook` (it has dependencies, so cargo builds it): the binary of the workspace's
-/// build when there is one, else built now into the same target directory.
+/// `examples/guestbook` (it has dependencies, so cargo builds it), built into the test's target
+/// directory and profile — every time: cargo does nothing when it is up to date, and a binary
+/// left by an earlier build of other sources would run the old app.
 pub fn guestbook_binary() -> Result<PathBuf, Error> {
     // Test binaries live in <target>/<profile>/deps; the example's binary in <target>/<profile>.
     let exe = std::env::current_exe()?;
     let profile_dir = exe.parent().and_then(Path::parent).ok_or("no target directory above the test binary")?;
     let bin = profile_dir.join("guestbook");
-    let fresh = |p: &Path| p.metadata().is_ok_and(|m| m.len() > 0);
-    if !fresh(&bin) {
-        let start = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-        let root = start.ancestors().find(|d| d.join("examples/guestbook/Cargo.toml").exists()).ok_or("examples/guestbook not found")?;
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let target = profile_dir.parent().ok_or("no target directory")?;
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "guestbook"]).env("CARGO_TARGET_DIR", target).current_dir(root);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        if !cmd.status()?.success() || !fresh(&bin) {
-            return Err("building examples/guestbook failed".into());
-        }
+    let start = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let root = start.ancestors().find(|d| d.join("examples/guestbook/Cargo.toml").exists()).ok_or("examples/guestbook not found")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = profile_dir.parent().ok_or("no target directory")?;
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "guestbook"]).env("CARGO_TARGET_DIR", target).current_dir(root);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    if !cmd.status()?.success() || !bin.metadata().is_ok_and(|m| m.len() > 0) {
+        return Err("building examples/guestbook failed".into());
     }
     Ok(bin)
 }
