@@ -27,6 +27,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/services/{name}/operations", get(operations))
         .route("/api/v1/services/{name}/events", get(events))
         .route("/api/v1/services/{name}/logs", get(logs))
+        .route("/api/v1/services/{name}/metrics", get(metrics))
         .route("/api/v1/operations/{id}", get(operation))
 }
 
@@ -215,6 +216,29 @@ async fn events(
         c.get(&name).await?;
     }
     Ok(Json(json!({ "events": events, "next": next })))
+}
+
+#[derive(Deserialize)]
+struct Span {
+    from: Option<u64>,
+    to: Option<u64>,
+    step: Option<u64>,
+}
+
+/// The metrics history: `from`/`to` in seconds since the Unix epoch (the last hour by default),
+/// `step` in seconds (about 360 slots by default).
+async fn metrics(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<Span>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Read)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let to = q.to.unwrap_or(now);
+    let from = q.from.unwrap_or(to.saturating_sub(3600));
+    let view = controller(&s)?.metrics(&name, from, to, q.step).await?;
+    Ok(Json(serde_json::to_value(view).unwrap_or_default()))
 }
 
 #[derive(Deserialize)]

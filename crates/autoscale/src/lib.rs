@@ -66,6 +66,35 @@ pub struct Decision {
     pub panicking: bool,
     pub stable_concurrency: f64,
     pub panic_concurrency: f64,
+    /// The concurrency aimed for per instance.
+    pub target: f64,
+}
+
+impl Decision {
+    /// Why a service goes from `from` instances to this decision, in a line a person reads next to
+    /// a chart: `2 → 5: concurrency 180 > target 70 × 2 instances`.
+    pub fn explain(&self, from: u32, settings: &ScalingSettings) -> String {
+        let to = self.desired;
+        let (concurrency, window) = match self.panicking {
+            true => (self.panic_concurrency.max(self.stable_concurrency), settings.panic_window),
+            false => (self.stable_concurrency, settings.stable_window),
+        };
+        let load = format!("concurrency {concurrency:.0} over {} s", window.as_secs());
+        let capacity = self.target * f64::from(from);
+        let why = if to == 0 {
+            format!("no request for {} s (min size 0)", settings.idle_grace.as_secs())
+        } else if to == settings.max_size.max(settings.min_size) && to > from {
+            format!("{load} > target {:.0} × {from}; capped at max size {to}", self.target)
+        } else if to == settings.min_size.max(1) && to < from {
+            format!("{load}; down to min size {to}")
+        } else if to > from {
+            format!("{load} > target {:.0} × {from} = {capacity:.0}", self.target)
+        } else {
+            format!("{load} < target {:.0} × {from} = {capacity:.0}", self.target)
+        };
+        let panic = if self.panicking { " (panic mode: load rose faster than the stable window sees)" } else { "" };
+        format!("{from} → {to}: {why}{panic}")
+    }
 }
 
 /// The KPA state of one service. Time is the caller's: seconds since any fixed start.
@@ -172,7 +201,7 @@ impl Kpa {
         let asleep = s.min_size == 0 && stable == 0.0 && panic == 0.0 && idle_for >= s.idle_grace.as_secs();
         let floor = if asleep { 0 } else { s.min_size.max(1) };
         let desired = desired.max(floor).min(s.max_size.max(s.min_size));
-        Decision { desired, panicking: self.panic_since.is_some(), stable_concurrency: stable, panic_concurrency: panic }
+        Decision { desired, panicking: self.panic_since.is_some(), stable_concurrency: stable, panic_concurrency: panic, target }
     }
 }
 
@@ -191,8 +220,9 @@ pub struct Load {
 
 /// What the autoscaler's decisions go to: whatever starts and stops instances.
 pub trait Scaler: Send + Sync {
-    /// `service` should now have `desired` instances.
-    fn scale(&self, service: &str, desired: u32);
+    /// `service` should now have `desired` instances, for the reason `why`
+    /// ([`Decision::explain`]).
+    fn scale(&self, service: &str, desired: u32, why: &str);
 }
 
 #[derive(Debug)]
@@ -252,12 +282,13 @@ impl Autoscaler {
             let Some(t) = all.get_mut(service) else { return };
             t.kpa.record(now, 1.0);
             let d = t.kpa.decide(now, 0).desired.max(1);
+            let from = t.last.unwrap_or(0);
             let changed = t.last != Some(d);
             t.last = Some(d);
-            changed.then_some(d)
+            changed.then(|| (d, format!("{from} → {d}: a request waits and no instance is ready (scale from zero)")))
         };
-        if let Some(d) = change {
-            self.scaler.scale(service, d);
+        if let Some((d, why)) = change {
+            self.scaler.scale(service, d, &why);
         }
     }
 
@@ -284,16 +315,18 @@ impl Autoscaler {
                 t.sum = 0.0;
                 t.count = 0;
                 t.kpa.record(now, avg);
-                let d = t.kpa.decide(now, ready.get(name.as_str()).copied().unwrap_or(0));
+                let ready = ready.get(name.as_str()).copied().unwrap_or(0);
+                let d = t.kpa.decide(now, ready);
                 if t.last != Some(d.desired) {
-                    tracing::info!(service = %name, desired = d.desired, stable = d.stable_concurrency, panic = d.panic_concurrency, panicking = d.panicking, "autoscaling decision");
+                    let why = d.explain(t.last.unwrap_or(ready), t.kpa.settings());
+                    tracing::info!(service = %name, desired = d.desired, reason = %why, "autoscaling decision");
                     t.last = Some(d.desired);
-                    changes.push((name.clone(), d.desired));
+                    changes.push((name.clone(), d.desired, why));
                 }
             }
         }
-        for (name, d) in changes {
-            self.scaler.scale(&name, d);
+        for (name, d, why) in changes {
+            self.scaler.scale(&name, d, &why);
         }
     }
 

@@ -132,7 +132,7 @@ struct Recorder {
 }
 
 impl Scaler for Recorder {
-    fn scale(&self, service: &str, desired: u32) {
+    fn scale(&self, service: &str, desired: u32, _why: &str) {
         self.calls.lock().unwrap_or_else(|p| p.into_inner()).push((service.to_owned(), desired));
     }
 }
@@ -183,4 +183,22 @@ async fn the_driver_scales_up_down_to_zero_and_wakes_on_poke() {
     scaler.poke("other");
     scaler.remove("web");
     assert_eq!(scaler.desired("web"), None);
+}
+
+#[test]
+fn decisions_say_why() {
+    let settings = ScalingSettings { max_concurrency: 100, max_size: 10, ..with_min(1) };
+    let d =
+        |desired, stable, panicking| Decision { desired, panicking, stable_concurrency: stable, panic_concurrency: stable, target: 70.0 };
+    let cases = [
+        (d(5, 300.0, false), 2, "2 → 5: concurrency 300 over 60 s > target 70 × 2 = 140"),
+        (d(2, 100.0, false), 4, "4 → 2: concurrency 100 over 60 s < target 70 × 4 = 280"),
+        (d(1, 3.0, false), 3, "3 → 1: concurrency 3 over 60 s; down to min size 1"),
+        (d(10, 2000.0, true), 4, "4 → 10: concurrency 2000 over 6 s > target 70 × 4; capped at max size 10 (panic mode: load rose faster than the stable window sees)"),
+    ];
+    for (decision, from, want) in cases {
+        assert_eq!(decision.explain(from, &settings), want);
+    }
+    let zero = ScalingSettings { idle_grace: Duration::from_secs(60), ..with_min(0) };
+    assert_eq!(d(0, 0.0, false).explain(1, &zero), "1 → 0: no request for 60 s (min size 0)");
 }

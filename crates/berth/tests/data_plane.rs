@@ -3,7 +3,8 @@
 //! clean stop while instances run and a restart, a restart on another build of berth (whose
 //! server hands the router's listeners to a successor router), and a router upgrade by SIGUSR2;
 //! a router being replaced lets a long request finish; a deployment after all that drains old
-//! instances by the router's reports; and a clean stop with nothing left stops the router.
+//! instances by the router's reports; the metrics history counts every request once through it
+//! all; and a clean stop with nothing left stops the router.
 
 mod support;
 
@@ -24,6 +25,7 @@ fn alive(pid: i32) -> bool {
 #[test]
 fn restarts_kills_and_upgrades_of_server_and_router_cost_no_request() -> Result {
     let mut s = Server::start_with_runtime("d", 243, "dp-app-")?;
+    let began = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let tmp = tempfile::tempdir()?;
     let bin = hello_binary(tmp.path())?.display().to_string();
     s.cli_ok(&["image", "build", "--binary", &bin, "--port", "8080", "--env", "HELLO_VERSION=v1", "-t", "web:v1"])?;
@@ -82,6 +84,41 @@ fn restarts_kills_and_upgrades_of_server_and_router_cost_no_request() -> Result 
     let (ok, failed) = load.finish();
     eprintln!("{} requests through the faults", ok.len() + failed.len());
     assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), ok.len() + failed.len(), &failed[..failed.len().min(10)]);
+
+    // The metrics history kept what went through the router across all of that: each request
+    // counted once (though the router reported its intervals to four servers and handed them to
+    // two successors), by revision, with CPU and memory from the instances' cgroups and the
+    // deployment marked.
+    let answered = (ok.len() + failed.len() + 1) as u64;
+    let history = || -> Result<(u64, serde_json::Value)> {
+        let m = http("GET", &s.url("/api/v1/services/dp-app/metrics?step=10"), Some(&s.creds()), &[], b"")?.json();
+        let requests = |p: &serde_json::Value| p["requests"].as_object().map_or(0, |c| c.values().filter_map(|v| v.as_u64()).sum::<u64>());
+        Ok((m["points"].as_array().map_or(0, |ps| ps.iter().map(requests).sum()), m))
+    };
+    let used = |m: &serde_json::Value, key: &str| {
+        let points = m["instances"].as_array().into_iter().flatten().flat_map(|i| i["points"].as_array().cloned().unwrap_or_default());
+        points.into_iter().any(|p| p[key].as_f64().is_some_and(|v| v > 0.0))
+    };
+    wait_until("the history to hold nine tenths of the requests and the instances' CPU", Duration::from_secs(60), || {
+        let (counted, m) = history()?;
+        Ok(counted * 10 >= answered * 9 && used(&m, "cpu_millicores"))
+    })?;
+    let (counted, m) = history()?;
+    eprintln!("history: {counted} of {answered} requests");
+    assert!(counted <= answered, "the history counts {counted} requests of {answered} made: some twice");
+    let revisions: Vec<u64> = m["revisions"].as_array().into_iter().flatten().filter_map(|r| r["revision"].as_u64()).collect();
+    assert!(revisions.contains(&1) && revisions.contains(&2), "revisions in the history: {revisions:?}");
+    let points = m["points"].as_array().cloned().unwrap_or_default();
+    assert!(points.first().and_then(|p| p["t"].as_u64()).is_some_and(|t| t <= began + 10), "the points before the restarts are gone");
+    assert!(points.iter().any(|p| p["p99_ms"].as_f64().is_some_and(|v| v > 0.0)), "no latency in {points:?}");
+    assert!(used(&m, "memory_bytes"), "no memory in {}", m["instances"]);
+    let markers = m["markers"].as_array().cloned().unwrap_or_default();
+    let table = s.cli_ok(&["service", "metrics", "dp-app", "--since", "10m", "--step", "10"])?;
+    assert!(table.contains("P99 MS") && table.lines().count() > 1, "{table}");
+    assert!(
+        markers.iter().any(|e| e["kind"] == "deployed" && e["message"].as_str().is_some_and(|t| t.contains("dp-app-0002"))),
+        "{markers:?}"
+    );
 
     // Nothing left to serve: a clean stop stops the router too.
     let router_now = router_pid(&s.dir)?;

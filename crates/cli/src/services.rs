@@ -78,6 +78,19 @@ pub enum ServiceCommand {
     Operation { id: String },
     /// List events (status changes, replaced instances, crash loops), newest first.
     Events { name: String },
+    /// Show the metrics history: requests by status class, latency percentiles, concurrency,
+    /// instances, CPU and memory, per slot (kept at 10 s for a day and 1 min for a week).
+    ///
+    /// Example: `berth service metrics web --since 6h --step 300`
+    Metrics {
+        name: String,
+        /// How far back: seconds, or a number with s, m, h or d (at most 7d).
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// Seconds per slot (default: about 360 slots over the span).
+        #[arg(long)]
+        step: Option<u64>,
+    },
     /// Print the instances' logs.
     Logs {
         name: String,
@@ -314,6 +327,62 @@ const OPERATION_COLUMNS: &[Column<'_>] = &[
     ("ENDED", "ended_at"),
 ];
 const EVENT_COLUMNS: &[Column<'_>] = &[("AT", "at"), ("KIND", "kind"), ("MESSAGE", "message")];
+const METRIC_COLUMNS: &[Column<'_>] = &[
+    ("AT", "at"),
+    ("REQ/S", "rps"),
+    ("2XX", "2xx"),
+    ("4XX", "4xx"),
+    ("5XX", "5xx"),
+    ("P50 MS", "p50_ms"),
+    ("P95 MS", "p95_ms"),
+    ("P99 MS", "p99_ms"),
+    ("CONCURRENCY", "concurrency"),
+    ("INSTANCES", "instances"),
+    ("CPU (m)", "cpu"),
+    ("MEMORY MiB", "memory"),
+];
+
+/// The metrics slots as table rows.
+fn metric_rows(v: &Value) -> Vec<Value> {
+    let round = |x: f64, places: i32| {
+        let f = 10f64.powi(places);
+        (x * f).round() / f
+    };
+    rows(v, "points")
+        .into_iter()
+        .map(|p| {
+            serde_json::json!({
+                "at": p["t"],
+                "rps": round(p["requests_per_second"].as_f64().unwrap_or(0.0), 1),
+                "2xx": p["requests"]["2xx"],
+                "4xx": p["requests"]["4xx"],
+                "5xx": p["requests"]["5xx"],
+                "p50_ms": p["p50_ms"],
+                "p95_ms": p["p95_ms"],
+                "p99_ms": p["p99_ms"],
+                "concurrency": format!("{:.1} / {}", p["concurrency_avg"].as_f64().unwrap_or(0.0), p["concurrency_max"]),
+                "instances": p["instances"],
+                "cpu": round(p["cpu_millicores"].as_f64().unwrap_or(0.0), 0),
+                "memory": round(p["memory_bytes"].as_f64().unwrap_or(0.0) / 1048576.0, 1),
+            })
+        })
+        .collect()
+}
+
+/// `90`, `90s`, `30m`, `6h` or `7d` in seconds.
+fn span_secs(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let Ok(n) = digits.parse::<u64>() else { bail!("`{text}` is not a span: write e.g. 90s, 30m, 6h or 7d") };
+    let per = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("`{text}`: the unit is s, m, h or d"),
+    };
+    Ok(n.saturating_mul(per))
+}
 
 /// Adds the columns tables show: serving revision, image, tags, ready/total instances.
 fn flatten_service(mut v: Value) -> Value {
@@ -501,6 +570,16 @@ pub fn run(c: &Client, fmt: Format, cmd: ServiceCommand) -> anyhow::Result<()> {
         ServiceCommand::Events { name } => {
             let v = c.get(&format!("{}/events", path(&name)))?;
             output::list(fmt, &v, &rows(&v, "events"), EVENT_COLUMNS);
+        }
+        ServiceCommand::Metrics { name, since, step } => {
+            let secs = span_secs(&since)?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let mut query = format!("{}/metrics?from={}&to={now}", path(&name), now.saturating_sub(secs));
+            if let Some(step) = step {
+                query.push_str(&format!("&step={step}"));
+            }
+            let v = c.get(&query)?;
+            output::list(fmt, &v, &metric_rows(&v), METRIC_COLUMNS);
         }
         ServiceCommand::Logs { name, follow, tail } => {
             // The last line printed of each instance: later polls print only what follows it, so

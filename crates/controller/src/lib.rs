@@ -15,6 +15,7 @@
 
 mod autodeploy;
 pub mod health;
+mod history;
 pub mod model;
 mod networks;
 mod rotation;
@@ -33,6 +34,7 @@ use berth_store::{SharedStore, StoreError};
 use tokio::sync::mpsc;
 
 pub use health::{NetProber, Probe, Prober};
+pub use history::{InstanceSeries, Marker, MetricsView, RevisionSeries, SlotView, UsageView};
 pub use model::{InstanceView, Operation, Revision, RevisionDoc, SecretConsumer, ServiceDoc, ServiceView};
 pub use networks::NetworkView;
 
@@ -126,8 +128,8 @@ pub struct Deps {
 pub(crate) enum Command {
     /// Carry out an operation (already stored as PENDING).
     Run(Operation),
-    /// The autoscaler's decision.
-    Scale(u32),
+    /// The autoscaler's decision, and why it was made.
+    Scale(u32, String),
 }
 
 /// The supervisor of one service, as the rest of the controller reaches it.
@@ -163,10 +165,10 @@ pub(crate) struct Shared {
 struct Relay(std::sync::Weak<Shared>);
 
 impl Scaler for Relay {
-    fn scale(&self, service: &str, desired: u32) {
+    fn scale(&self, service: &str, desired: u32, why: &str) {
         if let Some(sh) = self.0.upgrade() {
             if let Some(h) = sh.handles.lock().unwrap_or_else(|p| p.into_inner()).get(service) {
-                let _ = h.tx.send(Command::Scale(desired));
+                let _ = h.tx.send(Command::Scale(desired, why.to_owned()));
             }
         }
     }
@@ -219,7 +221,8 @@ impl Controller {
         }
         let scaler = tokio::spawn(sh.autoscaler.clone().run(Arc::new(RouterLoad(sh.book.clone()))));
         let deployer = tokio::spawn(autodeploy::run(Arc::downgrade(&sh), deps.pushes));
-        sh.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([scaler.abort_handle(), deployer.abort_handle()]);
+        let history = tokio::spawn(history::run(Arc::downgrade(&sh)));
+        sh.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([scaler.abort_handle(), deployer.abort_handle(), history.abort_handle()]);
         Ok(controller)
     }
 
@@ -569,6 +572,13 @@ impl Controller {
     }
 
     /// The service's events, newest first, older than the event `before` when given.
+    /// The service's metrics history from `from` to `to` (seconds since the Unix epoch) in slots
+    /// of `step` seconds (chosen for about 360 slots when not given), with its events as markers.
+    /// A deleted service's history stays readable while it is kept.
+    pub async fn metrics(&self, name: &str, from: u64, to: u64, step: Option<u64>) -> Result<MetricsView> {
+        history::query(&self.sh, name, from, to, step).await
+    }
+
     pub async fn events(&self, name: &str, before: Option<i64>, limit: usize) -> Result<Vec<berth_store::ServiceEvent>> {
         Ok(self.sh.store.service_events(name, before, limit).await?)
     }

@@ -219,7 +219,7 @@ pub(crate) async fn run(
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 Some(Command::Run(op)) => s.carry_out(op).await,
-                Some(Command::Scale(n)) => s.scale_to(n),
+                Some(Command::Scale(n, why)) => s.scale(n, &why).await,
                 None => break,
             },
             ev = s.runtime_events.recv() => s.on_runtime_event(ev),
@@ -301,6 +301,16 @@ impl Supervisor {
         (a.min_size, a.max_size.max(1))
     }
 
+    /// The autoscaler's decision: recorded as an event (the charts mark it) when it changes the
+    /// instances wanted.
+    async fn scale(&mut self, n: u32, why: &str) {
+        let before = self.desired;
+        self.scale_to(n);
+        if self.desired != before && !self.svc.paused {
+            self.event("scaled", why).await;
+        }
+    }
+
     fn scale_to(&mut self, n: u32) {
         let (min, max) = self.bounds();
         self.desired = n.clamp(min, max);
@@ -360,10 +370,13 @@ impl Supervisor {
         let paused =
             self.svc.paused.then(|| format!("service `{}` is paused; `berth service resume {}` serves it again", self.name, self.name));
         let net = &self.svc.spec.network;
+        let revisions: Vec<u32> =
+            self.routed.iter().map(|a| self.instances.iter().find(|i| i.addr == *a).map_or(0, |i| i.revision)).collect();
         let spec = |host: String, internal: bool| RouteSpec {
             host,
             service: self.name.clone(),
             upstreams: self.routed.clone(),
+            revisions: revisions.clone(),
             settings: self.route_settings(),
             paused: paused.clone(),
             internal,

@@ -5,6 +5,7 @@
 pub mod calendar;
 pub mod digest;
 pub mod lifecycle;
+pub mod metrics;
 pub mod name;
 pub mod network;
 pub mod pattern;
@@ -12,6 +13,7 @@ pub mod policy;
 pub mod query;
 pub mod scope;
 pub mod service;
+pub mod sketch;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use lifecycle::LifecycleRule;

@@ -59,6 +59,11 @@ impl RouteBook {
     pub fn render_metrics(&self, out: &mut String) {
         self.sink.render_metrics(out);
     }
+
+    /// The traffic intervals closed since the last call ([`RouteSink::take_traffic`]).
+    pub fn take_traffic(&self) -> Vec<crate::table::TrafficInterval> {
+        self.sink.take_traffic()
+    }
 }
 
 #[cfg(test)]

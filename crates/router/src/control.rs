@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::sink::{Owners, ServiceLoad};
+use crate::table::TrafficInterval;
 
 /// The control socket, in the data directory.
 pub const SOCKET: &str = "router.sock";
@@ -129,6 +130,9 @@ pub struct Report {
     pub draining: Vec<(String, SocketAddr)>,
     /// The router's metrics, about once a second.
     pub metrics: Option<String>,
+    /// Traffic intervals closed since the last report (on attaching: every one kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<TrafficInterval>,
 }
 
 /// Which listener each handed descriptor is, in order, and the table being served.
@@ -137,6 +141,10 @@ pub struct Handing {
     pub listeners: Vec<Listener>,
     pub owners: Owners,
     pub gen: u64,
+    /// The traffic intervals not yet taken by a server, the one in progress closed early: the
+    /// successor reports them.
+    #[serde(default)]
+    pub traffic: Vec<TrafficInterval>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

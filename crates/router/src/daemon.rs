@@ -90,7 +90,8 @@ impl State {
         }
     }
 
-    fn report(&self, metrics: bool) -> Report {
+    /// A report; `sent` is the number of the last traffic interval this attachment was sent.
+    fn report(&self, metrics: bool, sent: &mut u64) -> Report {
         let gen = self.owners.lock().unwrap_or_else(|p| p.into_inner()).0;
         let draining = {
             let mut d = self.draining.lock().unwrap_or_else(|p| p.into_inner());
@@ -102,7 +103,11 @@ impl State {
             self.table.render_metrics(&mut out);
             out
         });
-        Report { gen, services: self.table.load(), draining, metrics }
+        let traffic = self.table.intervals_after(*sent);
+        if let Some(last) = traffic.last() {
+            *sent = last.seq;
+        }
+        Report { gen, services: self.table.load(), draining, metrics, traffic }
     }
 
     fn hello(&self) -> Hello {
@@ -147,7 +152,9 @@ pub async fn run(config: DaemonConfig, config_path: &Path, takeover: bool) -> st
     let socket_path = data.join(control::SOCKET);
     let table = Arc::new(RoutingTable::new());
     let (listeners, handed_from) = if takeover {
-        let (mut listeners, gen, owners, stream) = take_over(&socket_path).await?;
+        let (mut listeners, handing, stream) = take_over(&socket_path).await?;
+        let (gen, owners) = (handing.gen, handing.owners);
+        table.adopt_intervals(handing.traffic);
         // A successor on another configuration may serve instances where its predecessor did not.
         listeners.retain(|(k, _)| *k != Listener::Internal || config.listen_internal.is_some());
         if let (Some(addr), false) = (config.listen_internal, listeners.iter().any(|(k, _)| *k == Listener::Internal)) {
@@ -249,21 +256,20 @@ fn bind(config: &DaemonConfig) -> std::io::Result<Vec<(Listener, std::net::TcpLi
 }
 
 /// Connects to the running router and takes its listeners and table over.
-async fn take_over(socket: &Path) -> std::io::Result<(Vec<(Listener, std::net::TcpListener)>, u64, Owners, UnixStream)> {
+async fn take_over(socket: &Path) -> std::io::Result<(Vec<(Listener, std::net::TcpListener)>, Handing, UnixStream)> {
     let mut stream = UnixStream::connect(socket)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("reaching the running router at {}: {e}", socket.display())))?;
     control::write(&mut stream, &ToRouter::Handoff).await?;
     let fds = control::receive_fds(&stream).await?;
-    let handing = match control::read::<FromRouter, _>(&mut BufReader::new(&mut stream)).await? {
+    let mut handing = match control::read::<FromRouter, _>(&mut BufReader::new(&mut stream)).await? {
         Some(FromRouter::Handing(h)) => h,
         _ => return Err(other("the running router did not hand its listeners over")),
     };
     if fds.len() != handing.listeners.len() {
         return Err(other(format!("{} sockets came for {} listeners", fds.len(), handing.listeners.len())));
     }
-    let listeners = handing
-        .listeners
+    let listeners = std::mem::take(&mut handing.listeners)
         .into_iter()
         .zip(fds)
         .map(|(kind, fd)| {
@@ -272,7 +278,7 @@ async fn take_over(socket: &Path) -> std::io::Result<(Vec<(Listener, std::net::T
         })
         .collect::<std::io::Result<Vec<_>>>()?;
     tracing::info!(sockets = listeners.len(), routes = flatten(&handing.owners).len(), "took the listeners over");
-    Ok((listeners, handing.gen, handing.owners, stream))
+    Ok((listeners, handing, stream))
 }
 
 /// Starts the worker threads over the listeners; they end once `stopping` is cancelled and their
@@ -366,6 +372,7 @@ async fn control_loop(
             _ = hup.recv() => tracing::info!("SIGHUP ignored: the router serves on"),
             () = async { let _ = stop.wait_for(|s| s.is_some()).await; } => return Ok(()),
             _ = tick.tick() => {
+                state.table.close_interval(crate::table::unix_now(), false);
                 if inode(socket_path) != ours {
                     state.request_stop("the control socket was removed or taken over");
                 }
@@ -442,7 +449,7 @@ async fn attached(state: &Arc<State>, mut stream: UnixStream) -> std::io::Result
     let mut activations = state.activations.subscribe();
     let mut tick = tokio::time::interval(REPORT_EVERY);
     // Reports start once the server has sent its table: until then it reads nothing but Hello.
-    let (mut reporting, mut reports) = (false, 0u32);
+    let (mut reporting, mut reports, mut sent) = (false, 0u32, 0u64);
     loop {
         let report = tokio::select! {
             msg = control::read::<ToRouter, _>(&mut reader) => match msg? {
@@ -470,7 +477,8 @@ async fn attached(state: &Arc<State>, mut stream: UnixStream) -> std::io::Result
         };
         if report {
             reports = reports.wrapping_add(1);
-            control::write(&mut write, &FromRouter::Report(state.report(reports % METRICS_EVERY == 1))).await?;
+            let report = state.report(reports % METRICS_EVERY == 1, &mut sent);
+            control::write(&mut write, &FromRouter::Report(report)).await?;
         }
     }
 }
@@ -482,7 +490,10 @@ async fn hand_off(state: &Arc<State>, mut stream: UnixStream) -> std::io::Result
     control::send_fds(&stream, &fds).await?;
     let (gen, owners) = state.owners.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let listeners = state.listeners.iter().map(|(k, _)| *k).collect();
-    control::write(&mut stream, &FromRouter::Handing(Handing { listeners, owners, gen })).await?;
+    // What this router counted goes with the listeners: the successor reports it.
+    state.table.close_interval(crate::table::unix_now(), true);
+    let traffic = state.table.intervals_after(0);
+    control::write(&mut stream, &FromRouter::Handing(Handing { listeners, owners, gen, traffic })).await?;
     match control::read::<ToRouter, _>(&mut BufReader::new(&mut stream)).await {
         Ok(Some(ToRouter::Taken)) => {
             state.request_stop("a successor took the listeners over");

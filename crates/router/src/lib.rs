@@ -32,5 +32,8 @@ pub use book::RouteBook;
 pub use proxy::{Activator, Body, BoxError, Router, RouterOptions, DEFAULT_MAX_CONNECTIONS};
 pub use remote::{Launch, RemoteRouter};
 pub use sink::{Leaver, Owners, RouteSink, ServiceLoad};
-pub use table::{InFlight, NoPick, Refusal, Route, RouteSettings, RouteSpec, RoutingTable, ServiceState, Upstream};
+pub use table::{
+    unix_now, InFlight, NoPick, Refusal, Route, RouteSettings, RouteSpec, RoutingTable, ServiceState, TrafficInterval, Upstream,
+    INTERVAL_SECS,
+};
 pub use workers::{bind, Workers};

@@ -487,6 +487,8 @@ pub(crate) struct Exchange<'a> {
     pub(crate) deadline: tokio::time::Instant,
     /// The instance the request went to, once picked.
     pub(crate) upstream: Option<SocketAddr>,
+    /// Its revision's traffic counters, once picked.
+    pub(crate) traffic: Option<Arc<crate::stats::Traffic>>,
     /// Request body bytes passed on, counted when there is an access log and a body.
     pub(crate) bytes_in: Option<Arc<AtomicU64>>,
 }
@@ -520,6 +522,7 @@ impl<'a> Exchange<'a> {
             start,
             deadline: tokio::time::Instant::from_std(start + route.settings.request_timeout),
             upstream: None,
+            traffic: None,
             bytes_in: None,
         }
     }
@@ -740,6 +743,7 @@ impl Router {
         let status = resp.status().as_u16();
         let elapsed = ex.start.elapsed();
         route.service.stats.response(status, elapsed);
+        ex.traffic.as_ref().unwrap_or(&route.service.unrouted).response(status, elapsed);
         if let (Some(log), Some(path)) = (&self.options.access_log, &ex.path) {
             let record = AccessRecord {
                 ts: String::new(),
@@ -791,6 +795,7 @@ impl Router {
             };
             let upstream = in_flight.upstream();
             ex.upstream = Some(upstream.addr);
+            ex.traffic = Some(upstream.traffic.clone());
             let b = match (empty_request, body.take()) {
                 (true, _) => None,
                 (false, Some(b)) => Some(b),
@@ -1005,6 +1010,7 @@ mod tests {
             start: Instant::now(),
             deadline: tokio::time::Instant::now(),
             upstream: None,
+            traffic: None,
             bytes_in: None,
         };
         let mut out = HeaderMap::new();

@@ -6,7 +6,7 @@
 //! listeners again and gets the whole table), and a router of another build or configuration is
 //! replaced by a successor that takes its listening sockets over, so no connection is refused.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,9 +20,12 @@ use tokio::sync::watch;
 use crate::control::{self, DaemonConfig, FromRouter, Hello, Report, ToRouter};
 use crate::proxy::Activator;
 use crate::sink::{flatten, Leaver, Owners, RouteSink, ServiceLoad};
+use crate::table::TrafficInterval;
 
 /// How long a router process has to start listening, or to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Traffic intervals kept for the server to take: an hour's.
+const KEPT_TRAFFIC: usize = 360;
 
 /// How the server reaches (and, when needed, starts) its router process.
 pub struct Launch {
@@ -53,6 +56,8 @@ struct Inner {
     routed: Mutex<HashSet<(String, SocketAddr)>>,
     reports: watch::Sender<Arc<Report>>,
     metrics: Mutex<String>,
+    /// Traffic intervals reported and not yet taken.
+    traffic: Mutex<VecDeque<TrafficInterval>>,
     activator: OnceLock<Arc<dyn Activator>>,
     hello: Mutex<Hello>,
     /// Set to stop the router; the router task then ends.
@@ -100,6 +105,7 @@ impl RemoteRouter {
             routed: Mutex::new(routed_pairs(&hello.owners)),
             reports: watch::channel(Arc::new(Report { gen: hello.gen, ..Report::default() })).0,
             metrics: Mutex::new(String::new()),
+            traffic: Mutex::new(VecDeque::new()),
             activator: OnceLock::new(),
             hello: Mutex::new(hello),
             stop: watch::channel(false).0,
@@ -156,6 +162,10 @@ impl RouteSink for RemoteRouter {
     fn left_earlier(&self, service: &str, addr: SocketAddr) -> Leaver {
         let watch = DrainWatch { gen: self.inner.gen.load(Ordering::SeqCst), reports: self.inner.reports.subscribe() };
         Leaver::remote(service.to_owned(), addr, watch)
+    }
+
+    fn take_traffic(&self) -> Vec<TrafficInterval> {
+        self.inner.traffic.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect()
     }
 }
 
@@ -278,6 +288,14 @@ async fn serve_attachment(inner: &Arc<Inner>, stream: UnixStream, stop: &mut wat
                 Ok(Some(FromRouter::Report(mut report))) => {
                     if let Some(text) = report.metrics.take() {
                         *inner.metrics.lock().unwrap_or_else(|p| p.into_inner()) = text;
+                    }
+                    if !report.traffic.is_empty() {
+                        let mut kept = inner.traffic.lock().unwrap_or_else(|p| p.into_inner());
+                        kept.extend(std::mem::take(&mut report.traffic));
+                        // Nobody took them for an hour's worth: the oldest go.
+                        while kept.len() > KEPT_TRAFFIC {
+                            kept.pop_front();
+                        }
                     }
                     inner.reports.send_replace(Arc::new(report));
                 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::remote::DrainWatch;
-use crate::table::{RouteSpec, RoutingTable, Upstream};
+use crate::table::{RouteSpec, RoutingTable, TrafficInterval, Upstream};
 
 /// The routes of every owner, by owner (a service's supervisor, the one-off instances).
 pub type Owners = BTreeMap<String, Vec<RouteSpec>>;
@@ -38,6 +38,9 @@ pub trait RouteSink: Send + Sync {
     /// A waiter for an upstream not in the table — one a previous writer took out, whose
     /// requests may still be in flight in a router that outlived that writer.
     fn left_earlier(&self, service: &str, addr: SocketAddr) -> Leaver;
+    /// The traffic intervals the router closed since the last call. A router run reports each of
+    /// its intervals once per attachment; a new attachment gets every one it still holds again.
+    fn take_traffic(&self) -> Vec<TrafficInterval>;
 }
 
 /// An upstream that left the table: nothing new goes to it, and [`Leaver::drained`] says when
@@ -97,5 +100,9 @@ impl RouteSink for RoutingTable {
     fn left_earlier(&self, service: &str, addr: SocketAddr) -> Leaver {
         // A table in this process starts empty with its writer: nothing earlier is in flight.
         Leaver { service: service.to_owned(), addr, wait: Wait::Gone }
+    }
+
+    fn take_traffic(&self) -> Vec<TrafficInterval> {
+        self.take_intervals()
     }
 }

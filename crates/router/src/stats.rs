@@ -5,6 +5,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use berth_core::metrics::{class_of, Classes, Traffic as MetricTraffic};
+use berth_core::sketch::{self, Sketch};
+
 use crate::table::RoutingTable;
 
 /// Upper bounds of the latency buckets, seconds.
@@ -111,8 +114,7 @@ impl Default for ServiceStats {
 impl ServiceStats {
     /// Records a response head sent after `elapsed`.
     pub fn response(&self, status: u16, elapsed: Duration) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.responses.add(class, 1);
+        self.responses.add(class_of(status), 1);
         self.latency.observe(elapsed);
     }
 
@@ -129,6 +131,59 @@ impl ServiceStats {
 
     pub fn cold_start_count(&self) -> u64 {
         self.cold_starts.count()
+    }
+}
+
+/// One revision's traffic since the router started, for the metrics history: responses by
+/// status class and their latency in the buckets of a [`Sketch`], kept per [`shard`] as the other
+/// counters are.
+#[derive(Debug)]
+pub struct Traffic {
+    classes: Counters<5>,
+    latency: Box<Counters<{ sketch::BUCKETS }>>,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic { classes: Counters::new(), latency: Box::new(Counters::new()) }
+    }
+}
+
+impl Traffic {
+    /// Records a response head sent after `elapsed`.
+    pub fn response(&self, status: u16, elapsed: Duration) {
+        self.classes.add(class_of(status), 1);
+        self.latency.add(sketch::bucket(elapsed.as_micros() as u64), 1);
+    }
+
+    /// The counts so far.
+    pub(crate) fn totals(&self) -> Totals {
+        Totals {
+            classes: std::array::from_fn(|i| self.classes.get(i)),
+            latency: (0..sketch::BUCKETS).map(|i| self.latency.get(i)).collect(),
+        }
+    }
+}
+
+/// What a [`Traffic`] had counted at one moment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Totals {
+    classes: Classes,
+    latency: Vec<u64>,
+}
+
+impl Totals {
+    /// What was counted since `earlier`, as a revision's traffic; `None` if nothing was.
+    pub(crate) fn since(&self, earlier: Option<&Totals>, revision: u32) -> Option<MetricTraffic> {
+        let zero = Totals::default();
+        let earlier = earlier.unwrap_or(&zero);
+        let classes: Classes = std::array::from_fn(|i| self.classes[i].saturating_sub(earlier.classes[i]));
+        if classes.iter().all(|c| *c == 0) {
+            return None;
+        }
+        let latency: Vec<u64> =
+            self.latency.iter().enumerate().map(|(i, n)| n.saturating_sub(earlier.latency.get(i).copied().unwrap_or(0))).collect();
+        Some(MetricTraffic { revision, classes, latency: Sketch::from_dense(&latency) })
     }
 }
 

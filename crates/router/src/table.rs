@@ -4,7 +4,7 @@
 //! counts, queues and statistics stay true across swaps; upstreams that leave the table are
 //! handed back to the writer, which can wait for them to drain.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use crate::stats::ServiceStats;
+use crate::stats::{ServiceStats, Totals, Traffic};
 
 /// How the router treats one service's requests.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -68,6 +68,11 @@ pub struct ServiceState {
     /// When the first request started waiting for an instance to start, if one is awaited.
     activating_since: Mutex<Option<Instant>>,
     pub stats: ServiceStats,
+    /// Its traffic by revision, for the metrics history; revision 0 counts requests answered
+    /// without reaching an instance.
+    traffic: Mutex<BTreeMap<u32, Arc<Traffic>>>,
+    /// Revision 0's, at hand for every request that reaches no instance.
+    pub(crate) unrouted: Arc<Traffic>,
 }
 
 impl ServiceState {
@@ -80,7 +85,26 @@ impl ServiceState {
             changed: Notify::new(),
             activating_since: Mutex::new(None),
             stats: ServiceStats::default(),
+            traffic: Mutex::new(BTreeMap::new()),
+            unrouted: Arc::default(),
         }
+    }
+
+    /// The traffic counters of `revision` (0: requests that reached no instance).
+    fn traffic_of(&self, revision: u32) -> Arc<Traffic> {
+        if revision == 0 {
+            return self.unrouted.clone();
+        }
+        self.traffic.lock().unwrap_or_else(|p| p.into_inner()).entry(revision).or_default().clone()
+    }
+
+    /// Every revision's counters and their counts so far, revision 0's included.
+    fn traffic_totals(&self) -> Vec<(u32, Arc<Traffic>, Totals)> {
+        let by_revision = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        std::iter::once((0, &self.unrouted))
+            .chain(by_revision.iter().map(|(r, t)| (*r, t)))
+            .map(|(r, t)| (r, t.clone(), t.totals()))
+            .collect()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -137,6 +161,8 @@ impl Drop for Queued {
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// What its responses count to: its revision's traffic.
+    pub(crate) traffic: Arc<Traffic>,
     /// `addr` as a URI authority, made once.
     pub(crate) authority: hyper::http::uri::Authority,
     service: Arc<ServiceState>,
@@ -147,9 +173,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn new(addr: SocketAddr, service: Arc<ServiceState>) -> Upstream {
+    fn new(addr: SocketAddr, service: Arc<ServiceState>, revision: u32) -> Upstream {
         Upstream {
             addr,
+            traffic: service.traffic_of(revision),
             authority: addr.to_string().parse().unwrap_or_else(|_| hyper::http::uri::Authority::from_static("invalid")),
             service,
             in_flight: AtomicUsize::new(0),
@@ -333,6 +360,9 @@ pub struct RouteSpec {
     pub host: String,
     pub service: String,
     pub upstreams: Vec<SocketAddr>,
+    /// The revision of each upstream, in the same order (missing: 0), for the metrics history.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<u32>,
     pub settings: RouteSettings,
     pub paused: Option<String>,
     /// Served to instances on the internal listener only (`<name>.internal`).
@@ -370,6 +400,7 @@ impl RouteSpec {
             host: host.into(),
             service: service.into(),
             upstreams,
+            revisions: Vec::new(),
             settings: RouteSettings::default(),
             paused: None,
             internal: false,
@@ -395,6 +426,71 @@ pub struct RoutingTable {
     services: Mutex<HashMap<String, Arc<ServiceState>>>,
     /// Serializes writers.
     write: Mutex<()>,
+    history: Mutex<History>,
+}
+
+/// How long an interval of the metrics history is, seconds.
+pub const INTERVAL_SECS: u64 = 10;
+/// Closed intervals kept for a server to collect: an hour's.
+const KEPT_INTERVALS: usize = 360;
+
+/// The traffic of every service over one interval of the wall clock.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TrafficInterval {
+    /// The router run that counted it ([`run_name`]): a run reports each interval once, so a
+    /// reader that stores how far it took each run counts none twice.
+    pub run: String,
+    /// Its place among the intervals a router holds (its own and a predecessor's), for readers
+    /// that take them as they come.
+    pub seq: u64,
+    /// Its start, seconds since the Unix epoch, a multiple of [`INTERVAL_SECS`].
+    pub start: u64,
+    pub secs: u32,
+    /// Each service's traffic by revision; services with none are left out.
+    pub services: Vec<(String, Vec<berth_core::metrics::Traffic>)>,
+}
+
+/// Seconds since the Unix epoch, as intervals are timed.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A name for this run of a router: its process and when it started, which no other run shares.
+pub fn run_name() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// The intervals closed so far, and the counts they were taken from.
+#[derive(Debug, Default)]
+struct History {
+    /// This table's run name, made at the first close.
+    run: String,
+    /// The start of the interval in progress; 0 until the first close.
+    open: u64,
+    /// By service and revision: the counters (counters made anew for a service that left the
+    /// table and came back count from zero) and what they had counted.
+    last: HashMap<(String, u32), (Arc<Traffic>, Totals)>,
+    closed: VecDeque<TrafficInterval>,
+    next_seq: u64,
+    /// For a reader in this process ([`RoutingTable::take_intervals`]): the last taken.
+    taken: u64,
+}
+
+/// The intervals of `closed` after the one numbered `seq`.
+fn after(closed: &VecDeque<TrafficInterval>, seq: u64) -> Vec<TrafficInterval> {
+    closed.iter().filter(|i| i.seq > seq).cloned().collect()
+}
+
+impl History {
+    fn keep(&mut self, mut interval: TrafficInterval) {
+        self.next_seq += 1;
+        interval.seq = self.next_seq;
+        if self.closed.len() == KEPT_INTERVALS {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(interval);
+    }
 }
 
 /// Lowercases a Host header value and drops its port.
@@ -411,6 +507,65 @@ pub fn normalize_host(host: &str) -> String {
 impl RoutingTable {
     pub fn new() -> RoutingTable {
         RoutingTable::default()
+    }
+
+    /// Closes the interval in progress if `now` (seconds since the Unix epoch) is past its end —
+    /// or at once with `early` (a router handing over mid-interval) — so that what each revision
+    /// counted since the last close becomes a [`TrafficInterval`].
+    pub fn close_interval(&self, now: u64, early: bool) {
+        let boundary = now - now % INTERVAL_SECS;
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if h.open == 0 {
+            // Counting began when the table was made, in this interval.
+            h.open = boundary;
+            h.run = run_name();
+        }
+        let end = if early { now } else { boundary };
+        if end <= h.open {
+            return;
+        }
+        let mut services = Vec::new();
+        let mut last = HashMap::new();
+        for s in self.services() {
+            let mut traffic = Vec::new();
+            for (revision, counters, totals) in s.traffic_totals() {
+                let key = (s.name.clone(), revision);
+                let earlier = h.last.get(&key).filter(|(was, _)| Arc::ptr_eq(was, &counters)).map(|(_, t)| t);
+                traffic.extend(totals.since(earlier, revision));
+                last.insert(key, (counters, totals));
+            }
+            if !traffic.is_empty() {
+                services.push((s.name.clone(), traffic));
+            }
+        }
+        let secs = u32::try_from(end - h.open).unwrap_or(u32::MAX);
+        let interval = TrafficInterval { run: h.run.clone(), seq: 0, start: h.open, secs, services };
+        h.last = last;
+        h.open = end;
+        h.keep(interval);
+    }
+
+    /// Takes a predecessor's closed intervals in, to be reported with this table's own.
+    pub fn adopt_intervals(&self, intervals: Vec<TrafficInterval>) {
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        intervals.into_iter().for_each(|i| h.keep(i));
+    }
+
+    /// Closes the interval in progress if it is over, and returns the closed intervals not taken
+    /// before (for a reader in this process).
+    pub fn take_intervals(&self) -> Vec<TrafficInterval> {
+        self.close_interval(unix_now(), false);
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let new = after(&h.closed, h.taken);
+        if let Some(last) = new.last() {
+            h.taken = last.seq;
+        }
+        new
+    }
+
+    /// The closed intervals after the one numbered `seq`, oldest first.
+    pub fn intervals_after(&self, seq: u64) -> Vec<TrafficInterval> {
+        after(&self.history.lock().unwrap_or_else(|p| p.into_inner()).closed, seq)
     }
 
     /// The route for a Host header value.
@@ -480,7 +635,13 @@ impl RoutingTable {
             let upstreams: Vec<Arc<Upstream>> = s
                 .upstreams
                 .iter()
-                .map(|a| existing.get(&(s.service.as_str(), *a)).cloned().unwrap_or_else(|| Arc::new(Upstream::new(*a, state.clone()))))
+                .enumerate()
+                .map(|(i, a)| {
+                    existing.get(&(s.service.as_str(), *a)).cloned().unwrap_or_else(|| {
+                        let revision = s.revisions.get(i).copied().unwrap_or(0);
+                        Arc::new(Upstream::new(*a, state.clone(), revision))
+                    })
+                })
                 .collect();
             let count = ready.entry(s.service.clone()).or_default();
             *count = (*count).max(if s.paused.is_some() { 0 } else { upstreams.len() });
@@ -537,7 +698,7 @@ mod tests {
     fn route(upstreams: &[u16], max_concurrency: usize) -> Route {
         let state = Arc::new(ServiceState::new("s"));
         Route {
-            upstreams: upstreams.iter().map(|p| Arc::new(Upstream::new(addr(*p), state.clone()))).collect(),
+            upstreams: upstreams.iter().map(|p| Arc::new(Upstream::new(addr(*p), state.clone(), 1))).collect(),
             service: state,
             settings: RouteSettings { max_concurrency, ..RouteSettings::default() },
             paused: None,
@@ -577,6 +738,50 @@ mod tests {
         assert!(matches!(&refused, Some(Refusal::Forbidden(m)) if m.contains("`batch` may not call `api`")), "{refused:?}");
         assert!(matches!(t.route_for("api.internal", Some(ip(9))).err(), Some(Refusal::Forbidden(_))), "an address no instance holds");
         assert_eq!(t.caller(ip(4)).map(|c| c.service.clone()).as_deref(), Some("batch"));
+    }
+
+    #[test]
+    fn intervals_count_each_revisions_traffic_once() {
+        let t = RoutingTable::new();
+        let spec = |ups: Vec<SocketAddr>, revs: Vec<u32>| RouteSpec { revisions: revs, ..RouteSpec::new("web.localhost", "web", ups) };
+        t.replace(&[spec(vec![addr(1), addr(2)], vec![3, 4])]);
+        let route = t.route_for("web.localhost", None).unwrap_or_else(|_| route(&[], 0).into());
+        let by_addr = |a: SocketAddr| route.upstreams.iter().find(|u| u.addr == a).map(|u| u.traffic.clone());
+        let (three, four) = (by_addr(addr(1)), by_addr(addr(2)));
+        t.close_interval(1_000_005, false);
+        three.iter().for_each(|c| c.response(200, Duration::from_millis(5)));
+        three.iter().for_each(|c| c.response(500, Duration::from_millis(50)));
+        four.iter().for_each(|c| c.response(204, Duration::from_micros(300)));
+        route.service.unrouted.response(503, Duration::from_secs(10));
+        assert!(t.intervals_after(0).is_empty(), "the interval in progress is not closed yet");
+        t.close_interval(1_000_012, false);
+        // A new table keeps the counters of upstreams that stay.
+        t.replace(&[spec(vec![addr(2)], vec![4])]);
+        four.iter().for_each(|c| c.response(200, Duration::from_millis(1)));
+        t.close_interval(1_000_031, false);
+        // A router handing over closes its interval in progress early.
+        t.close_interval(1_000_034, true);
+        let got = t.intervals_after(0);
+        assert_eq!(
+            got.iter().map(|i| (i.seq, i.start, i.secs)).collect::<Vec<_>>(),
+            [(1, 1_000_000, 10), (2, 1_000_010, 20), (3, 1_000_030, 4)]
+        );
+        assert!(got.iter().all(|i| i.run == got[0].run) && !got[0].run.is_empty());
+        let (_, first) = &got[0].services[0];
+        let summary: Vec<_> = first.iter().map(|x| (x.revision, x.classes, x.latency.count())).collect();
+        assert_eq!(summary, [(0, [0, 0, 0, 0, 1], 1), (3, [0, 1, 0, 0, 1], 2), (4, [0, 1, 0, 0, 0], 1)]);
+        let p99 = first[1].latency.quantile(0.99).unwrap_or_default();
+        assert!((p99 - 50_000.0).abs() < 50_000.0 * 0.021, "{p99}");
+        let (_, second) = &got[1].services[0];
+        assert_eq!(second.iter().map(|x| (x.revision, x.classes)).collect::<Vec<_>>(), [(4, [0, 1, 0, 0, 0])]);
+        assert_eq!(t.intervals_after(1).len(), 2);
+        // A successor takes them in with its own, numbered on.
+        let successor = RoutingTable::new();
+        successor.adopt_intervals(got.clone());
+        assert_eq!(
+            successor.intervals_after(0).iter().map(|i| (i.seq, i.start)).collect::<Vec<_>>(),
+            [(1, 1_000_000), (2, 1_000_010), (3, 1_000_030)]
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     Denied, FileMount, InstanceId, InstanceSpec, InstanceState, InstanceStatus, Result, RetiredInstance, Runtime, RuntimeError,
-    RuntimeEvent,
+    RuntimeEvent, Usage,
 };
 
 /// A recorded call.
@@ -181,6 +181,13 @@ impl Runtime for FakeRuntime {
 
     async fn denied(&self) -> Result<Vec<Denied>> {
         Ok(Vec::new())
+    }
+
+    /// A running fake instance uses 10 ms of CPU per call made to the fake so far, and 16 MiB.
+    async fn usage(&self, id: &InstanceId) -> Result<Option<Usage>> {
+        let inner = self.lock();
+        let running = inner.instances.get(id).is_some_and(|(_, st)| st.state == InstanceState::Running);
+        Ok(running.then(|| Usage { cpu_micros: inner.calls.len() as u64 * 10_000, memory_bytes: 16 << 20 }))
     }
 
     /// A fake host has no routes: only the fake's own instance CIDR conflicts.

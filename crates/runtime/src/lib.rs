@@ -63,6 +63,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Connections instances tried and were refused, per instance group (service) and
     /// destination class, counted since the rules were first loaded.
     async fn denied(&self) -> Result<Vec<Denied>>;
+    /// What the instance has used of its limits; `None` when it is gone or not running.
+    async fn usage(&self, id: &InstanceId) -> Result<Option<Usage>>;
     /// Lifecycle events as they happen (started, exited, OOM-killed).
     fn events(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent>;
 }

@@ -197,6 +197,16 @@ pub enum RuntimeEvent {
 /// The default grace period between SIGTERM and SIGKILL.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// What an instance has used of its limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time since it started, microseconds.
+    pub cpu_micros: u64,
+    /// Memory in use now, bytes: its working set (what it cannot give back without paging), as
+    /// the kubelet counts it.
+    pub memory_bytes: u64,
+}
+
 /// Connections an instance group tried that its rules refused, towards one class of destination
 /// (`host`, `instances`, `metadata`, `link_local`, `private`, `internet`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -6,6 +6,7 @@
 //! operations (a manifest write with its tag move and push event is one transaction) and the
 //! caller decides policy.
 
+pub mod history;
 mod records;
 mod sqlite;
 
@@ -111,6 +112,22 @@ pub trait Store: Send + Sync + 'static {
     async fn add_service_event(&self, service: &str, at: i64, kind: &str, message: &str) -> Result<()>;
     /// Newest first, older than the event `before` when given.
     async fn service_events(&self, service: &str, before: Option<i64>, limit: usize) -> Result<Vec<ServiceEvent>>;
+    /// Events from `from` to `to` (seconds, inclusive), oldest first, at most `limit`.
+    async fn service_events_between(&self, service: &str, from: i64, to: i64, limit: usize) -> Result<Vec<ServiceEvent>>;
+
+    // Metrics history (see [`history`]).
+    /// Merges each service's points into both resolutions, and records how far each router run's
+    /// traffic has been taken — all in one transaction.
+    async fn merge_metrics(&self, points: Vec<(String, berth_core::metrics::Point)>, runs: Vec<(String, u64)>) -> Result<()>;
+    /// How far each router run's traffic has been taken.
+    async fn metric_runs(&self) -> Result<Vec<(String, u64)>>;
+    /// The service's points of `resolution` from `from` to `to` (seconds), in time order.
+    async fn metrics(&self, service: &str, resolution: u64, from: u64, to: u64) -> Result<Vec<berth_core::metrics::Point>>;
+    /// Removes points older than their resolution keeps them at `now`, and runs not heard of for
+    /// as long as ten-second points are kept.
+    async fn prune_metrics(&self, now: u64) -> Result<()>;
+    /// The bytes the metrics history takes: the chunks' sizes, of every service or of one.
+    async fn metrics_size(&self, service: Option<&str>) -> Result<u64>;
 
     // Repositories.
     async fn create_repository(&self, repo: RepositoryRecord) -> Result<()>;

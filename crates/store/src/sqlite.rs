@@ -5,20 +5,26 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use berth_core::metrics::Point;
 use berth_core::{Digest, LifecycleRule, Scope, TagPolicy};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use crate::history;
 use crate::{
     DocRecord, ManifestRecord, PushEvent, RepositoryRecord, Result, SecretAudit, ServiceEvent, Store, StoreError, TagRecord, TagWrite,
     TokenRecord,
 };
 
 /// Migrations in order; the schema version is the number applied.
+/// Events kept per service, newest first.
+pub const EVENTS_KEPT: usize = 10_000;
+
 const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/001_initial.sql"),
     include_str!("sqlite/002_services.sql"),
     include_str!("sqlite/003_networks.sql"),
     include_str!("sqlite/004_secrets.sql"),
+    include_str!("sqlite/005_metrics.sql"),
 ];
 
 #[derive(Clone)]
@@ -234,6 +240,24 @@ fn doc_row(r: &Row<'_>) -> rusqlite::Result<DocRecord> {
     Ok(DocRecord { key: r.get(0)?, doc: json(r.get(1)?)?, at: r.get(2)? })
 }
 
+/// The points of a stored chunk; none when there is none. A damaged chunk is started afresh.
+fn read_chunk(c: &Connection, service: &str, resolution: u64, start: u64) -> Result<Vec<Point>> {
+    let bytes: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT points FROM metric_chunks WHERE service = ?1 AND resolution = ?2 AND start = ?3",
+            params![service, resolution as i64, start as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match bytes {
+        None => Vec::new(),
+        Some(b) => history::decode(&b).unwrap_or_else(|| {
+            tracing::warn!(%service, resolution, start, "a damaged chunk of metrics history is started afresh");
+            Vec::new()
+        }),
+    })
+}
+
 fn service_event_row(r: &Row<'_>) -> rusqlite::Result<ServiceEvent> {
     Ok(ServiceEvent { id: r.get(0)?, service: r.get(1)?, at: r.get(2)?, kind: r.get(3)?, message: r.get(4)? })
 }
@@ -436,6 +460,12 @@ impl Store for SqliteStore {
                 "INSERT INTO service_events (service, at, kind, message) VALUES (?1, ?2, ?3, ?4)",
                 params![service, at, kind, message],
             )?;
+            // A service keeps its newest events (scaling decisions alone can be many).
+            c.execute(
+                "DELETE FROM service_events WHERE service = ?1
+                 AND id <= (SELECT id FROM service_events WHERE service = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                params![service, EVENTS_KEPT as i64],
+            )?;
             Ok(())
         })
         .await
@@ -450,6 +480,117 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt.query_map(params![service, before, limit as i64], service_event_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn service_events_between(&self, service: &str, from: i64, to: i64, limit: usize) -> Result<Vec<ServiceEvent>> {
+        let service = service.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, service, at, kind, message FROM service_events WHERE service = ?1 AND at BETWEEN ?2 AND ?3
+                 ORDER BY at, id LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(params![service, from, to, limit as i64], service_event_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn merge_metrics(&self, points: Vec<(String, Point)>, runs: Vec<(String, u64)>) -> Result<()> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            // Each chunk touched is read and written once, whatever number of points it takes.
+            let mut chunks: std::collections::BTreeMap<(String, u64, u64), Vec<Point>> = std::collections::BTreeMap::new();
+            for (service, p) in &points {
+                for resolution in [history::FINE, history::COARSE] {
+                    let key = (service.clone(), resolution, history::chunk_start(resolution, p.ts));
+                    let chunk = match chunks.entry(key) {
+                        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            let (service, resolution, start) = e.key();
+                            let stored = read_chunk(&tx, service, *resolution, *start)?;
+                            e.insert(stored)
+                        }
+                    };
+                    history::merge_into(chunk, resolution, p);
+                }
+            }
+            for ((service, resolution, start), chunk) in &chunks {
+                tx.execute(
+                    "INSERT INTO metric_chunks (service, resolution, start, points) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (service, resolution, start) DO UPDATE SET points = excluded.points",
+                    params![service, *resolution as i64, *start as i64, history::encode(chunk)],
+                )?;
+            }
+            for (run, upto) in &runs {
+                tx.execute(
+                    "INSERT INTO metric_runs (run, upto) VALUES (?1, ?2) ON CONFLICT (run) DO UPDATE SET upto = MAX(upto, excluded.upto)",
+                    params![run, *upto as i64],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn metric_runs(&self) -> Result<Vec<(String, u64)>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT run, upto FROM metric_runs")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn metrics(&self, service: &str, resolution: u64, from: u64, to: u64) -> Result<Vec<Point>> {
+        let service = service.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT start, points FROM metric_chunks WHERE service = ?1 AND resolution = ?2 AND start BETWEEN ?3 AND ?4 ORDER BY start",
+            )?;
+            let first = history::chunk_start(resolution, from);
+            let rows = stmt.query_map(params![service, resolution as i64, first as i64, to as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            let mut points = Vec::new();
+            for row in rows {
+                let (start, bytes) = row?;
+                match history::decode(&bytes) {
+                    Some(chunk) => points.extend(chunk.into_iter().filter(|p| p.ts >= from && p.ts <= to)),
+                    // A damaged chunk costs its own stretch of the chart, not the whole answer.
+                    None => tracing::warn!(%service, resolution, start, "a damaged chunk of metrics history was skipped"),
+                }
+            }
+            Ok(points)
+        })
+        .await
+    }
+
+    async fn prune_metrics(&self, now: u64) -> Result<()> {
+        self.call(move |c| {
+            for (resolution, kept) in [(history::FINE, history::FINE_KEPT_SECS), (history::COARSE, history::COARSE_KEPT_SECS)] {
+                // A chunk goes once its last point is older than kept.
+                let before = now.saturating_sub(kept + resolution * history::CHUNK_POINTS);
+                c.execute("DELETE FROM metric_chunks WHERE resolution = ?1 AND start < ?2", params![resolution as i64, before as i64])?;
+            }
+            let stale = now.saturating_sub(history::FINE_KEPT_SECS);
+            c.execute("DELETE FROM metric_runs WHERE upto < ?1", params![stale as i64])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn metrics_size(&self, service: Option<&str>) -> Result<u64> {
+        let service = service.map(str::to_owned);
+        self.call(move |c| {
+            let n: i64 = c.query_row(
+                "SELECT COALESCE(SUM(LENGTH(points) + LENGTH(service) + 16), 0) FROM metric_chunks WHERE ?1 IS NULL OR service = ?1",
+                params![service],
+                |r| r.get(0),
+            )?;
+            Ok(n as u64)
         })
         .await
     }

@@ -25,7 +25,7 @@ use super::rootfs::{Rootfs, RootfsKind};
 use super::secret_files;
 use crate::{
     Denied, FileMount, ImageRef, InstanceId, InstanceNetwork, InstanceSpec, InstanceState, InstanceStatus, Result, RetiredInstance,
-    Runtime, RuntimeError, RuntimeEvent,
+    Runtime, RuntimeError, RuntimeEvent, Usage,
 };
 
 /// How long `start` waits for a container to run.
@@ -594,6 +594,30 @@ impl EmbeddedRuntime {
     }
 }
 
+/// The CPU time and working set of the cgroup at `path` (below the hierarchy roots), from cgroup
+/// v2's files or v1's cpuacct and memory controllers; `None` when it is not there.
+fn cgroup_usage(path: &str) -> Option<Usage> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let rel = path.trim_start_matches('/');
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).ok();
+    let stat = |text: &str, key: &str| {
+        text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse::<u64>().ok()))
+    };
+    let v2 = root.join(rel);
+    let (cpu_micros, used, inactive) = if let Some(cpu) = read(v2.join("cpu.stat")) {
+        let memory: u64 = read(v2.join("memory.current")).and_then(|t| t.trim().parse().ok())?;
+        let inactive = read(v2.join("memory.stat")).and_then(|t| stat(&t, "inactive_file")).unwrap_or(0);
+        (stat(&cpu, "usage_usec")?, memory, inactive)
+    } else {
+        let nanos: u64 = read(root.join("cpuacct").join(rel).join("cpuacct.usage"))?.trim().parse().ok()?;
+        let memory = root.join("memory").join(rel);
+        let used: u64 = read(memory.join("memory.usage_in_bytes")).and_then(|t| t.trim().parse().ok())?;
+        let inactive = read(memory.join("memory.stat")).and_then(|t| stat(&t, "total_inactive_file")).unwrap_or(0);
+        (nanos / 1000, used, inactive)
+    };
+    Some(Usage { cpu_micros, memory_bytes: used.saturating_sub(inactive) })
+}
+
 #[async_trait::async_trait]
 impl Runtime for EmbeddedRuntime {
     async fn create(&self, spec: InstanceSpec) -> Result<InstanceStatus> {
@@ -727,6 +751,13 @@ impl Runtime for EmbeddedRuntime {
         };
         let text = std::fs::read_to_string(path).unwrap_or_default();
         Ok(text.lines().skip(since).map(str::to_owned).collect())
+    }
+
+    async fn usage(&self, id: &InstanceId) -> Result<Option<Usage>> {
+        if self.record(id).is_none() {
+            return Ok(None);
+        }
+        Ok(cgroup_usage(&self.cgroup(id)))
     }
 
     async fn denied(&self) -> Result<Vec<Denied>> {
