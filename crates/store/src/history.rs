@@ -16,6 +16,10 @@ pub const CHUNK_POINTS: u64 = 60;
 pub const FINE_KEPT_SECS: u64 = 24 * 3600;
 pub const COARSE_KEPT_SECS: u64 = 7 * 24 * 3600;
 
+/// The first byte of a chunk: the layout of what follows. Chunks of a layout this berth does not
+/// know are skipped like damaged ones (and started afresh when written to).
+const LAYOUT: u8 = 1;
+
 /// The start of the chunk holding a point at `ts` of `resolution`.
 pub fn chunk_start(resolution: u64, ts: u64) -> u64 {
     let span = resolution * CHUNK_POINTS;
@@ -26,7 +30,7 @@ pub fn chunk_start(resolution: u64, ts: u64) -> u64 {
 pub fn encode(points: &[Point]) -> Vec<u8> {
     let mut raw = Vec::new();
     points.iter().for_each(|p| p.encode(&mut raw));
-    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut z = flate2::write::DeflateEncoder::new(vec![LAYOUT], flate2::Compression::default());
     // Writing to a Vec cannot fail.
     let _ = z.write_all(&raw);
     z.finish().unwrap_or_default()
@@ -34,6 +38,7 @@ pub fn encode(points: &[Point]) -> Vec<u8> {
 
 /// The points of a chunk; `None` if its bytes are not a chunk (damaged).
 pub fn decode(bytes: &[u8]) -> Option<Vec<Point>> {
+    let (&LAYOUT, bytes) = bytes.split_first()? else { return None };
     let mut raw = Vec::new();
     // A chunk holds at most CHUNK_POINTS points; anything inflating far beyond is not one.
     flate2::read::DeflateDecoder::new(bytes).take(16 << 20).read_to_end(&mut raw).ok()?;
@@ -81,6 +86,10 @@ mod tests {
         let bytes = encode(&points);
         assert_eq!(decode(&bytes), Some(points));
         assert_eq!(decode(b"not a chunk"), None);
+        assert_eq!(decode(&[]), None);
+        let mut other_layout = bytes.clone();
+        other_layout[0] = LAYOUT + 1;
+        assert_eq!(decode(&other_layout), None);
         assert_eq!(chunk_start(FINE, 1_000_599), 1_000_200);
     }
 }
