@@ -24,6 +24,27 @@ pub const BEARER_TTL_SECS: i64 = 300;
 const API_TOKEN_PREFIX: &str = "berth_";
 const BEARER_PREFIX: &str = "brt.";
 
+/// The console's session cookie.
+pub const SESSION_COOKIE: &str = "berth_session";
+/// How long a console session lasts from login.
+pub const SESSION_TTL_SECS: i64 = 8 * 3600;
+const SESSION_PREFIX: &str = "bss_";
+
+/// A console session, attached (with its [`Principal`]) to requests that present its cookie.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The anti-forgery value its forms carry.
+    pub csrf: String,
+    pub expires_at: i64,
+}
+
+impl Session {
+    /// Whether a form's anti-forgery value is this session's.
+    pub fn csrf_matches(&self, given: &str) -> bool {
+        constant_time_eq(given.as_bytes(), self.csrf.as_bytes())
+    }
+}
+
 /// Marks a request whose credentials were present but not valid, so errors can say so.
 #[derive(Debug, Clone)]
 pub struct InvalidCredentials(pub &'static str);
@@ -135,6 +156,48 @@ impl Authenticator {
         Ok(Some(Principal { token_id: record.id, token_name: record.name, scopes: record.scopes, grants }))
     }
 
+    /// Opens a console session for the API token `token` (as pasted at login): the cookie value
+    /// to set, and the session's principal and session; `None` when the token is not valid.
+    pub async fn open_session(&self, store: &SharedStore, token: &str) -> Result<Option<(String, Principal, Session)>, ApiError> {
+        let Some(record) = self.api_token(store, token.trim()).await? else { return Ok(None) };
+        let secret = format!("{SESSION_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()));
+        let session = Session { csrf: hex::encode(rand::random::<[u8; 16]>()), expires_at: now() + SESSION_TTL_SECS };
+        let _ = store.prune_sessions(now()).await;
+        store
+            .create_session(&berth_store::SessionRecord {
+                id_sha256: sha256_hex(&secret),
+                token_id: record.id.clone(),
+                csrf: session.csrf.clone(),
+                created_at: now(),
+                expires_at: session.expires_at,
+            })
+            .await?;
+        self.touch(store, &record.id).await;
+        let principal = Principal { token_id: record.id, token_name: record.name, scopes: record.scopes, grants: None };
+        Ok(Some((secret, principal, session)))
+    }
+
+    /// The session a cookie value names, while it lasts and its token is not revoked.
+    pub async fn session(&self, store: &SharedStore, cookie: &str) -> Result<Option<(Principal, Session)>, ApiError> {
+        if !cookie.starts_with(SESSION_PREFIX) {
+            return Ok(None);
+        }
+        let Some(rec) = store.get_session(&sha256_hex(cookie)).await? else { return Ok(None) };
+        if rec.expires_at <= now() {
+            return Ok(None);
+        }
+        let Some(token) = self.live_token(store, &rec.token_id).await? else { return Ok(None) };
+        self.touch(store, &token.id).await;
+        let principal = Principal { token_id: token.id, token_name: token.name, scopes: token.scopes, grants: None };
+        Ok(Some((principal, Session { csrf: rec.csrf, expires_at: rec.expires_at })))
+    }
+
+    /// Ends the session a cookie value names.
+    pub async fn close_session(&self, store: &SharedStore, cookie: &str) -> Result<(), ApiError> {
+        store.delete_session(&sha256_hex(cookie)).await?;
+        Ok(())
+    }
+
     async fn touch(&self, store: &SharedStore, id: &str) {
         let t = now();
         {
@@ -148,6 +211,18 @@ impl Authenticator {
             tracing::warn!(error = %e, token = id, "recording token use failed");
         }
     }
+}
+
+/// The value of the console's session cookie in a request's `Cookie` headers.
+pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_owned())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -172,7 +247,22 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             Err(e) => return e.into_response(),
         }
     }
-    let path = req.uri().path();
+    let path = req.uri().path().to_owned();
+    let api = path.starts_with("/api/") || path == "/metrics" || path.starts_with("/v2") || path == "/token";
+    // The console's pages take a session cookie instead; the API never does (a page of another
+    // site cannot make a browser call it with the user's rights).
+    if !api && req.extensions().get::<Principal>().is_none() {
+        if let Some(cookie) = session_cookie(req.headers()) {
+            match state.auth.session(&state.store, &cookie).await {
+                Ok(Some((principal, session))) => {
+                    req.extensions_mut().insert(principal);
+                    req.extensions_mut().insert(session);
+                }
+                Ok(None) => {}
+                Err(e) => return e.into_response(),
+            }
+        }
+    }
     if (path.starts_with("/api/") || path == "/metrics") && req.extensions().get::<Principal>().is_none() {
         let msg = invalid.map(|i| i.0).unwrap_or("authentication required; pass a berth token as `Authorization: Bearer <token>`");
         return ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", msg).into_response();
@@ -226,6 +316,36 @@ fn grant_for(p: &Principal, scope: &str) -> Option<Grant> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sessions_end_when_they_expire_are_closed_or_their_token_is_revoked() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store: SharedStore = std::sync::Arc::new(berth_store::SqliteStore::open(&dir.path().join("state.db"))?);
+        let a = Authenticator::new([7; 32]);
+        let issued = issue_token(&store, "web", vec![Scope::ReadOnly]).await.map_err(|e| e.message)?;
+        assert!(a.open_session(&store, "berth_nope_nope").await.map_err(|e| e.message)?.is_none());
+        let (cookie, principal, session) = a.open_session(&store, &issued.secret).await.map_err(|e| e.message)?.ok_or("no session")?;
+        assert_eq!(principal.token_name, "web");
+        assert!(session.csrf_matches(&session.csrf) && !session.csrf_matches("x") && !session.csrf_matches(""));
+        assert!(a.session(&store, &cookie).await.map_err(|e| e.message)?.is_some());
+        assert!(a.session(&store, "bss_other").await.map_err(|e| e.message)?.is_none());
+        // Expired: as if it had been opened SESSION_TTL_SECS ago.
+        let expired = berth_store::SessionRecord {
+            id_sha256: sha256_hex("bss_old"),
+            token_id: issued.record.id.clone(),
+            csrf: "c".into(),
+            created_at: now() - SESSION_TTL_SECS,
+            expires_at: now(),
+        };
+        store.create_session(&expired).await?;
+        assert!(a.session(&store, "bss_old").await.map_err(|e| e.message)?.is_none(), "an expired session still works");
+        a.close_session(&store, &cookie).await.map_err(|e| e.message)?;
+        assert!(a.session(&store, &cookie).await.map_err(|e| e.message)?.is_none(), "a closed session still works");
+        let (cookie, _, _) = a.open_session(&store, &issued.secret).await.map_err(|e| e.message)?.ok_or("no session")?;
+        store.revoke_token(&issued.record.id, now()).await?;
+        assert!(a.session(&store, &cookie).await.map_err(|e| e.message)?.is_none(), "a revoked token's session still works");
+        Ok(())
+    }
 
     #[test]
     fn bearer_tokens_are_signed_and_expire() {

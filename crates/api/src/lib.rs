@@ -7,7 +7,7 @@
 //! Every route but `/healthz` needs a credential.
 
 pub mod auth;
-mod caller;
+pub mod caller;
 mod error;
 mod instances;
 mod metrics;
@@ -28,7 +28,8 @@ use axum::Router;
 use berth_registry::Registry;
 use berth_store::SharedStore;
 
-pub use auth::{issue_token, Authenticator, IssuedToken};
+pub use auth::{issue_token, Authenticator, IssuedToken, Session};
+pub use caller::Caller;
 pub use error::ApiError;
 pub use metrics::Metrics;
 
@@ -60,6 +61,14 @@ pub fn now() -> i64 {
 
 /// The whole API listener's router.
 pub fn app(state: AppState) -> Router {
+    app_with(state, Router::new())
+}
+
+/// The API listener's router with `pages` (the console) beside the API, behind the same
+/// authentication: a page's handlers find the caller (from a session cookie) as [`Caller`], and
+/// the session as [`Session`].
+pub fn app_with(state: AppState, pages: Router<AppState>) -> Router {
+    let pages = pages.with_state(state.clone());
     let api = Router::new()
         .merge(repositories::routes())
         .merge(tokens::routes())
@@ -75,6 +84,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state.clone());
     Router::new()
         .merge(api)
+        .merge(pages)
         .merge(berth_registry::router(state.registry.clone()))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(axum::middleware::from_fn_with_state(state, metrics::track))

@@ -562,7 +562,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
 
     let gate = Gate::new("API", config.api.max_connections);
-    serve_api(listener, berth_api::app(state), gate, Duration::from_secs(config.api.idle_timeout_secs)).await;
+    let app = berth_api::app_with(state, berth_console::routes());
+    serve_api(listener, app, gate, Duration::from_secs(config.api.idle_timeout_secs)).await;
     // Instances and the router outlive the server; with no instance left, nothing of berth
     // stays on the host.
     let instances = match &runtime {

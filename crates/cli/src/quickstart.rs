@@ -101,6 +101,9 @@ fn explain(client: &Client, url: &str, status: &str) {
     println!("  berth service logs {SERVICE} -f       the instances' logs");
     println!("  berth image build --binary ./app --port 8080 -t {REPOSITORY}:latest   pushes deploy automatically");
     println!("  berth service rollback {SERVICE} {SERVICE}-0001 --wait");
+    println!("  berth service metrics {SERVICE}       requests, latency, CPU and memory");
+    println!();
+    println!("The web console: {data}/console (log in with the admin token, in .berth/admin-token)");
     println!();
     println!("The API is at {data}; press Ctrl-C to stop berth (instances keep running and are re-adopted).");
 }

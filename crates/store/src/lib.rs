@@ -183,6 +183,14 @@ pub trait Store: Send + Sync + 'static {
     /// Marks the token revoked. Returns false when absent or already revoked.
     async fn revoke_token(&self, id: &str, now: i64) -> Result<bool>;
     async fn touch_token(&self, id: &str, now: i64) -> Result<()>;
+
+    // Console sessions.
+    async fn create_session(&self, session: &SessionRecord) -> Result<()>;
+    async fn get_session(&self, id_sha256: &str) -> Result<Option<SessionRecord>>;
+    /// Returns false when there was none.
+    async fn delete_session(&self, id_sha256: &str) -> Result<bool>;
+    /// Removes the sessions expired at `now`.
+    async fn prune_sessions(&self, now: i64) -> Result<()>;
 }
 
 pub type SharedStore = Arc<dyn Store>;

@@ -65,6 +65,16 @@ pub struct TokenRecord {
     pub revoked_at: Option<i64>,
 }
 
+/// A console session: the browser holds its secret; the store only its sha256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id_sha256: String,
+    pub token_id: String,
+    pub csrf: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
 /// A JSON document with its key (name, number or id) and its creation time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocRecord {

@@ -11,8 +11,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::history;
 use crate::{
-    DocRecord, ManifestRecord, PushEvent, RepositoryRecord, Result, SecretAudit, ServiceEvent, Store, StoreError, TagRecord, TagWrite,
-    TokenRecord,
+    DocRecord, ManifestRecord, PushEvent, RepositoryRecord, Result, SecretAudit, ServiceEvent, SessionRecord, Store, StoreError, TagRecord,
+    TagWrite, TokenRecord,
 };
 
 /// Migrations in order; the schema version is the number applied.
@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/003_networks.sql"),
     include_str!("sqlite/004_secrets.sql"),
     include_str!("sqlite/005_metrics.sql"),
+    include_str!("sqlite/006_console.sql"),
 ];
 
 #[derive(Clone)]
@@ -591,6 +592,52 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn create_session(&self, session: &SessionRecord) -> Result<()> {
+        let s = session.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO console_sessions (id_sha256, token_id, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![s.id_sha256, s.token_id, s.csrf, s.created_at, s.expires_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_session(&self, id_sha256: &str) -> Result<Option<SessionRecord>> {
+        let id = id_sha256.to_owned();
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT id_sha256, token_id, csrf, created_at, expires_at FROM console_sessions WHERE id_sha256 = ?1",
+                [id],
+                |r| {
+                    Ok(SessionRecord {
+                        id_sha256: r.get(0)?,
+                        token_id: r.get(1)?,
+                        csrf: r.get(2)?,
+                        created_at: r.get(3)?,
+                        expires_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, id_sha256: &str) -> Result<bool> {
+        let id = id_sha256.to_owned();
+        self.call(move |c| Ok(c.execute("DELETE FROM console_sessions WHERE id_sha256 = ?1", [id])? > 0)).await
+    }
+
+    async fn prune_sessions(&self, now: i64) -> Result<()> {
+        self.call(move |c| {
+            c.execute("DELETE FROM console_sessions WHERE expires_at <= ?1", [now])?;
+            Ok(())
         })
         .await
     }

@@ -373,3 +373,19 @@ async fn a_week_of_history_stays_small() -> Result<()> {
     assert!(size <= 2_000_000, "a week of history takes {size} bytes");
     Ok(())
 }
+
+#[tokio::test]
+async fn console_sessions_are_kept_until_deleted_or_expired() -> Result<()> {
+    let (_dir, store) = open();
+    let s = SessionRecord { id_sha256: "a".repeat(64), token_id: "t1".into(), csrf: "c".into(), created_at: 10, expires_at: 100 };
+    store.create_session(&s).await?;
+    assert_eq!(store.get_session(&s.id_sha256).await?, Some(s.clone()));
+    store.prune_sessions(99).await?;
+    assert!(store.get_session(&s.id_sha256).await?.is_some());
+    store.prune_sessions(100).await?;
+    assert!(store.get_session(&s.id_sha256).await?.is_none(), "expired sessions are pruned");
+    store.create_session(&s).await?;
+    assert!(store.delete_session(&s.id_sha256).await?);
+    assert!(!store.delete_session(&s.id_sha256).await?);
+    Ok(())
+}

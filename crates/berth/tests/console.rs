@@ -1,0 +1,139 @@
+//! The web console over HTTP (as root, real containers): login with a token gives a session
+//! cookie (HttpOnly, SameSite=Strict, Secure behind HTTPS) and never works on the API; pages
+//! list the service with its traffic and chart the last hour; forms without the session's
+//! anti-forgery value are refused; a read-only token sees no control that changes anything and
+//! its changes are refused; logout and a revoked token end the session.
+
+mod support;
+
+use std::time::Duration;
+
+use berth_testkit::hello_binary;
+use support::*;
+
+/// The session cookie's value from a login answer.
+fn session_of(r: &Resp) -> Option<String> {
+    let set = r.header("set-cookie")?;
+    let value = set.split(';').next()?.strip_prefix("berth_session=")?;
+    Some(value.to_owned())
+}
+
+/// The anti-forgery value on a page.
+fn csrf_of(page: &str) -> Option<String> {
+    let at = page.find(r#"name="csrf" value=""#)? + r#"name="csrf" value=""#.len();
+    page[at..].split('"').next().map(str::to_owned)
+}
+
+fn get(s: &Server, path: &str, cookie: &str) -> Result<Resp> {
+    http("GET", &s.url(path), None, &[("Cookie", &format!("berth_session={cookie}"))], b"")
+}
+
+fn post(s: &Server, path: &str, cookie: &str, form: &str) -> Result<Resp> {
+    let headers = [("Cookie", format!("berth_session={cookie}")), ("Content-Type", "application/x-www-form-urlencoded".to_owned())];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    http("POST", &s.url(path), None, &headers, form.as_bytes())
+}
+
+fn login(s: &Server, token: &str, headers: &[(&str, &str)]) -> Result<Resp> {
+    let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
+    all.extend_from_slice(headers);
+    http("POST", &s.url("/console/login"), None, &all, format!("token={token}").as_bytes())
+}
+
+fn text(r: &Resp) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+#[test]
+fn console_sessions_pages_and_scopes() -> Result {
+    let s = Server::start_with_runtime("k", 237, "con-app-")?;
+    let tmp = tempfile::tempdir()?;
+    let bin = hello_binary(tmp.path())?.display().to_string();
+    s.cli_ok(&["image", "build", "--binary", &bin, "--port", "8080", "-t", "web:v1"])?;
+    s.cli_ok(&[
+        "service",
+        "create",
+        "con-app",
+        "--image",
+        "web:v1",
+        "--health-check",
+        "http",
+        "--health-path",
+        "/healthz",
+        "--memory",
+        "128",
+        "--wait",
+    ])?;
+    let admin = s.creds().split_once(':').map(|(_, t)| t.to_owned()).ok_or("no admin token")?;
+
+    // Without a session: to the login page; a wrong token is refused there.
+    let r = http("GET", &s.url("/console/services"), None, &[], b"")?;
+    assert_eq!((r.status, r.header("location")), (303, Some("/console/login")));
+    let r = login(&s, "berth_0000_nope", &[])?;
+    assert_eq!(r.status, 401);
+    assert!(text(&r).contains("not valid") && session_of(&r).is_none());
+
+    // Login: a session cookie only scripts cannot read and other sites cannot send.
+    let r = login(&s, &admin, &[])?;
+    assert_eq!(r.status, 303);
+    let set = r.header("set-cookie").unwrap_or_default().to_owned();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/") && !set.contains("Secure"), "{set}");
+    let cookie = session_of(&r).ok_or("no session cookie")?;
+    let behind_https = login(&s, &admin, &[("X-Forwarded-Proto", "https")])?;
+    assert!(behind_https.header("set-cookie").unwrap_or_default().contains("; Secure"), "{:?}", behind_https.headers);
+    // The API takes tokens, never the cookie.
+    assert_eq!(get(&s, "/api/v1/services", &cookie)?.status, 401);
+
+    // The services page, with the console's security headers; the service page with its
+    // controls for an admin token.
+    let r = get(&s, "/console/services", &cookie)?;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-security-policy").is_some_and(|p| p.contains("default-src 'none'"))
+            && r.header("x-frame-options") == Some("DENY")
+    );
+    let page = text(&r);
+    assert!(page.contains("con-app") && page.contains("RUNNING") && page.contains("https://con-app.localhost"), "{page}");
+    let router = s.router_http()?;
+    for _ in 0..20 {
+        http("GET", &format!("http://{router}/"), None, &[("Host", "con-app.localhost")], b"")?;
+    }
+    wait_until("the service page to chart the requests", Duration::from_secs(40), || {
+        Ok(text(&get(&s, "/console/services/con-app", &cookie)?).contains("<figcaption>Requests (per second)</figcaption>"))
+    })?;
+    let page = text(&get(&s, "/console/services/con-app", &cookie)?);
+    assert!(page.contains("con-app-0001") && page.contains(r#"action="/console/services/con-app/pause""#), "{page}");
+    let csrf = csrf_of(&page).ok_or("no csrf value")?;
+
+    // A form without the session's value is refused; with it, the service pauses.
+    let r = post(&s, "/console/services/con-app/pause", &cookie, "csrf=forged")?;
+    assert_eq!(r.status, 403);
+    assert!(text(&r).contains("Form refused"));
+    let r = post(&s, "/console/services/con-app/pause", &cookie, &format!("csrf={csrf}"))?;
+    assert_eq!((r.status, r.header("location")), (303, Some("/console/services/con-app")));
+    wait_until("the service to pause", Duration::from_secs(30), || Ok(s.cli_ok(&["service", "show", "con-app"])?.contains("PAUSED")))?;
+    let r = post(&s, "/console/services/con-app/delete", &cookie, &format!("csrf={csrf}&confirm=wrong"))?;
+    assert_eq!(r.status, 422, "a delete without the name typed again");
+
+    // A read-only token: no controls, and its changes are refused.
+    let viewer: serde_json::Value =
+        serde_json::from_str(&s.cli_ok(&["-o", "json", "token", "create", "viewer", "--scope", "read-only"])?)?;
+    let viewer_token = viewer["token"].as_str().ok_or("no token")?;
+    let viewer_cookie = session_of(&login(&s, viewer_token, &[])?).ok_or("no session for the viewer")?;
+    let page = text(&get(&s, "/console/services/con-app", &viewer_cookie)?);
+    assert!(page.contains("con-app-0001") && !page.contains("/console/services/con-app/resume") && !page.contains("Delete"), "{page}");
+    let viewer_csrf = csrf_of(&page).ok_or("no csrf value")?;
+    let r = post(&s, "/console/services/con-app/resume", &viewer_cookie, &format!("csrf={viewer_csrf}"))?;
+    assert_eq!(r.status, 403);
+    assert!(text(&r).contains("may only read"));
+
+    // Revoking the token ends its sessions; logging out ends this one.
+    s.cli_ok(&["token", "revoke", viewer["id"].as_str().ok_or("no id")?])?;
+    assert_eq!(get(&s, "/console/services", &viewer_cookie)?.status, 303);
+    let r = post(&s, "/console/logout", &cookie, &format!("csrf={csrf}"))?;
+    assert_eq!(r.status, 303);
+    assert!(r.header("set-cookie").is_some_and(|c| c.contains("Max-Age=0")));
+    let r = get(&s, "/console/services", &cookie)?;
+    assert_eq!((r.status, r.header("location")), (303, Some("/console/login")), "the session outlived its logout");
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! berth's web console: pages rendered on the server (maud, compiled in; the stylesheet is
+//! embedded, nothing is fetched at run time) on the API listener under `/console`. A person logs
+//! in with an API token and gets a session cookie (HttpOnly, SameSite=Strict, Secure over HTTPS);
+//! every form carries the session's anti-forgery value; the pages act with the token's scopes — a
+//! read-only token sees no control that changes anything, and the server refuses such changes.
+//! Pages work without JavaScript.
+//!
+//! Invariant: the console calls the api crate's services (the controller and store it holds) and
+//! nothing else; every rule stays there.
+
+mod chart;
+mod pages;
+
+use axum::extract::{Form, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use berth_api::auth::{session_cookie, SESSION_COOKIE, SESSION_TTL_SECS};
+use berth_api::{AppState, Caller, Session};
+use berth_core::{Action, Principal};
+use maud::Markup;
+use serde::Deserialize;
+
+/// The console's routes, for [`berth_api::app_with`].
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/console") }))
+        .route("/console", get(|| async { Redirect::to("/console/services") }))
+        .route("/console/assets/console.css", get(stylesheet))
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/services", get(services))
+        .route("/console/services/{name}", get(service))
+        .route("/console/services/{name}/{action}", post(act))
+}
+
+const STYLESHEET: &str = include_str!("../assets/console.css");
+
+async fn stylesheet() -> Response {
+    ([(header::CONTENT_TYPE, "text/css"), (header::CACHE_CONTROL, "max-age=3600")], STYLESHEET).into_response()
+}
+
+/// An HTML page with the console's security headers: nothing but its own stylesheet loads, it
+/// is never framed, and it is not cached.
+fn page(status: StatusCode, markup: Markup) -> Response {
+    let mut resp = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], markup.into_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Who is logged in, or the way to the login page.
+struct Viewer {
+    principal: Principal,
+    session: Session,
+}
+
+impl Viewer {
+    fn of(caller: &Caller, session: Option<Extension<Session>>) -> Option<Viewer> {
+        match (caller.authenticated(), session) {
+            (Ok(principal), Some(Extension(session))) => Some(Viewer { principal, session }),
+            _ => None,
+        }
+    }
+
+    /// Whether the token may change services (and so sees the controls that do).
+    fn may_change(&self) -> bool {
+        self.principal.allows(Action::Admin)
+    }
+}
+
+fn to_login() -> Response {
+    Redirect::to("/console/login").into_response()
+}
+
+/// Whether the request came over HTTPS (directly or through a proxy that says so).
+fn https(headers: &HeaderMap) -> bool {
+    headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|p| p.eq_ignore_ascii_case("https"))
+}
+
+fn cookie(value: &str, max_age: i64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let text = format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("berth_session=; Max-Age=0"))
+}
+
+async fn login_page(caller: Caller, session: Option<Extension<Session>>) -> Response {
+    if Viewer::of(&caller, session).is_some() {
+        return Redirect::to("/console/services").into_response();
+    }
+    page(StatusCode::OK, pages::login(None))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(State(s): State<AppState>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+    match s.auth.open_session(&s.store, &form.token).await {
+        Ok(Some((secret, principal, _))) => {
+            tracing::info!(token = %principal.token_name, "console login");
+            let mut resp = Redirect::to("/console/services").into_response();
+            resp.headers_mut().insert(header::SET_COOKIE, cookie(&secret, SESSION_TTL_SECS, https(&headers)));
+            resp
+        }
+        Ok(None) => page(
+            StatusCode::UNAUTHORIZED,
+            pages::login(Some("That token is not valid: it is mistyped, revoked, or of another server. `berth token create` makes one.")),
+        ),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn logout(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    caller: Caller,
+    session: Option<Extension<Session>>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+    if !viewer.session.csrf_matches(&form.csrf) {
+        return forbidden_form();
+    }
+    if let Some(value) = session_cookie(&headers) {
+        if let Err(e) = s.auth.close_session(&s.store, &value).await {
+            return e.into_response();
+        }
+    }
+    let mut resp = Redirect::to("/console/login").into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, cookie("", 0, https(&headers)));
+    resp
+}
+
+fn forbidden_form() -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        pages::message(
+            "Form refused",
+            "This form did not come from your console session (or the session changed). Reload the page and try again.",
+        ),
+    )
+}
+
+async fn services(State(s): State<AppState>, caller: Caller, session: Option<Extension<Session>>) -> Response {
+    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+    let Some(c) = s.controller.as_ref() else {
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::message("Services are off", "Services need the embedded runtime: run `berth server` as root."),
+        );
+    };
+    let list = match c.list(None, 1000).await {
+        Ok(l) => l,
+        Err(e) => return berth_api::ApiError::from(e).into_response(),
+    };
+    // Requests per second and p99 over the last five minutes, from the metrics history.
+    let now = berth_api::now().max(0) as u64;
+    let mut rows = Vec::new();
+    for v in list {
+        let recent = c.metrics(&v.name, now.saturating_sub(300), now, Some(300)).await.ok();
+        let slot = recent.and_then(|m| m.points.into_iter().last());
+        rows.push((v, slot));
+    }
+    page(StatusCode::OK, pages::services(&viewer.principal, &viewer.session, &rows))
+}
+
+async fn service(State(s): State<AppState>, caller: Caller, session: Option<Extension<Session>>, Path(name): Path<String>) -> Response {
+    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+    let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
+    let view = match c.get(&name).await {
+        Ok(v) => v,
+        Err(berth_controller::ControllerError::NotFound(_)) => {
+            return page(StatusCode::NOT_FOUND, pages::message("No such service", &format!("There is no service named `{name}`.")));
+        }
+        Err(e) => return berth_api::ApiError::from(e).into_response(),
+    };
+    let now = berth_api::now().max(0) as u64;
+    let metrics = c.metrics(&name, now.saturating_sub(3600), now, Some(60)).await.ok();
+    let revisions = c.revisions(&name).await.unwrap_or_default();
+    let operations = c.operations(&name, None, 10).await.unwrap_or_default();
+    let events = c.events(&name, None, 20).await.unwrap_or_default();
+    let data = pages::ServicePage {
+        view: &view,
+        metrics: metrics.as_ref(),
+        revisions: &revisions,
+        operations: &operations,
+        events: &events,
+        may_change: viewer.may_change(),
+    };
+    page(StatusCode::OK, pages::service(&viewer.principal, &viewer.session, &data))
+}
+
+#[derive(Deserialize)]
+struct ActionForm {
+    csrf: String,
+    /// For a rollback: the revision to go back to.
+    revision: Option<String>,
+    /// For a delete: the service's name typed again.
+    confirm: Option<String>,
+}
+
+/// A change from a service page's buttons: deploy (the watched tag again), rollback, pause,
+/// resume, delete.
+async fn act(
+    State(s): State<AppState>,
+    caller: Caller,
+    session: Option<Extension<Session>>,
+    Path((name, action)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+    if !viewer.session.csrf_matches(&form.csrf) {
+        return forbidden_form();
+    }
+    if !viewer.may_change() {
+        let why = format!("Token `{}` may only read; changing services needs an admin token.", viewer.principal.token_name);
+        return page(StatusCode::FORBIDDEN, pages::message("Not allowed", &why));
+    }
+    let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
+    let done = match action.as_str() {
+        "deploy" => c.deploy(&name, None).await,
+        "rollback" => c.rollback(&name, form.revision.as_deref().unwrap_or_default()).await,
+        "pause" => c.pause(&name).await,
+        "resume" => c.resume(&name).await,
+        "delete" if form.confirm.as_deref() == Some(name.as_str()) => c.delete(&name).await,
+        "delete" => {
+            let why = format!("To delete `{name}`, type its name in the box next to the button.");
+            return page(StatusCode::UNPROCESSABLE_ENTITY, pages::message("Not deleted", &why));
+        }
+        _ => return page(StatusCode::NOT_FOUND, pages::message("No such action", &format!("`{action}` is not something a service does."))),
+    };
+    match done {
+        Ok(op) => {
+            tracing::info!(service = %name, operation = %op.id, token = %viewer.principal.token_name, "console: {action}");
+            let to = if action == "delete" { "/console/services".to_owned() } else { format!("/console/services/{name}") };
+            Redirect::to(&to).into_response()
+        }
+        Err(e) => page(StatusCode::CONFLICT, pages::message("Not done", &e.to_string())),
+    }
+}

@@ -1,0 +1,246 @@
+//! The pages, as maud templates: a layout with the navigation and the session's logout form, and
+//! one function per page. Values are escaped by maud; every form carries the session's
+//! anti-forgery value.
+
+use berth_api::Session;
+use berth_controller::{MetricsView, Operation, Revision, ServiceView, SlotView};
+use berth_core::Principal;
+use berth_store::ServiceEvent;
+use maud::{html, Markup, DOCTYPE};
+
+use crate::chart::{self, Mark, Series};
+
+/// Unix seconds as `2026-11-30 14:05:09Z`.
+fn utc(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = berth_core::calendar::civil(days);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn layout(title: &str, viewer: Option<(&Principal, &Session)>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · berth" }
+                link rel="stylesheet" href="/console/assets/console.css";
+            }
+            body {
+                a.skip href="#main" { "Skip to content" }
+                header {
+                    nav aria-label="Main" {
+                        a.brand href="/console/services" { "berth" }
+                        @if viewer.is_some() {
+                            a href="/console/services" { "Services" }
+                        }
+                    }
+                    @if let Some((principal, session)) = viewer {
+                        form.logout method="post" action="/console/logout" {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            span.who { "token " strong { (principal.token_name) } }
+                            button type="submit" { "Log out" }
+                        }
+                    }
+                }
+                main #main { (body) }
+            }
+        }
+    }
+}
+
+pub fn login(error: Option<&str>) -> Markup {
+    layout(
+        "Log in",
+        None,
+        html! {
+            h1 { "Log in to berth" }
+            @if let Some(e) = error {
+                p.error role="alert" { (e) }
+            }
+            form.login method="post" action="/console/login" {
+                label for="token" { "API token" }
+                input #token type="password" name="token" autocomplete="current-password" required autofocus;
+                p.hint { "The admin token is in " code { "<data dir>/admin.token" } "; " code { "berth token create" } " makes others, read-only ones too." }
+                button type="submit" { "Log in" }
+            }
+        },
+    )
+}
+
+pub fn message(title: &str, text: &str) -> Markup {
+    layout(title, None, html! { h1 { (title) } p { (text) } p { a href="/console/services" { "Back to the services" } } })
+}
+
+fn status_class(status: &str) -> &'static str {
+    match status {
+        "RUNNING" => "ok",
+        "OPERATION_IN_PROGRESS" => "busy",
+        "PAUSED" => "idle",
+        _ => "bad",
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_owned(), |v| format!("{v:.1} ms"))
+}
+
+pub fn services(principal: &Principal, session: &Session, rows: &[(ServiceView, Option<SlotView>)]) -> Markup {
+    layout(
+        "Services",
+        Some((principal, session)),
+        html! {
+            h1 { "Services" }
+            @if rows.is_empty() {
+                p { "No service yet. " code { "berth service create NAME --image REPO:TAG" } " makes one." }
+            } @else {
+                table {
+                    caption { "Requests per second and p99 latency over the last five minutes" }
+                    thead { tr { th scope="col" { "Service" } th scope="col" { "Status" } th scope="col" { "URL" } th scope="col" { "Revision" } th scope="col" { "Instances" } th scope="col" { "Requests/s" } th scope="col" { "p99" } } }
+                    tbody {
+                        @for (v, slot) in rows {
+                            @let status = v.status.to_string();
+                            @let ready = v.instances.iter().filter(|i| i.state == "ready").count();
+                            tr {
+                                th scope="row" { a href=(format!("/console/services/{}", v.name)) { (v.name) } }
+                                td { span class=(format!("status {}", status_class(&status))) { (status) } }
+                                td { a href=(v.url) { (v.url) } }
+                                td { (v.current_revision.as_ref().map_or("–", |r| r.id.as_str())) }
+                                td { (ready) " / " (v.instances.len()) }
+                                td.num { (slot.as_ref().map_or_else(|| "–".to_owned(), |s| format!("{:.1}", s.requests_per_second))) }
+                                td.num { (ms(slot.as_ref().and_then(|s| s.p99_ms))) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// What the service page shows.
+pub struct ServicePage<'a> {
+    pub view: &'a ServiceView,
+    pub metrics: Option<&'a MetricsView>,
+    pub revisions: &'a [Revision],
+    pub operations: &'a [Operation],
+    pub events: &'a [ServiceEvent],
+    pub may_change: bool,
+}
+
+fn charts(m: &MetricsView) -> Markup {
+    let marks: Vec<Mark<'_>> = m
+        .markers
+        .iter()
+        .filter(|e| e.kind != "status")
+        .map(|e| Mark { t: e.t, kind: e.kind.as_str(), message: e.message.as_str() })
+        .collect();
+    let line = |f: &dyn Fn(&SlotView) -> Option<f64>| m.points.iter().filter_map(|p| f(p).map(|v| (p.t, v))).collect::<Vec<_>>();
+    let rate = |class: &'static str| move |p: &SlotView| Some(p.requests.get(class).copied().unwrap_or(0) as f64 / m.step.max(1) as f64);
+    html! {
+        (chart::chart("Requests", "per second", m.from, m.to, &[
+            Series { name: "all", class: "all", points: line(&|p: &SlotView| Some(p.requests_per_second)) },
+            Series { name: "5xx", class: "bad", points: line(&rate("5xx")) },
+        ], &marks))
+        (chart::chart("Latency to the response head", "ms", m.from, m.to, &[
+            Series { name: "p50", class: "p50", points: line(&|p: &SlotView| p.p50_ms) },
+            Series { name: "p99", class: "p99", points: line(&|p: &SlotView| p.p99_ms) },
+        ], &marks))
+        (chart::chart("Concurrency and instances", "requests / instances", m.from, m.to, &[
+            Series { name: "concurrency (average)", class: "all", points: line(&|p: &SlotView| p.concurrency_avg) },
+            Series { name: "instances", class: "p50", points: line(&|p: &SlotView| Some(f64::from(p.instances))) },
+        ], &marks))
+    }
+}
+
+fn button(name: &str, action: &str, label: &str, session: &Session, extra: Markup) -> Markup {
+    html! {
+        form.inline method="post" action=(format!("/console/services/{name}/{action}")) {
+            input type="hidden" name="csrf" value=(session.csrf);
+            (extra)
+            button type="submit" { (label) }
+        }
+    }
+}
+
+pub fn service(principal: &Principal, session: &Session, p: &ServicePage<'_>) -> Markup {
+    let v = p.view;
+    let status = v.status.to_string();
+    let name = v.name.as_str();
+    layout(
+        name,
+        Some((principal, session)),
+        html! {
+            h1 { (name) " " span class=(format!("status {}", status_class(&status))) { (status) } }
+            dl.facts {
+                dt { "URL" } dd { a href=(v.url) { (v.url) } }
+                dt { "Image" } dd { code { (v.spec.source.image) } }
+                dt { "Serving" } dd { (v.current_revision.as_ref().map_or_else(|| "nothing yet".to_owned(), |r| format!("{} ({}@{})", r.id, r.doc.repository, r.doc.digest))) }
+                dt { "Instances" } dd { (v.instances.iter().filter(|i| i.state == "ready").count()) " ready of " (v.instances.len()) }
+            }
+            @if p.may_change {
+                section.actions aria-label="Actions" {
+                    (button(name, "deploy", "Deploy the tag again", session, html! {}))
+                    @if status == "PAUSED" {
+                        (button(name, "resume", "Resume", session, html! {}))
+                    } @else {
+                        (button(name, "pause", "Pause", session, html! {}))
+                    }
+                    (button(name, "delete", "Delete", session, html! {
+                        label for="confirm" { "Type " code { (name) } " to delete" }
+                        input #confirm type="text" name="confirm" autocomplete="off" required;
+                    }))
+                }
+            }
+            h2 { "The last hour" }
+            @match p.metrics {
+                Some(m) if !m.points.is_empty() => (charts(m)),
+                _ => p { "No traffic recorded in the last hour." },
+            }
+            h2 { "Revisions" }
+            table {
+                thead { tr { th scope="col" { "Revision" } th scope="col" { "Digest" } th scope="col" { "Tags then" } th scope="col" { "Tags now" } th scope="col" { "Created" } @if p.may_change { th scope="col" { span.visually-hidden { "Action" } } } } }
+                tbody {
+                    @for r in p.revisions.iter().rev() {
+                        @let serving = v.current_revision.as_ref().is_some_and(|c| c.number == r.number);
+                        tr {
+                            th scope="row" { (r.id) @if serving { " " span.status.ok { "serving" } } }
+                            td { code { (r.doc.digest.to_string().chars().take(19).collect::<String>()) "…" } }
+                            td { (r.doc.tags.join(", ")) }
+                            td { (r.tags_now.as_ref().map(|t| t.join(", ")).unwrap_or_default()) }
+                            td { (utc(r.created_at)) }
+                            @if p.may_change {
+                                td { @if !serving { (button(name, "rollback", "Roll back to this", session, html! { input type="hidden" name="revision" value=(r.id); })) } }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Operations" }
+            table {
+                thead { tr { th scope="col" { "Operation" } th scope="col" { "Type" } th scope="col" { "Status" } th scope="col" { "Started" } th scope="col" { "Last step" } } }
+                tbody {
+                    @for o in p.operations {
+                        tr {
+                            th scope="row" { code { (o.id) } }
+                            td { (o.kind.to_string()) }
+                            td { (o.status.to_string()) }
+                            td { (utc(o.started_at)) }
+                            td { (o.log.last().map(|l| l.message.as_str()).unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+            h2 { "Events" }
+            table {
+                thead { tr { th scope="col" { "At" } th scope="col" { "Kind" } th scope="col" { "What happened" } } }
+                tbody {
+                    @for e in p.events {
+                        tr { td { (utc(e.at)) } td { (e.kind) } td { (e.message) } }
+                    }
+                }
+            }
+        },
+    )
+}
