@@ -1,8 +1,10 @@
 //! The web console over HTTP (as root, real containers): login with a token gives a session
 //! cookie (HttpOnly, SameSite=Strict, Secure behind HTTPS) and never works on the API; pages
 //! list the service with its traffic and chart the last hour; forms without the session's
-//! anti-forgery value are refused; a read-only token sees no control that changes anything and
-//! its changes are refused; logout and a revoked token end the session.
+//! anti-forgery value are refused; the settings form shows every field, answers bad values next
+//! to their fields and deploys good ones; a service is created from the form; a read-only token
+//! sees no control that changes anything, nor environment values, and its changes are refused;
+//! logout and a revoked token end the session.
 
 mod support;
 
@@ -105,6 +107,50 @@ fn console_sessions_pages_and_scopes() -> Result {
     assert!(page.contains("con-app-0001") && page.contains(r#"action="/console/services/con-app/pause""#), "{page}");
     let csrf = csrf_of(&page).ok_or("no csrf value")?;
 
+    // The settings form: every field; bad values answered next to their fields, and nothing
+    // saved; good ones deploy a new revision.
+    let form = text(&get(&s, "/console/services/con-app/settings", &cookie)?);
+    for field in [
+        "source.image",
+        "image_config.env",
+        "instance.cpu",
+        "health_check.protocol",
+        "health_check.unhealthy_threshold",
+        "autoscaling.min_size",
+        "traffic.h2c",
+        "network.allow_from",
+    ] {
+        assert!(form.contains(&format!(r#"name="{field}""#)), "no field {field} in the settings form");
+    }
+    let settings = |extra: &str| {
+        let base = "source.image=web%3Av1&source.auto_deploy=default&image_config.port=8080&image_config.env=&image_config.secret_env=&image_config.secret_files=&image_config.start_command=&instance.memory=128&health_check.protocol=HTTP&health_check.path=%2Fhealthz&health_check.interval=5&health_check.timeout=2&health_check.healthy_threshold=1&autoscaling.max_concurrency=100&autoscaling.min_size=1&autoscaling.max_size=25&traffic.request_timeout=120&traffic.max_body_mb=64&network.networks=&network.egress=public&network.visibility=public&network.allow_from=";
+        post(&s, "/console/services/con-app/settings", &cookie, &format!("csrf={csrf}&{base}&{extra}"))
+    };
+    let r = settings("instance.cpu=300&health_check.unhealthy_threshold=lots")?;
+    assert_eq!(r.status, 422);
+    let page = text(&r);
+    assert!(page.contains(r#"id="health-check-unhealthy-threshold-error""#) && page.contains("`lots` is not a whole number"), "{page}");
+    let r = settings("instance.cpu=300&health_check.unhealthy_threshold=3")?;
+    assert_eq!(r.status, 422);
+    let page = text(&r);
+    assert!(page.contains(r#"id="instance-cpu-error""#) && page.contains("instance.cpu must be 256, 512, 1024, 2048 or 4096"), "{page}");
+    let r = settings("instance.cpu=512&health_check.unhealthy_threshold=3&image_config.env=GREETING%3Dhi")?;
+    assert_eq!((r.status, r.header("location")), (303, Some("/console/services/con-app")), "{}", text(&r));
+    wait_until("the new settings to serve", Duration::from_secs(60), || {
+        let v: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "con-app"])?)?;
+        let ops: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "operations", "con-app"])?)?;
+        let ended = ops["operations"].as_array().is_some_and(|o| o.iter().all(|op| op["ended_at"].is_i64()));
+        Ok(v["status"] == "RUNNING" && v["current_revision"]["number"] == 2 && ended)
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "con-app"])?)?;
+    assert_eq!((v["spec"]["instance"]["cpu"].as_u64(), v["spec"]["health_check"]["unhealthy_threshold"].as_u64()), (Some(512), Some(3)));
+    assert_eq!(v["spec"]["image_config"]["env"]["GREETING"], "hi");
+
+    // A new service from the form.
+    let r = post(&s, "/console/new", &cookie, &format!("csrf={csrf}&name=con-two&{}", "source.image=web%3Av1&source.auto_deploy=default&image_config.port=8080&instance.cpu=256&instance.memory=128&health_check.protocol=TCP&health_check.path=%2F&health_check.interval=5&health_check.timeout=2&health_check.healthy_threshold=1&health_check.unhealthy_threshold=5&autoscaling.max_concurrency=100&autoscaling.min_size=1&autoscaling.max_size=2&traffic.request_timeout=120&traffic.max_body_mb=64&network.egress=public&network.visibility=public"))?;
+    assert_eq!((r.status, r.header("location")), (303, Some("/console/services/con-two")), "{}", text(&r));
+    wait_until("the new service to run", Duration::from_secs(60), || Ok(s.cli_ok(&["service", "show", "con-two"])?.contains("RUNNING")))?;
+
     // A form without the session's value is refused; with it, the service pauses.
     let r = post(&s, "/console/services/con-app/pause", &cookie, "csrf=forged")?;
     assert_eq!(r.status, 403);
@@ -122,6 +168,8 @@ fn console_sessions_pages_and_scopes() -> Result {
     let viewer_cookie = session_of(&login(&s, viewer_token, &[])?).ok_or("no session for the viewer")?;
     let page = text(&get(&s, "/console/services/con-app", &viewer_cookie)?);
     assert!(page.contains("con-app-0001") && !page.contains("/console/services/con-app/resume") && !page.contains("Delete"), "{page}");
+    let form = text(&get(&s, "/console/services/con-app/settings", &viewer_cookie)?);
+    assert!(form.contains("GREETING=(hidden)") && !form.contains("GREETING=hi") && !form.contains("Save and deploy"), "{form}");
     let viewer_csrf = csrf_of(&page).ok_or("no csrf value")?;
     let r = post(&s, "/console/services/con-app/resume", &viewer_cookie, &format!("csrf={viewer_csrf}"))?;
     assert_eq!(r.status, 403);

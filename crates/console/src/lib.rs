@@ -10,8 +10,11 @@
 
 mod chart;
 mod pages;
+mod settings;
 
-use axum::extract::{Form, Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -31,7 +34,9 @@ pub fn routes() -> Router<AppState> {
         .route("/console/login", get(login_page).post(login))
         .route("/console/logout", post(logout))
         .route("/console/services", get(services))
+        .route("/console/new", get(new_page).post(create))
         .route("/console/services/{name}", get(service))
+        .route("/console/services/{name}/settings", get(settings_page).post(save_settings))
         .route("/console/services/{name}/{action}", post(act))
 }
 
@@ -224,14 +229,10 @@ async fn act(
     Path((name, action)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
-    if !viewer.session.csrf_matches(&form.csrf) {
-        return forbidden_form();
-    }
-    if !viewer.may_change() {
-        let why = format!("Token `{}` may only read; changing services needs an admin token.", viewer.principal.token_name);
-        return page(StatusCode::FORBIDDEN, pages::message("Not allowed", &why));
-    }
+    let viewer = match changer(&caller, session, Some(&form.csrf)) {
+        Ok(v) => v,
+        Err(refused) => return refused.into_response(),
+    };
     let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
     let done = match action.as_str() {
         "deploy" => c.deploy(&name, None).await,
@@ -252,5 +253,160 @@ async fn act(
             Redirect::to(&to).into_response()
         }
         Err(e) => page(StatusCode::CONFLICT, pages::message("Not done", &e.to_string())),
+    }
+}
+
+async fn settings_page(
+    State(s): State<AppState>,
+    caller: Caller,
+    session: Option<Extension<Session>>,
+    Path(name): Path<String>,
+) -> Response {
+    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+    let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
+    let view = match c.get(&name).await {
+        Ok(v) => v,
+        Err(e) => return page(StatusCode::NOT_FOUND, pages::message("No such service", &e.to_string())),
+    };
+    let values = settings::Values::of(&view.spec, !viewer.may_change());
+    let p = pages::SettingsPage { name: Some(&name), values: &values, errors: &[], may_change: viewer.may_change() };
+    page(StatusCode::OK, pages::settings(&viewer.principal, &viewer.session, &p))
+}
+
+/// The validation messages of a refused spec, each with the field it names.
+fn spec_errors(e: &berth_controller::ControllerError) -> Vec<(String, String)> {
+    match e {
+        berth_controller::ControllerError::Invalid(spec) => {
+            spec.0.iter().map(|m| (settings::field_of(m).unwrap_or("").to_owned(), m.clone())).collect()
+        }
+        other => vec![(String::new(), other.to_string())],
+    }
+}
+
+async fn save_settings(
+    State(s): State<AppState>,
+    caller: Caller,
+    session: Option<Extension<Session>>,
+    Path(name): Path<String>,
+    Form(mut form): Form<HashMap<String, String>>,
+) -> Response {
+    let viewer = match changer(&caller, session, form.remove("csrf").as_deref()) {
+        Ok(v) => v,
+        Err(refused) => return refused.into_response(),
+    };
+    let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
+    let current = match c.get(&name).await {
+        Ok(v) => v.spec,
+        Err(e) => return page(StatusCode::NOT_FOUND, pages::message("No such service", &e.to_string())),
+    };
+    let label = name.clone();
+    save_form(&viewer, Some(&name), settings::Values(form), &current, |spec| async move { c.update(spec).await }, &label).await
+}
+
+fn read_only(viewer: &Viewer) -> Response {
+    Refused::ReadOnly(viewer.principal.token_name.clone()).into_response()
+}
+
+/// Why a form that changes something is not carried out.
+enum Refused {
+    /// No session: log in first.
+    Login,
+    /// The form did not carry the session's anti-forgery value.
+    Forged,
+    /// The token (named) may only read.
+    ReadOnly(String),
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Login => to_login(),
+            Refused::Forged => forbidden_form(),
+            Refused::ReadOnly(token) => {
+                let why = format!("Token `{token}` may only read; changing services needs an admin token.");
+                page(StatusCode::FORBIDDEN, pages::message("Not allowed", &why))
+            }
+        }
+    }
+}
+
+/// The viewer behind a form that changes something: logged in, the form from their session
+/// (`csrf`), and a token that may change services.
+fn changer(caller: &Caller, session: Option<Extension<Session>>, csrf: Option<&str>) -> Result<Viewer, Refused> {
+    let viewer = Viewer::of(caller, session).ok_or(Refused::Login)?;
+    if !csrf.is_some_and(|c| viewer.session.csrf_matches(c)) {
+        return Err(Refused::Forged);
+    }
+    if !viewer.may_change() {
+        return Err(Refused::ReadOnly(viewer.principal.token_name.clone()));
+    }
+    Ok(viewer)
+}
+
+#[derive(Deserialize)]
+struct NewQuery {
+    image: Option<String>,
+}
+
+/// The spec a new service starts from: App Runner's defaults, with `image`.
+fn new_spec(name: &str, image: &str) -> Option<berth_core::ServiceSpec> {
+    serde_json::from_value(serde_json::json!({ "name": name, "source": { "image": image } })).ok()
+}
+
+async fn new_page(caller: Caller, session: Option<Extension<Session>>, Query(q): Query<NewQuery>) -> Response {
+    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+    if !viewer.may_change() {
+        return read_only(&viewer);
+    }
+    let Some(spec) = new_spec("", q.image.as_deref().unwrap_or_default()) else { return to_login() };
+    let values = settings::Values::of(&spec, false);
+    let p = pages::SettingsPage { name: None, values: &values, errors: &[], may_change: true };
+    page(StatusCode::OK, pages::settings(&viewer.principal, &viewer.session, &p))
+}
+
+async fn create(
+    State(s): State<AppState>,
+    caller: Caller,
+    session: Option<Extension<Session>>,
+    Form(mut form): Form<HashMap<String, String>>,
+) -> Response {
+    let viewer = match changer(&caller, session, form.remove("csrf").as_deref()) {
+        Ok(v) => v,
+        Err(refused) => return refused.into_response(),
+    };
+    let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
+    let name = form.get("name").map(|n| n.trim().to_owned()).unwrap_or_default();
+    let Some(base) = new_spec(&name, "") else { return forbidden_form() };
+    save_form(&viewer, None, settings::Values(form), &base, |spec| async move { c.create(spec).await }, &name).await
+}
+
+/// Applies a settings form to `base` and hands the spec to `save` (create or update): on to the
+/// service's page, or the form again with the errors next to their fields.
+async fn save_form<F, Fut>(
+    viewer: &Viewer,
+    name: Option<&str>,
+    values: settings::Values,
+    base: &berth_core::ServiceSpec,
+    save: F,
+    service: &str,
+) -> Response
+where
+    F: FnOnce(berth_core::ServiceSpec) -> Fut,
+    Fut: std::future::Future<Output = Result<berth_controller::Operation, berth_controller::ControllerError>>,
+{
+    let refused = |errors: Vec<(String, String)>| {
+        let p = pages::SettingsPage { name, values: &values, errors: &errors, may_change: true };
+        page(StatusCode::UNPROCESSABLE_ENTITY, pages::settings(&viewer.principal, &viewer.session, &p))
+    };
+    let spec = match values.apply(base) {
+        Ok(spec) => spec,
+        Err(errors) => return refused(errors),
+    };
+    match save(spec).await {
+        Ok(op) => {
+            tracing::info!(service = %service, operation = %op.id, token = %viewer.principal.token_name, "console: settings saved");
+            Redirect::to(&format!("/console/services/{service}")).into_response()
+        }
+        Err(e) => refused(spec_errors(&e)),
     }
 }

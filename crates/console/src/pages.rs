@@ -92,6 +92,7 @@ pub fn services(principal: &Principal, session: &Session, rows: &[(ServiceView, 
         Some((principal, session)),
         html! {
             h1 { "Services" }
+            @if principal.allows(berth_core::Action::Admin) { p { a href="/console/new" { "New service" } } }
             @if rows.is_empty() {
                 p { "No service yet. " code { "berth service create NAME --image REPO:TAG" } " makes one." }
             } @else {
@@ -179,6 +180,7 @@ pub fn service(principal: &Principal, session: &Session, p: &ServicePage<'_>) ->
                 dt { "Serving" } dd { (v.current_revision.as_ref().map_or_else(|| "nothing yet".to_owned(), |r| format!("{} ({}@{})", r.id, r.doc.repository, r.doc.digest))) }
                 dt { "Instances" } dd { (v.instances.iter().filter(|i| i.state == "ready").count()) " ready of " (v.instances.len()) }
             }
+            p { a href=(format!("/console/services/{name}/settings")) { "Settings" } }
             @if p.may_change {
                 section.actions aria-label="Actions" {
                     (button(name, "deploy", "Deploy the tag again", session, html! {}))
@@ -239,6 +241,121 @@ pub fn service(principal: &Principal, session: &Session, p: &ServicePage<'_>) ->
                     @for e in p.events {
                         tr { td { (utc(e.at)) } td { (e.kind) } td { (e.message) } }
                     }
+                }
+            }
+        },
+    )
+}
+
+/// The settings form of a service (or of a new one, `name` being `None`): every field of the
+/// spec, the errors next to the fields they name, and the others above the form.
+pub struct SettingsPage<'a> {
+    pub name: Option<&'a str>,
+    pub values: &'a crate::settings::Values,
+    pub errors: &'a [(String, String)],
+    pub may_change: bool,
+}
+
+fn field(p: &SettingsPage<'_>, name: &'static str, label: &str, help: &str) -> Markup {
+    let id = name.replace(['.', '_'], "-");
+    let value = p.values.get(name);
+    let errors: Vec<&str> = p.errors.iter().filter(|(f, _)| f == name).map(|(_, m)| m.as_str()).collect();
+    let described = if errors.is_empty() { format!("{id}-help") } else { format!("{id}-help {id}-error") };
+    let select = |options: &[(&str, &str)]| {
+        html! {
+            select #(id) name=(name) aria-describedby=(described) disabled[!p.may_change] {
+                @for (v, text) in options { option value=(v) selected[*v == value] { (text) } }
+            }
+        }
+    };
+    let control = match name {
+        "source.auto_deploy" => select(&[("default", "on for a tag, off for a digest"), ("on", "on"), ("off", "off")]),
+        "instance.cpu" => select(&[("256", "0.25 vCPU"), ("512", "0.5 vCPU"), ("1024", "1 vCPU"), ("2048", "2 vCPU"), ("4096", "4 vCPU")]),
+        "health_check.protocol" => select(&[("TCP", "TCP"), ("HTTP", "HTTP")]),
+        "network.egress" => {
+            select(&[("public", "public: the internet and the networks"), ("networks", "the networks only"), ("none", "nowhere")])
+        }
+        "network.visibility" => select(&[("public", "public"), ("private", "private")]),
+        "image_config.init" | "traffic.h2c" => html! {
+            input #(id) type="checkbox" name=(name) value="on" checked[value == "on"] aria-describedby=(described) disabled[!p.may_change];
+        },
+        "image_config.env" | "image_config.secret_env" | "image_config.secret_files" => html! {
+            textarea #(id) name=(name) rows="4" spellcheck="false" aria-describedby=(described) readonly[!p.may_change] { (value) }
+        },
+        _ => {
+            let numeric = !matches!(
+                name,
+                "source.image" | "image_config.start_command" | "health_check.path" | "network.networks" | "network.allow_from"
+            );
+            html! {
+                input #(id) type=(if numeric { "number" } else { "text" }) name=(name) value=(value) aria-describedby=(described)
+                    aria-invalid=(if errors.is_empty() { "false" } else { "true" }) readonly[!p.may_change];
+            }
+        }
+    };
+    html! {
+        div.field {
+            label for=(id) { (label) }
+            (control)
+            small.hint id=(format!("{id}-help")) { (help) }
+            @if !errors.is_empty() {
+                p.field-error id=(format!("{id}-error")) role="alert" { (errors.join("; ")) }
+            }
+        }
+    }
+}
+
+pub fn settings(principal: &Principal, session: &Session, p: &SettingsPage<'_>) -> Markup {
+    use crate::settings::FIELDS;
+    let known: Vec<&str> = FIELDS.iter().map(|(f, _, _)| *f).collect();
+    let general: Vec<&str> = p.errors.iter().filter(|(f, _)| !known.contains(&f.as_str())).map(|(_, m)| m.as_str()).collect();
+    let (title, action) = match p.name {
+        Some(n) => (format!("{n}: settings"), format!("/console/services/{n}/settings")),
+        None => ("New service".to_owned(), "/console/new".to_owned()),
+    };
+    let groups: [(&str, &str); 7] = [
+        ("Image", "source."),
+        ("Container", "image_config."),
+        ("Size", "instance."),
+        ("Health check", "health_check."),
+        ("Autoscaling", "autoscaling."),
+        ("Requests", "traffic."),
+        ("Network", "network."),
+    ];
+    layout(
+        &title,
+        Some((principal, session)),
+        html! {
+            h1 { (title) }
+            @if !p.errors.is_empty() {
+                div.error role="alert" {
+                    p { "Not saved: " (p.errors.len()) " problem(s), shown next to their fields." }
+                    @if !general.is_empty() { ul { @for m in &general { li { (m) } } } }
+                }
+            }
+            @if !p.may_change { p.hint { "Your token may only read: the settings are shown, not changed." } }
+            form.settings method="post" action=(action) {
+                input type="hidden" name="csrf" value=(session.csrf);
+                @if p.name.is_none() {
+                    fieldset {
+                        legend { "Service" }
+                        div.field {
+                            label for="name" { "Name" }
+                            input #name type="text" name="name" value=(p.values.get("name")) required aria-describedby="name-help";
+                            small.hint #name-help { "4–40 letters, digits, - and _; it names the URL" }
+                        }
+                    }
+                }
+                @for (legend, prefix) in groups {
+                    fieldset {
+                        legend { (legend) }
+                        @for (name, label, help) in FIELDS.iter().filter(|(f, _, _)| f.starts_with(prefix)) {
+                            (field(p, name, label, help))
+                        }
+                    }
+                }
+                @if p.may_change {
+                    button type="submit" { @if p.name.is_some() { "Save and deploy" } @else { "Create and deploy" } }
                 }
             }
         },
