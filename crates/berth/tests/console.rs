@@ -161,6 +161,24 @@ fn console_sessions_pages_and_scopes() -> Result {
     let r = post(&s, "/console/services/con-app/delete", &cookie, &format!("csrf={csrf}&confirm=wrong"))?;
     assert_eq!(r.status, 422, "a delete without the name typed again");
 
+    // The registry: repositories, tags with sizes, pushes, and a service from a tag.
+    let page = text(&get(&s, "/console/registry", &cookie)?);
+    assert!(page.contains(r#"href="/console/registry/web""#) && page.contains("MUTABLE"), "{page}");
+    let page = text(&get(&s, "/console/registry/web", &cookie)?);
+    assert!(page.contains("v1") && page.contains(" MiB</td>") && page.contains(r#"href="/console/new?image=web:v1""#), "{page}");
+
+    // Tokens: a new one's secret is shown once.
+    let r = post(&s, "/console/tokens", &cookie, &format!("csrf={csrf}&name=deployer&scopes=push%3Aweb%2C+read-only"))?;
+    assert_eq!(r.status, 201);
+    let page = text(&r);
+    let secret = page.split("<code class=\"secret\">").nth(1).and_then(|t| t.split('<').next()).ok_or("no secret shown")?.to_owned();
+    assert!(secret.starts_with("berth_"), "{page}");
+    let page = text(&get(&s, "/console/tokens", &cookie)?);
+    assert!(page.contains("deployer") && page.contains("push:web") && !page.contains(&secret), "the secret was shown twice");
+    let r = post(&s, "/console/tokens", &cookie, &format!("csrf={csrf}&name=bad&scopes=root"))?;
+    assert_eq!(r.status, 422);
+    assert!(text(&r).contains("scope `root` is unknown"));
+
     // A read-only token: no controls, and its changes are refused.
     let viewer: serde_json::Value =
         serde_json::from_str(&s.cli_ok(&["-o", "json", "token", "create", "viewer", "--scope", "read-only"])?)?;
@@ -171,6 +189,8 @@ fn console_sessions_pages_and_scopes() -> Result {
     let form = text(&get(&s, "/console/services/con-app/settings", &viewer_cookie)?);
     assert!(form.contains("GREETING=(hidden)") && !form.contains("GREETING=hi") && !form.contains("Save and deploy"), "{form}");
     let viewer_csrf = csrf_of(&page).ok_or("no csrf value")?;
+    assert_eq!(get(&s, "/console/tokens", &viewer_cookie)?.status, 403);
+    assert!(!text(&get(&s, "/console/registry/web", &viewer_cookie)?).contains("Create a service"));
     let r = post(&s, "/console/services/con-app/resume", &viewer_cookie, &format!("csrf={viewer_csrf}"))?;
     assert_eq!(r.status, 403);
     assert!(text(&r).contains("may only read"));

@@ -35,6 +35,10 @@ pub fn routes() -> Router<AppState> {
         .route("/console/logout", post(logout))
         .route("/console/services", get(services))
         .route("/console/new", get(new_page).post(create))
+        .route("/console/registry", get(registry))
+        .route("/console/registry/{*name}", get(repository))
+        .route("/console/tokens", get(tokens).post(create_token))
+        .route("/console/tokens/{id}/revoke", post(revoke_token))
         .route("/console/services/{name}", get(service))
         .route("/console/services/{name}/settings", get(settings_page).post(save_settings))
         .route("/console/services/{name}/{action}", post(act))
@@ -408,5 +412,135 @@ where
             Redirect::to(&format!("/console/services/{service}")).into_response()
         }
         Err(e) => refused(spec_errors(&e)),
+    }
+}
+
+async fn registry(State(s): State<AppState>, caller: Caller, session: Option<Extension<Session>>) -> Response {
+    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+    let repos = match s.registry.repositories(None, 10_000).await {
+        Ok(r) => r,
+        Err(e) => return page(StatusCode::INTERNAL_SERVER_ERROR, pages::message("Registry unavailable", &e.to_string())),
+    };
+    let mut rows = Vec::new();
+    for r in repos.into_iter().filter(|r| viewer.principal.allows(Action::Pull(&r.name))) {
+        let tags = s.registry.tag_count(&r.name).await.unwrap_or(0);
+        rows.push((r, tags));
+    }
+    page(StatusCode::OK, pages::registry(&viewer.principal, &viewer.session, &rows))
+}
+
+async fn repository(State(s): State<AppState>, caller: Caller, session: Option<Extension<Session>>, Path(name): Path<String>) -> Response {
+    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+    let missing =
+        || page(StatusCode::NOT_FOUND, pages::message("No such repository", &format!("There is no repository `{name}` you may read.")));
+    if !viewer.principal.allows(Action::Pull(&name)) {
+        return missing();
+    }
+    let Ok(repo) = s.registry.repository(&name).await else { return missing() };
+    let mut tags = Vec::new();
+    for tag in s.registry.tags(&name, None, 1000).await.unwrap_or_default() {
+        let size = image_size(&s, &name, &tag.digest).await;
+        tags.push(pages::TagRow { tag, size });
+    }
+    tags.sort_by_key(|t| std::cmp::Reverse(t.tag.updated_at));
+    let events = s.registry.events(Some(&name), 0, 10_000).await.unwrap_or_default();
+    let recent = &events[events.len().saturating_sub(50)..];
+    page(StatusCode::OK, pages::repository(&viewer.principal, &viewer.session, &repo, &tags, recent, viewer.may_change()))
+}
+
+/// A manifest's size with the blobs it references (config and layers, or child manifests).
+async fn image_size(s: &AppState, repository: &str, digest: &berth_core::Digest) -> u64 {
+    let Ok(Some(m)) = s.store.get_manifest(repository, digest).await else { return 0 };
+    let mut total = m.size;
+    for r in &m.references {
+        total += s.store.linked_blob(repository, r).await.ok().flatten().unwrap_or(0);
+    }
+    total
+}
+
+async fn tokens(State(s): State<AppState>, caller: Caller, session: Option<Extension<Session>>) -> Response {
+    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+    if !viewer.may_change() {
+        return read_only(&viewer);
+    }
+    token_page(&s, &viewer, StatusCode::OK, None, None).await
+}
+
+async fn token_page(s: &AppState, viewer: &Viewer, status: StatusCode, created: Option<(&str, &str)>, error: Option<&str>) -> Response {
+    let mut list = s.store.list_tokens().await.unwrap_or_default();
+    list.sort_by_key(|t| std::cmp::Reverse(t.created_at));
+    page(status, pages::tokens(&viewer.principal, &viewer.session, &list, created, error))
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    csrf: String,
+    name: String,
+    scopes: String,
+}
+
+async fn create_token(
+    State(s): State<AppState>,
+    caller: Caller,
+    session: Option<Extension<Session>>,
+    Form(form): Form<TokenForm>,
+) -> Response {
+    let viewer = match changer(&caller, session, Some(&form.csrf)) {
+        Ok(v) => v,
+        Err(refused) => return refused.into_response(),
+    };
+    let name = form.name.trim();
+    let scopes: Result<Vec<berth_core::Scope>, String> = form
+        .scopes
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().map_err(|e: berth_core::ScopeError| e.to_string()))
+        .collect();
+    let problem = match &scopes {
+        _ if name.is_empty() || name.len() > 64 => Some("A token name is 1 to 64 characters.".to_owned()),
+        Ok(list) if list.is_empty() => Some("A token needs at least one scope.".to_owned()),
+        Err(e) => Some(e.clone()),
+        Ok(_) => None,
+    };
+    if let Some(why) = problem {
+        return token_page(&s, &viewer, StatusCode::UNPROCESSABLE_ENTITY, None, Some(&why)).await;
+    }
+    match berth_api::issue_token(&s.store, name, scopes.unwrap_or_default()).await {
+        Ok(issued) => {
+            tracing::info!(token = %issued.record.id, by = %viewer.principal.token_name, "console: token created");
+            token_page(&s, &viewer, StatusCode::CREATED, Some((name, &issued.secret)), None).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn revoke_token(
+    State(s): State<AppState>,
+    caller: Caller,
+    session: Option<Extension<Session>>,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let viewer = match changer(&caller, session, Some(&form.csrf)) {
+        Ok(v) => v,
+        Err(refused) => return refused.into_response(),
+    };
+    if id == viewer.principal.token_id {
+        return token_page(
+            &s,
+            &viewer,
+            StatusCode::CONFLICT,
+            None,
+            Some("This session's own token is not revoked from here; log in with another first."),
+        )
+        .await;
+    }
+    match s.store.revoke_token(&id, berth_api::now()).await {
+        Ok(_) => {
+            tracing::info!(token = %id, by = %viewer.principal.token_name, "console: token revoked");
+            Redirect::to("/console/tokens").into_response()
+        }
+        Err(e) => berth_api::ApiError::from(e).into_response(),
     }
 }

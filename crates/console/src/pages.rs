@@ -32,8 +32,10 @@ fn layout(title: &str, viewer: Option<(&Principal, &Session)>, body: Markup) -> 
                 header {
                     nav aria-label="Main" {
                         a.brand href="/console/services" { "berth" }
-                        @if viewer.is_some() {
+                        @if let Some((principal, _)) = viewer {
                             a href="/console/services" { "Services" }
+                            a href="/console/registry" { "Registry" }
+                            @if principal.allows(berth_core::Action::Admin) { a href="/console/tokens" { "Tokens" } }
                         }
                     }
                     @if let Some((principal, session)) = viewer {
@@ -357,6 +359,176 @@ pub fn settings(principal: &Principal, session: &Session, p: &SettingsPage<'_>) 
                 @if p.may_change {
                     button type="submit" { @if p.name.is_some() { "Save and deploy" } @else { "Create and deploy" } }
                 }
+            }
+        },
+    )
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30)),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20)),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+fn policy(p: &berth_core::TagPolicy) -> String {
+    let exclusions: Vec<String> = p.exclusions.iter().map(ToString::to_string).collect();
+    match exclusions.is_empty() {
+        true => p.mutability.to_string(),
+        false => format!("{} except {}", p.mutability, exclusions.join(", ")),
+    }
+}
+
+fn rule(r: &berth_core::LifecycleRule) -> String {
+    match r {
+        berth_core::LifecycleRule::ExpireUntagged { days } => format!("untagged manifests expire after {days} days"),
+        berth_core::LifecycleRule::KeepNewestTags { pattern, count } => format!("keep the newest {count} tags matching {pattern}"),
+    }
+}
+
+pub fn registry(principal: &Principal, session: &Session, repos: &[(berth_store::RepositoryRecord, u64)]) -> Markup {
+    layout(
+        "Registry",
+        Some((principal, session)),
+        html! {
+            h1 { "Registry" }
+            @if repos.is_empty() {
+                p { "No repository you may read yet. Push one: " code { "skopeo copy … docker://HOST:7070/REPO:TAG" } }
+            } @else {
+                table {
+                    thead { tr { th scope="col" { "Repository" } th scope="col" { "Tags" } th scope="col" { "Tag mutability" } th scope="col" { "Lifecycle" } th scope="col" { "Created" } } }
+                    tbody {
+                        @for (r, tags) in repos {
+                            tr {
+                                th scope="row" { a href=(format!("/console/registry/{}", r.name)) { (r.name) } }
+                                td.num { (tags) }
+                                td { (policy(&r.tag_policy)) }
+                                td { (r.lifecycle.iter().map(rule).collect::<Vec<_>>().join("; ")) }
+                                td { (utc(r.created_at)) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A tag with its manifest's size (the manifest and the blobs it references).
+pub struct TagRow {
+    pub tag: berth_store::TagRecord,
+    pub size: u64,
+}
+
+pub fn repository(
+    principal: &Principal,
+    session: &Session,
+    repo: &berth_store::RepositoryRecord,
+    tags: &[TagRow],
+    events: &[berth_store::PushEvent],
+    may_create: bool,
+) -> Markup {
+    layout(
+        &repo.name,
+        Some((principal, session)),
+        html! {
+            h1 { (repo.name) }
+            dl.facts {
+                dt { "Tag mutability" } dd { (policy(&repo.tag_policy)) }
+                dt { "Lifecycle rules" } dd { @if repo.lifecycle.is_empty() { "none" } @else { (repo.lifecycle.iter().map(rule).collect::<Vec<_>>().join("; ")) } }
+            }
+            h2 { "Tags" }
+            table {
+                thead { tr { th scope="col" { "Tag" } th scope="col" { "Digest" } th scope="col" { "Size" } th scope="col" { "Pushed" } @if may_create { th scope="col" { span.visually-hidden { "Action" } } } } }
+                tbody {
+                    @for t in tags {
+                        tr {
+                            th scope="row" { (t.tag.tag) }
+                            td { code { (t.tag.digest) } }
+                            td.num { (size(t.size)) }
+                            td { (utc(t.tag.updated_at)) }
+                            @if may_create {
+                                td { a href=(format!("/console/new?image={}:{}", repo.name, t.tag.tag)) { "Create a service from " (t.tag.tag) } }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Pushes" }
+            table {
+                thead { tr { th scope="col" { "At" } th scope="col" { "Tag" } th scope="col" { "Digest" } th scope="col" { "Before" } } }
+                tbody {
+                    @for e in events.iter().rev() {
+                        tr {
+                            td { (utc(e.at)) }
+                            td { (e.tag.as_deref().unwrap_or("–")) }
+                            td { code { (e.digest) } }
+                            td { (e.previous_digest.as_ref().map(ToString::to_string).unwrap_or_else(|| "–".into())) }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub fn tokens(
+    principal: &Principal,
+    session: &Session,
+    tokens: &[berth_store::TokenRecord],
+    created: Option<(&str, &str)>,
+    error: Option<&str>,
+) -> Markup {
+    layout(
+        "Tokens",
+        Some((principal, session)),
+        html! {
+            h1 { "Tokens" }
+            @if let Some((name, secret)) = created {
+                div.created role="status" {
+                    p { "Token " strong { (name) } " was created. Copy it now: it is shown only this once." }
+                    p { code.secret { (secret) } }
+                }
+            }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            table {
+                thead { tr { th scope="col" { "Name" } th scope="col" { "Id" } th scope="col" { "Scopes" } th scope="col" { "Created" } th scope="col" { "Last used" } th scope="col" { "Revoked" } th scope="col" { span.visually-hidden { "Action" } } } }
+                tbody {
+                    @for t in tokens {
+                        tr {
+                            th scope="row" { (t.name) }
+                            td { code { (t.id) } }
+                            td { (t.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")) }
+                            td { (utc(t.created_at)) }
+                            td { (t.last_used_at.map_or_else(|| "never".to_owned(), utc)) }
+                            td { (t.revoked_at.map_or_else(|| "–".to_owned(), utc)) }
+                            td {
+                                @if t.revoked_at.is_none() && t.id != principal.token_id {
+                                    form.inline method="post" action=(format!("/console/tokens/{}/revoke", t.id)) {
+                                        input type="hidden" name="csrf" value=(session.csrf);
+                                        button type="submit" aria-label=(format!("Revoke token {}", t.name)) { "Revoke" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "New token" }
+            form.settings method="post" action="/console/tokens" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                div.field {
+                    label for="token-name" { "Name" }
+                    input #token-name type="text" name="name" required maxlength="64";
+                }
+                div.field {
+                    label for="token-scopes" { "Scopes" }
+                    input #token-scopes type="text" name="scopes" required aria-describedby="token-scopes-help";
+                    small.hint #token-scopes-help { "separated by commas: admin, read-only, pull:<repo pattern>, push:<repo pattern>, secrets-read:<pattern>, secrets-write:<pattern>" }
+                }
+                button type="submit" { "Create" }
             }
         },
     )
