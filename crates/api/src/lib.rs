@@ -6,6 +6,7 @@
 //! HTTP to calls on the domain crates and their errors back to statuses with stable codes.
 //! Every route but `/healthz` needs a credential.
 
+pub mod access;
 pub mod auth;
 pub mod caller;
 mod error;
@@ -52,6 +53,8 @@ pub struct AppState {
     /// The services' controllers, when this server can run containers.
     pub controller: Option<berth_controller::Controller>,
     pub secrets: Arc<berth_secrets::Secrets>,
+    /// The router's access log (JSON lines), when it is on.
+    pub access_log: Option<std::path::PathBuf>,
 }
 
 /// Seconds since the Unix epoch.
@@ -76,6 +79,7 @@ pub fn app_with(state: AppState, pages: Router<AppState>) -> Router {
         .merge(services::routes())
         .merge(networks::routes())
         .merge(secrets::routes())
+        .merge(access::routes())
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/ca", get(ca))
         .route("/token", get(auth::token_endpoint))

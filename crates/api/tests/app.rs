@@ -66,6 +66,7 @@ async fn fixture() -> Result<Fixture> {
         ca_pem: Arc::from("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"),
         controller: Some(controller),
         secrets,
+        access_log: None,
     };
     Ok(Fixture { _dir: dir, store, router: app(state), admin, reader })
 }

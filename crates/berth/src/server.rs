@@ -290,7 +290,7 @@ fn daemon_config(config: &Config, internal: Option<SocketAddr>) -> DaemonConfig 
             .iter()
             .map(|c| SuppliedCertificate { domains: c.domains.clone(), cert: c.cert.clone(), key: c.key.clone() })
             .collect(),
-        access_log: (r.access_log != "off").then(|| config.data_dir.join(&r.access_log)),
+        access_log: access_log_path(config),
         log_level: config.log.level.clone(),
         log_json: config.log.format == "json",
     }
@@ -505,6 +505,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         ca_pem,
         controller,
         secrets: secrets.clone(),
+        access_log: access_log_path(&config),
     };
     // Rotations run from here: scheduled ones, asked-for ones, and ones a stop cut short.
     let consumers: Arc<dyn berth_secrets::rotation::Consumers> = match &state.controller {
@@ -673,4 +674,9 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
         _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
     }
+}
+
+/// Where the router writes its access log, unless it is off.
+fn access_log_path(config: &Config) -> Option<std::path::PathBuf> {
+    (config.router.access_log != "off").then(|| config.data_dir.join(&config.router.access_log))
 }

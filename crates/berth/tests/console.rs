@@ -107,6 +107,37 @@ fn console_sessions_pages_and_scopes() -> Result {
     assert!(page.contains("con-app-0001") && page.contains(r#"action="/console/services/con-app/pause""#), "{page}");
     let csrf = csrf_of(&page).ok_or("no csrf value")?;
 
+    // Logs: the instances' lines, searchable; new lines live as server-sent events.
+    let page = text(&get(&s, "/console/services/con-app/logs", &cookie)?);
+    assert!(page.contains("GET / 200") && page.contains("con-app-1-"), "{page}");
+    let page = text(&get(&s, "/console/services/con-app/logs?q=no-such-line", &cookie)?);
+    assert!(page.contains("0 lines") && !page.contains("GET / 200"), "{page}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let live_url = s.url("/console/services/con-app/logs/live?q=live-probe");
+    let live_cookie = format!("berth_session={cookie}");
+    std::thread::spawn(move || {
+        let Ok(resp) = ureq::get(&live_url).set("Cookie", &live_cookie).call() else { return };
+        for line in std::io::BufRead::lines(std::io::BufReader::new(resp.into_reader())).map_while(std::result::Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    http("GET", &format!("http://{router}/live-probe"), None, &[("Host", "con-app.localhost")], b"")?;
+    let event =
+        (0..20).find_map(|_| rx.recv_timeout(Duration::from_secs(1)).ok().filter(|l| l.starts_with("data:") && l.contains("/live-probe")));
+    assert!(event.is_some(), "no live line for the request");
+    // The access log: the same requests as the router saw them.
+    let page = text(&get(&s, "/console/services/con-app/requests?q=live-probe", &cookie)?);
+    assert!(page.contains("GET /live-probe") && page.contains("1 requests"), "{page}");
+    // An operation with its log.
+    let op = s.cli_ok(&["-o", "json", "service", "operations", "con-app"])?;
+    let op: serde_json::Value = serde_json::from_str(&op)?;
+    let id = op["operations"][0]["id"].as_str().ok_or("no operation")?.to_owned();
+    let page = text(&get(&s, &format!("/console/operations/{id}"), &cookie)?);
+    assert!(page.contains("SUCCEEDED") && page.contains("<ol class=\"oplog\">"), "{page}");
+
     // The settings form: every field; bad values answered next to their fields, and nothing
     // saved; good ones deploy a new revision.
     let form = text(&get(&s, "/console/services/con-app/settings", &cookie)?);

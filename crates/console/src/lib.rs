@@ -31,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(|| async { Redirect::to("/console") }))
         .route("/console", get(|| async { Redirect::to("/console/services") }))
         .route("/console/assets/console.css", get(stylesheet))
+        .route("/console/assets/console.js", get(script))
         .route("/console/login", get(login_page).post(login))
         .route("/console/logout", post(logout))
         .route("/console/services", get(services))
@@ -41,10 +42,20 @@ pub fn routes() -> Router<AppState> {
         .route("/console/tokens/{id}/revoke", post(revoke_token))
         .route("/console/services/{name}", get(service))
         .route("/console/services/{name}/settings", get(settings_page).post(save_settings))
+        .route("/console/services/{name}/logs", get(logs))
+        .route("/console/services/{name}/logs/live", get(live_logs))
+        .route("/console/services/{name}/requests", get(requests))
+        .route("/console/operations/{id}", get(operation))
         .route("/console/services/{name}/{action}", post(act))
 }
 
 const STYLESHEET: &str = include_str!("../assets/console.css");
+/// The one script: it follows live logs. Every page works without it.
+const SCRIPT: &str = include_str!("../assets/console.js");
+
+async fn script() -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript"), (header::CACHE_CONTROL, "max-age=3600")], SCRIPT).into_response()
+}
 
 async fn stylesheet() -> Response {
     ([(header::CONTENT_TYPE, "text/css"), (header::CACHE_CONTROL, "max-age=3600")], STYLESHEET).into_response()
@@ -71,6 +82,17 @@ fn page(status: StatusCode, markup: Markup) -> Response {
 struct Viewer {
     principal: Principal,
     session: Session,
+}
+
+/// Pages and forms take a [`Viewer`]: without a session, the browser goes to the login page.
+impl axum::extract::FromRequestParts<AppState> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
+        let session = parts.extensions.get::<Session>().cloned().map(Extension);
+        Viewer::of(&caller, session).ok_or_else(to_login)
+    }
 }
 
 impl Viewer {
@@ -135,14 +157,7 @@ struct CsrfForm {
     csrf: String,
 }
 
-async fn logout(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    caller: Caller,
-    session: Option<Extension<Session>>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+async fn logout(State(s): State<AppState>, headers: HeaderMap, viewer: Viewer, Form(form): Form<CsrfForm>) -> Response {
     if !viewer.session.csrf_matches(&form.csrf) {
         return forbidden_form();
     }
@@ -166,8 +181,7 @@ fn forbidden_form() -> Response {
     )
 }
 
-async fn services(State(s): State<AppState>, caller: Caller, session: Option<Extension<Session>>) -> Response {
-    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+async fn services(State(s): State<AppState>, viewer: Viewer) -> Response {
     let Some(c) = s.controller.as_ref() else {
         return page(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -189,8 +203,7 @@ async fn services(State(s): State<AppState>, caller: Caller, session: Option<Ext
     page(StatusCode::OK, pages::services(&viewer.principal, &viewer.session, &rows))
 }
 
-async fn service(State(s): State<AppState>, caller: Caller, session: Option<Extension<Session>>, Path(name): Path<String>) -> Response {
-    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+async fn service(State(s): State<AppState>, viewer: Viewer, Path(name): Path<String>) -> Response {
     let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
     let view = match c.get(&name).await {
         Ok(v) => v,
@@ -228,12 +241,11 @@ struct ActionForm {
 /// resume, delete.
 async fn act(
     State(s): State<AppState>,
-    caller: Caller,
-    session: Option<Extension<Session>>,
+    viewer: Viewer,
     Path((name, action)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let viewer = match changer(&caller, session, Some(&form.csrf)) {
+    let viewer = match changer(viewer, Some(&form.csrf)) {
         Ok(v) => v,
         Err(refused) => return refused.into_response(),
     };
@@ -260,13 +272,7 @@ async fn act(
     }
 }
 
-async fn settings_page(
-    State(s): State<AppState>,
-    caller: Caller,
-    session: Option<Extension<Session>>,
-    Path(name): Path<String>,
-) -> Response {
-    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+async fn settings_page(State(s): State<AppState>, viewer: Viewer, Path(name): Path<String>) -> Response {
     let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
     let view = match c.get(&name).await {
         Ok(v) => v,
@@ -289,12 +295,11 @@ fn spec_errors(e: &berth_controller::ControllerError) -> Vec<(String, String)> {
 
 async fn save_settings(
     State(s): State<AppState>,
-    caller: Caller,
-    session: Option<Extension<Session>>,
+    viewer: Viewer,
     Path(name): Path<String>,
     Form(mut form): Form<HashMap<String, String>>,
 ) -> Response {
-    let viewer = match changer(&caller, session, form.remove("csrf").as_deref()) {
+    let viewer = match changer(viewer, form.remove("csrf").as_deref()) {
         Ok(v) => v,
         Err(refused) => return refused.into_response(),
     };
@@ -313,8 +318,6 @@ fn read_only(viewer: &Viewer) -> Response {
 
 /// Why a form that changes something is not carried out.
 enum Refused {
-    /// No session: log in first.
-    Login,
     /// The form did not carry the session's anti-forgery value.
     Forged,
     /// The token (named) may only read.
@@ -324,7 +327,6 @@ enum Refused {
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
         match self {
-            Refused::Login => to_login(),
             Refused::Forged => forbidden_form(),
             Refused::ReadOnly(token) => {
                 let why = format!("Token `{token}` may only read; changing services needs an admin token.");
@@ -336,8 +338,7 @@ impl IntoResponse for Refused {
 
 /// The viewer behind a form that changes something: logged in, the form from their session
 /// (`csrf`), and a token that may change services.
-fn changer(caller: &Caller, session: Option<Extension<Session>>, csrf: Option<&str>) -> Result<Viewer, Refused> {
-    let viewer = Viewer::of(caller, session).ok_or(Refused::Login)?;
+fn changer(viewer: Viewer, csrf: Option<&str>) -> Result<Viewer, Refused> {
     if !csrf.is_some_and(|c| viewer.session.csrf_matches(c)) {
         return Err(Refused::Forged);
     }
@@ -357,8 +358,7 @@ fn new_spec(name: &str, image: &str) -> Option<berth_core::ServiceSpec> {
     serde_json::from_value(serde_json::json!({ "name": name, "source": { "image": image } })).ok()
 }
 
-async fn new_page(caller: Caller, session: Option<Extension<Session>>, Query(q): Query<NewQuery>) -> Response {
-    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+async fn new_page(viewer: Viewer, Query(q): Query<NewQuery>) -> Response {
     if !viewer.may_change() {
         return read_only(&viewer);
     }
@@ -368,13 +368,8 @@ async fn new_page(caller: Caller, session: Option<Extension<Session>>, Query(q):
     page(StatusCode::OK, pages::settings(&viewer.principal, &viewer.session, &p))
 }
 
-async fn create(
-    State(s): State<AppState>,
-    caller: Caller,
-    session: Option<Extension<Session>>,
-    Form(mut form): Form<HashMap<String, String>>,
-) -> Response {
-    let viewer = match changer(&caller, session, form.remove("csrf").as_deref()) {
+async fn create(State(s): State<AppState>, viewer: Viewer, Form(mut form): Form<HashMap<String, String>>) -> Response {
+    let viewer = match changer(viewer, form.remove("csrf").as_deref()) {
         Ok(v) => v,
         Err(refused) => return refused.into_response(),
     };
@@ -415,8 +410,7 @@ where
     }
 }
 
-async fn registry(State(s): State<AppState>, caller: Caller, session: Option<Extension<Session>>) -> Response {
-    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+async fn registry(State(s): State<AppState>, viewer: Viewer) -> Response {
     let repos = match s.registry.repositories(None, 10_000).await {
         Ok(r) => r,
         Err(e) => return page(StatusCode::INTERNAL_SERVER_ERROR, pages::message("Registry unavailable", &e.to_string())),
@@ -429,8 +423,7 @@ async fn registry(State(s): State<AppState>, caller: Caller, session: Option<Ext
     page(StatusCode::OK, pages::registry(&viewer.principal, &viewer.session, &rows))
 }
 
-async fn repository(State(s): State<AppState>, caller: Caller, session: Option<Extension<Session>>, Path(name): Path<String>) -> Response {
-    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+async fn repository(State(s): State<AppState>, viewer: Viewer, Path(name): Path<String>) -> Response {
     let missing =
         || page(StatusCode::NOT_FOUND, pages::message("No such repository", &format!("There is no repository `{name}` you may read.")));
     if !viewer.principal.allows(Action::Pull(&name)) {
@@ -458,8 +451,7 @@ async fn image_size(s: &AppState, repository: &str, digest: &berth_core::Digest)
     total
 }
 
-async fn tokens(State(s): State<AppState>, caller: Caller, session: Option<Extension<Session>>) -> Response {
-    let Some(viewer) = Viewer::of(&caller, session) else { return to_login() };
+async fn tokens(State(s): State<AppState>, viewer: Viewer) -> Response {
     if !viewer.may_change() {
         return read_only(&viewer);
     }
@@ -479,13 +471,8 @@ struct TokenForm {
     scopes: String,
 }
 
-async fn create_token(
-    State(s): State<AppState>,
-    caller: Caller,
-    session: Option<Extension<Session>>,
-    Form(form): Form<TokenForm>,
-) -> Response {
-    let viewer = match changer(&caller, session, Some(&form.csrf)) {
+async fn create_token(State(s): State<AppState>, viewer: Viewer, Form(form): Form<TokenForm>) -> Response {
+    let viewer = match changer(viewer, Some(&form.csrf)) {
         Ok(v) => v,
         Err(refused) => return refused.into_response(),
     };
@@ -515,14 +502,8 @@ async fn create_token(
     }
 }
 
-async fn revoke_token(
-    State(s): State<AppState>,
-    caller: Caller,
-    session: Option<Extension<Session>>,
-    Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let viewer = match changer(&caller, session, Some(&form.csrf)) {
+async fn revoke_token(State(s): State<AppState>, viewer: Viewer, Path(id): Path<String>, Form(form): Form<CsrfForm>) -> Response {
+    let viewer = match changer(viewer, Some(&form.csrf)) {
         Ok(v) => v,
         Err(refused) => return refused.into_response(),
     };
@@ -542,5 +523,102 @@ async fn revoke_token(
             Redirect::to("/console/tokens").into_response()
         }
         Err(e) => berth_api::ApiError::from(e).into_response(),
+    }
+}
+
+/// The lines the logs page shows at most.
+const LOG_LINES: usize = 2000;
+
+/// The service's log lines that `filter` asks for, oldest first, each with its instance, and
+/// every instance that has lines.
+async fn filtered_logs(
+    c: &berth_controller::Controller,
+    name: &str,
+    filter: &pages::LogFilter,
+) -> berth_controller::Result<(Vec<(String, String)>, Vec<String>)> {
+    let all = c.logs(name, 10_000).await?;
+    let mut instances: Vec<String> = all.iter().map(|(i, _, _)| i.clone()).collect();
+    instances.sort();
+    instances.dedup();
+    let lines: Vec<(String, String)> = all.into_iter().filter(|(i, _, l)| filter.matches(i, l)).map(|(i, _, l)| (i, l)).collect();
+    let skip = lines.len().saturating_sub(LOG_LINES);
+    Ok((lines.into_iter().skip(skip).collect(), instances))
+}
+
+async fn logs(State(s): State<AppState>, viewer: Viewer, Path(name): Path<String>, Query(filter): Query<pages::LogFilter>) -> Response {
+    let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
+    match filtered_logs(c, &name, &filter).await {
+        Ok((lines, instances)) => page(StatusCode::OK, pages::logs(&viewer.principal, &viewer.session, &name, &filter, &lines, &instances)),
+        Err(e) => page(StatusCode::NOT_FOUND, pages::message("No logs", &e.to_string())),
+    }
+}
+
+/// New log lines as they come (server-sent events, one `line` event per line: its instance, a
+/// space, the line), for the logs page's script.
+async fn live_logs(
+    State(s): State<AppState>,
+    _viewer: Viewer,
+    Path(name): Path<String>,
+    Query(filter): Query<pages::LogFilter>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let Some(c) = s.controller.clone() else { return StatusCode::SERVICE_UNAVAILABLE.into_response() };
+    // Where each instance's log stood when the stream began: only later lines are sent.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, index, _) in c.logs(&name, 1).await.unwrap_or_default() {
+        seen.insert(i, index);
+    }
+    let stream = futures_util::stream::unfold((c, name, filter, seen), |(c, name, filter, mut seen)| async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let Ok(lines) = c.logs(&name, 1000).await else { return None };
+            let mut events = Vec::new();
+            for (instance, index, line) in lines {
+                if seen.get(&instance).is_some_and(|&at| index <= at) {
+                    continue;
+                }
+                seen.insert(instance.clone(), index);
+                if filter.matches(&instance, &line) {
+                    events.push(format!("{instance} {line}"));
+                }
+            }
+            if !events.is_empty() {
+                let batch: Vec<Result<Event, std::convert::Infallible>> =
+                    events.into_iter().map(|e| Ok(Event::default().event("line").data(e))).collect();
+                return Some((futures_util::stream::iter(batch), (c, name, filter, seen)));
+            }
+        }
+    });
+    use futures_util::StreamExt;
+    Sse::new(stream.flatten()).keep_alive(KeepAlive::default()).into_response()
+}
+
+async fn requests(
+    State(s): State<AppState>,
+    viewer: Viewer,
+    Path(name): Path<String>,
+    Query(q): Query<berth_api::access::AccessQuery>,
+) -> Response {
+    let records = match s.access_log.clone() {
+        None => None,
+        Some(path) => {
+            let (service, query) = (name.clone(), q.clone());
+            match tokio::task::spawn_blocking(move || berth_api::access::search_log(&path, &service, &query)).await {
+                Ok(Ok(r)) => Some(r),
+                Ok(Err(e)) => {
+                    return page(StatusCode::INTERNAL_SERVER_ERROR, pages::message("The access log", &format!("reading it failed: {e}")))
+                }
+                Err(e) => return page(StatusCode::INTERNAL_SERVER_ERROR, pages::message("The access log", &e.to_string())),
+            }
+        }
+    };
+    page(StatusCode::OK, pages::requests(&viewer.principal, &viewer.session, &name, &q, records.as_deref()))
+}
+
+async fn operation(State(s): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Response {
+    let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
+    match c.operation(&id).await {
+        Ok(op) => page(StatusCode::OK, pages::operation(&viewer.principal, &viewer.session, &op)),
+        Err(e) => page(StatusCode::NOT_FOUND, pages::message("No such operation", &e.to_string())),
     }
 }

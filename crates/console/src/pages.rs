@@ -18,6 +18,11 @@ fn utc(secs: i64) -> String {
 }
 
 fn layout(title: &str, viewer: Option<(&Principal, &Session)>, body: Markup) -> Markup {
+    layout_with(title, viewer, None, body)
+}
+
+/// The layout; `refresh`: the page reloads itself this many seconds after it loaded.
+fn layout_with(title: &str, viewer: Option<(&Principal, &Session)>, refresh: Option<u32>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -26,6 +31,7 @@ fn layout(title: &str, viewer: Option<(&Principal, &Session)>, body: Markup) -> 
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · berth" }
                 link rel="stylesheet" href="/console/assets/console.css";
+                @if let Some(secs) = refresh { meta http-equiv="refresh" content=(secs); }
             }
             body {
                 a.skip href="#main" { "Skip to content" }
@@ -176,13 +182,13 @@ pub fn service(principal: &Principal, session: &Session, p: &ServicePage<'_>) ->
         Some((principal, session)),
         html! {
             h1 { (name) " " span class=(format!("status {}", status_class(&status))) { (status) } }
+            (tabs(name, "overview"))
             dl.facts {
                 dt { "URL" } dd { a href=(v.url) { (v.url) } }
                 dt { "Image" } dd { code { (v.spec.source.image) } }
                 dt { "Serving" } dd { (v.current_revision.as_ref().map_or_else(|| "nothing yet".to_owned(), |r| format!("{} ({}@{})", r.id, r.doc.repository, r.doc.digest))) }
                 dt { "Instances" } dd { (v.instances.iter().filter(|i| i.state == "ready").count()) " ready of " (v.instances.len()) }
             }
-            p { a href=(format!("/console/services/{name}/settings")) { "Settings" } }
             @if p.may_change {
                 section.actions aria-label="Actions" {
                     (button(name, "deploy", "Deploy the tag again", session, html! {}))
@@ -227,7 +233,7 @@ pub fn service(principal: &Principal, session: &Session, p: &ServicePage<'_>) ->
                 tbody {
                     @for o in p.operations {
                         tr {
-                            th scope="row" { code { (o.id) } }
+                            th scope="row" { a href=(format!("/console/operations/{}", o.id)) { code { (o.id) } } }
                             td { (o.kind.to_string()) }
                             td { (o.status.to_string()) }
                             td { (utc(o.started_at)) }
@@ -329,6 +335,7 @@ pub fn settings(principal: &Principal, session: &Session, p: &SettingsPage<'_>) 
         Some((principal, session)),
         html! {
             h1 { (title) }
+            @if let Some(n) = p.name { (tabs(n, "settings")) }
             @if !p.errors.is_empty() {
                 div.error role="alert" {
                     p { "Not saved: " (p.errors.len()) " problem(s), shown next to their fields." }
@@ -532,4 +539,203 @@ pub fn tokens(
             }
         },
     )
+}
+
+/// The revision number in an instance id (`web-3-a1b2c3` → 3).
+pub fn revision_of(instance: &str) -> Option<u32> {
+    instance.rsplit('-').nth(1)?.parse().ok()
+}
+
+/// What the logs page was asked for.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct LogFilter {
+    pub q: Option<String>,
+    pub instance: Option<String>,
+    pub revision: Option<String>,
+    /// `2026-11-30T16:05` (a `datetime-local` input), UTC.
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+impl LogFilter {
+    fn get(v: &Option<String>) -> &str {
+        v.as_deref().map(str::trim).unwrap_or("")
+    }
+
+    /// Whether a line (`<RFC 3339 time> <stream> <text>`) of `instance` is asked for.
+    pub fn matches(&self, instance: &str, line: &str) -> bool {
+        let (q, inst, rev) = (Self::get(&self.q), Self::get(&self.instance), Self::get(&self.revision));
+        let (from, to) = (Self::get(&self.from), Self::get(&self.to));
+        let ts = line.split(' ').next().unwrap_or("");
+        (q.is_empty() || line.to_lowercase().contains(&q.to_lowercase()))
+            && (inst.is_empty() || instance == inst)
+            && (rev.is_empty() || revision_of(instance).map(|r| r.to_string()).as_deref() == Some(rev))
+            && (from.is_empty() || ts >= from)
+            && (to.is_empty() || ts[..to.len().min(ts.len())] <= *to)
+    }
+
+    /// The query string that asks for the same.
+    fn query(&self) -> String {
+        let pairs = [("q", &self.q), ("instance", &self.instance), ("revision", &self.revision), ("from", &self.from), ("to", &self.to)];
+        pairs
+            .iter()
+            .filter_map(|(k, v)| v.as_deref().filter(|v| !v.is_empty()).map(|v| format!("{k}={}", encode(v))))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+}
+
+/// Percent-encodes a query value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn tabs(name: &str, current: &str) -> Markup {
+    let tab = |href: String, label: &str, key: &str| {
+        html! { a href=(href) aria-current=[(key == current).then_some("page")] { (label) } }
+    };
+    html! {
+        nav.tabs aria-label="Service" {
+            (tab(format!("/console/services/{name}"), "Overview", "overview"))
+            (tab(format!("/console/services/{name}/logs"), "Logs", "logs"))
+            (tab(format!("/console/services/{name}/requests"), "Requests", "requests"))
+            (tab(format!("/console/services/{name}/settings"), "Settings", "settings"))
+        }
+    }
+}
+
+fn text_input(id: &str, label: &str, value: &Option<String>, kind: &str) -> Markup {
+    html! {
+        label for=(id) { (label) }
+        input #(id) type=(kind) name=(id) value=(value.as_deref().unwrap_or(""));
+    }
+}
+
+/// The service's application logs: each line with its instance; filters; live with script.
+pub fn logs(
+    principal: &Principal,
+    session: &Session,
+    name: &str,
+    filter: &LogFilter,
+    lines: &[(String, String)],
+    instances: &[String],
+) -> Markup {
+    layout(
+        &format!("{name}: logs"),
+        Some((principal, session)),
+        html! {
+            h1 { (name) ": logs" }
+            (tabs(name, "logs"))
+            form.filters method="get" action=(format!("/console/services/{name}/logs")) {
+                (text_input("q", "Text", &filter.q, "search"))
+                label for="instance" { "Instance" }
+                select #instance name="instance" {
+                    option value="" { "all" }
+                    @for i in instances { option value=(i) selected[filter.instance.as_deref() == Some(i.as_str())] { (i) } }
+                }
+                (text_input("revision", "Revision", &filter.revision, "number"))
+                (text_input("from", "From (UTC)", &filter.from, "datetime-local"))
+                (text_input("to", "To (UTC)", &filter.to, "datetime-local"))
+                button type="submit" { "Search" }
+            }
+            p.hint {
+                (lines.len()) " lines. Instances that are gone keep their logs for a while (1 MiB each, 7 days). "
+                a href=(format!("/console/services/{name}/logs?{}", filter.query())) { "Reload" }
+            }
+            p.live hidden data-source=(format!("/console/services/{name}/logs/live?{}", filter.query())) {
+                label { input #follow type="checkbox" checked; " Follow new lines" }
+            }
+            table.logs {
+                thead { tr { th scope="col" { "Time" } th scope="col" { "Instance" } th scope="col" { "Stream" } th scope="col" { "Line" } } }
+                tbody #log-lines {
+                    @for (instance, line) in lines {
+                        @let mut parts = line.splitn(3, ' ');
+                        tr {
+                            td { (parts.next().unwrap_or("")) }
+                            td { (instance) }
+                            td { (parts.next().unwrap_or("")) }
+                            td { code { (parts.next().unwrap_or("")) } }
+                        }
+                    }
+                }
+            }
+            script src="/console/assets/console.js" {}
+        },
+    )
+}
+
+/// The router's access log for the service.
+pub fn requests(
+    principal: &Principal,
+    session: &Session,
+    name: &str,
+    q: &berth_api::access::AccessQuery,
+    records: Option<&[serde_json::Value]>,
+) -> Markup {
+    layout(
+        &format!("{name}: requests"),
+        Some((principal, session)),
+        html! {
+            h1 { (name) ": requests" }
+            (tabs(name, "requests"))
+            form.filters method="get" action=(format!("/console/services/{name}/requests")) {
+                (text_input("q", "Text", &q.q, "search"))
+                (text_input("status", "Status (404, 5xx)", &q.status, "text"))
+                (text_input("from", "From (UTC)", &q.from, "datetime-local"))
+                (text_input("to", "To (UTC)", &q.to, "datetime-local"))
+                button type="submit" { "Search" }
+            }
+            @match records {
+                None => p { "The access log is off (router.access_log); turn it on to see requests here." },
+                Some(records) => {
+                    p.hint { (records.len()) " requests, newest last (the newest 16 MiB of the access log are searched)." }
+                    table {
+                        thead { tr { th scope="col" { "Ended" } th scope="col" { "Request" } th scope="col" { "Status" } th scope="col" { "Outcome" } th scope="col" { "First byte" } th scope="col" { "Total" } th scope="col" { "In / out" } th scope="col" { "Client" } th scope="col" { "Instance" } } }
+                        tbody {
+                            @for r in records {
+                                tr {
+                                    td { (r["ts"].as_str().unwrap_or("")) }
+                                    td { code { (r["method"].as_str().unwrap_or("")) " " (r["path"].as_str().unwrap_or("")) } }
+                                    td.num { (r["status"]) }
+                                    td { (r["outcome"].as_str().unwrap_or("")) }
+                                    td.num { (format!("{:.1} ms", r["ttfb_ms"].as_f64().unwrap_or(0.0))) }
+                                    td.num { (format!("{:.1} ms", r["duration_ms"].as_f64().unwrap_or(0.0))) }
+                                    td.num { (r["bytes_in"]) " / " (r["bytes_out"]) }
+                                    td { (r["client"].as_str().unwrap_or("")) }
+                                    td { (r["upstream"].as_str().unwrap_or("–")) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// An operation with its whole log; the page reloads itself while the operation runs.
+pub fn operation(principal: &Principal, session: &Session, op: &Operation) -> Markup {
+    let running = op.ended_at.is_none();
+    let body = html! {
+        h1 { "Operation " code { (op.id) } }
+        dl.facts {
+            dt { "Service" } dd { a href=(format!("/console/services/{}", op.service)) { (op.service) } }
+            dt { "Type" } dd { (op.kind.to_string()) }
+            dt { "Status" } dd { (op.status.to_string()) @if running { " (this page follows it)" } }
+            dt { "Started" } dd { (utc(op.started_at)) }
+            @if let Some(end) = op.ended_at { dt { "Ended" } dd { (utc(end)) } }
+        }
+        h2 { "Log" }
+        ol.oplog {
+            @for l in &op.log {
+                li { time { (utc(l.at)) } " " (l.message) }
+            }
+        }
+    };
+    layout_with(&format!("Operation {}", op.id), Some((principal, session)), running.then_some(2), body)
 }
