@@ -20,6 +20,11 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("pg_ctlcluster", "postgresql"),
     ("setpriv", "util-linux"),
     ("python3", "python3"),
+    // The console's browser tests: headless Chromium driven over WebDriver, and npm to fetch
+    // axe-core, the accessibility checker they run in it.
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
+    ("npm", "npm"),
 ];
 
 fn have(cmd: &str) -> bool {

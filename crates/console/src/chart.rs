@@ -56,10 +56,14 @@ pub fn chart(title: &str, unit: &str, from: u64, to: u64, series: &[Series<'_>],
                     }
                 }
                 @for s in series {
-                    @if !s.points.is_empty() {
+                    @if s.points.len() > 1 {
                         polyline class=(s.class) points=(PreEscaped(path(&s.points, &x, &y))) {
                             title { (s.name) }
                         }
+                    }
+                    // Each slot as a dot too: a lone slot (or one between gaps) shows.
+                    @for (t, v) in &s.points {
+                        circle class=(format!("dot {}", s.class)) cx=(format!("{:.1}", x(*t))) cy=(format!("{:.1}", y(*v))) r="2.5" {}
                     }
                 }
             }

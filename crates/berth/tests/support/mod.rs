@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+pub mod webdriver;
+
 pub use berth_testkit::{noise, BerthProcess};
 use sha2::{Digest, Sha256};
 
