@@ -18,6 +18,7 @@ mod repositories;
 mod secrets;
 mod services;
 mod tokens;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -55,6 +56,8 @@ pub struct AppState {
     pub secrets: Arc<berth_secrets::Secrets>,
     /// The router's access log (JSON lines), when it is on.
     pub access_log: Option<std::path::PathBuf>,
+    /// Where service events are posted.
+    pub webhooks: berth_notify::Webhooks,
 }
 
 /// Seconds since the Unix epoch.
@@ -80,6 +83,7 @@ pub fn app_with(state: AppState, pages: Router<AppState>) -> Router {
         .merge(networks::routes())
         .merge(secrets::routes())
         .merge(access::routes())
+        .merge(webhooks::routes())
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/ca", get(ca))
         .route("/token", get(auth::token_endpoint))

@@ -65,6 +65,7 @@ async fn fixture() -> Result<Fixture> {
         images: registry_source,
         ca_pem: Arc::from("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"),
         controller: Some(controller),
+        webhooks: berth_notify::Webhooks::new(store.clone(), secrets.clone()),
         secrets,
         access_log: None,
     };

@@ -495,6 +495,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
     let router_metrics = book.clone();
     let metrics = Metrics::new().with_source(Box::new(move |out| router_metrics.render_metrics(out)));
+    let store_for_webhooks = store.clone();
     let state = AppState {
         store,
         registry: registry.clone(),
@@ -506,7 +507,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         controller,
         secrets: secrets.clone(),
         access_log: access_log_path(&config),
+        webhooks: berth_notify::Webhooks::new(store_for_webhooks, secrets.clone()),
     };
+    // Service events go out to the webhooks from here.
+    tokio::spawn(state.webhooks.clone().run());
     // Rotations run from here: scheduled ones, asked-for ones, and ones a stop cut short.
     let consumers: Arc<dyn berth_secrets::rotation::Consumers> = match &state.controller {
         Some(c) => Arc::new(c.clone()),

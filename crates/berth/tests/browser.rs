@@ -168,6 +168,7 @@ fn the_console_in_a_browser() -> Result {
         ("/console/registry", "registry"),
         ("/console/registry/web", "repository"),
         ("/console/tokens", "tokens"),
+        ("/console/webhooks", "webhooks"),
         ("/console/services", "services"),
     ] {
         b.goto(&s.url(path))?;

@@ -4,7 +4,8 @@
 //! anti-forgery value are refused; the settings form shows every field, answers bad values next
 //! to their fields and deploys good ones; a service is created from the form; a read-only token
 //! sees no control that changes anything, nor environment values, and its changes are refused;
-//! logout and a revoked token end the session.
+//! a webhook made in the console gets a test event and the service's events, signed; logout and a
+//! revoked token end the session.
 
 mod support;
 
@@ -40,6 +41,43 @@ fn login(s: &Server, token: &str, headers: &[(&str, &str)]) -> Result<Resp> {
     let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
     all.extend_from_slice(headers);
     http("POST", &s.url("/console/login"), None, &all, format!("token={token}").as_bytes())
+}
+
+/// What a receiver got: each request's head and body.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A webhook receiver on loopback: answers 200 to every request and keeps (head, body).
+fn receiver() -> Result<(String, Received)> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(std::result::Result::ok) {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = conn.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        seen.lock().unwrap_or_else(|p| p.into_inner()).push((head.to_owned(), body.to_owned()));
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    Ok((url, got))
 }
 
 fn text(r: &Resp) -> String {
@@ -182,6 +220,23 @@ fn console_sessions_pages_and_scopes() -> Result {
     assert_eq!((r.status, r.header("location")), (303, Some("/console/services/con-two")), "{}", text(&r));
     wait_until("the new service to run", Duration::from_secs(60), || Ok(s.cli_ok(&["service", "show", "con-two"])?.contains("RUNNING")))?;
 
+    // A webhook from the console: a test event, then the pause below, arrive signed.
+    let (hook_url, received) = receiver()?;
+    let key = tmp.path().join("hook.key");
+    std::fs::write(&key, "hook-key")?;
+    s.cli_ok(&["secret", "create", "hooks/ops", "--from-file", &key.display().to_string()])?;
+    let form = format!(
+        "csrf={csrf}&name=ops&url={}&secret=hooks%2Fops&events=status&events=ping&services=con-*",
+        hook_url.replace(':', "%3A").replace('/', "%2F")
+    );
+    let r = post(&s, "/console/webhooks", &cookie, &form)?;
+    assert_eq!((r.status, r.header("location")), (303, Some("/console/webhooks")), "{}", text(&r));
+    let r = post(&s, "/console/webhooks/ops/ping", &cookie, &format!("csrf={csrf}"))?;
+    assert_eq!(r.status, 303);
+    wait_until("the test event to arrive", Duration::from_secs(20), || {
+        Ok(received.lock().map_err(|_| "poisoned")?.iter().any(|(_, b)| b.contains("\"type\":\"ping\"")))
+    })?;
+
     // A form without the session's value is refused; with it, the service pauses.
     let r = post(&s, "/console/services/con-app/pause", &cookie, "csrf=forged")?;
     assert_eq!(r.status, 403);
@@ -189,6 +244,18 @@ fn console_sessions_pages_and_scopes() -> Result {
     let r = post(&s, "/console/services/con-app/pause", &cookie, &format!("csrf={csrf}"))?;
     assert_eq!((r.status, r.header("location")), (303, Some("/console/services/con-app")));
     wait_until("the service to pause", Duration::from_secs(30), || Ok(s.cli_ok(&["service", "show", "con-app"])?.contains("PAUSED")))?;
+    wait_until("the pause to be posted to the webhook", Duration::from_secs(20), || {
+        Ok(received.lock().map_err(|_| "poisoned")?.iter().any(|(_, b)| b.contains("\"type\":\"status\"") && b.contains("PAUSED")))
+    })?;
+    for (headers, body) in received.lock().map_err(|_| "poisoned")?.iter() {
+        let sig =
+            headers.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("x-berth-signature: ").map(str::to_owned)).unwrap_or_default();
+        let t: i64 = sig.strip_prefix("t=").and_then(|v| v.split(',').next()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        assert_eq!(sig, berth_notify::signature(b"hook-key", t, body), "a delivery's signature does not check out");
+    }
+    let page = text(&get(&s, "/console/webhooks", &cookie)?);
+    assert!(page.contains("delivered") && page.contains("con-*"), "{page}");
+    assert!(s.cli_ok(&["webhook", "deliveries", "ops"])?.contains("delivered"));
     let r = post(&s, "/console/services/con-app/delete", &cookie, &format!("csrf={csrf}&confirm=wrong"))?;
     assert_eq!(r.status, 422, "a delete without the name typed again");
 

@@ -66,6 +66,10 @@ pub enum Command {
     /// Secrets: values sealed at rest, with versions and staging labels, for services to use.
     #[command(subcommand)]
     Secret(crate::secrets::SecretCommand),
+    /// Webhooks: service events (deployments, rollbacks, replaced instances, crash loops…)
+    /// posted to your endpoints, signed, retried, logged.
+    #[command(subcommand)]
+    Webhook(crate::webhooks::WebhookCommand),
     /// The local certificate authority behind the router's HTTPS.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -420,6 +424,7 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         }
         Command::Service(cmd) => crate::services::run(&Client::from_args(g)?, fmt, *cmd)?,
         Command::Network(cmd) => crate::networks::run(&Client::from_args(g)?, fmt, cmd)?,
+        Command::Webhook(cmd) => crate::webhooks::run(&Client::from_args(g)?, fmt, cmd)?,
         Command::Secret(cmd) => crate::secrets::run(&Client::from_args(g)?, fmt, cmd)?,
         Command::Ca(CaCommand::Export) => {
             let c = Client::from_args(g)?;

@@ -12,6 +12,7 @@ mod output;
 mod quickstart;
 mod secrets;
 mod services;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

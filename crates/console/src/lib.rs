@@ -39,6 +39,8 @@ pub fn routes() -> Router<AppState> {
         .route("/console/registry", get(registry))
         .route("/console/registry/{*name}", get(repository))
         .route("/console/tokens", get(tokens).post(create_token))
+        .route("/console/webhooks", get(webhooks).post(create_webhook))
+        .route("/console/webhooks/{name}/{action}", post(webhook_action))
         .route("/console/tokens/{id}/revoke", post(revoke_token))
         .route("/console/services/{name}", get(service))
         .route("/console/services/{name}/settings", get(settings_page).post(save_settings))
@@ -620,5 +622,64 @@ async fn operation(State(s): State<AppState>, viewer: Viewer, Path(id): Path<Str
     match c.operation(&id).await {
         Ok(op) => page(StatusCode::OK, pages::operation(&viewer.principal, &viewer.session, &op)),
         Err(e) => page(StatusCode::NOT_FOUND, pages::message("No such operation", &e.to_string())),
+    }
+}
+
+async fn webhooks(State(s): State<AppState>, viewer: Viewer) -> Response {
+    if !viewer.may_change() {
+        return read_only(&viewer);
+    }
+    webhook_page(&s, &viewer, StatusCode::OK, None).await
+}
+
+async fn webhook_page(s: &AppState, viewer: &Viewer, status: StatusCode, error: Option<&str>) -> Response {
+    let mut hooks = Vec::new();
+    for h in s.webhooks.list().await.unwrap_or_default() {
+        let log = s.webhooks.deliveries(&h.name, 20).await.unwrap_or_default();
+        hooks.push((h, log));
+    }
+    page(status, pages::webhooks(&viewer.principal, &viewer.session, &hooks, error))
+}
+
+async fn create_webhook(State(s): State<AppState>, viewer: Viewer, Form(form): Form<Vec<(String, String)>>) -> Response {
+    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
+    let viewer = match changer(viewer, Some(&field("csrf"))) {
+        Ok(v) => v,
+        Err(refused) => return refused.into_response(),
+    };
+    let spec = berth_notify::WebhookSpec {
+        name: field("name"),
+        url: field("url"),
+        secret: field("secret"),
+        events: form.iter().filter(|(k, _)| k == "events").map(|(_, v)| v.clone()).collect(),
+        services: field("services").split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect(),
+    };
+    match s.webhooks.create(spec).await {
+        Ok(h) => {
+            tracing::info!(webhook = %h.name, by = %viewer.principal.token_name, "console: webhook created");
+            Redirect::to("/console/webhooks").into_response()
+        }
+        Err(e) => webhook_page(&s, &viewer, StatusCode::UNPROCESSABLE_ENTITY, Some(&e.to_string())).await,
+    }
+}
+
+async fn webhook_action(
+    State(s): State<AppState>,
+    viewer: Viewer,
+    Path((name, action)): Path<(String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let viewer = match changer(viewer, Some(&form.csrf)) {
+        Ok(v) => v,
+        Err(refused) => return refused.into_response(),
+    };
+    let done = match action.as_str() {
+        "ping" => s.webhooks.ping(&name).await,
+        "delete" => s.webhooks.delete(&name).await,
+        _ => return page(StatusCode::NOT_FOUND, pages::message("No such action", &format!("`{action}` is not something a webhook does."))),
+    };
+    match done {
+        Ok(()) => Redirect::to("/console/webhooks").into_response(),
+        Err(e) => webhook_page(&s, &viewer, StatusCode::NOT_FOUND, Some(&e.to_string())).await,
     }
 }

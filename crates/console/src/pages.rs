@@ -41,7 +41,10 @@ fn layout_with(title: &str, viewer: Option<(&Principal, &Session)>, refresh: Opt
                         @if let Some((principal, _)) = viewer {
                             a href="/console/services" { "Services" }
                             a href="/console/registry" { "Registry" }
-                            @if principal.allows(berth_core::Action::Admin) { a href="/console/tokens" { "Tokens" } }
+                            @if principal.allows(berth_core::Action::Admin) {
+                                a href="/console/tokens" { "Tokens" }
+                                a href="/console/webhooks" { "Webhooks" }
+                            }
                         }
                     }
                     @if let Some((principal, session)) = viewer {
@@ -738,4 +741,79 @@ pub fn operation(principal: &Principal, session: &Session, op: &Operation) -> Ma
         }
     };
     layout_with(&format!("Operation {}", op.id), Some((principal, session)), running.then_some(2), body)
+}
+
+pub fn webhooks(
+    principal: &Principal,
+    session: &Session,
+    hooks: &[(berth_notify::WebhookSpec, Vec<berth_store::DeliveryRecord>)],
+    error: Option<&str>,
+) -> Markup {
+    layout(
+        "Webhooks",
+        Some((principal, session)),
+        html! {
+            h1 { "Webhooks" }
+            p.hint { "Service events are posted as JSON, signed: " code { "X-Berth-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">" } " with the secret's value. Failed deliveries are tried again 10 s, 30 s, 90 s … later, 8 times in all." }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            @for (h, log) in hooks {
+                section.webhook aria-labelledby=(format!("hook-{}", h.name)) {
+                    h2 #(format!("hook-{}", h.name)) { (h.name) }
+                    dl.facts {
+                        dt { "URL" } dd { code { (h.url) } }
+                        dt { "Signed with" } dd { "secret " code { (h.secret) } }
+                        dt { "Events" } dd { @if h.events.is_empty() { "all" } @else { (h.events.join(", ")) } }
+                        dt { "Services" } dd { @if h.services.is_empty() { "all" } @else { (h.services.join(", ")) } }
+                    }
+                    form.inline method="post" action=(format!("/console/webhooks/{}/ping", h.name)) {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        button type="submit" aria-label=(format!("Send a test event to {}", h.name)) { "Send a test event" }
+                    }
+                    form.inline method="post" action=(format!("/console/webhooks/{}/delete", h.name)) {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        button type="submit" aria-label=(format!("Delete webhook {}", h.name)) { "Delete" }
+                    }
+                    table {
+                        caption { "Deliveries, newest first" }
+                        thead { tr { th scope="col" { "Created" } th scope="col" { "Event" } th scope="col" { "Service" } th scope="col" { "Status" } th scope="col" { "Attempts" } th scope="col" { "Last answer" } } }
+                        tbody {
+                            @for d in log {
+                                tr {
+                                    td { (utc(d.created_at)) }
+                                    td { (d.kind) }
+                                    td { (d.service) }
+                                    td { span class=(format!("status {}", match d.status.as_str() { "delivered" => "ok", "failed" => "bad", _ => "busy" })) { (d.status) } }
+                                    td.num { (d.attempts) }
+                                    td { (d.last_code.map(|c| c.to_string()).unwrap_or_default()) " " (d.last_error.as_deref().unwrap_or("")) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "New webhook" }
+            form.settings method="post" action="/console/webhooks" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                div.field { label for="hook-name" { "Name" } input #hook-name type="text" name="name" required; }
+                div.field { label for="hook-url" { "URL" } input #hook-url type="text" name="url" required placeholder="https://…"; }
+                div.field {
+                    label for="hook-secret" { "Signing secret" }
+                    input #hook-secret type="text" name="secret" required aria-describedby="hook-secret-help";
+                    small.hint #hook-secret-help { "a berth secret, " code { "name" } " or " code { "name#key" } " (" code { "berth secret create" } ")" }
+                }
+                fieldset {
+                    legend { "Events (none: all)" }
+                    @for k in berth_notify::KINDS.iter().filter(|k| **k != "ping") {
+                        label.check { input type="checkbox" name="events" value=(k); " " (k) }
+                    }
+                }
+                div.field {
+                    label for="hook-services" { "Services" }
+                    input #hook-services type="text" name="services" aria-describedby="hook-services-help";
+                    small.hint #hook-services-help { "name patterns separated by commas (team-*); empty: all" }
+                }
+                button type="submit" { "Create" }
+            }
+        },
+    )
 }

@@ -184,6 +184,28 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_token(&self, id: &str, now: i64) -> Result<bool>;
     async fn touch_token(&self, id: &str, now: i64) -> Result<()>;
 
+    // Webhooks.
+    /// The id of the newest service event, if there is one.
+    async fn newest_event_id(&self) -> Result<Option<i64>>;
+    /// Events of every service with id greater than `after`, oldest first.
+    async fn service_events_after(&self, after: i64, limit: usize) -> Result<Vec<ServiceEvent>>;
+    /// Stores a webhook; false when one of that name exists.
+    async fn put_webhook(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<bool>;
+    async fn list_webhooks(&self) -> Result<Vec<DocRecord>>;
+    /// Deletes a webhook with its deliveries; false when there was none.
+    async fn delete_webhook(&self, name: &str) -> Result<bool>;
+    /// The last service event turned into deliveries, if any was.
+    async fn webhook_cursor(&self) -> Result<Option<i64>>;
+    /// Adds deliveries (pending, due at their `created_at`) and moves the cursor, in one
+    /// transaction.
+    async fn enqueue_deliveries(&self, deliveries: Vec<DeliveryRecord>, cursor: i64) -> Result<()>;
+    /// Pending deliveries due at `now`, soonest first.
+    async fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<DeliveryRecord>>;
+    /// Records an attempt's outcome (status, attempts, next time, last code and error, end).
+    async fn update_delivery(&self, delivery: &DeliveryRecord) -> Result<()>;
+    /// A webhook's deliveries, newest first.
+    async fn deliveries(&self, webhook: &str, limit: usize) -> Result<Vec<DeliveryRecord>>;
+
     // Console sessions.
     async fn create_session(&self, session: &SessionRecord) -> Result<()>;
     async fn get_session(&self, id_sha256: &str) -> Result<Option<SessionRecord>>;

@@ -65,6 +65,27 @@ pub struct TokenRecord {
     pub revoked_at: Option<i64>,
 }
 
+/// One event posted to one webhook: its body and how its attempts went.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeliveryRecord {
+    pub id: i64,
+    pub webhook: String,
+    pub event_id: i64,
+    pub kind: String,
+    pub service: String,
+    /// The JSON posted.
+    pub body: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: i64,
+    /// When the next attempt is due (while pending).
+    pub next_at: i64,
+    pub last_code: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub done_at: Option<i64>,
+}
+
 /// A console session: the browser holds its secret; the store only its sha256.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {

@@ -11,8 +11,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::history;
 use crate::{
-    DocRecord, ManifestRecord, PushEvent, RepositoryRecord, Result, SecretAudit, ServiceEvent, SessionRecord, Store, StoreError, TagRecord,
-    TagWrite, TokenRecord,
+    DeliveryRecord, DocRecord, ManifestRecord, PushEvent, RepositoryRecord, Result, SecretAudit, ServiceEvent, SessionRecord, Store,
+    StoreError, TagRecord, TagWrite, TokenRecord,
 };
 
 /// Migrations in order; the schema version is the number applied.
@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/004_secrets.sql"),
     include_str!("sqlite/005_metrics.sql"),
     include_str!("sqlite/006_console.sql"),
+    include_str!("sqlite/007_webhooks.sql"),
 ];
 
 #[derive(Clone)]
@@ -256,6 +257,30 @@ fn read_chunk(c: &Connection, service: &str, resolution: u64, start: u64) -> Res
             tracing::warn!(%service, resolution, start, "a damaged chunk of metrics history is started afresh");
             Vec::new()
         }),
+    })
+}
+
+/// Deliveries kept in the log (pending ones are never dropped).
+pub const DELIVERIES_KEPT: usize = 10_000;
+
+const DELIVERY_COLUMNS: &str =
+    "id, webhook, event_id, kind, service, body, status, attempts, next_at, last_code, last_error, created_at, done_at";
+
+fn delivery_row(r: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
+    Ok(DeliveryRecord {
+        id: r.get(0)?,
+        webhook: r.get(1)?,
+        event_id: r.get(2)?,
+        kind: r.get(3)?,
+        service: r.get(4)?,
+        body: r.get(5)?,
+        status: r.get(6)?,
+        attempts: r.get(7)?,
+        next_at: r.get(8)?,
+        last_code: r.get(9)?,
+        last_error: r.get(10)?,
+        created_at: r.get(11)?,
+        done_at: r.get(12)?,
     })
 }
 
@@ -638,6 +663,117 @@ impl Store for SqliteStore {
         self.call(move |c| {
             c.execute("DELETE FROM console_sessions WHERE expires_at <= ?1", [now])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn newest_event_id(&self) -> Result<Option<i64>> {
+        self.call(move |c| Ok(c.query_row("SELECT MAX(id) FROM service_events", [], |r| r.get(0))?)).await
+    }
+
+    async fn service_events_after(&self, after: i64, limit: usize) -> Result<Vec<ServiceEvent>> {
+        self.call(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT id, service, at, kind, message FROM service_events WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+            let rows = stmt.query_map(params![after, limit as i64], service_event_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn put_webhook(&self, name: &str, doc: &serde_json::Value, now: i64) -> Result<bool> {
+        let (name, doc) = (name.to_owned(), doc.to_string());
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT INTO webhooks (name, doc, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![name, doc, now],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<DocRecord>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT name, doc, created_at FROM webhooks ORDER BY name")?;
+            let rows = stmt.query_map([], doc_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn delete_webhook(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute("DELETE FROM webhooks WHERE name = ?1", [&name])?;
+            tx.execute("DELETE FROM webhook_deliveries WHERE webhook = ?1", [&name])?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn webhook_cursor(&self) -> Result<Option<i64>> {
+        self.call(move |c| Ok(c.query_row("SELECT event_id FROM webhook_cursor WHERE one = 1", [], |r| r.get(0)).optional()?)).await
+    }
+
+    async fn enqueue_deliveries(&self, deliveries: Vec<DeliveryRecord>, cursor: i64) -> Result<()> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for d in &deliveries {
+                tx.execute(
+                    "INSERT INTO webhook_deliveries (webhook, event_id, kind, service, body, status, attempts, next_at, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6)",
+                    params![d.webhook, d.event_id, d.kind, d.service, d.body, d.created_at],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO webhook_cursor (one, event_id) VALUES (1, ?1) ON CONFLICT (one) DO UPDATE SET event_id = excluded.event_id",
+                [cursor],
+            )?;
+            // The log keeps the newest deliveries.
+            tx.execute(
+                "DELETE FROM webhook_deliveries WHERE status != 'pending' AND id <= (SELECT id FROM webhook_deliveries ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+                [DELIVERIES_KEPT as i64],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<DeliveryRecord>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE status = 'pending' AND next_at <= ?1 ORDER BY next_at, id LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![now, limit as i64], delivery_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn update_delivery(&self, d: &DeliveryRecord) -> Result<()> {
+        let d = d.clone();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE webhook_deliveries SET status = ?2, attempts = ?3, next_at = ?4, last_code = ?5, last_error = ?6, done_at = ?7 WHERE id = ?1",
+                params![d.id, d.status, d.attempts, d.next_at, d.last_code, d.last_error, d.done_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn deliveries(&self, webhook: &str, limit: usize) -> Result<Vec<DeliveryRecord>> {
+        let webhook = webhook.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE webhook = ?1 ORDER BY id DESC LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![webhook, limit as i64], delivery_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
         .await
     }
