@@ -166,6 +166,14 @@ pub struct RuntimeSettings {
     pub outbound_nat: bool,
     /// Registries (`host:port`) pulled from over plain HTTP; loopback ones always are.
     pub insecure_registries: Vec<String>,
+    /// Logs of instances that are gone (replaced, scaled in, deleted) are kept this many days,
+    pub gone_logs_days: u32,
+    /// the last this many KiB of each,
+    pub gone_logs_per_instance_kib: u64,
+    /// at most this many MiB for one service's instances,
+    pub gone_logs_per_service_mib: u64,
+    /// and this many MiB in all (the oldest go first).
+    pub gone_logs_total_mib: u64,
 }
 
 impl Default for RuntimeSettings {
@@ -179,6 +187,10 @@ impl Default for RuntimeSettings {
             rootfs: "auto".into(),
             outbound_nat: true,
             insecure_registries: Vec::new(),
+            gone_logs_days: 7,
+            gone_logs_per_instance_kib: 1024,
+            gone_logs_per_service_mib: 64,
+            gone_logs_total_mib: 256,
         }
     }
 }

@@ -22,7 +22,7 @@ use berth_router::tls::LocalCa;
 use berth_router::{daemon, Launch, RemoteRouter, RouteBook, RouteSpec};
 use berth_runtime::embedded::firewall::Proto;
 use berth_runtime::embedded::rootfs::{overlay_supported, RootfsKind};
-use berth_runtime::embedded::{EmbeddedConfig, EmbeddedRuntime};
+use berth_runtime::embedded::{EmbeddedConfig, EmbeddedRuntime, LogRetention};
 use berth_runtime::Runtime;
 use berth_store::{SharedStore, SqliteStore};
 
@@ -173,6 +173,12 @@ fn open_runtime(config: &Config, images: Arc<dyn ImageSource>) -> anyhow::Result
         open_ports: vec![(Proto::Tcp, INTERNAL_PORT), (Proto::Udp, 53), (Proto::Tcp, 53)],
         unpack_limits: config.image.limits(),
         init: install_init(&config.data_dir.join("runtime"))?,
+        retention: LogRetention {
+            per_instance_bytes: r.gone_logs_per_instance_kib << 10,
+            per_group_bytes: r.gone_logs_per_service_mib << 20,
+            total_bytes: r.gone_logs_total_mib << 20,
+            days: r.gone_logs_days,
+        },
     };
     let rt = EmbeddedRuntime::open(embedded, images).map_err(|e| anyhow::anyhow!("starting the embedded runtime: {e}"))?;
     tracing::info!(bridge = %r.bridge, cidr = %r.cidr, ?rootfs, "embedded runtime ready");

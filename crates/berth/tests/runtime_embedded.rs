@@ -96,6 +96,7 @@ async fn three_instances_limits_oom_adoption_and_cleanup() -> Result {
         open_ports: Vec::new(),
         unpack_limits: Default::default(),
         init: None,
+        retention: Default::default(),
     };
     let rt = EmbeddedRuntime::open(config.clone(), source.clone())?;
     let mut events = rt.events();

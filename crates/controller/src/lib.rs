@@ -611,7 +611,7 @@ impl Controller {
 }
 
 /// Gone instances whose kept logs a service's logs include.
-const RETIRED_SHOWN: usize = 20;
+const RETIRED_SHOWN: usize = 100;
 
 /// `Busy` naming the operation in progress on `service`, if one is.
 fn refuse_if_busy(service: &str, busy: &Option<(String, OperationType)>) -> Result<()> {

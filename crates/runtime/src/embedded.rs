@@ -14,4 +14,4 @@ pub mod seccomp;
 pub mod secret_files;
 pub mod shim;
 
-pub use engine::{EmbeddedConfig, EmbeddedRuntime};
+pub use engine::{EmbeddedConfig, EmbeddedRuntime, LogRetention};

@@ -86,6 +86,7 @@ pub(super) fn open_runtime(
         open_ports: Vec::new(),
         unpack_limits: Default::default(),
         init: None,
+        retention: Default::default(),
     };
     Ok(EmbeddedRuntime::open(config, Arc::new(MemorySource(images)))?)
 }

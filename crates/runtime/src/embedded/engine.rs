@@ -33,9 +33,40 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often exits are looked for.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// How much of a deleted instance's log is kept, how long, and how much in all.
-const RETIRED_LOG_BYTES: usize = 1 << 20;
-const RETIRED_FOR: Duration = Duration::from_secs(7 * 86_400);
-const RETIRED_TOTAL_BYTES: u64 = 256 << 20;
+/// How much of gone instances' logs is kept, and for how long: the end of each instance's log,
+/// for `days`, at most `per_group_bytes` of one service's instances and `total_bytes` in all
+/// (the oldest go first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRetention {
+    pub per_instance_bytes: u64,
+    pub per_group_bytes: u64,
+    pub total_bytes: u64,
+    pub days: u32,
+}
+
+/// Which kept logs (kept at, path, bytes, group) go at `now`: those older than the retention's
+/// days, and, newest first, those past its bytes per group or in all.
+fn retired_to_drop(mut logs: Vec<(i64, PathBuf, u64, String)>, now: i64, r: &LogRetention) -> Vec<PathBuf> {
+    logs.sort_by_key(|l| std::cmp::Reverse(l.0));
+    let mut total = 0u64;
+    let mut by_group: HashMap<String, u64> = HashMap::new();
+    let mut drop = Vec::new();
+    for (at, path, len, group) in logs {
+        total += len;
+        let in_group = by_group.entry(group).or_default();
+        *in_group += len;
+        if now - at > i64::from(r.days) * 86_400 || total > r.total_bytes || *in_group > r.per_group_bytes {
+            drop.push(path);
+        }
+    }
+    drop
+}
+
+impl Default for LogRetention {
+    fn default() -> Self {
+        LogRetention { per_instance_bytes: 1 << 20, per_group_bytes: 64 << 20, total_bytes: 256 << 20, days: 7 }
+    }
+}
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
@@ -66,6 +97,8 @@ pub struct EmbeddedConfig {
     pub unpack_limits: UnpackLimits,
     /// berth's init (a static binary on this host), for instances that run under it.
     pub init: Option<PathBuf>,
+    /// How much of gone instances' logs is kept.
+    pub retention: LogRetention,
 }
 
 /// Whether `pid` is the shim of the instance in `dir` (not another process that got its pid).
@@ -516,17 +549,16 @@ impl EmbeddedRuntime {
         self.config.root.join("retired")
     }
 
-    /// Keeps the end of a deleted instance's log (at most [`RETIRED_LOG_BYTES`]), with its
-    /// labels, in `retired/`; then drops kept logs older than [`RETIRED_FOR`] and the oldest
-    /// beyond [`RETIRED_TOTAL_BYTES`] in all.
+    /// Keeps the end of a deleted instance's log, with its labels and group, in `retired/`; then
+    /// drops kept logs as the [`LogRetention`] says.
     fn keep_log(&self, id: &InstanceId) {
         let (Some(rec), dir) = (self.record(id), self.retired_dir()) else { return };
         let files = InstanceFiles::new(&self.dir(id));
         let Ok(text) = std::fs::read(files.log()) else { return };
-        let start = text.len().saturating_sub(RETIRED_LOG_BYTES);
+        let start = text.len().saturating_sub(usize::try_from(self.config.retention.per_instance_bytes).unwrap_or(usize::MAX));
         // From a line's start.
         let start = text[start..].iter().position(|&b| b == b'\n').filter(|_| start > 0).map_or(start, |p| start + p + 1);
-        let meta = serde_json::json!({ "labels": rec.labels, "deleted_at": unix_now() });
+        let meta = serde_json::json!({ "labels": rec.labels, "group": rec.network.group, "deleted_at": unix_now() });
         let kept = std::fs::create_dir_all(&dir)
             .and_then(|()| write_atomic(&dir.join(format!("{id}.log")), &text[start..]))
             .and_then(|()| write_atomic(&dir.join(format!("{id}.json")), meta.to_string().as_bytes()));
@@ -537,7 +569,12 @@ impl EmbeddedRuntime {
     }
 
     fn prune_retired(&self) {
-        let mut kept: Vec<(i64, PathBuf, u64)> = std::fs::read_dir(self.retired_dir())
+        let r = self.config.retention;
+        let group_of = |log: &std::path::Path| -> String {
+            let meta = std::fs::read(log.with_extension("json")).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            meta.and_then(|m| m["group"].as_str().map(str::to_owned)).unwrap_or_default()
+        };
+        let logs: Vec<(i64, PathBuf, u64, String)> = std::fs::read_dir(self.retired_dir())
             .into_iter()
             .flatten()
             .flatten()
@@ -549,17 +586,12 @@ impl EmbeddedRuntime {
                     .ok()
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_secs() as i64);
-                (at, e.path(), e.metadata().map(|m| m.len()).unwrap_or(0))
+                (at, e.path(), e.metadata().map(|m| m.len()).unwrap_or(0), group_of(&e.path()))
             })
             .collect();
-        kept.sort_by_key(|k| std::cmp::Reverse(k.0));
-        let (now, mut total) = (unix_now(), 0u64);
-        for (at, path, len) in kept {
-            total += len;
-            if now - at > RETIRED_FOR.as_secs() as i64 || total > RETIRED_TOTAL_BYTES {
-                let _ = std::fs::remove_file(path.with_extension("json"));
-                let _ = std::fs::remove_file(&path);
-            }
+        for path in retired_to_drop(logs, unix_now(), &r) {
+            let _ = std::fs::remove_file(path.with_extension("json"));
+            let _ = std::fs::remove_file(&path);
         }
     }
 
@@ -825,5 +857,23 @@ mod tests {
         assert_eq!(now.into_iter().map(|(id, _)| id).collect::<Vec<_>>(), [b]);
         assert!(confirmed(&mut previous, vec![(a, ())]).is_empty(), "a look between two of `a`'s found it supervised");
         Ok(())
+    }
+
+    #[test]
+    fn gone_instances_logs_are_kept_per_service_in_all_and_for_days() {
+        let r = LogRetention { per_instance_bytes: 100, per_group_bytes: 250, total_bytes: 400, days: 7 };
+        let log = |age_days: i64, name: &str, group: &str| (1_000_000 - age_days * 86_400, PathBuf::from(name), 100, group.to_owned());
+        let logs = vec![
+            log(0, "web-1", "web"),
+            log(1, "web-2", "web"),
+            log(2, "web-3", "web"),
+            log(0, "api-1", "api"),
+            log(1, "api-2", "api"),
+            log(8, "api-old", "api"),
+        ];
+        let mut dropped: Vec<String> = retired_to_drop(logs, 1_000_000, &r).into_iter().map(|p| p.display().to_string()).collect();
+        dropped.sort();
+        // web-3: a third 100 past web's 250; api-old: 8 days old (and past 400 in all).
+        assert_eq!(dropped, ["api-old", "web-3"]);
     }
 }
