@@ -134,6 +134,23 @@ fn console_sessions_pages_and_scopes() -> Result {
     );
     let page = text(&r);
     assert!(page.contains("con-app") && page.contains("RUNNING") && page.contains("https://con-app.localhost"), "{page}");
+    // Compressed for a browser that takes gzip.
+    let zipped = http(
+        "GET",
+        &s.url("/console/services"),
+        None,
+        &[("Cookie", &format!("berth_session={cookie}")), ("Accept-Encoding", "gzip, br")],
+        b"",
+    )?;
+    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(zipped.body.as_slice()), &mut unzipped)?;
+    assert!(
+        unzipped.contains("https://con-app.localhost") && zipped.body.len() < unzipped.len(),
+        "{} bytes gzipped of {}",
+        zipped.body.len(),
+        unzipped.len()
+    );
     let router = s.router_http()?;
     for _ in 0..20 {
         http("GET", &format!("http://{router}/"), None, &[("Host", "con-app.localhost")], b"")?;

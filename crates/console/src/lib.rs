@@ -49,6 +49,35 @@ pub fn routes() -> Router<AppState> {
         .route("/console/services/{name}/requests", get(requests))
         .route("/console/operations/{id}", get(operation))
         .route("/console/services/{name}/{action}", post(act))
+        .layer(axum::middleware::from_fn(gzip))
+}
+
+/// Compresses pages, the stylesheet and the script for browsers that take gzip (the live log
+/// stream stays as it is).
+async fn gzip(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let takes_gzip = req
+        .headers()
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|e| e.split(';').next().is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip"))));
+    let resp = next.run(req).await;
+    let kind = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let compressible = ["text/html", "text/css", "text/javascript"].iter().any(|k| kind.starts_with(k));
+    if !takes_gzip || !compressible || resp.headers().contains_key(header::CONTENT_ENCODING) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be read").into_response();
+    };
+    let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::fast());
+    let zipped = std::io::Write::write_all(&mut z, &bytes).and_then(|()| z.finish());
+    let Ok(zipped) = zipped else { return Response::from_parts(parts, axum::body::Body::from(bytes)) };
+    parts.headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    parts.headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(zipped))
 }
 
 const STYLESHEET: &str = include_str!("../assets/console.css");
