@@ -169,6 +169,8 @@ fn the_console_in_a_browser() -> Result {
         ("/console/registry/web", "repository"),
         ("/console/tokens", "tokens"),
         ("/console/webhooks", "webhooks"),
+        ("/console/secrets", "secrets"),
+        ("/console/networks", "networks"),
         ("/console/services", "services"),
     ] {
         b.goto(&s.url(path))?;

@@ -294,6 +294,18 @@ fn console_sessions_pages_and_scopes() -> Result {
     assert_eq!(r.status, 422);
     assert!(text(&r).contains("scope `root` is unknown"));
 
+    // Secrets (names and versions, never values) and networks.
+    let page = text(&get(&s, "/console/secrets", &cookie)?);
+    assert!(page.contains("hooks/ops") && !page.contains("hook-key"), "{page}");
+    assert_eq!(get(&s, "/console/networks", &cookie)?.status, 200);
+    // A push-only token (a CI's) reads no service, only what it may pull.
+    let ci: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "token", "create", "ci", "--scope", "push:web"])?)?;
+    let ci_cookie = session_of(&login(&s, ci["token"].as_str().ok_or("no token")?, &[])?).ok_or("no session for ci")?;
+    let r = get(&s, "/console/services", &ci_cookie)?;
+    assert!(r.status == 403 && text(&r).contains("may not read services"), "{}", text(&r));
+    assert_eq!(get(&s, "/console/secrets", &ci_cookie)?.status, 403);
+    assert_eq!(get(&s, "/console/registry/web", &ci_cookie)?.status, 200);
+
     // A read-only token: no controls, and its changes are refused.
     let viewer: serde_json::Value =
         serde_json::from_str(&s.cli_ok(&["-o", "json", "token", "create", "viewer", "--scope", "read-only"])?)?;

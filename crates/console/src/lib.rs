@@ -39,6 +39,8 @@ pub fn routes() -> Router<AppState> {
         .route("/console/registry", get(registry))
         .route("/console/registry/{*name}", get(repository))
         .route("/console/tokens", get(tokens).post(create_token))
+        .route("/console/secrets", get(secrets))
+        .route("/console/networks", get(networks))
         .route("/console/webhooks", get(webhooks).post(create_webhook))
         .route("/console/webhooks/{name}/{action}", post(webhook_action))
         .route("/console/tokens/{id}/revoke", post(revoke_token))
@@ -213,6 +215,9 @@ fn forbidden_form() -> Response {
 }
 
 async fn services(State(s): State<AppState>, viewer: Viewer) -> Response {
+    if !viewer.principal.allows(Action::Read) {
+        return not_reader(&viewer);
+    }
     let Some(c) = s.controller.as_ref() else {
         return page(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -235,6 +240,9 @@ async fn services(State(s): State<AppState>, viewer: Viewer) -> Response {
 }
 
 async fn service(State(s): State<AppState>, viewer: Viewer, Path(name): Path<String>) -> Response {
+    if !viewer.principal.allows(Action::Read) {
+        return not_reader(&viewer);
+    }
     let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
     let view = match c.get(&name).await {
         Ok(v) => v,
@@ -304,6 +312,9 @@ async fn act(
 }
 
 async fn settings_page(State(s): State<AppState>, viewer: Viewer, Path(name): Path<String>) -> Response {
+    if !viewer.principal.allows(Action::Read) {
+        return not_reader(&viewer);
+    }
     let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
     let view = match c.get(&name).await {
         Ok(v) => v,
@@ -341,6 +352,12 @@ async fn save_settings(
     };
     let label = name.clone();
     save_form(&viewer, Some(&name), settings::Values(form), &current, |spec| async move { c.update(spec).await }, &label).await
+}
+
+/// A page a token that may not read services asked for (a push-only CI token, say).
+fn not_reader(viewer: &Viewer) -> Response {
+    let why = format!("Token `{}` may not read services; the registry pages show what it may pull.", viewer.principal.token_name);
+    page(StatusCode::FORBIDDEN, pages::message("Not allowed", &why))
 }
 
 fn read_only(viewer: &Viewer) -> Response {
@@ -577,6 +594,9 @@ async fn filtered_logs(
 }
 
 async fn logs(State(s): State<AppState>, viewer: Viewer, Path(name): Path<String>, Query(filter): Query<pages::LogFilter>) -> Response {
+    if !viewer.principal.allows(Action::Read) {
+        return not_reader(&viewer);
+    }
     let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
     match filtered_logs(c, &name, &filter).await {
         Ok((lines, instances)) => page(StatusCode::OK, pages::logs(&viewer.principal, &viewer.session, &name, &filter, &lines, &instances)),
@@ -588,10 +608,13 @@ async fn logs(State(s): State<AppState>, viewer: Viewer, Path(name): Path<String
 /// space, the line), for the logs page's script.
 async fn live_logs(
     State(s): State<AppState>,
-    _viewer: Viewer,
+    viewer: Viewer,
     Path(name): Path<String>,
     Query(filter): Query<pages::LogFilter>,
 ) -> Response {
+    if !viewer.principal.allows(Action::Read) {
+        return not_reader(&viewer);
+    }
     use axum::response::sse::{Event, KeepAlive, Sse};
     let Some(c) = s.controller.clone() else { return StatusCode::SERVICE_UNAVAILABLE.into_response() };
     // Where each instance's log stood when the stream began: only later lines are sent.
@@ -630,6 +653,9 @@ async fn requests(
     Path(name): Path<String>,
     Query(q): Query<berth_api::access::AccessQuery>,
 ) -> Response {
+    if !viewer.principal.allows(Action::Read) {
+        return not_reader(&viewer);
+    }
     let records = match s.access_log.clone() {
         None => None,
         Some(path) => {
@@ -647,6 +673,9 @@ async fn requests(
 }
 
 async fn operation(State(s): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Response {
+    if !viewer.principal.allows(Action::Read) {
+        return not_reader(&viewer);
+    }
     let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
     match c.operation(&id).await {
         Ok(op) => page(StatusCode::OK, pages::operation(&viewer.principal, &viewer.session, &op)),
@@ -710,5 +739,26 @@ async fn webhook_action(
     match done {
         Ok(()) => Redirect::to("/console/webhooks").into_response(),
         Err(e) => webhook_page(&s, &viewer, StatusCode::NOT_FOUND, Some(&e.to_string())).await,
+    }
+}
+
+async fn secrets(State(s): State<AppState>, viewer: Viewer) -> Response {
+    if !viewer.principal.allows(Action::Read) {
+        return not_reader(&viewer);
+    }
+    match s.secrets.list().await {
+        Ok(list) => page(StatusCode::OK, pages::secrets(&viewer.principal, &viewer.session, &list)),
+        Err(e) => page(StatusCode::INTERNAL_SERVER_ERROR, pages::message("Secrets unavailable", &e.to_string())),
+    }
+}
+
+async fn networks(State(s): State<AppState>, viewer: Viewer) -> Response {
+    if !viewer.principal.allows(Action::Read) {
+        return not_reader(&viewer);
+    }
+    let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
+    match c.list_networks().await {
+        Ok(list) => page(StatusCode::OK, pages::networks(&viewer.principal, &viewer.session, &list)),
+        Err(e) => page(StatusCode::INTERNAL_SERVER_ERROR, pages::message("Networks unavailable", &e.to_string())),
     }
 }

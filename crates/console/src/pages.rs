@@ -41,6 +41,8 @@ fn layout_with(title: &str, viewer: Option<(&Principal, &Session)>, refresh: Opt
                         @if let Some((principal, _)) = viewer {
                             a href="/console/services" { "Services" }
                             a href="/console/registry" { "Registry" }
+                            a href="/console/secrets" { "Secrets" }
+                            a href="/console/networks" { "Networks" }
                             @if principal.allows(berth_core::Action::Admin) {
                                 a href="/console/tokens" { "Tokens" }
                                 a href="/console/webhooks" { "Webhooks" }
@@ -813,6 +815,76 @@ pub fn webhooks(
                     small.hint #hook-services-help { "name patterns separated by commas (team-*); empty: all" }
                 }
                 button type="submit" { "Create" }
+            }
+        },
+    )
+}
+
+pub fn secrets(principal: &Principal, session: &Session, list: &[berth_secrets::SecretInfo]) -> Markup {
+    layout(
+        "Secrets",
+        Some((principal, session)),
+        html! {
+            h1 { "Secrets" }
+            p.hint { "Values are sealed at rest and never shown here; " code { "berth secret get" } " reads one with a token that may." }
+            @if list.is_empty() {
+                p { "No secret yet. " code { "berth secret create NAME --from-file FILE" } " makes one." }
+            } @else {
+                table {
+                    thead { tr { th scope="col" { "Secret" } th scope="col" { "Description" } th scope="col" { "Versions" } th scope="col" { "Current" } th scope="col" { "Rotation" } th scope="col" { "Updated" } } }
+                    tbody {
+                        @for s in list {
+                            @let current = s.versions.iter().find(|v| v.labels.iter().any(|l| l == "CURRENT"));
+                            tr {
+                                th scope="row" { (s.name) @if s.deleted_at.is_some() { " " span.status.bad { "deleted" } } }
+                                td { (s.description) }
+                                td.num { (s.versions.len()) }
+                                td { code { (current.map_or("–", |v| v.id.as_str())) } }
+                                td { (rotation(s.rotation.as_ref())) }
+                                td { (utc(s.updated_at)) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn rotation(r: Option<&berth_secrets::rotation::Rotation>) -> String {
+    let Some(r) = r else { return "–".into() };
+    let schedule = r.config.schedule.clone().unwrap_or_else(|| "on request".into());
+    let state = match (&r.status.step, &r.status.last_error) {
+        (Some(step), _) => format!("in progress: {step:?}"),
+        (None, Some(e)) => format!("failed: {e}"),
+        (None, None) => r.status.last_rotated_at.map_or_else(|| "not rotated yet".to_owned(), |t| format!("last {}", utc(t))),
+    };
+    format!("{schedule}; {state}{}", if r.enabled { "" } else { " (off)" })
+}
+
+pub fn networks(principal: &Principal, session: &Session, list: &[berth_controller::NetworkView]) -> Markup {
+    layout(
+        "Networks",
+        Some((principal, session)),
+        html! {
+            h1 { "Networks" }
+            @if list.is_empty() {
+                p { "No network yet. " code { "berth network create NAME --cidr … --attach-bridge …" } " makes one." }
+            } @else {
+                table {
+                    thead { tr { th scope="col" { "Network" } th scope="col" { "CIDR" } th scope="col" { "Machines" } th scope="col" { "Host endpoints" } th scope="col" { "Services" } } }
+                    tbody {
+                        @for n in list {
+                            tr {
+                                th scope="row" { (n.spec.name) }
+                                td { code { (n.spec.cidr) } }
+                                td { (n.spec.hosts.iter().map(|(h, a)| format!("{h}={a}")).collect::<Vec<_>>().join(", ")) }
+                                td { (n.spec.host_endpoints.iter().map(|(h, a)| format!("{h}={a}")).collect::<Vec<_>>().join(", ")) }
+                                td { (n.services.join(", ")) }
+                            }
+                        }
+                    }
+                }
             }
         },
     )
