@@ -16,9 +16,10 @@ pub const CHUNK_POINTS: u64 = 60;
 pub const FINE_KEPT_SECS: u64 = 24 * 3600;
 pub const COARSE_KEPT_SECS: u64 = 7 * 24 * 3600;
 
-/// The first byte of a chunk: the layout of what follows. Chunks of a layout this berth does not
-/// know are skipped like damaged ones (and started afresh when written to).
-const LAYOUT: u8 = 1;
+/// The first byte of a chunk: the layout of what follows (2: sketches at 5 % accuracy). Chunks of
+/// a layout this berth does not know are skipped like damaged ones (and started afresh when
+/// written to).
+const LAYOUT: u8 = 2;
 
 /// The start of the chunk holding a point at `ts` of `resolution`.
 pub fn chunk_start(resolution: u64, ts: u64) -> u64 {
