@@ -4,7 +4,7 @@
 //!   are missing, then runs the whole test suite.
 //! - `bench <name>`: runs a benchmark of berth against its anchor, side by side, and prints a
 //!   table of ratios ending with one JSON line. Names: `registry`, `runtime`, `router`, `deploy`,
-//!   `network`, `secrets`.
+//!   `network`, `secrets`, `console`.
 //! - `chaos`: injects faults into a running berth under load (as root) and reports, per fault,
 //!   the requests that failed, whether and how fast berth recovered by itself, and whether the
 //!   host changed; one JSON line at the end.
@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask test [-- <nextest args>]\n       cargo xtask bench registry|runtime|router|deploy|network [--rounds N]\n       cargo xtask bench secrets [--db postgresql] [--rotations N] [--every S]\n       cargo xtask chaos"
+        "usage: cargo xtask test [-- <nextest args>]\n       cargo xtask bench registry|runtime|router|deploy|network|console [--rounds N]\n       cargo xtask bench secrets [--db postgresql] [--rotations N] [--every S]\n       cargo xtask chaos"
     );
     ExitCode::from(2)
 }

@@ -114,6 +114,9 @@ pub struct RouterSettings {
     /// Seconds a stopping router (stopped, or replaced by a successor) lets requests in flight
     /// finish. Default 60.
     pub drain_timeout_secs: u64,
+    /// Count each revision's requests and latency for the metrics history (`berth service
+    /// metrics`, the console's charts). Default on.
+    pub metrics_history: bool,
 }
 
 /// A user-supplied certificate: `[[router.certificates]]`.
@@ -144,6 +147,7 @@ impl Default for RouterSettings {
             max_connections: berth_router::DEFAULT_MAX_CONNECTIONS,
             tls_handshake_timeout_secs: 10,
             drain_timeout_secs: 60,
+            metrics_history: true,
         }
     }
 }

@@ -299,6 +299,7 @@ fn daemon_config(config: &Config, internal: Option<SocketAddr>) -> DaemonConfig 
         access_log: access_log_path(config),
         log_level: config.log.level.clone(),
         log_json: config.log.format == "json",
+        metrics_history: r.metrics_history,
     }
 }
 

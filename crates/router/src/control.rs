@@ -60,6 +60,13 @@ pub struct DaemonConfig {
     pub log_level: String,
     /// Log lines as JSON.
     pub log_json: bool,
+    /// Count each revision's traffic for the metrics history.
+    #[serde(default = "on")]
+    pub metrics_history: bool,
+}
+
+fn on() -> bool {
+    true
 }
 
 impl DaemonConfig {

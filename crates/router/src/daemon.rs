@@ -317,6 +317,7 @@ fn start_workers(
         stopping: stopping.clone(),
         drain_timeout: Duration::from_secs(config.drain_timeout_secs),
         internal,
+        metrics_history: config.metrics_history,
     };
     let copies = |kind: Listener| -> std::io::Result<Vec<std::net::TcpListener>> {
         listeners.iter().filter(|(k, _)| *k == kind).map(|(_, l)| l.try_clone()).collect()

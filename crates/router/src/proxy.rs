@@ -215,6 +215,8 @@ pub struct RouterOptions {
     /// address, and only internal routes it may call are served. Public listeners serve public
     /// routes only.
     pub internal: bool,
+    /// Count each revision's responses and latency for the metrics history.
+    pub metrics_history: bool,
 }
 
 impl Default for RouterOptions {
@@ -230,6 +232,7 @@ impl Default for RouterOptions {
             stopping: CancellationToken::new(),
             drain_timeout: Duration::from_secs(60),
             internal: false,
+            metrics_history: true,
         }
     }
 }
@@ -743,7 +746,9 @@ impl Router {
         let status = resp.status().as_u16();
         let elapsed = ex.start.elapsed();
         route.service.stats.response(status, elapsed);
-        ex.traffic.as_ref().unwrap_or(&route.service.unrouted).response(status, elapsed);
+        if self.options.metrics_history {
+            ex.traffic.as_ref().unwrap_or(&route.service.unrouted).response(status, elapsed);
+        }
         if let (Some(log), Some(path)) = (&self.options.access_log, &ex.path) {
             let record = AccessRecord {
                 ts: String::new(),

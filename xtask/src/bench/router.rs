@@ -323,6 +323,7 @@ impl BerthRouter {
             access_log: None,
             log_level: "warn".into(),
             log_json: false,
+            metrics_history: true,
         };
         let config_path = daemon::config_path(&data);
         std::fs::write(&config_path, config.to_json()?)?;
