@@ -176,7 +176,7 @@ fn write_history(db: &Path, names: &[String]) -> anyhow::Result<u64> {
                     }
                     let errors = u64::from(n > 0 && noise.next().is_multiple_of(10));
                     p.add_traffic(&Traffic { revision, classes: [0, n - errors, 0, 0, errors], latency });
-                    let instance = format!("{service}-{revision}-{:06x}", noise.next() % 0xff_ffff);
+                    let instance = format!("{service}-{revision}-a1b2c3");
                     let (cpu, memory) =
                         if busy { (900_000 + noise.next() % 200_000, 40 << 20) } else { (5_000 + noise.next() % 5_000, 20 << 20) };
                     p.add_usage(&Usage { instance, revision, cpu_micros: cpu, memory_bytes: memory + (noise.next() % 64) * 4096 });
@@ -252,14 +252,24 @@ fn router_cpu(bin: &Path, data: &Path, server: &mut berth_testkit::BerthProcess)
     for round in 0..ROUNDS * 2 {
         let history = round % 2 == 0;
         std::fs::write(data.join("config.toml"), format!("[router]\nmetrics_history = {history}\n"))?;
-        // A restart with another router configuration starts a router with it.
-        drop(std::mem::replace(server, super::server_with_runtime(bin, data, BRIDGE, CIDR, CGROUP_PARENT)?));
+        // A restart with another router configuration starts a router with it (the server
+        // stopped first: one server on a data directory at a time).
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        *server = super::server_with_runtime(bin, data, BRIDGE, CIDR, CGROUP_PARENT)?;
         let router = router_addr(&Api::new(&server.addr, &server.token), data)?;
-        std::thread::sleep(Duration::from_secs(1));
-        let before = router_cpu_micros(data)?;
-        let served = load(&router, &format!("{}.localhost", name(1)))?;
-        let used = router_cpu_micros(data)?.saturating_sub(before);
-        let per = used as f64 / served.max(1) as f64;
+        // Measured once the new router alone serves (its predecessor drained), and again if the
+        // router changed meanwhile.
+        let (served, per) = loop {
+            std::thread::sleep(Duration::from_secs(3));
+            let pid = std::fs::read_to_string(data.join("router.pid"))?;
+            let before = router_cpu_micros(data)?;
+            let served = load(&router, &format!("{}.localhost", name(1)))?;
+            let used = router_cpu_micros(data)?.saturating_sub(before);
+            if std::fs::read_to_string(data.join("router.pid"))? == pid {
+                break (served, used as f64 / served.max(1) as f64);
+            }
+        };
         eprintln!(
             "console bench: round {}: history {}: {served} requests, {per:.2} µs of router CPU each",
             round + 1,
