@@ -114,7 +114,8 @@ impl Point {
         (self.samples > 0).then(|| self.concurrency_sum as f64 / f64::from(self.samples))
     }
 
-    /// Appends the point in a compact form (varints; the caller compresses runs of them).
+    /// Appends the point in a compact form (varints; the caller compresses runs of them). CPU
+    /// time is kept to the millisecond and memory to the KiB.
     pub fn encode(&self, out: &mut Vec<u8>) {
         varint::put(out, self.ts);
         varint::put(out, u64::from(self.secs));
@@ -133,8 +134,9 @@ impl Point {
             varint::put(out, u.instance.len() as u64);
             out.extend_from_slice(u.instance.as_bytes());
             varint::put(out, u64::from(u.revision));
-            varint::put(out, u.cpu_micros);
-            varint::put(out, u.memory_bytes);
+            // Kept to the millisecond and the KiB: finer digits are noise that does not compress.
+            varint::put(out, (u.cpu_micros + 500) / 1000);
+            varint::put(out, (u.memory_bytes + 512) / 1024);
         }
     }
 
@@ -162,7 +164,10 @@ impl Point {
             let (name, rest) = input.split_at(len);
             *input = rest;
             let instance = String::from_utf8(name.to_vec()).ok()?;
-            p.usage.push(Usage { instance, revision: small(input)?, cpu_micros: varint::get(input)?, memory_bytes: varint::get(input)? });
+            let revision = small(input)?;
+            let cpu_micros = varint::get(input)?.checked_mul(1000)?;
+            let memory_bytes = varint::get(input)?.checked_mul(1024)?;
+            p.usage.push(Usage { instance, revision, cpu_micros, memory_bytes });
         }
         Some(p)
     }

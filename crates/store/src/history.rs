@@ -16,10 +16,10 @@ pub const CHUNK_POINTS: u64 = 60;
 pub const FINE_KEPT_SECS: u64 = 24 * 3600;
 pub const COARSE_KEPT_SECS: u64 = 7 * 24 * 3600;
 
-/// The first byte of a chunk: the layout of what follows (2: sketches at 5 % accuracy). Chunks of
+/// The first byte of a chunk: the layout of what follows (3: sketches at 5 % accuracy, CPU in ms and memory in KiB). Chunks of
 /// a layout this berth does not know are skipped like damaged ones (and started afresh when
 /// written to).
-const LAYOUT: u8 = 2;
+const LAYOUT: u8 = 3;
 
 /// The start of the chunk holding a point at `ts` of `resolution`.
 pub fn chunk_start(resolution: u64, ts: u64) -> u64 {
@@ -79,11 +79,11 @@ mod tests {
             let mut latency = Sketch::default();
             latency.record(ts % 1000 + 1);
             p.add_traffic(&Traffic { revision: 2, classes: [0, 1, 0, 0, 0], latency });
-            p.add_usage(&Usage { instance: "web-2-abc".into(), revision: 2, cpu_micros: 10, memory_bytes: 1 << 20 });
+            p.add_usage(&Usage { instance: "web-2-abc".into(), revision: 2, cpu_micros: 10_000, memory_bytes: 1 << 20 });
             merge_into(&mut points, COARSE, &p);
         }
         assert_eq!(points.iter().map(|p| (p.ts, p.total().requests())).collect::<Vec<_>>(), [(999_960, 1), (1_000_020, 3)]);
-        assert_eq!(points[1].usage[0].cpu_micros, 30);
+        assert_eq!(points[1].usage[0].cpu_micros, 30_000);
         let bytes = encode(&points);
         assert_eq!(decode(&bytes), Some(points));
         assert_eq!(decode(b"not a chunk"), None);
