@@ -7,7 +7,8 @@
 //!   with a session, gzip accepted) and the bytes sent;
 //! - the metrics history's storage for the 100 services;
 //! - the router's CPU time per request with the history counted and with it off
-//!   (`router.metrics_history`), in alternating rounds under the same keep-alive load.
+//!   (`router.metrics_history`), in alternating rounds under the same keep-alive load, after a
+//!   round that warms up and is not counted.
 //!
 //! Ends with `{"bench":"console","ttfb_p95_ms":…,"page_kb_max":…,"metrics_mb_per_100_services":…,"router_cpu_ratio_with_history":…}`.
 
@@ -29,8 +30,8 @@ const CIDR: &str = "10.235.0.0/16";
 const CGROUP_PARENT: &str = "berth-bench-console";
 const SERVICES: usize = 100;
 const BUSY: usize = 10;
-const ROUNDS: usize = 3;
-const LOAD_FOR: Duration = Duration::from_secs(5);
+const ROUNDS: usize = 5;
+const LOAD_FOR: Duration = Duration::from_secs(8);
 
 fn name(i: usize) -> String {
     format!("svc-{i:03}")
@@ -249,8 +250,9 @@ fn router_cpu_micros(data: &Path) -> anyhow::Result<u64> {
 /// alternating rounds, each under the same keep-alive load for [`LOAD_FOR`].
 fn router_cpu(bin: &Path, data: &Path, server: &mut berth_testkit::BerthProcess) -> anyhow::Result<(f64, f64)> {
     let (mut with, mut without) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS * 2 {
-        let history = round % 2 == 0;
+    // Round 0 warms the server and the instances up and is not counted.
+    for round in 0..=ROUNDS * 2 {
+        let history = round % 2 == 1 || round == 0;
         std::fs::write(data.join("config.toml"), format!("[router]\nmetrics_history = {history}\n"))?;
         // A restart with another router configuration starts a router with it (the server
         // stopped first: one server on a data directory at a time).
@@ -272,13 +274,13 @@ fn router_cpu(bin: &Path, data: &Path, server: &mut berth_testkit::BerthProcess)
         };
         eprintln!(
             "console bench: round {}: history {}: {served} requests, {per:.2} µs of router CPU each",
-            round + 1,
+            round,
             if history { "on" } else { "off" }
         );
-        if history {
-            with.push(per);
-        } else {
-            without.push(per);
+        match (round, history) {
+            (0, _) => {}
+            (_, true) => with.push(per),
+            (_, false) => without.push(per),
         }
     }
     let _ = std::fs::remove_file(data.join("config.toml"));
