@@ -32,6 +32,8 @@ const SERVICES: usize = 100;
 const BUSY: usize = 10;
 const ROUNDS: usize = 5;
 const LOAD_FOR: Duration = Duration::from_secs(8);
+/// Client connections of the router's load.
+const CONNECTIONS: usize = 8;
 
 fn name(i: usize) -> String {
     format!("svc-{i:03}")
@@ -305,11 +307,12 @@ fn router_addr(api: &Api, data: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// Keep-alive GETs from two connections for [`LOAD_FOR`]; returns how many were answered.
+/// Keep-alive GETs from [`CONNECTIONS`] connections for [`LOAD_FOR`] (enough to keep the router
+/// busy, where its CPU per request is steady); returns how many were answered.
 fn load(router: &str, host: &str) -> anyhow::Result<u64> {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..2)
+    let threads: Vec<_> = (0..CONNECTIONS)
         .map(|_| {
             let (stop, done, router, host) = (stop.clone(), done.clone(), router.to_owned(), host.to_owned());
             std::thread::spawn(move || -> anyhow::Result<()> {
