@@ -228,14 +228,14 @@ async fn services(State(s): State<AppState>, viewer: Viewer) -> Response {
         Ok(l) => l,
         Err(e) => return berth_api::ApiError::from(e).into_response(),
     };
-    // Requests per second and p99 over the last five minutes, from the metrics history.
-    let now = berth_api::now().max(0) as u64;
-    let mut rows = Vec::new();
-    for v in list {
-        let recent = c.metrics(&v.name, now.saturating_sub(300), now, Some(300)).await.ok();
-        let slot = recent.and_then(|m| m.points.into_iter().last());
-        rows.push((v, slot));
-    }
+    // Requests per second and p99 over the last five minutes, from the history kept in memory.
+    let rows: Vec<_> = list
+        .into_iter()
+        .map(|v| {
+            let slot = c.recent(&v.name, 300);
+            (v, slot)
+        })
+        .collect();
     page(StatusCode::OK, pages::services(&viewer.principal, &viewer.session, &rows))
 }
 

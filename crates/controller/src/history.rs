@@ -136,6 +136,7 @@ async fn close(sh: &Shared, c: &mut Collector, now: u64) {
     }
     points.extend(late.into_iter().map(|((service, _), p)| (service, p)));
     let runs: Vec<(String, u64)> = taken.into_iter().collect();
+    remember(sh, &points, now);
     match sh.store.merge_metrics(points, runs.clone()).await {
         Ok(()) => c.runs.extend(runs),
         Err(e) => tracing::warn!(error = %e, "storing the metrics history failed; this interval is lost"),
@@ -147,6 +148,35 @@ async fn close(sh: &Shared, c: &mut Collector, now: u64) {
             tracing::warn!(error = %e, "pruning the metrics history failed");
         }
     }
+}
+
+/// How far back [`recent`] remembers.
+const RECENT_SECS: u64 = 300;
+
+/// Keeps the points of the last [`RECENT_SECS`] in memory, merged by slot as the store merges them.
+fn remember(sh: &Shared, points: &[(String, Point)], now: u64) {
+    let mut recent = sh.recent.lock().unwrap_or_else(|p| p.into_inner());
+    for (service, p) in points {
+        let kept = recent.entry(service.clone()).or_default();
+        berth_store::history::merge_into(kept, berth_store::history::FINE, p);
+    }
+    let oldest = now.saturating_sub(RECENT_SECS + INTERVAL_SECS);
+    recent.retain(|_, kept| {
+        kept.retain(|p| p.ts >= oldest);
+        !kept.is_empty()
+    });
+}
+
+/// The last `secs` (at most [`RECENT_SECS`]) of a service as one slot, from memory.
+pub(crate) fn recent(sh: &Shared, service: &str, secs: u64) -> Option<SlotView> {
+    let secs = secs.clamp(INTERVAL_SECS, RECENT_SECS);
+    let now = unix_now();
+    let recent = sh.recent.lock().unwrap_or_else(|p| p.into_inner());
+    let points: Vec<&Point> = recent.get(service)?.iter().filter(|p| p.ts + secs >= now).collect();
+    let first = points.first()?;
+    let mut all = Point::new(first.ts, secs as u32);
+    points.iter().for_each(|p| all.merge(p));
+    Some(slot_view(&all, &all.total(), secs))
 }
 
 /// The longest span one query covers: as long as minute points are kept.

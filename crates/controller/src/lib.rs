@@ -159,6 +159,9 @@ pub(crate) struct Shared {
     /// Per service, the secret versions its running instances' files were last written from
     /// (every instance, without an error): what rotation waits for.
     files_at: Mutex<HashMap<String, std::collections::BTreeMap<String, String>>>,
+    /// Each service's points of the last few minutes, as stored: what lists show without
+    /// reading the store.
+    recent: Mutex<HashMap<String, Vec<berth_core::metrics::Point>>>,
 }
 
 /// Sends the autoscaler's decisions to the supervisors.
@@ -214,6 +217,7 @@ impl Controller {
             tasks: Mutex::new(Vec::new()),
             networks: tokio::sync::Mutex::new(()),
             files_at: Mutex::new(HashMap::new()),
+            recent: Mutex::new(HashMap::new()),
         });
         let controller = Controller { sh: sh.clone() };
         for record in sh.store.list_services().await? {
@@ -577,6 +581,12 @@ impl Controller {
     /// A deleted service's history stays readable while it is kept.
     pub async fn metrics(&self, name: &str, from: u64, to: u64, step: Option<u64>) -> Result<MetricsView> {
         history::query(&self.sh, name, from, to, step).await
+    }
+
+    /// The service's traffic, load and usage over the last `secs` seconds (at most five
+    /// minutes) as one slot, from memory; `None` when nothing was recorded in that time.
+    pub fn recent(&self, name: &str, secs: u64) -> Option<SlotView> {
+        history::recent(&self.sh, name, secs)
     }
 
     pub async fn events(&self, name: &str, before: Option<i64>, limit: usize) -> Result<Vec<berth_store::ServiceEvent>> {
