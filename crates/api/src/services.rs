@@ -68,8 +68,8 @@ fn accepted(op: Operation) -> (StatusCode, Json<Value>) {
 }
 
 async fn create(State(s): State<AppState>, caller: Caller, Json(spec): Json<ServiceSpec>) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require(Action::Admin)?;
-    Ok(accepted(controller(&s)?.create(spec).await?))
+    let who = caller.require(Action::Admin)?;
+    Ok(accepted(controller(&s)?.acting_as(&who.token_name).create(spec).await?))
 }
 
 async fn update(
@@ -78,11 +78,11 @@ async fn update(
     Path(name): Path<String>,
     Json(spec): Json<ServiceSpec>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require(Action::Admin)?;
+    let who = caller.require(Action::Admin)?;
     if spec.name != name {
         return Err(ApiError::invalid(format!("the spec names `{}` but the path `{name}`; a service cannot be renamed", spec.name)));
     }
-    Ok(accepted(controller(&s)?.update(spec).await?))
+    Ok(accepted(controller(&s)?.acting_as(&who.token_name).update(spec).await?))
 }
 
 #[derive(Deserialize, Default)]
@@ -98,9 +98,9 @@ async fn deploy(
     Path(name): Path<String>,
     body: Option<Json<DeployBody>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require(Action::Admin)?;
+    let who = caller.require(Action::Admin)?;
     let body = body.map(|b| b.0).unwrap_or_default();
-    Ok(accepted(controller(&s)?.deploy(&name, body.image.as_deref()).await?))
+    Ok(accepted(controller(&s)?.acting_as(&who.token_name).deploy(&name, body.image.as_deref()).await?))
 }
 
 #[derive(Deserialize)]
@@ -116,23 +116,23 @@ async fn rollback(
     Path(name): Path<String>,
     Json(body): Json<RollbackBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require(Action::Admin)?;
-    Ok(accepted(controller(&s)?.rollback(&name, &body.revision).await?))
+    let who = caller.require(Action::Admin)?;
+    Ok(accepted(controller(&s)?.acting_as(&who.token_name).rollback(&name, &body.revision).await?))
 }
 
 async fn pause(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require(Action::Admin)?;
-    Ok(accepted(controller(&s)?.pause(&name).await?))
+    let who = caller.require(Action::Admin)?;
+    Ok(accepted(controller(&s)?.acting_as(&who.token_name).pause(&name).await?))
 }
 
 async fn resume(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require(Action::Admin)?;
-    Ok(accepted(controller(&s)?.resume(&name).await?))
+    let who = caller.require(Action::Admin)?;
+    Ok(accepted(controller(&s)?.acting_as(&who.token_name).resume(&name).await?))
 }
 
 async fn delete(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require(Action::Admin)?;
-    Ok(accepted(controller(&s)?.delete(&name).await?))
+    let who = caller.require(Action::Admin)?;
+    Ok(accepted(controller(&s)?.acting_as(&who.token_name).delete(&name).await?))
 }
 
 /// What a caller sees of a service or revision document: environment values only when it may

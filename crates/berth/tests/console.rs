@@ -234,6 +234,10 @@ fn console_sessions_pages_and_scopes() -> Result {
     let v: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "con-app"])?)?;
     assert_eq!((v["spec"]["instance"]["cpu"].as_u64(), v["spec"]["health_check"]["unhealthy_threshold"].as_u64()), (Some(512), Some(3)));
     assert_eq!(v["spec"]["image_config"]["env"]["GREETING"], "hi");
+    // Revisions and operations say who made them: the console's token.
+    let revs: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "revisions", "con-app"])?)?;
+    assert_eq!(revs["revisions"][1]["by"], "admin", "{revs}");
+    assert!(text(&get(&s, "/console/services/con-app", &cookie)?).contains("<td>admin</td>"));
 
     // A new service from the form.
     let r = post(&s, "/console/new", &cookie, &format!("csrf={csrf}&name=con-two&{}", "source.image=web%3Av1&source.auto_deploy=default&image_config.port=8080&instance.cpu=256&instance.memory=128&health_check.protocol=TCP&health_check.path=%2F&health_check.interval=5&health_check.timeout=2&health_check.healthy_threshold=1&health_check.unhealthy_threshold=5&autoscaling.max_concurrency=100&autoscaling.min_size=1&autoscaling.max_size=2&traffic.request_timeout=120&traffic.max_body_mb=64&network.egress=public&network.visibility=public"))?;

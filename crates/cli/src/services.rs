@@ -317,6 +317,7 @@ const REVISION_COLUMNS: &[Column<'_>] = &[
     ("TAGS AT DEPLOY", "tags"),
     ("TAGS NOW", "tags_now"),
     ("CREATED", "created_at"),
+    ("BY", "by"),
 ];
 const OPERATION_COLUMNS: &[Column<'_>] = &[
     ("ID", "id"),
@@ -325,6 +326,7 @@ const OPERATION_COLUMNS: &[Column<'_>] = &[
     ("REVISION", "target_revision"),
     ("STARTED", "started_at"),
     ("ENDED", "ended_at"),
+    ("BY", "by"),
 ];
 const EVENT_COLUMNS: &[Column<'_>] = &[("AT", "at"), ("KIND", "kind"), ("MESSAGE", "message")];
 const METRIC_COLUMNS: &[Column<'_>] = &[

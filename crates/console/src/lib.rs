@@ -289,6 +289,7 @@ async fn act(
         Err(refused) => return refused.into_response(),
     };
     let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
+    let c = &c.acting_as(&viewer.principal.token_name);
     let done = match action.as_str() {
         "deploy" => c.deploy(&name, None).await,
         "rollback" => c.rollback(&name, form.revision.as_deref().unwrap_or_default()).await,
@@ -351,6 +352,7 @@ async fn save_settings(
         Err(e) => return page(StatusCode::NOT_FOUND, pages::message("No such service", &e.to_string())),
     };
     let label = name.clone();
+    let c = &c.acting_as(&viewer.principal.token_name);
     save_form(&viewer, Some(&name), settings::Values(form), &current, |spec| async move { c.update(spec).await }, &label).await
 }
 
@@ -424,6 +426,7 @@ async fn create(State(s): State<AppState>, viewer: Viewer, Form(mut form): Form<
     let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
     let name = form.get("name").map(|n| n.trim().to_owned()).unwrap_or_default();
     let Some(base) = new_spec(&name, "") else { return forbidden_form() };
+    let c = &c.acting_as(&viewer.principal.token_name);
     save_form(&viewer, None, settings::Values(form), &base, |spec| async move { c.create(spec).await }, &name).await
 }
 

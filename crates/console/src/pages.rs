@@ -215,7 +215,7 @@ pub fn service(principal: &Principal, session: &Session, p: &ServicePage<'_>) ->
             }
             h2 { "Revisions" }
             table {
-                thead { tr { th scope="col" { "Revision" } th scope="col" { "Digest" } th scope="col" { "Tags then" } th scope="col" { "Tags now" } th scope="col" { "Created" } @if p.may_change { th scope="col" { span.visually-hidden { "Action" } } } } }
+                thead { tr { th scope="col" { "Revision" } th scope="col" { "Digest" } th scope="col" { "Tags then" } th scope="col" { "Tags now" } th scope="col" { "Created" } th scope="col" { "By" } @if p.may_change { th scope="col" { span.visually-hidden { "Action" } } } } }
                 tbody {
                     @for r in p.revisions.iter().rev() {
                         @let serving = v.current_revision.as_ref().is_some_and(|c| c.number == r.number);
@@ -225,6 +225,7 @@ pub fn service(principal: &Principal, session: &Session, p: &ServicePage<'_>) ->
                             td { (r.doc.tags.join(", ")) }
                             td { (r.tags_now.as_ref().map(|t| t.join(", ")).unwrap_or_default()) }
                             td { (utc(r.created_at)) }
+                            td { (r.doc.by.as_deref().unwrap_or("–")) }
                             @if p.may_change {
                                 td { @if !serving { (button(name, "rollback", "Roll back to this", session, html! { input type="hidden" name="revision" value=(r.id); })) } }
                             }
@@ -234,7 +235,7 @@ pub fn service(principal: &Principal, session: &Session, p: &ServicePage<'_>) ->
             }
             h2 { "Operations" }
             table {
-                thead { tr { th scope="col" { "Operation" } th scope="col" { "Type" } th scope="col" { "Status" } th scope="col" { "Started" } th scope="col" { "Last step" } } }
+                thead { tr { th scope="col" { "Operation" } th scope="col" { "Type" } th scope="col" { "Status" } th scope="col" { "Started" } th scope="col" { "By" } th scope="col" { "Last step" } } }
                 tbody {
                     @for o in p.operations {
                         tr {
@@ -242,6 +243,7 @@ pub fn service(principal: &Principal, session: &Session, p: &ServicePage<'_>) ->
                             td { (o.kind.to_string()) }
                             td { (o.status.to_string()) }
                             td { (utc(o.started_at)) }
+                            td { (o.by.as_deref().unwrap_or("berth")) }
                             td { (o.log.last().map(|l| l.message.as_str()).unwrap_or("")) }
                         }
                     }

@@ -143,7 +143,7 @@ async fn follow_secrets(sh: &Arc<Shared>, state: &mut Watch) -> Result<(), Contr
     if sh.secrets.is_none() {
         return Ok(());
     }
-    let controller = Controller { sh: sh.clone() };
+    let controller = Controller { sh: sh.clone(), actor: Some("a secret's new version".into()) };
     for record in sh.store.list_services().await? {
         let name = record.key.clone();
         let svc: ServiceDoc = from_value(record.doc)?;
@@ -194,7 +194,7 @@ async fn follow_secrets(sh: &Arc<Shared>, state: &mut Watch) -> Result<(), Contr
 }
 
 async fn pass(sh: &Arc<Shared>, state: &mut Watch) -> Result<(), ControllerError> {
-    let controller = Controller { sh: sh.clone() };
+    let controller = Controller { sh: sh.clone(), actor: Some("auto-deploy".into()) };
     for record in sh.store.list_services().await? {
         let name = record.key.clone();
         let svc: ServiceDoc = from_value(record.doc)?;

@@ -198,6 +198,8 @@ impl Activator for Wake {
 #[derive(Clone)]
 pub struct Controller {
     sh: Arc<Shared>,
+    /// Who the operations started through this handle are recorded as made by.
+    actor: Option<Arc<str>>,
 }
 
 impl Controller {
@@ -219,7 +221,7 @@ impl Controller {
             files_at: Mutex::new(HashMap::new()),
             recent: Mutex::new(HashMap::new()),
         });
-        let controller = Controller { sh: sh.clone() };
+        let controller = Controller { sh: sh.clone(), actor: None };
         for record in sh.store.list_services().await? {
             controller.spawn(&record.key, None);
         }
@@ -269,9 +271,10 @@ impl Controller {
             self.release(&op.service);
             return Err(e.into());
         }
-        let sent = self.sh.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&op.service).map(|h| h.tx.send(Command::Run(op.clone())));
+        let sent =
+            self.sh.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&op.service).map(|h| h.tx.send(Command::Run(op.clone())).is_ok());
         match sent {
-            Some(Ok(())) => Ok(op),
+            Some(true) => Ok(op),
             _ => {
                 self.release(&op.service);
                 Err(ControllerError::Conflict(format!("service `{}` is shutting down", op.service)))
@@ -293,6 +296,22 @@ impl Controller {
         }
     }
 
+    /// This controller, with the operations it starts (and the revisions they make) recorded as
+    /// made by `who` (a token's name).
+    pub fn acting_as(&self, who: &str) -> Controller {
+        Controller { sh: self.sh.clone(), actor: Some(who.into()) }
+    }
+
+    /// An operation recorded as made by this handle's actor.
+    fn op(&self, service: &str, kind: OperationType, target: Option<u32>, previous: Option<u32>) -> Operation {
+        Operation { by: self.actor.as_deref().map(str::to_owned), ..Operation::new(service, kind, target, previous) }
+    }
+
+    /// A revision recorded as made by this handle's actor.
+    fn by(&self, rev: RevisionDoc) -> RevisionDoc {
+        RevisionDoc { by: self.actor.as_deref().map(str::to_owned), ..rev }
+    }
+
     /// Creates a service and deploys its first revision.
     pub async fn create(&self, spec: ServiceSpec) -> Result<Operation> {
         spec.validate()?;
@@ -304,14 +323,14 @@ impl Controller {
                 return Err(ControllerError::Exists(existing.key));
             }
         }
-        let rev = resolve(&self.sh, &spec, None).await?;
+        let rev = self.by(resolve(&self.sh, &spec, None).await?);
         let doc = ServiceDoc { spec: spec.clone(), status: ServiceStatus::OperationInProgress, current_revision: None, paused: false };
         match self.sh.store.create_service(&spec.name, &to_value(&doc)?, now()).await {
             Err(StoreError::ServiceExists(n)) => return Err(ControllerError::Exists(n)),
             other => other?,
         }
         let number = self.sh.store.create_revision(&spec.name, &to_value(&rev)?, now()).await?;
-        let mut op = Operation::new(&spec.name, OperationType::CreateService, Some(number), None);
+        let mut op = self.op(&spec.name, OperationType::CreateService, Some(number), None);
         op.say(format!("created service `{}`; revision {number}: {}@{} ({})", spec.name, rev.repository, rev.digest, tags_text(&rev.tags)));
         self.sh.store.put_operation(&op.id, &op.service, true, &to_value(&op)?, op.started_at).await?;
         self.spawn(&spec.name, Some(op.clone()));
@@ -335,8 +354,9 @@ impl Controller {
             }
             _ => resolve(&self.sh, &spec, None).await?,
         };
+        let rev = self.by(rev);
         let number = self.sh.store.create_revision(&spec.name, &to_value(&rev)?, now()).await?;
-        let mut op = Operation::new(&spec.name, OperationType::UpdateService, Some(number), svc.current_revision);
+        let mut op = self.op(&spec.name, OperationType::UpdateService, Some(number), svc.current_revision);
         op.say(format!("updating `{}`; revision {number}: {}@{} ({})", spec.name, rev.repository, rev.digest, tags_text(&rev.tags)));
         self.submit(op).await
     }
@@ -359,8 +379,9 @@ impl Controller {
     ) -> Result<Operation> {
         // Refuse before writing a revision nobody will deploy.
         self.refuse_while_busy(name)?;
+        let rev = self.by(rev);
         let number = self.sh.store.create_revision(name, &to_value(&rev)?, now()).await?;
-        let mut op = Operation::new(name, OperationType::StartDeployment, Some(number), svc.current_revision);
+        let mut op = self.op(name, OperationType::StartDeployment, Some(number), svc.current_revision);
         if let Some(w) = why {
             op.say(w);
         }
@@ -392,7 +413,7 @@ impl Controller {
                 return self.deploy_revision_doc(name, &svc, RevisionDoc { secret_versions: current, ..rev.doc }, Some(why)).await;
             }
         }
-        let mut op = Operation::new(name, OperationType::StartDeployment, Some(number), svc.current_revision);
+        let mut op = self.op(name, OperationType::StartDeployment, Some(number), svc.current_revision);
         op.say(format!("rolling back to revision {}: {}@{} ({})", rev.id, rev.doc.repository, rev.doc.digest, tags_text(&rev.doc.tags)));
         self.submit(op).await
     }
@@ -403,7 +424,7 @@ impl Controller {
         if svc.status != ServiceStatus::Running {
             return Err(ControllerError::Conflict(format!("`{name}` is {}; only a RUNNING service can be paused", svc.status)));
         }
-        self.submit(Operation::new(name, OperationType::PauseService, None, svc.current_revision)).await
+        self.submit(self.op(name, OperationType::PauseService, None, svc.current_revision)).await
     }
 
     pub async fn resume(&self, name: &str) -> Result<Operation> {
@@ -412,12 +433,12 @@ impl Controller {
         if svc.status != ServiceStatus::Paused {
             return Err(ControllerError::Conflict(format!("`{name}` is {}, not PAUSED", svc.status)));
         }
-        self.submit(Operation::new(name, OperationType::ResumeService, svc.current_revision, svc.current_revision)).await
+        self.submit(self.op(name, OperationType::ResumeService, svc.current_revision, svc.current_revision)).await
     }
 
     pub async fn delete(&self, name: &str) -> Result<Operation> {
         let svc = self.service_doc(name).await?;
-        self.submit(Operation::new(name, OperationType::DeleteService, None, svc.current_revision)).await
+        self.submit(self.op(name, OperationType::DeleteService, None, svc.current_revision)).await
     }
 
     fn require_unpaused(&self, name: &str, svc: &ServiceDoc) -> Result<()> {
@@ -677,7 +698,7 @@ pub(crate) async fn resolve(sh: &Shared, spec: &ServiceSpec, image: Option<&str>
 pub(crate) async fn resolved(sh: &Shared, spec: &ServiceSpec, repo: &str, digest: Digest) -> Result<RevisionDoc> {
     let tags = sh.store.tags_at(repo, &digest).await?;
     let secret_versions = pin_secrets(sh, spec).await?;
-    Ok(RevisionDoc { spec: spec.clone(), repository: repo.to_owned(), digest, tags, secret_versions })
+    Ok(RevisionDoc { spec: spec.clone(), repository: repo.to_owned(), digest, tags, secret_versions, by: None })
 }
 
 /// The directories of files `spec` takes from secrets, with the values CURRENT now; each read is

@@ -31,6 +31,9 @@ pub struct RevisionDoc {
     /// revision was made: every instance of the revision gets the same values.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub secret_versions: std::collections::BTreeMap<String, String>,
+    /// Who made it: a token's name, `auto-deploy`, or what else started its deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +93,9 @@ pub struct Operation {
     pub log: Vec<LogLine>,
     pub started_at: i64,
     pub ended_at: Option<i64>,
+    /// Who started it: a token's name, `auto-deploy`, … (none for operations berth starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 impl Operation {
@@ -104,6 +110,7 @@ impl Operation {
             log: Vec::new(),
             started_at: now(),
             ended_at: None,
+            by: None,
         }
     }
 
