@@ -265,7 +265,11 @@ fn console_sessions_pages_and_scopes() -> Result {
     let r = post(&s, "/console/services/con-app/pause", &cookie, "csrf=forged")?;
     assert_eq!(r.status, 403);
     assert!(text(&r).contains("Form refused"));
+    // Pausing asks first; the confirmation's form pauses.
     let r = post(&s, "/console/services/con-app/pause", &cookie, &format!("csrf={csrf}"))?;
+    assert!(r.status == 200 && text(&r).contains("Pause con-app?") && text(&r).contains(r#"name="confirm" value="yes""#), "{}", text(&r));
+    assert!(s.cli_ok(&["service", "show", "con-app"])?.contains("RUNNING"), "paused without confirmation");
+    let r = post(&s, "/console/services/con-app/pause", &cookie, &format!("csrf={csrf}&confirm=yes"))?;
     assert_eq!((r.status, r.header("location")), (303, Some("/console/services/con-app")));
     wait_until("the service to pause", Duration::from_secs(30), || Ok(s.cli_ok(&["service", "show", "con-app"])?.contains("PAUSED")))?;
     wait_until("the pause to be posted to the webhook", Duration::from_secs(20), || {
@@ -325,7 +329,7 @@ fn console_sessions_pages_and_scopes() -> Result {
     let viewer_csrf = csrf_of(&page).ok_or("no csrf value")?;
     assert_eq!(get(&s, "/console/tokens", &viewer_cookie)?.status, 403);
     assert!(!text(&get(&s, "/console/registry/web", &viewer_cookie)?).contains("Create a service"));
-    let r = post(&s, "/console/services/con-app/resume", &viewer_cookie, &format!("csrf={viewer_csrf}"))?;
+    let r = post(&s, "/console/services/con-app/resume", &viewer_cookie, &format!("csrf={viewer_csrf}&confirm=yes"))?;
     assert_eq!(r.status, 403);
     assert!(text(&r).contains("may only read"));
 

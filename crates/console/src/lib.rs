@@ -290,6 +290,10 @@ async fn act(
     };
     let Some(c) = s.controller.as_ref() else { return Redirect::to("/console/services").into_response() };
     let c = &c.acting_as(&viewer.principal.token_name);
+    // Pausing and resuming change what clients get: a page asks first (the form then says so).
+    if matches!(action.as_str(), "pause" | "resume") && form.confirm.as_deref() != Some("yes") {
+        return page(StatusCode::OK, pages::confirm(&viewer.principal, &viewer.session, &name, &action));
+    }
     let done = match action.as_str() {
         "deploy" => c.deploy(&name, None).await,
         "rollback" => c.rollback(&name, form.revision.as_deref().unwrap_or_default()).await,

@@ -891,3 +891,25 @@ pub fn networks(principal: &Principal, session: &Session, list: &[berth_controll
         },
     )
 }
+
+/// Asks before pausing or resuming a service.
+pub fn confirm(principal: &Principal, session: &Session, name: &str, action: &str) -> Markup {
+    let (title, what) = match action {
+        "pause" => (format!("Pause {name}?"), "Its instances stop, and requests get 503 until it is resumed."),
+        _ => (format!("Resume {name}?"), "Its serving revision starts again and takes requests once healthy."),
+    };
+    layout(
+        &title,
+        Some((principal, session)),
+        html! {
+            h1 { (title) }
+            p { (what) }
+            form.inline method="post" action=(format!("/console/services/{name}/{action}")) {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="hidden" name="confirm" value="yes";
+                button type="submit" { (if action == "pause" { "Pause" } else { "Resume" }) }
+            }
+            a href=(format!("/console/services/{name}")) { "Cancel" }
+        },
+    )
+}
