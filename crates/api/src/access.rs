@@ -32,6 +32,9 @@ pub struct AccessQuery {
     pub q: Option<String>,
     /// A status code (`404`) or class (`5xx`).
     pub status: Option<String>,
+    /// The instance (its id) or revision (its number) that answered.
+    pub instance: Option<String>,
+    pub revision: Option<String>,
     /// RFC 3339 times (or their prefixes, `2026-11-30T16:05`): records that ended in the range.
     pub from: Option<String>,
     pub to: Option<String>,
@@ -55,6 +58,16 @@ impl AccessQuery {
                 None => status.parse::<u64>().is_ok_and(|c| c == code),
             };
             if !ok {
+                return false;
+            }
+        }
+        if let Some(i) = self.instance.as_deref().filter(|i| !i.is_empty()) {
+            if text("instance") != i {
+                return false;
+            }
+        }
+        if let Some(rev) = self.revision.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+            if r["revision"].as_u64().map(|n| n.to_string()).as_deref() != Some(rev) {
                 return false;
             }
         }
@@ -132,7 +145,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("access.log");
         let record = |ts: &str, service: &str, path: &str, status: u16| {
-            json!({"ts": ts, "service": service, "method": "GET", "path": path, "host": "h", "client": "127.0.0.1", "request_id": "r", "status": status}).to_string()
+            json!({"ts": ts, "service": service, "method": "GET", "path": path, "host": "h", "client": "127.0.0.1", "request_id": "r", "status": status, "instance": format!("{service}-{}-abc", status / 100), "revision": status / 100}).to_string()
         };
         let old = [record("2026-11-30T10:00:00Z", "web", "/old", 200)].join("\n") + "\n";
         std::fs::write(dir.path().join("access.log.1"), old)?;
@@ -154,6 +167,8 @@ mod tests {
         let window = AccessQuery { from: Some("2026-11-30T11".into()), to: Some("2026-11-30T11:00".into()), ..Default::default() };
         assert_eq!(paths(window)?, ["/a", "/b"]);
         assert_eq!(paths(AccessQuery { limit: Some(1), ..Default::default() })?, ["/c"]);
+        assert_eq!(paths(AccessQuery { revision: Some("5".into()), ..Default::default() })?, ["/b"]);
+        assert_eq!(paths(AccessQuery { instance: Some("web-4-abc".into()), ..Default::default() })?, ["/c"]);
         assert!(search_log(&dir.path().join("none.log"), "web", &AccessQuery::default())?.is_empty());
         Ok(())
     }

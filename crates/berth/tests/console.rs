@@ -189,6 +189,11 @@ fn console_sessions_pages_and_scopes() -> Result {
     // The access log: the same requests as the router saw them.
     let page = text(&get(&s, "/console/services/con-app/requests?q=live-probe", &cookie)?);
     assert!(page.contains("GET /live-probe") && page.contains("1 requests"), "{page}");
+    // … by the instance and revision that answered.
+    let page = text(&get(&s, "/console/services/con-app/requests?q=live-probe&revision=1", &cookie)?);
+    assert!(page.contains("GET /live-probe") && page.contains("con-app-1-"), "{page}");
+    let page = text(&get(&s, "/console/services/con-app/requests?q=live-probe&revision=2", &cookie)?);
+    assert!(page.contains("0 requests"), "{page}");
     // An operation with its log.
     let op = s.cli_ok(&["-o", "json", "service", "operations", "con-app"])?;
     let op: serde_json::Value = serde_json::from_str(&op)?;

@@ -693,6 +693,8 @@ pub fn requests(
             form.filters method="get" action=(format!("/console/services/{name}/requests")) {
                 (text_input("q", "Text", &q.q, "search"))
                 (text_input("status", "Status (404, 5xx)", &q.status, "text"))
+                (text_input("instance", "Instance", &q.instance, "text"))
+                (text_input("revision", "Revision", &q.revision, "number"))
                 (text_input("from", "From (UTC)", &q.from, "datetime-local"))
                 (text_input("to", "To (UTC)", &q.to, "datetime-local"))
                 button type="submit" { "Search" }
@@ -702,7 +704,7 @@ pub fn requests(
                 Some(records) => {
                     p.hint { (records.len()) " requests, newest last (the newest 16 MiB of the access log are searched)." }
                     table {
-                        thead { tr { th scope="col" { "Ended" } th scope="col" { "Request" } th scope="col" { "Status" } th scope="col" { "Outcome" } th scope="col" { "First byte" } th scope="col" { "Total" } th scope="col" { "In / out" } th scope="col" { "Client" } th scope="col" { "Instance" } } }
+                        thead { tr { th scope="col" { "Ended" } th scope="col" { "Request" } th scope="col" { "Status" } th scope="col" { "Outcome" } th scope="col" { "First byte" } th scope="col" { "Total" } th scope="col" { "In / out" } th scope="col" { "Client" } th scope="col" { "Instance" } th scope="col" { "Revision" } } }
                         tbody {
                             @for r in records {
                                 tr {
@@ -714,7 +716,8 @@ pub fn requests(
                                     td.num { (format!("{:.1} ms", r["duration_ms"].as_f64().unwrap_or(0.0))) }
                                     td.num { (r["bytes_in"]) " / " (r["bytes_out"]) }
                                     td { (r["client"].as_str().unwrap_or("")) }
-                                    td { (r["upstream"].as_str().unwrap_or("–")) }
+                                    td { (r["instance"].as_str().or(r["upstream"].as_str()).unwrap_or("–")) }
+                                    td.num { (r["revision"].as_u64().map_or_else(|| "–".to_owned(), |n| n.to_string())) }
                                 }
                             }
                         }

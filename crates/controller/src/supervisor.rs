@@ -370,13 +370,15 @@ impl Supervisor {
         let paused =
             self.svc.paused.then(|| format!("service `{}` is paused; `berth service resume {}` serves it again", self.name, self.name));
         let net = &self.svc.spec.network;
-        let revisions: Vec<u32> =
-            self.routed.iter().map(|a| self.instances.iter().find(|i| i.addr == *a).map_or(0, |i| i.revision)).collect();
+        let routed: Vec<Option<&Inst>> = self.routed.iter().map(|a| self.instances.iter().find(|i| i.addr == *a)).collect();
+        let revisions: Vec<u32> = routed.iter().map(|i| i.map_or(0, |i| i.revision)).collect();
+        let instances: Vec<String> = routed.iter().map(|i| i.map(|i| i.id.to_string()).unwrap_or_default()).collect();
         let spec = |host: String, internal: bool| RouteSpec {
             host,
             service: self.name.clone(),
             upstreams: self.routed.clone(),
             revisions: revisions.clone(),
+            instances: instances.clone(),
             settings: self.route_settings(),
             paused: paused.clone(),
             internal,

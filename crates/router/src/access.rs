@@ -43,6 +43,11 @@ pub struct AccessRecord {
     /// Response body bytes passed to the client.
     pub bytes_out: u64,
     pub upstream: Option<String>,
+    /// The instance and revision that answered, when the router knows them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
     pub request_id: String,
     pub client: String,
 }

@@ -490,8 +490,8 @@ pub(crate) struct Exchange<'a> {
     pub(crate) deadline: tokio::time::Instant,
     /// The instance the request went to, once picked.
     pub(crate) upstream: Option<SocketAddr>,
-    /// Its revision's traffic counters, once picked.
-    pub(crate) traffic: Option<Arc<crate::stats::Traffic>>,
+    /// The instance picked (its revision's traffic counters, its id), once picked.
+    pub(crate) picked: Option<Arc<crate::table::Upstream>>,
     /// Request body bytes passed on, counted when there is an access log and a body.
     pub(crate) bytes_in: Option<Arc<AtomicU64>>,
 }
@@ -525,7 +525,7 @@ impl<'a> Exchange<'a> {
             start,
             deadline: tokio::time::Instant::from_std(start + route.settings.request_timeout),
             upstream: None,
-            traffic: None,
+            picked: None,
             bytes_in: None,
         }
     }
@@ -747,7 +747,7 @@ impl Router {
         let elapsed = ex.start.elapsed();
         route.service.stats.response(status, elapsed);
         if self.options.metrics_history {
-            ex.traffic.as_ref().unwrap_or(&route.service.unrouted).response(status, elapsed);
+            ex.picked.as_ref().map_or(&route.service.unrouted, |u| &u.traffic).response(status, elapsed);
         }
         if let (Some(log), Some(path)) = (&self.options.access_log, &ex.path) {
             let record = AccessRecord {
@@ -768,6 +768,8 @@ impl Router {
                 bytes_in: 0,
                 bytes_out: 0,
                 upstream: ex.upstream.map(|a| a.to_string()),
+                instance: ex.picked.as_ref().filter(|u| !u.instance.is_empty()).map(|u| u.instance.to_string()),
+                revision: ex.picked.as_ref().map(|u| u.revision).filter(|r| *r > 0),
                 request_id: ex.request_id.to_owned(),
                 client: ex.client.ip.clone(),
             };
@@ -800,7 +802,7 @@ impl Router {
             };
             let upstream = in_flight.upstream();
             ex.upstream = Some(upstream.addr);
-            ex.traffic = Some(upstream.traffic.clone());
+            ex.picked = Some(upstream.clone());
             let b = match (empty_request, body.take()) {
                 (true, _) => None,
                 (false, Some(b)) => Some(b),
@@ -1015,7 +1017,7 @@ mod tests {
             start: Instant::now(),
             deadline: tokio::time::Instant::now(),
             upstream: None,
-            traffic: None,
+            picked: None,
             bytes_in: None,
         };
         let mut out = HeaderMap::new();

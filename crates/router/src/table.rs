@@ -163,6 +163,9 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// What its responses count to: its revision's traffic.
     pub(crate) traffic: Arc<Traffic>,
+    /// Which instance and revision it is, as the access log names them (empty, 0: unknown).
+    pub(crate) instance: Arc<str>,
+    pub(crate) revision: u32,
     /// `addr` as a URI authority, made once.
     pub(crate) authority: hyper::http::uri::Authority,
     service: Arc<ServiceState>,
@@ -173,10 +176,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn new(addr: SocketAddr, service: Arc<ServiceState>, revision: u32) -> Upstream {
+    fn new(addr: SocketAddr, service: Arc<ServiceState>, revision: u32, instance: &str) -> Upstream {
         Upstream {
             addr,
             traffic: service.traffic_of(revision),
+            instance: instance.into(),
+            revision,
             authority: addr.to_string().parse().unwrap_or_else(|_| hyper::http::uri::Authority::from_static("invalid")),
             service,
             in_flight: AtomicUsize::new(0),
@@ -363,6 +368,9 @@ pub struct RouteSpec {
     /// The revision of each upstream, in the same order (missing: 0), for the metrics history.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revisions: Vec<u32>,
+    /// The instance id of each upstream, in the same order, for the access log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
     pub settings: RouteSettings,
     pub paused: Option<String>,
     /// Served to instances on the internal listener only (`<name>.internal`).
@@ -401,6 +409,7 @@ impl RouteSpec {
             service: service.into(),
             upstreams,
             revisions: Vec::new(),
+            instances: Vec::new(),
             settings: RouteSettings::default(),
             paused: None,
             internal: false,
@@ -639,7 +648,8 @@ impl RoutingTable {
                 .map(|(i, a)| {
                     existing.get(&(s.service.as_str(), *a)).cloned().unwrap_or_else(|| {
                         let revision = s.revisions.get(i).copied().unwrap_or(0);
-                        Arc::new(Upstream::new(*a, state.clone(), revision))
+                        let instance = s.instances.get(i).map_or("", String::as_str);
+                        Arc::new(Upstream::new(*a, state.clone(), revision, instance))
                     })
                 })
                 .collect();
@@ -698,7 +708,7 @@ mod tests {
     fn route(upstreams: &[u16], max_concurrency: usize) -> Route {
         let state = Arc::new(ServiceState::new("s"));
         Route {
-            upstreams: upstreams.iter().map(|p| Arc::new(Upstream::new(addr(*p), state.clone(), 1))).collect(),
+            upstreams: upstreams.iter().map(|p| Arc::new(Upstream::new(addr(*p), state.clone(), 1, ""))).collect(),
             service: state,
             settings: RouteSettings { max_concurrency, ..RouteSettings::default() },
             paused: None,
