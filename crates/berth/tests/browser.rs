@@ -2,7 +2,8 @@
 //! chromedriver): log in, create a service with an HTTP health check through the form, watch it
 //! reach RUNNING, push a new image and follow its deployment live to the end, roll back from the
 //! revisions, see the markers on the charts and a request made during the test in the live logs;
-//! a read-only token sees no control. Log in, create and deploy are done with the keyboard alone.
+//! a read-only token sees no control; a forged form is refused and an expired session goes back
+//! to the login page. Log in, create and deploy are done with the keyboard alone.
 //! Every page gets a screenshot (`<target tmp>/console-screenshots/`) and an accessibility check
 //! with axe-core, which must report no serious or critical violation.
 
@@ -176,6 +177,27 @@ fn the_console_in_a_browser() -> Result {
         b.goto(&s.url(path))?;
         check_page(&b, &axe, name)?;
     }
+
+    // A form posted from the page without the session's anti-forgery value is refused (the
+    // browser sends the cookie; the value is what a forging page cannot know).
+    let forged = b.script_async(
+        "const done = arguments[0]; fetch('/console/services/br-app/pause', {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: 'csrf=forged&confirm=yes'}).then(r => r.text().then(t => done([r.status, t.includes('Form refused')]))).catch(e => done(String(e)));",
+        json!([]),
+    )?;
+    assert_eq!(forged, json!([403, true]), "a forged form went through");
+    assert!(s.cli_ok(&["service", "show", "br-app"])?.contains("RUNNING"));
+
+    // An expired session sends the browser back to the login page. (Eight hours pass: the
+    // session's end is moved to now in the state database.)
+    let db = s.dir.join("state.db");
+    let expired = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=10); c.execute('UPDATE console_sessions SET expires_at = 0'); c.commit()")
+        .arg(&db)
+        .status()?;
+    assert!(expired.success());
+    b.goto(&s.url("/console/services"))?;
+    b.wait_for_text("Log in to berth", Duration::from_secs(10))?;
 
     // A read-only token: the same pages, no control.
     let viewer: serde_json::Value =
