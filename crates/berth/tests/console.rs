@@ -158,9 +158,11 @@ fn console_sessions_pages_and_scopes() -> Result {
     wait_until("the service page to chart the requests", Duration::from_secs(40), || {
         Ok(text(&get(&s, "/console/services/con-app", &cookie)?).contains("<figcaption>Requests (per second)</figcaption>"))
     })?;
-    // The list shows the last five minutes' traffic (from memory, not the store).
-    let list = text(&get(&s, "/console/services", &cookie)?);
-    assert!(list.contains(" ms</td>"), "no p99 in the services list: {list}");
+    // The list shows the last five minutes' traffic (from memory, not the store), once the
+    // router's interval with the requests has closed and been taken.
+    wait_until("the services list to show the requests' p99", Duration::from_secs(40), || {
+        Ok(text(&get(&s, "/console/services", &cookie)?).contains(" ms</td>"))
+    })?;
     let page = text(&get(&s, "/console/services/con-app", &cookie)?);
     assert!(page.contains("con-app-0001") && page.contains(r#"action="/console/services/con-app/pause""#), "{page}");
     let csrf = csrf_of(&page).ok_or("no csrf value")?;
