@@ -86,7 +86,7 @@ fn text(r: &Resp) -> String {
 
 #[test]
 fn console_sessions_pages_and_scopes() -> Result {
-    let s = Server::start_with_runtime("k", 237, "con-app-")?;
+    let s = Server::start_with_runtime("k", 237, "con-")?;
     let tmp = tempfile::tempdir()?;
     let bin = hello_binary(tmp.path())?.display().to_string();
     s.cli_ok(&["image", "build", "--binary", &bin, "--port", "8080", "-t", "web:v1"])?;

@@ -50,6 +50,21 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
     let data = work.path().join("data");
     berth_testkit::cleanup_runtime_host(BRIDGE, CIDR, CGROUP_PARENT);
     let result = measure(&bin, &hello, &data);
+    // Whatever deletes did not finish, `berth uninstall` removes (instances, namespaces, mounts).
+    let uninstalled = Command::new(&bin)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["uninstall", "--yes"])
+        .envs([
+            ("BERTH_RUNTIME", "on"),
+            ("BERTH_RUNTIME_BRIDGE", BRIDGE),
+            ("BERTH_RUNTIME_CIDR", CIDR),
+            ("BERTH_RUNTIME_CGROUP_PARENT", CGROUP_PARENT),
+        ])
+        .status();
+    if !uninstalled.is_ok_and(|s| s.success()) {
+        eprintln!("console bench: `berth uninstall` failed; instances may be left on the host");
+    }
     berth_testkit::stop_router(&data);
     berth_testkit::cleanup_runtime_host(BRIDGE, CIDR, CGROUP_PARENT);
     result
