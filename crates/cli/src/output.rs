@@ -1,5 +1,6 @@
 //! Printing results: a table for people, JSON for scripts.
 
+use berth_core::calendar::utc;
 use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Table};
 use serde_json::Value;
@@ -36,13 +37,6 @@ fn field_cell(field: &str, v: Option<&Value>) -> String {
         Some(secs) if field == "at" || field.ends_with("_at") => utc(secs),
         _ => cell(v),
     }
-}
-
-/// Unix seconds as a UTC date and time (the proleptic Gregorian calendar).
-fn utc(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = berth_core::calendar::civil(days);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Unix milliseconds as a UTC time of day with milliseconds, after the date: for operation logs.

@@ -4,18 +4,12 @@
 
 use berth_api::Session;
 use berth_controller::{MetricsView, Operation, Revision, ServiceView, SlotView};
+use berth_core::calendar::utc;
 use berth_core::Principal;
 use berth_store::ServiceEvent;
 use maud::{html, Markup, DOCTYPE};
 
 use crate::chart::{self, Mark, Series};
-
-/// Unix seconds as `2026-11-30 14:05:09Z`.
-fn utc(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = berth_core::calendar::civil(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
 
 fn layout(title: &str, viewer: Option<(&Principal, &Session)>, body: Markup) -> Markup {
     layout_with(title, viewer, None, body)
