@@ -25,6 +25,10 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
     ("npm", "npm"),
+    // The AWS-compatible APIs' tests: aws CLI v2 (Debian's, at its own path: another `aws` on
+    // PATH may be version 1) and podman logging in with ECR's password.
+    ("/usr/bin/aws", "awscli"),
+    ("podman", "podman"),
 ];
 
 fn have(cmd: &str) -> bool {

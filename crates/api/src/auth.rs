@@ -23,6 +23,12 @@ use crate::{now, ApiError, AppState};
 pub const BEARER_TTL_SECS: i64 = 300;
 const API_TOKEN_PREFIX: &str = "berth_";
 const BEARER_PREFIX: &str = "brt.";
+/// Registry passwords handed out by ECR's GetAuthorizationToken.
+const LOGIN_PREFIX: &str = "brl.";
+/// How long a registry password from GetAuthorizationToken lasts (as ECR's).
+pub const REGISTRY_LOGIN_TTL_SECS: i64 = 12 * 3600;
+/// AWS access key ids: this prefix, the token's id in capitals, four check characters.
+const ACCESS_KEY_PREFIX: &str = "AKIA";
 
 /// The console's session cookie.
 pub const SESSION_COOKIE: &str = "berth_session";
@@ -60,8 +66,9 @@ fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
-/// Creates and stores a token with `scopes`.
-pub async fn issue_token(store: &SharedStore, name: &str, scopes: Vec<Scope>) -> Result<IssuedToken, ApiError> {
+/// Creates and stores a token with `scopes`; with `aws`, it also signs AWS requests as an access
+/// key ([`Authenticator::aws_key`]).
+pub async fn issue_token(store: &SharedStore, name: &str, scopes: Vec<Scope>, aws: bool) -> Result<IssuedToken, ApiError> {
     let id = hex::encode(rand::random::<[u8; 6]>());
     let secret = hex::encode(rand::random::<[u8; 20]>());
     let record = TokenRecord {
@@ -72,6 +79,7 @@ pub async fn issue_token(store: &SharedStore, name: &str, scopes: Vec<Scope>) ->
         created_at: now(),
         last_used_at: None,
         revoked_at: None,
+        aws,
     };
     store.create_token(&record).await?;
     Ok(IssuedToken { record, secret: format!("{API_TOKEN_PREFIX}{id}_{secret}") })
@@ -80,7 +88,16 @@ pub async fn issue_token(store: &SharedStore, name: &str, scopes: Vec<Scope>) ->
 /// Signs and checks registry bearer tokens, and remembers when tokens were last used.
 pub struct Authenticator {
     key: [u8; 32],
+    /// Checks AWS signatures (keeping derived signing keys a while).
+    pub(crate) aws_verifier: crate::aws::sigv4::Verifier,
     last_touch: Mutex<HashMap<String, i64>>,
+}
+
+/// A registry password from ECR's GetAuthorizationToken: the token's own rights, for a while.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LoginClaims {
+    tid: String,
+    exp: i64,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -92,7 +109,7 @@ struct BearerClaims {
 
 impl Authenticator {
     pub fn new(key: [u8; 32]) -> Authenticator {
-        Authenticator { key, last_touch: Mutex::new(HashMap::new()) }
+        Authenticator { key, aws_verifier: Default::default(), last_touch: Mutex::new(HashMap::new()) }
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -100,23 +117,77 @@ impl Authenticator {
         <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("hmac accepts any key length"))
     }
 
-    fn sign_bearer(&self, claims: &BearerClaims) -> String {
+    /// `prefix`, the claims and their signature.
+    fn sign_claims(&self, prefix: &str, claims: &impl serde::Serialize) -> String {
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
         let mut mac = self.mac();
+        mac.update(prefix.as_bytes());
         mac.update(payload.as_bytes());
         let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        format!("{BEARER_PREFIX}{payload}.{sig}")
+        format!("{prefix}{payload}.{sig}")
     }
 
-    fn verify_bearer(&self, token: &str) -> Option<BearerClaims> {
-        let rest = token.strip_prefix(BEARER_PREFIX)?;
+    /// The claims of a value [`Self::sign_claims`] made with `prefix`, if its signature holds.
+    fn verify_claims<T: serde::de::DeserializeOwned>(&self, prefix: &str, value: &str) -> Option<T> {
+        let rest = value.strip_prefix(prefix)?;
         let (payload, sig) = rest.split_once('.')?;
         let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
         let mut mac = self.mac();
+        mac.update(prefix.as_bytes());
         mac.update(payload.as_bytes());
         mac.verify_slice(&sig).ok()?;
-        let claims: BearerClaims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-        (claims.exp > now()).then_some(claims)
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+    }
+
+    fn sign_bearer(&self, claims: &BearerClaims) -> String {
+        self.sign_claims(BEARER_PREFIX, claims)
+    }
+
+    fn verify_bearer(&self, token: &str) -> Option<BearerClaims> {
+        self.verify_claims::<BearerClaims>(BEARER_PREFIX, token).filter(|c| c.exp > now())
+    }
+
+    /// A registry password (no `:` in it, as `docker login` needs) standing for token `token_id`
+    /// until `expires_at`; revoking the token ends it too.
+    pub fn registry_login(&self, token_id: &str, expires_at: i64) -> String {
+        self.sign_claims(LOGIN_PREFIX, &LoginClaims { tid: token_id.to_owned(), exp: expires_at })
+    }
+
+    fn check(&self, what: &str) -> String {
+        let mut mac = self.mac();
+        mac.update(what.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// The AWS access key id of token `token_id`.
+    pub fn aws_key(&self, token_id: &str) -> String {
+        let check = self.check(&format!("aws key id {token_id}"));
+        format!("{ACCESS_KEY_PREFIX}{}{}", token_id.to_ascii_uppercase(), check[..4].to_ascii_uppercase())
+    }
+
+    /// The secret access key of access key id `key`. berth stores no copy: it is derived from the
+    /// key id under the server's signing key whenever a signature is checked (SigV4 is symmetric,
+    /// so the server must be able to compute it; a database alone reveals none).
+    pub fn aws_secret(&self, key: &str) -> String {
+        let mut mac = self.mac();
+        mac.update(b"aws secret access key ");
+        mac.update(key.as_bytes());
+        STANDARD.encode(&mac.finalize().into_bytes()[..30])
+    }
+
+    /// The live token behind AWS access key id `key`, when the key is one of this server's and
+    /// its token signs AWS requests.
+    pub async fn aws_token(&self, store: &SharedStore, key: &str) -> Result<Option<TokenRecord>, ApiError> {
+        let Some(id) = key.strip_prefix(ACCESS_KEY_PREFIX).filter(|rest| rest.len() == 16).map(|rest| rest[..12].to_ascii_lowercase())
+        else {
+            return Ok(None);
+        };
+        if !constant_time_eq(self.aws_key(&id).as_bytes(), key.as_bytes()) {
+            return Ok(None);
+        }
+        let Some(record) = self.live_token(store, &id).await?.filter(|t| t.aws) else { return Ok(None) };
+        self.touch(store, &record.id).await;
+        Ok(Some(record))
     }
 
     /// Resolves an API token string to its live record.
@@ -140,7 +211,14 @@ impl Authenticator {
         let (record, grants) = if scheme.eq_ignore_ascii_case("basic") {
             let decoded = STANDARD.decode(value).ok().and_then(|b| String::from_utf8(b).ok()).unwrap_or_default();
             let password = decoded.split_once(':').map(|(_, p)| p).unwrap_or("");
-            (self.api_token(store, password).await?, None)
+            if password.starts_with(LOGIN_PREFIX) {
+                match self.verify_claims::<LoginClaims>(LOGIN_PREFIX, password).filter(|c| c.exp > now()) {
+                    Some(c) => (self.live_token(store, &c.tid).await?, None),
+                    None => (None, None),
+                }
+            } else {
+                (self.api_token(store, password).await?, None)
+            }
         } else if scheme.eq_ignore_ascii_case("bearer") && value.starts_with(BEARER_PREFIX) {
             match self.verify_bearer(value) {
                 Some(c) => (self.live_token(store, &c.tid).await?, Some(c.grants)),
@@ -225,7 +303,7 @@ pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -322,7 +400,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store: SharedStore = std::sync::Arc::new(berth_store::SqliteStore::open(&dir.path().join("state.db"))?);
         let a = Authenticator::new([7; 32]);
-        let issued = issue_token(&store, "web", vec![Scope::ReadOnly]).await.map_err(|e| e.message)?;
+        let issued = issue_token(&store, "web", vec![Scope::ReadOnly], false).await.map_err(|e| e.message)?;
         assert!(a.open_session(&store, "berth_nope_nope").await.map_err(|e| e.message)?.is_none());
         let (cookie, principal, session) = a.open_session(&store, &issued.secret).await.map_err(|e| e.message)?.ok_or("no session")?;
         assert_eq!(principal.token_name, "web");

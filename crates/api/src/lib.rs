@@ -1,6 +1,6 @@
 //! berth's HTTP surface on the API listener: authentication, the REST API under `/api/v1` (with
-//! its OpenAPI document), the registry under `/v2/`, the Docker token endpoint `/token`,
-//! `/healthz` and `/metrics`.
+//! its OpenAPI document), the registry under `/v2/`, the Docker token endpoint `/token`, the
+//! AWS-compatible APIs (`POST /` with `X-Amz-Target`), `/healthz` and `/metrics`.
 //!
 //! Invariants: this crate holds no business rules — it authenticates, authorizes, translates
 //! HTTP to calls on the domain crates and their errors back to statuses with stable codes.
@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod aws;
 pub mod caller;
 mod error;
 mod instances;
@@ -93,6 +94,7 @@ pub fn app_with(state: AppState, pages: Router<AppState>) -> Router {
     Router::new()
         .merge(api)
         .merge(pages)
+        .merge(aws::routes().with_state(state.clone()))
         .merge(berth_registry::router(state.registry.clone()))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(axum::middleware::from_fn_with_state(state, metrics::track))

@@ -1,5 +1,6 @@
 //! `/api/v1/tokens` and `/api/v1/whoami`: creating, listing and revoking API tokens. A token's
-//! secret is returned once, at creation, and stored only as a hash.
+//! secret is returned once, at creation, and stored only as a hash. A token made with `aws`
+//! also signs AWS requests: its access key id is shown with it, its secret access key once.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -22,7 +23,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/whoami", get(whoami))
 }
 
-fn token_json(t: &TokenRecord) -> Value {
+fn token_json(s: &AppState, t: &TokenRecord) -> Value {
     json!({
         "id": t.id,
         "name": t.name,
@@ -30,6 +31,7 @@ fn token_json(t: &TokenRecord) -> Value {
         "created_at": rfc3339(t.created_at),
         "last_used_at": t.last_used_at.map(rfc3339),
         "revoked_at": t.revoked_at.map(rfc3339),
+        "aws_access_key_id": t.aws.then(|| s.auth.aws_key(&t.id)),
     })
 }
 
@@ -39,13 +41,15 @@ async fn list(State(s): State<AppState>, caller: Caller, Query(page): Query<Page
     let mut tokens = s.store.list_tokens().await?;
     tokens.sort_by(|a, b| a.id.cmp(&b.id));
     let (tokens, next) = page.slice(tokens, |t| t.id.clone())?;
-    Ok(Json(json!({ "tokens": tokens.iter().map(token_json).collect::<Vec<_>>(), "next": next })))
+    Ok(Json(json!({ "tokens": tokens.iter().map(|t| token_json(&s, t)).collect::<Vec<_>>(), "next": next })))
 }
 
 #[derive(Deserialize)]
 struct CreateBody {
     name: String,
     scopes: Vec<String>,
+    #[serde(default)]
+    aws: bool,
 }
 
 async fn create(State(s): State<AppState>, caller: Caller, Json(body): Json<CreateBody>) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -59,10 +63,13 @@ async fn create(State(s): State<AppState>, caller: Caller, Json(body): Json<Crea
     }
     let scopes =
         body.scopes.iter().map(|s| s.parse::<Scope>().map_err(|e| ApiError::invalid(e.to_string()))).collect::<Result<Vec<_>, _>>()?;
-    let issued = issue_token(&s.store, name, scopes).await?;
-    tracing::info!(token = %issued.record.id, name = %issued.record.name, "token created");
-    let mut v = token_json(&issued.record);
+    let issued = issue_token(&s.store, name, scopes, body.aws).await?;
+    tracing::info!(token = %issued.record.id, name = %issued.record.name, aws = body.aws, "token created");
+    let mut v = token_json(&s, &issued.record);
     v["token"] = issued.secret.into();
+    if body.aws {
+        v["aws_secret_access_key"] = s.auth.aws_secret(&s.auth.aws_key(&issued.record.id)).into();
+    }
     Ok((StatusCode::CREATED, Json(v)))
 }
 

@@ -29,8 +29,8 @@ async fn fixture() -> Result<Fixture> {
     let blobs = Arc::new(FsBlobStore::open(&dir.path().join("registry"))?);
     let registry = Arc::new(Registry::new(store.clone(), blobs, RegistryConfig::default()));
     let registry_source: Arc<dyn berth_image::ImageSource> = registry.clone();
-    let admin = issue_token(&store, "admin", vec![Scope::Admin]).await.map_err(|e| e.message)?.secret;
-    let reader = issue_token(&store, "reader", vec![Scope::ReadOnly]).await.map_err(|e| e.message)?.secret;
+    let admin = issue_token(&store, "admin", vec![Scope::Admin], false).await.map_err(|e| e.message)?.secret;
+    let reader = issue_token(&store, "reader", vec![Scope::ReadOnly], false).await.map_err(|e| e.message)?.secret;
     /// Every instance is healthy: the fake runtime's addresses are never dialled.
     struct AllHealthy;
     #[async_trait::async_trait]
@@ -118,7 +118,7 @@ async fn secrets_are_written_read_and_audited_by_scope() -> Result {
         let store = f.store.clone();
         async move {
             let scopes = scopes.iter().map(|s| s.parse()).collect::<std::result::Result<Vec<Scope>, _>>()?;
-            Ok::<String, Box<dyn std::error::Error>>(issue_token(&store, name, scopes).await.map_err(|e| e.message)?.secret)
+            Ok::<String, Box<dyn std::error::Error>>(issue_token(&store, name, scopes, false).await.map_err(|e| e.message)?.secret)
         }
     };
     let writer = token("ci-writer", &["secrets-write:db/*"]).await?;
@@ -212,8 +212,8 @@ async fn secrets_are_written_read_and_audited_by_scope() -> Result {
 async fn secret_rotation_is_set_up_started_and_cancelled() -> Result {
     let f = fixture().await?;
     let scopes = ["secrets-write:db/*".parse()?];
-    let writer = issue_token(&f.store, "ci-writer", scopes.to_vec()).await.map_err(|e| e.message)?.secret;
-    let both = issue_token(&f.store, "rotator", vec!["secrets-write:db/*".parse()?, "secrets-read:db/*".parse()?])
+    let writer = issue_token(&f.store, "ci-writer", scopes.to_vec(), false).await.map_err(|e| e.message)?.secret;
+    let both = issue_token(&f.store, "rotator", vec!["secrets-write:db/*".parse()?, "secrets-read:db/*".parse()?], false)
         .await
         .map_err(|e| e.message)?
         .secret;

@@ -79,7 +79,7 @@ fn signing_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
     match fs::read(&path) {
         Ok(bytes) => bytes
             .try_into()
-            .map_err(|_| anyhow::anyhow!("{} is corrupt; delete it to make a new one (this signs out registry clients)", path.display())),
+            .map_err(|_| anyhow::anyhow!("{} is corrupt; delete it to make a new one (this signs out registry clients and changes the secret of every AWS access key)", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key: [u8; 32] = rand::random();
             write_private(&path, &key)?;
@@ -96,7 +96,7 @@ async fn bootstrap_admin_token(store: &SharedStore, data_dir: &Path) -> anyhow::
     if path.exists() {
         return Ok(None);
     }
-    let issued = berth_api::issue_token(store, "admin", vec![Scope::Admin]).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let issued = berth_api::issue_token(store, "admin", vec![Scope::Admin], false).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
     write_private(&path, format!("{}\n", issued.secret).as_bytes())?;
     Ok(Some(issued.secret))
 }

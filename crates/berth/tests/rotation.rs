@@ -117,6 +117,8 @@ fn story(db: Db, s: &mut Server, lan_host: &str, bridge: &str, cidr: &str) -> Re
     let file = ["--secret-file", "/run/secrets/db.json=db-creds", "--env", "DB_CREDENTIALS_FILE=/run/secrets/db.json", "--wait"];
     s.cli_ok(&[&["service", "create", "gb-file"][..], &common, &[&kind_env], &file].concat())?;
 
+    let began = Instant::now();
+    let mark = |what: &str| eprintln!("+{:.1}s {what}", began.elapsed().as_secs_f64());
     let router = s.router_http()?;
     let loads = [Load::start(&router, "gb-env.localhost"), Load::start(&router, "gb-file.localhost")];
     for l in &loads {
@@ -147,9 +149,11 @@ fn story(db: Db, s: &mut Server, lan_host: &str, bridge: &str, cidr: &str) -> Re
     wait_until("the rotation to wait for its consumers", Duration::from_secs(60), || {
         Ok(rotation(s, "db-creds")?["status"]["step"] == "await_consumers")
     })?;
+    mark("killing the server while the rotation waits for its consumers");
     s.kill9()?;
     std::thread::sleep(Duration::from_millis(500));
     s.restart()?;
+    mark("restarted");
     wait_until("the rotation cut short to finish", Duration::from_secs(120), || Ok(rotations(s)? > done))?;
 
     // A custom rotator that waits at a chosen step: the server killed (-9) in each.
@@ -165,9 +169,11 @@ fn story(db: Db, s: &mut Server, lan_host: &str, bridge: &str, cidr: &str) -> Re
         wait_until(step, Duration::from_secs(60), || {
             Ok(std::fs::read_to_string(s.dir.join("steps")).unwrap_or_default().matches(&format!("{step} start")).count() > started)
         })?;
+        mark(&format!("killing the server in {step}"));
         s.kill9()?;
         std::fs::write(s.dir.join("release"), "")?;
         s.restart()?;
+        mark("restarted");
         wait_until(&format!("the rotation cut short in {step} to finish"), Duration::from_secs(120), || Ok(rotations(s)? > done))?;
         eprintln!("killed in {step}: finished after the restart, CURRENT user {}", user(s)?);
     }
@@ -180,7 +186,17 @@ fn story(db: Db, s: &mut Server, lan_host: &str, bridge: &str, cidr: &str) -> Re
     for (l, name) in loads.into_iter().zip(["gb-env", "gb-file"]) {
         let (ok, failed) = l.finish();
         eprintln!("{name}: {} requests, {} failed", ok.len() + failed.len(), failed.len());
-        assert!(failed.is_empty(), "{name}: {} of {} failed: {:?}", failed.len(), ok.len() + failed.len(), &failed[..failed.len().min(5)]);
+        if !failed.is_empty() {
+            // What berth's rules refused the service, to tell a refusal of the host's from the database's.
+            let described: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "describe", name])?)?;
+            panic!(
+                "{name}: {} of {} failed: {:?}; connections berth refused it: {}",
+                failed.len(),
+                ok.len() + failed.len(),
+                &failed[..failed.len().min(5)],
+                described["denied"]
+            );
+        }
         failed_total += failed.len();
     }
     eprintln!("{} rotations, {failed_total} failed requests, {denied} failed logins", rotations(s)?);

@@ -232,9 +232,14 @@ pub enum TokenCommand {
     /// Create a token; its secret is printed once.
     Create {
         name: String,
-        /// admin, read-only, pull:<repo pattern> or push:<repo pattern>; repeatable.
+        /// admin, read-only, pull:<repo pattern>, push:<repo pattern>, secrets-read:<secret
+        /// pattern> or secrets-write:<secret pattern>; repeatable.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
+        /// Also make an AWS access key for it (same scopes, revoked with it), for AWS clients of
+        /// berth's ECR, App Runner and Secrets Manager APIs; its secret is printed once.
+        #[arg(long)]
+        aws: bool,
     },
     /// List tokens.
     List,
@@ -248,6 +253,7 @@ const TOKEN_COLUMNS: &[Column<'_>] = &[
     ("ID", "id"),
     ("NAME", "name"),
     ("SCOPES", "scopes"),
+    ("AWS KEY", "aws_access_key_id"),
     ("CREATED", "created_at"),
     ("LAST USED", "last_used_at"),
     ("REVOKED", "revoked_at"),
@@ -438,11 +444,20 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::Token(cmd) => {
             let c = Client::from_args(g)?;
             match cmd {
-                TokenCommand::Create { name, scopes } => {
-                    let v = c.send("POST", "/api/v1/tokens", &json!({ "name": name, "scopes": scopes }))?;
-                    output::object(fmt, &v, &[("ID", "id"), ("NAME", "name"), ("SCOPES", "scopes"), ("TOKEN", "token")]);
+                TokenCommand::Create { name, scopes, aws } => {
+                    let v = c.send("POST", "/api/v1/tokens", &json!({ "name": name, "scopes": scopes, "aws": aws }))?;
+                    let mut fields = vec![("ID", "id"), ("NAME", "name"), ("SCOPES", "scopes"), ("TOKEN", "token")];
+                    if aws {
+                        fields.extend([("AWS ACCESS KEY ID", "aws_access_key_id"), ("AWS SECRET ACCESS KEY", "aws_secret_access_key")]);
+                    }
+                    output::object(fmt, &v, &fields);
                     if fmt == output::Format::Table {
                         eprintln!("save the token now: it is not shown again");
+                        if aws {
+                            eprintln!(
+                                "AWS clients: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to these, AWS_ENDPOINT_URL to this server's API address, and any region"
+                            );
+                        }
                     }
                 }
                 TokenCommand::List => {

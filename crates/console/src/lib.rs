@@ -548,7 +548,7 @@ async fn create_token(State(s): State<AppState>, viewer: Viewer, Form(form): For
     if let Some(why) = problem {
         return token_page(&s, &viewer, StatusCode::UNPROCESSABLE_ENTITY, None, Some(&why)).await;
     }
-    match berth_api::issue_token(&s.store, name, scopes.unwrap_or_default()).await {
+    match berth_api::issue_token(&s.store, name, scopes.unwrap_or_default(), false).await {
         Ok(issued) => {
             tracing::info!(token = %issued.record.id, by = %viewer.principal.token_name, "console: token created");
             token_page(&s, &viewer, StatusCode::CREATED, Some((name, &issued.secret)), None).await

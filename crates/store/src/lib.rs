@@ -194,6 +194,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_webhooks(&self) -> Result<Vec<DocRecord>>;
     /// Deletes a webhook with its deliveries; false when there was none.
     async fn delete_webhook(&self, name: &str) -> Result<bool>;
+    /// Stores (or replaces) the AWS-compatible APIs' document `name` of `kind`.
+    async fn put_aws_resource(&self, kind: &str, name: &str, doc: &serde_json::Value, now: i64) -> Result<()>;
+    async fn get_aws_resource(&self, kind: &str, name: &str) -> Result<Option<DocRecord>>;
+    /// Every document of `kind`, by name.
+    async fn list_aws_resources(&self, kind: &str) -> Result<Vec<DocRecord>>;
+    async fn delete_aws_resource(&self, kind: &str, name: &str) -> Result<bool>;
     /// The last service event turned into deliveries, if any was.
     async fn webhook_cursor(&self) -> Result<Option<i64>>;
     /// Adds deliveries (pending, due at their `created_at`) and moves the cursor, in one

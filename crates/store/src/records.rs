@@ -63,6 +63,8 @@ pub struct TokenRecord {
     pub created_at: i64,
     pub last_used_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// Whether the token also signs AWS requests, as an access key (`berth token create --aws`).
+    pub aws: bool,
 }
 
 /// One event posted to one webhook: its body and how its attempts went.

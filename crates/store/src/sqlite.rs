@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/005_metrics.sql"),
     include_str!("sqlite/006_console.sql"),
     include_str!("sqlite/007_webhooks.sql"),
+    include_str!("sqlite/008_aws.sql"),
 ];
 
 #[derive(Clone)]
@@ -220,6 +221,7 @@ fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
         created_at: r.get(4)?,
         last_used_at: r.get(5)?,
         revoked_at: r.get(6)?,
+        aws: r.get(7)?,
     })
 }
 
@@ -714,6 +716,43 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn put_aws_resource(&self, kind: &str, name: &str, doc: &serde_json::Value, now: i64) -> Result<()> {
+        let (kind, name, doc) = (kind.to_owned(), name.to_owned(), doc.to_string());
+        self.call(move |c| {
+            c.prepare_cached(
+                "INSERT INTO aws_resources (kind, name, doc, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (kind, name) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
+            )?
+            .execute(params![kind, name, doc, now])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_aws_resource(&self, kind: &str, name: &str) -> Result<Option<DocRecord>> {
+        let (kind, name) = (kind.to_owned(), name.to_owned());
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT name, doc, updated_at FROM aws_resources WHERE kind = ?1 AND name = ?2")?;
+            Ok(stmt.query_row(params![kind, name], doc_row).optional()?)
+        })
+        .await
+    }
+
+    async fn list_aws_resources(&self, kind: &str) -> Result<Vec<DocRecord>> {
+        let kind = kind.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT name, doc, updated_at FROM aws_resources WHERE kind = ?1 ORDER BY name")?;
+            let rows = stmt.query_map([kind], doc_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn delete_aws_resource(&self, kind: &str, name: &str) -> Result<bool> {
+        let (kind, name) = (kind.to_owned(), name.to_owned());
+        self.call(move |c| Ok(c.execute("DELETE FROM aws_resources WHERE kind = ?1 AND name = ?2", params![kind, name])? > 0)).await
+    }
+
     async fn webhook_cursor(&self) -> Result<Option<i64>> {
         self.call(move |c| Ok(c.query_row("SELECT event_id FROM webhook_cursor WHERE one = 1", [], |r| r.get(0)).optional()?)).await
     }
@@ -1092,8 +1131,8 @@ impl Store for SqliteStore {
         let scopes = to_json(&t.scopes)?;
         self.call(move |c| {
             let n = c.execute(
-                "INSERT INTO tokens (id, name, secret_sha256, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-                params![t.id, t.name, t.secret_sha256, scopes, t.created_at],
+                "INSERT INTO tokens (id, name, secret_sha256, scopes, created_at, aws) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                params![t.id, t.name, t.secret_sha256, scopes, t.created_at, t.aws],
             )?;
             if n == 0 {
                 return Err(StoreError::TokenExists(t.id));
@@ -1106,8 +1145,9 @@ impl Store for SqliteStore {
     async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>> {
         let id = id.to_owned();
         self.call(move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT id, name, secret_sha256, scopes, created_at, last_used_at, revoked_at FROM tokens WHERE id = ?1")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT id, name, secret_sha256, scopes, created_at, last_used_at, revoked_at, aws FROM tokens WHERE id = ?1",
+            )?;
             Ok(stmt.query_row([id], token_row).optional()?)
         })
         .await
@@ -1116,7 +1156,7 @@ impl Store for SqliteStore {
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
         self.call(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, name, secret_sha256, scopes, created_at, last_used_at, revoked_at FROM tokens ORDER BY created_at, id",
+                "SELECT id, name, secret_sha256, scopes, created_at, last_used_at, revoked_at, aws FROM tokens ORDER BY created_at, id",
             )?;
             let rows = stmt.query_map([], token_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)

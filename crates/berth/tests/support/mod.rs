@@ -226,10 +226,10 @@ impl Load {
     pub fn since(&self, from: std::time::Instant) -> (Vec<String>, Vec<String>) {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let (mut ok, mut failed) = (Vec::new(), Vec::new());
-        for (_, r) in seen.iter().filter(|(at, _)| *at >= from) {
+        for (at, r) in seen.iter().filter(|(at, _)| *at >= from) {
             match r {
                 Ok(body) => ok.push(body.clone()),
-                Err(e) => failed.push(e.clone()),
+                Err(e) => failed.push(format!("at +{:.1}s: {e}", at.duration_since(from).as_secs_f64())),
             }
         }
         (ok, failed)

@@ -127,6 +127,7 @@ async fn tokens() -> Result<()> {
         created_at: 5,
         last_used_at: None,
         revoked_at: None,
+        aws: true,
     };
     store.create_token(&t).await?;
     assert!(matches!(store.create_token(&t).await, Err(StoreError::TokenExists(_))));
@@ -134,6 +135,23 @@ async fn tokens() -> Result<()> {
     assert!(store.revoke_token("abc", 9).await?);
     assert!(!store.revoke_token("abc", 10).await?);
     assert_eq!(store.get_token("abc").await?.and_then(|t| t.revoked_at), Some(9));
+    Ok(())
+}
+
+#[tokio::test]
+async fn aws_resources_are_kept_by_kind_and_name() -> Result<()> {
+    let (_dir, store) = open();
+    store.put_aws_resource("tags", "web", &serde_json::json!({"a": "1"}), 5).await?;
+    store.put_aws_resource("tags", "api", &serde_json::json!({}), 6).await?;
+    store.put_aws_resource("asc", "web", &serde_json::json!({"max": 3}), 7).await?;
+    store.put_aws_resource("tags", "web", &serde_json::json!({"a": "2"}), 8).await?;
+    let names: Vec<String> = store.list_aws_resources("tags").await?.into_iter().map(|r| r.key).collect();
+    assert_eq!(names, ["api", "web"]);
+    assert_eq!(store.get_aws_resource("tags", "web").await?.map(|r| (r.doc, r.at)), Some((serde_json::json!({"a": "2"}), 8)));
+    assert!(store.delete_aws_resource("tags", "web").await?);
+    assert!(!store.delete_aws_resource("tags", "web").await?);
+    assert!(store.get_aws_resource("tags", "web").await?.is_none());
+    assert!(store.get_aws_resource("asc", "web").await?.is_some());
     Ok(())
 }
 

@@ -1,0 +1,386 @@
+//! The AWS-compatible APIs with real AWS clients: aws CLI v2 (Debian's awscli) configured only
+//! with an endpoint and a berth access key, podman logging in with `aws ecr get-login-password`,
+//! and raw signed requests for what a client would never send (bad signatures, stale dates,
+//! unknown keys and operations, malformed bodies).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use support::*;
+
+const REGION: &str = "eu-west-1";
+
+/// An access key of a berth token made with `--aws`.
+struct Key {
+    id: String,
+    secret: String,
+    token_id: String,
+}
+
+fn aws_key(s: &Server, name: &str, scopes: &[&str]) -> Result<Key> {
+    let mut args = vec!["-o", "json", "token", "create", name, "--aws"];
+    for sc in scopes {
+        args.extend(["--scope", sc]);
+    }
+    let v: serde_json::Value = serde_json::from_str(&s.cli_ok(&args)?)?;
+    let get = |k: &str| v[k].as_str().map(str::to_owned).ok_or_else(|| format!("no {k} in {v}"));
+    Ok(Key { id: get("aws_access_key_id")?, secret: get("aws_secret_access_key")?, token_id: get("id")? })
+}
+
+/// aws CLI v2: Debian's `/usr/bin/aws` (another `aws` earlier on PATH may be version 1).
+fn aws_cli() -> Result<PathBuf> {
+    for candidate in ["/usr/bin/aws", "aws"] {
+        let v = Command::new(candidate).arg("--version").output();
+        if v.as_ref().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("aws-cli/2")) {
+            return Ok(PathBuf::from(candidate));
+        }
+    }
+    Err("aws CLI v2 not found: install Debian's awscli".into())
+}
+
+/// Runs the aws CLI as a pipeline would: endpoint, key and region from the environment only.
+struct Aws {
+    bin: PathBuf,
+    home: PathBuf,
+    endpoint: String,
+    key: Key,
+}
+
+impl Aws {
+    fn new(s: &Server, key: Key) -> Result<Aws> {
+        let home = s.dir.join(format!("aws-{}", key.token_id));
+        std::fs::create_dir_all(&home)?;
+        Ok(Aws { bin: aws_cli()?, home, endpoint: format!("http://{}", s.addr), key })
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        // `--endpoint-url` as well: Debian's aws CLI predates AWS_ENDPOINT_URL. Anything that
+        // still went past it would meet a proxy on a closed loopback port, never AWS.
+        c.args(args)
+            .args(["--output", "json", "--endpoint-url", &self.endpoint])
+            .env_clear()
+            .env("HTTPS_PROXY", "http://127.0.0.1:9")
+            .env("HTTP_PROXY", "http://127.0.0.1:9")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("AWS_CONFIG_FILE", self.home.join("config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.home.join("credentials"))
+            .env("AWS_ACCESS_KEY_ID", &self.key.id)
+            .env("AWS_SECRET_ACCESS_KEY", &self.key.secret)
+            .env("AWS_DEFAULT_REGION", REGION)
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_PAGER", "");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Result<Output> {
+        Ok(self.command(args).output()?)
+    }
+
+    /// The JSON an operation answered; an error when the CLI failed.
+    fn ok(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self.run(args)?;
+        if !out.status.success() {
+            return Err(format!("aws {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Ok(serde_json::json!({}));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The error type of a call that must fail (as the CLI prints it: `… (TypeName) when calling …`).
+    fn error(&self, args: &[&str]) -> Result<String> {
+        let out = self.run(args)?;
+        if out.status.success() {
+            return Err(format!("aws {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout)).into());
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn podman(args: &[&str], stdin: Option<&str>) -> Result<Output> {
+    let mut c = Command::new("podman");
+    c.args(args).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().map_err(|e| format!("running podman (install podman): {e}"))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        pipe.write_all(input.as_bytes())?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
+fn podman_ok(args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let out = podman(args, stdin)?;
+    if !out.status.success() {
+        return Err(format!("podman {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A podman image of one file, under `name` (made with `podman import`, no registry needed).
+fn local_image(dir: &Path, name: &str, content: &str) -> Result {
+    let root = dir.join(format!("root-{}", name.replace([':', '/'], "-")));
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(root.join("version.txt"), content)?;
+    let tar = root.with_extension("tar");
+    ok(&Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").output()?)?;
+    podman_ok(&["import", &tar.display().to_string(), name], None)?;
+    Ok(())
+}
+
+/// podman's images made by a test, removed when dropped.
+struct PodmanImages(Vec<String>);
+
+impl Drop for PodmanImages {
+    fn drop(&mut self) {
+        for i in &self.0 {
+            let _ = podman(&["rmi", "--force", i], None);
+        }
+    }
+}
+
+#[test]
+fn ecr_with_the_aws_cli_and_podman() -> Result {
+    let s = Server::start()?;
+    let ci = Aws::new(&s, aws_key(&s, "ci", &["push:web"])?)?;
+
+    // Repositories, as a pipeline's set-up would make them.
+    let created = ci.ok(&[
+        "ecr",
+        "create-repository",
+        "--repository-name",
+        "web",
+        "--image-tag-mutability",
+        "IMMUTABLE",
+        "--tags",
+        "Key=team,Value=payments",
+    ])?;
+    let repo = &created["repository"];
+    let uri = repo["repositoryUri"].as_str().ok_or("no repositoryUri")?.to_owned();
+    assert_eq!(uri, format!("{}/web", s.addr));
+    assert_eq!(repo["repositoryArn"], format!("arn:aws:ecr:{REGION}:000000000000:repository/web"));
+    assert_eq!(repo["imageTagMutability"], "IMMUTABLE");
+    // The CLI shows the epoch number it was sent as a date.
+    assert!(repo["createdAt"].as_str().is_some_and(|t| t.starts_with("20")), "{repo}");
+    // Every tag immutable but `latest` (ECR's exclusion filters are newer than Debian's aws CLI:
+    // a signed request of the operator's).
+    let admin = Aws::new(&s, aws_key(&s, "ops", &["admin"])?)?;
+    let body = r#"{"repositoryName":"web","imageTagMutability":"IMMUTABLE_WITH_EXCLUSION","imageTagMutabilityExclusionFilters":[{"filterType":"WILDCARD","filter":"latest"}]}"#;
+    let put = signed(&s, &admin.key, "AmazonEC2ContainerRegistry_V20150921.PutImageTagMutability", body, now(), "ecr")?;
+    assert_eq!(put.status, 200, "{}", String::from_utf8_lossy(&put.body));
+    assert_eq!(put.json()["imageTagMutabilityExclusionFilters"][0]["filter"], "latest");
+    let repos = signed(&s, &ci.key, "AmazonEC2ContainerRegistry_V20150921.DescribeRepositories", "{}", now(), "ecr")?.json();
+    assert_eq!(repos["repositories"][0]["imageTagMutability"], "IMMUTABLE_WITH_EXCLUSION");
+    assert!(repos["repositories"][0]["createdAt"].is_number(), "timestamps are epoch numbers: {repos}");
+    let again = ci.error(&["ecr", "create-repository", "--repository-name", "web"])?;
+    assert!(again.contains("RepositoryAlreadyExistsException"), "{again}");
+    // The token's scopes hold: push:web may not make another repository.
+    let denied = ci.error(&["ecr", "create-repository", "--repository-name", "other"])?;
+    assert!(denied.contains("AccessDeniedException") && denied.contains("`ci`"), "{denied}");
+
+    // The seed's CI flow: log in with the ECR password, push <sha> and latest.
+    let password = ci.run(&["ecr", "get-login-password"])?;
+    assert!(password.status.success(), "{}", String::from_utf8_lossy(&password.stderr));
+    let password = String::from_utf8(password.stdout)?;
+    let registry = uri.split('/').next().unwrap_or_default().to_owned();
+    let auth_file = s.dir.join("podman-auth.json");
+    let auth = format!("--authfile={}", auth_file.display());
+    podman_ok(&["login", &auth, "--tls-verify=false", "--username", "AWS", "--password-stdin", &registry], Some(password.trim()))?;
+    let (sha, sha2) = ("3f2a9c1", "9b8e7d6");
+    let images = PodmanImages(vec![format!("localhost/berth-aws-test:{sha}"), format!("localhost/berth-aws-test:{sha2}")]);
+    local_image(&s.dir, &images.0[0], "one")?;
+    local_image(&s.dir, &images.0[1], "two")?;
+    for tag in [sha, "latest"] {
+        podman_ok(&["push", &auth, "--tls-verify=false", &images.0[0], &format!("{uri}:{tag}")], None)?;
+    }
+    let described = ci.ok(&["ecr", "describe-images", "--repository-name", "web"])?;
+    let details = described["imageDetails"].as_array().ok_or("no imageDetails")?;
+    assert_eq!(details.len(), 1, "{described}");
+    let mut tags: Vec<&str> = details[0]["imageTags"].as_array().ok_or("no tags")?.iter().filter_map(|t| t.as_str()).collect();
+    tags.sort();
+    assert_eq!(tags, ["3f2a9c1", "latest"]);
+    let digest = details[0]["imageDigest"].as_str().ok_or("no digest")?.to_owned();
+    assert!(details[0]["imageSizeInBytes"].as_u64().unwrap_or(0) > 0, "{described}");
+    assert!(details[0]["imagePushedAt"].is_string());
+    // The sha tag is immutable: pushing other content under it is refused; latest moves.
+    let moved = podman(&["push", &auth, "--tls-verify=false", &images.0[1], &format!("{uri}:{sha}")], None)?;
+    assert!(!moved.status.success(), "an immutable tag moved");
+    for tag in [sha2, "latest"] {
+        podman_ok(&["push", &auth, "--tls-verify=false", &images.0[1], &format!("{uri}:{tag}")], None)?;
+    }
+    let listed = ci.ok(&["ecr", "list-images", "--repository-name", "web"])?;
+    assert_eq!(listed["imageIds"].as_array().map(Vec::len), Some(3), "{listed}");
+    let untagged = ci.ok(&["ecr", "list-images", "--repository-name", "web", "--filter", "tagStatus=UNTAGGED"])?;
+    assert_eq!(untagged["imageIds"].as_array().map(Vec::len), Some(0), "{untagged}");
+    let got = ci.ok(&["ecr", "batch-get-image", "--repository-name", "web", "--image-ids", &format!("imageTag={sha}"), "imageTag=nope"])?;
+    assert_eq!(got["images"][0]["imageId"]["imageDigest"], digest.as_str());
+    let manifest: serde_json::Value = serde_json::from_str(got["images"][0]["imageManifest"].as_str().unwrap_or("null"))?;
+    assert_eq!(manifest["schemaVersion"], 2);
+    assert_eq!(got["failures"][0]["failureCode"], "ImageNotFound");
+    // Mutability changed by PutImageTagMutability (admin only: ci may not).
+    let refused = ci.error(&["ecr", "put-image-tag-mutability", "--repository-name", "web", "--image-tag-mutability", "MUTABLE"])?;
+    assert!(refused.contains("AccessDeniedException"), "{refused}");
+
+    // Lifecycle policies as ECR writes them, mapped onto berth's rules; what berth cannot honour is named.
+    let policy = r#"{"rules":[{"rulePriority":1,"description":"drop untagged","selection":{"tagStatus":"untagged","countType":"sinceImagePushed","countUnit":"days","countNumber":14},"action":{"type":"expire"}},{"rulePriority":2,"selection":{"tagStatus":"tagged","tagPrefixList":["v"],"countType":"imageCountMoreThan","countNumber":10},"action":{"type":"expire"}}]}"#;
+    admin.ok(&["ecr", "put-lifecycle-policy", "--repository-name", "web", "--lifecycle-policy-text", policy])?;
+    let shown: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "repo", "show", "web"])?)?;
+    assert_eq!(shown["lifecycle"].as_array().map(Vec::len), Some(2), "{shown}");
+    let back = admin.ok(&["ecr", "get-lifecycle-policy", "--repository-name", "web"])?;
+    assert_eq!(back["lifecyclePolicyText"], policy);
+    let unsupported = r#"{"rules":[{"rulePriority":1,"description":"age out tagged","selection":{"tagStatus":"tagged","tagPrefixList":["v"],"countType":"sinceImagePushed","countUnit":"days","countNumber":30},"action":{"type":"expire"}}]}"#;
+    let said = admin.error(&["ecr", "put-lifecycle-policy", "--repository-name", "web", "--lifecycle-policy-text", unsupported])?;
+    assert!(said.contains("InvalidParameterException") && said.contains("rule 1") && said.contains("sinceImagePushed"), "{said}");
+    admin.ok(&["ecr", "delete-lifecycle-policy", "--repository-name", "web"])?;
+    let gone = admin.error(&["ecr", "get-lifecycle-policy", "--repository-name", "web"])?;
+    assert!(gone.contains("LifecyclePolicyNotFoundException"), "{gone}");
+    admin.ok(&["ecr", "put-image-tag-mutability", "--repository-name", "web", "--image-tag-mutability", "MUTABLE"])?;
+
+    // Tags on the repository.
+    let arn = format!("arn:aws:ecr:{REGION}:000000000000:repository/web");
+    ci.ok(&["ecr", "tag-resource", "--resource-arn", &arn, "--tags", "Key=env,Value=prod"])?;
+    ci.ok(&["ecr", "untag-resource", "--resource-arn", &arn, "--tag-keys", "team"])?;
+    let tags = ci.ok(&["ecr", "list-tags-for-resource", "--resource-arn", &arn])?;
+    assert_eq!(tags["tags"], serde_json::json!([{"Key": "env", "Value": "prod"}]));
+
+    // Deleting: a tag alone untags; the image goes with its last tag.
+    let del =
+        ci.ok(&["ecr", "batch-delete-image", "--repository-name", "web", "--image-ids", &format!("imageTag={sha}"), "imageTag=nope"])?;
+    assert_eq!(del["imageIds"][0]["imageTag"], sha);
+    assert_eq!(del["failures"][0]["failureCode"], "ImageNotFound");
+    let left = ci.ok(&["ecr", "describe-images", "--repository-name", "web"])?;
+    assert_eq!(left["imageDetails"].as_array().map(Vec::len), Some(1), "{left}");
+    let not_empty = admin.error(&["ecr", "delete-repository", "--repository-name", "web"])?;
+    assert!(not_empty.contains("RepositoryNotEmptyException"), "{not_empty}");
+    admin.ok(&["ecr", "delete-repository", "--repository-name", "web", "--force"])?;
+    let missing = ci.error(&["ecr", "describe-images", "--repository-name", "web"])?;
+    assert!(missing.contains("RepositoryNotFoundException"), "{missing}");
+
+    // Revoking the token revokes its key, and the registry password it handed out.
+    s.cli_ok(&["token", "revoke", &ci.key.token_id])?;
+    let revoked = ci.error(&["ecr", "describe-repositories"])?;
+    assert!(revoked.contains("UnrecognizedClientException"), "{revoked}");
+    let login = podman(&["login", &auth, "--tls-verify=false", "--username", "AWS", "--password-stdin", &registry], Some(password.trim()))?;
+    assert!(!login.status.success(), "a revoked token's registry password still logs in");
+    Ok(())
+}
+
+/// A raw request signed as an SDK signs it, with `edit` applied to the headers before signing.
+fn signed(s: &Server, key: &Key, target: &str, body: &str, at: i64, service: &str) -> Result<Resp> {
+    let date = amz_date(at);
+    let mut h = axum::http::HeaderMap::new();
+    h.insert("content-type", "application/x-amz-json-1.1".parse()?);
+    h.insert("x-amz-date", date.parse()?);
+    h.insert("x-amz-target", target.parse()?);
+    let req = berth_api::aws::sigv4::Signed { method: "POST", path: "/", query: "", headers: &h, host: &s.addr, body: body.as_bytes() };
+    let auth = berth_api::aws::sigv4::sign(&key.id, &key.secret, REGION, service, &req);
+    let headers = [
+        ("Content-Type", "application/x-amz-json-1.1"),
+        ("X-Amz-Date", date.as_str()),
+        ("X-Amz-Target", target),
+        ("Authorization", auth.as_str()),
+    ];
+    http("POST", &s.url("/"), None, &headers, body.as_bytes())
+}
+
+fn amz_date(unix: i64) -> String {
+    let out = Command::new("date").args(["-u", "-d", &format!("@{unix}"), "+%Y%m%dT%H%M%SZ"]).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// The AWS error type of an answer, checked to be in both places clients read it.
+fn error_type(r: &Resp) -> String {
+    let body = r.json();
+    let kind = body["__type"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(r.header("x-amzn-errortype"), Some(kind.as_str()), "{body}");
+    assert!(r.header("x-amzn-requestid").is_some());
+    kind
+}
+
+#[test]
+fn bad_requests_get_the_aws_error_a_client_expects() -> Result {
+    let s = Server::start()?;
+    let key = aws_key(&s, "ci", &["push:web"])?;
+    let target = "AmazonEC2ContainerRegistry_V20150921.DescribeRepositories";
+    let good = signed(&s, &key, target, "{}", now(), "ecr")?;
+    assert_eq!(good.status, 200, "{}", String::from_utf8_lossy(&good.body));
+    assert_eq!(good.header("content-type"), Some("application/x-amz-json-1.1"));
+    assert!(good.header("date").is_some());
+
+    let cases: Vec<(&str, Resp, u16, &str)> = vec![
+        ("no signature", http("POST", &s.url("/"), None, &[("X-Amz-Target", target)], b"{}")?, 403, "MissingAuthenticationTokenException"),
+        (
+            "another scheme",
+            http("POST", &s.url("/"), None, &[("X-Amz-Target", target), ("Authorization", "Bearer abc")], b"{}")?,
+            403,
+            "IncompleteSignatureException",
+        ),
+        (
+            "wrong secret",
+            signed(&s, &Key { id: key.id.clone(), secret: "x".repeat(40), token_id: String::new() }, target, "{}", now(), "ecr")?,
+            403,
+            "InvalidSignatureException",
+        ),
+        ("expired date", signed(&s, &key, target, "{}", now() - 3600, "ecr")?, 403, "InvalidSignatureException"),
+        (
+            "unknown key",
+            signed(
+                &s,
+                &Key { id: "AKIA0123456789ABCDEF".into(), secret: key.secret.clone(), token_id: String::new() },
+                target,
+                "{}",
+                now(),
+                "ecr",
+            )?,
+            403,
+            "UnrecognizedClientException",
+        ),
+        ("signed for another service", signed(&s, &key, target, "{}", now(), "secretsmanager")?, 403, "InvalidSignatureException"),
+        (
+            "unknown operation",
+            signed(&s, &key, "AmazonEC2ContainerRegistry_V20150921.LaunchRocket", "{}", now(), "ecr")?,
+            400,
+            "UnknownOperationException",
+        ),
+        ("unknown service", signed(&s, &key, "DynamoDB_20120810.GetItem", "{}", now(), "dynamodb")?, 400, "UnknownOperationException"),
+        ("malformed JSON", signed(&s, &key, target, "{\"repositoryNames\":", now(), "ecr")?, 400, "SerializationException"),
+        ("not an object", signed(&s, &key, target, "[1]", now(), "ecr")?, 400, "SerializationException"),
+        ("wrong type", signed(&s, &key, target, "{\"repositoryNames\":\"web\"}", now(), "ecr")?, 400, "SerializationException"),
+        ("out of range", signed(&s, &key, target, "{\"maxResults\":5000}", now(), "ecr")?, 400, "InvalidParameterException"),
+        (
+            "name too long",
+            signed(
+                &s,
+                &key,
+                "AmazonEC2ContainerRegistry_V20150921.CreateRepository",
+                &format!("{{\"repositoryName\":\"{}\"}}", "a".repeat(300)),
+                now(),
+                "ecr",
+            )?,
+            400,
+            "InvalidParameterException",
+        ),
+        (
+            "missing member",
+            signed(&s, &key, "AmazonEC2ContainerRegistry_V20150921.ListImages", "{}", now(), "ecr")?,
+            400,
+            "InvalidParameterException",
+        ),
+    ];
+    for (what, r, status, kind) in cases {
+        assert_eq!((r.status, error_type(&r)), (status, kind.to_owned()), "{what}: {}", String::from_utf8_lossy(&r.body));
+        let message = r.json()["message"].as_str().unwrap_or_default().to_owned();
+        assert!(!message.is_empty(), "{what}: no message");
+    }
+    Ok(())
+}
