@@ -384,3 +384,130 @@ fn bad_requests_get_the_aws_error_a_client_expects() -> Result {
     }
     Ok(())
 }
+
+/// A `command` rotator that makes a new password and needs nothing else.
+fn password_rotator(dir: &Path) -> Result<PathBuf> {
+    let script = r#"#!/usr/bin/env python3
+import json, secrets, sys
+step = sys.argv[1]
+doc = json.load(sys.stdin)
+if step == 'create_secret':
+    new = json.loads(doc['current'])
+    new['password'] = secrets.token_hex(12)
+    print(json.dumps(new))
+"#;
+    let path = dir.join("rotator");
+    std::fs::write(&path, script)?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(path)
+}
+
+#[test]
+fn secrets_manager_with_the_aws_cli() -> Result {
+    let s = Server::start()?;
+    let app = Aws::new(&s, aws_key(&s, "app", &["read-only", "secrets-write:db/*", "secrets-read:db/*"])?)?;
+    let sm = |args: &[&str]| app.ok(&[&["secretsmanager"][..], args].concat());
+    let sm_err = |args: &[&str]| app.error(&[&["secretsmanager"][..], args].concat());
+
+    // Created once for a request token: the same request again makes nothing new.
+    let first = r#"{"username":"gb","password":"pw-one"}"#;
+    let token = "5a0f1b2c-3d4e-4f60-8a7b-9c0d1e2f3a4b";
+    let create = [
+        "create-secret",
+        "--name",
+        "db/creds",
+        "--secret-string",
+        first,
+        "--description",
+        "guestbook",
+        "--tags",
+        "Key=team,Value=payments",
+        "--client-request-token",
+        token,
+    ];
+    let made = sm(&create)?;
+    let arn = made["ARN"].as_str().ok_or("no ARN")?.to_owned();
+    let prefix = format!("arn:aws:secretsmanager:{REGION}:000000000000:secret:db/creds-");
+    assert!(arn.starts_with(&prefix) && arn.len() == prefix.len() + 6, "{arn}");
+    let v1 = made["VersionId"].as_str().ok_or("no VersionId")?.to_owned();
+    assert_eq!(sm(&create)?["VersionId"], v1.as_str(), "a repeated request made another version");
+    let mut changed = create;
+    changed[4] = r#"{"username":"gb","password":"other"}"#;
+    assert!(sm_err(&changed)?.contains("ResourceExistsException"));
+    assert!(sm_err(&["create-secret", "--name", "db/creds", "--secret-string", "x"])?.contains("ResourceExistsException"));
+
+    // Read by name or ARN; a new value becomes AWSCURRENT and the old one AWSPREVIOUS.
+    let got = sm(&["get-secret-value", "--secret-id", &arn])?;
+    assert_eq!((got["SecretString"].as_str(), got["VersionStages"].clone()), (Some(first), serde_json::json!(["AWSCURRENT"])));
+    let second = r#"{"username":"gb","password":"pw-two"}"#;
+    let put = sm(&["put-secret-value", "--secret-id", "db/creds", "--secret-string", second])?;
+    let v2 = put["VersionId"].as_str().ok_or("no VersionId")?.to_owned();
+    assert_eq!(put["VersionStages"], serde_json::json!(["AWSCURRENT"]));
+    assert_eq!(sm(&["get-secret-value", "--secret-id", "db/creds"])?["SecretString"], second);
+    assert_eq!(sm(&["get-secret-value", "--secret-id", "db/creds", "--version-stage", "AWSPREVIOUS"])?["SecretString"], first);
+    assert_eq!(sm(&["get-secret-value", "--secret-id", "db/creds", "--version-id", &v1])?["VersionId"], v1.as_str());
+    // berth's own CLI sees the same secret.
+    let berth_value: serde_json::Value = serde_json::from_str(&s.cli_ok(&["secret", "get", "db/creds"])?)?;
+    assert_eq!(berth_value["password"], "pw-two");
+
+    let described = sm(&["describe-secret", "--secret-id", "db/creds"])?;
+    assert_eq!(described["Description"], "guestbook");
+    assert_eq!(described["VersionIdsToStages"][&v1], serde_json::json!(["AWSPREVIOUS"]));
+    assert_eq!(described["VersionIdsToStages"][&v2], serde_json::json!(["AWSCURRENT"]));
+    assert_eq!(described["Tags"], serde_json::json!([{"Key": "team", "Value": "payments"}]));
+    let listed = sm(&["list-secrets", "--filters", "Key=name,Values=db/"])?;
+    assert_eq!(listed["SecretList"].as_array().map(Vec::len), Some(1), "{listed}");
+    assert!(listed["SecretList"][0]["SecretVersionsToStages"].is_object());
+    assert_eq!(sm(&["list-secrets", "--filters", "Key=tag-value,Values=nobody"])?["SecretList"], serde_json::json!([]));
+    sm(&["update-secret", "--secret-id", "db/creds", "--description", "guestbook's database"])?;
+    assert_eq!(sm(&["describe-secret", "--secret-id", "db/creds"])?["Description"], "guestbook's database");
+
+    // Moving AWSCURRENT back needs the version that holds it named.
+    let no_remove =
+        sm_err(&["update-secret-version-stage", "--secret-id", "db/creds", "--version-stage", "AWSCURRENT", "--move-to-version-id", &v1])?;
+    assert!(no_remove.contains("InvalidParameterException") && no_remove.contains(&v2), "{no_remove}");
+    sm(&[
+        "update-secret-version-stage",
+        "--secret-id",
+        "db/creds",
+        "--version-stage",
+        "AWSCURRENT",
+        "--move-to-version-id",
+        &v1,
+        "--remove-from-version-id",
+        &v2,
+    ])?;
+    assert_eq!(sm(&["get-secret-value", "--secret-id", "db/creds"])?["SecretString"], first);
+
+    // Rotation runs berth's rotators: none set up is said so; a command rotator runs.
+    let no_rotator = sm_err(&["rotate-secret", "--secret-id", "db/creds"])?;
+    assert!(no_rotator.contains("InvalidRequestException") && no_rotator.contains("berth secret rotate"), "{no_rotator}");
+    let rotator = password_rotator(&s.dir)?;
+    s.cli_ok(&["secret", "rotate", "db/creds", "--rotator", "command", "--command", &rotator.display().to_string(), "--no-rotate-now"])?;
+    sm(&["rotate-secret", "--secret-id", "db/creds"])?;
+    wait_until("the rotation to finish", std::time::Duration::from_secs(60), || {
+        Ok(sm(&["describe-secret", "--secret-id", "db/creds"])?.get("LastRotatedDate").is_some())
+    })?;
+    let rotated: serde_json::Value =
+        serde_json::from_str(sm(&["get-secret-value", "--secret-id", "db/creds"])?["SecretString"].as_str().unwrap_or("{}"))?;
+    assert!(rotated["password"].as_str().is_some_and(|p| p.len() == 24), "{rotated}");
+
+    let password = sm(&["get-random-password", "--password-length", "20", "--exclude-punctuation"])?;
+    let password = password["RandomPassword"].as_str().unwrap_or_default().to_owned();
+    assert!(password.len() == 20 && password.chars().all(|ch| ch.is_ascii_alphanumeric()), "{password}");
+
+    // The token's scopes hold.
+    s.cli_ok(&["secret", "create", "other", "--value", "x"])?;
+    assert!(sm_err(&["get-secret-value", "--secret-id", "other"])?.contains("AccessDeniedException"));
+    assert!(sm_err(&["get-secret-value", "--secret-id", "nope/none"])?.contains("ResourceNotFoundException"));
+
+    // Deleted with a recovery window (unreadable, restorable), then for good.
+    let deleted = sm(&["delete-secret", "--secret-id", "db/creds", "--recovery-window-in-days", "7"])?;
+    assert!(deleted["DeletionDate"].is_string(), "{deleted}");
+    assert!(sm_err(&["get-secret-value", "--secret-id", "db/creds"])?.contains("InvalidRequestException"));
+    sm(&["restore-secret", "--secret-id", "db/creds"])?;
+    assert_eq!(sm(&["get-secret-value", "--secret-id", "db/creds"])?["Name"], "db/creds");
+    sm(&["delete-secret", "--secret-id", "db/creds", "--force-delete-without-recovery"])?;
+    assert!(sm_err(&["describe-secret", "--secret-id", "db/creds"])?.contains("ResourceNotFoundException"));
+    Ok(())
+}

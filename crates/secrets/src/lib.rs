@@ -281,6 +281,23 @@ impl Secrets {
         self.audit(name, actor, "restore", None, now).await
     }
 
+    /// Changes the secret's description.
+    pub async fn set_description(&self, name: &str, description: &str, actor: &str, now: i64) -> Result<()> {
+        let _w = self.write.lock().await;
+        let mut doc = self.live(name).await?;
+        doc.description = description.to_owned();
+        self.save(&doc, now).await?;
+        self.audit(name, actor, "describe", None, now).await
+    }
+
+    /// Purges the secret now, with no recovery window (deleted or not).
+    pub async fn purge(&self, name: &str, actor: &str, now: i64) -> Result<()> {
+        let _w = self.write.lock().await;
+        self.load(name).await?;
+        self.store.purge_secret(name).await?;
+        self.audit(name, actor, "purge", None, now).await
+    }
+
     /// Purges the deleted secrets whose window has passed; their names.
     pub async fn purge_due(&self, now: i64) -> Result<Vec<String>> {
         let mut gone = Vec::new();

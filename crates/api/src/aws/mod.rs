@@ -13,6 +13,7 @@
 
 mod ecr;
 mod input;
+mod secretsmanager;
 pub mod sigv4;
 
 use axum::body::Bytes;
@@ -290,7 +291,8 @@ async fn dispatch(call: &Call<'_>, op: &str, input: &Value) -> Result<Value, Aws
         || AwsError::new("UnknownOperationException", format!("operation `{op}` is not one berth answers for {}", call.api.signing_name()));
     match call.api {
         Api::Ecr => ecr::call(call, op, input).await.unwrap_or_else(|| Err(unknown())),
-        Api::AppRunner | Api::SecretsManager => {
+        Api::SecretsManager => secretsmanager::call(call, op, input).await.unwrap_or_else(|| Err(unknown())),
+        Api::AppRunner => {
             Err(AwsError::new("UnknownOperationException", format!("berth does not answer {} calls yet", call.api.signing_name())))
         }
     }
