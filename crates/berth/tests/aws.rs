@@ -511,3 +511,71 @@ fn secrets_manager_with_the_aws_cli() -> Result {
     assert!(sm_err(&["describe-secret", "--secret-id", "db/creds"])?.contains("ResourceNotFoundException"));
     Ok(())
 }
+
+/// A virtual environment with boto3 from PyPI, made once per test run in the target directory.
+fn boto3_python() -> Result<PathBuf> {
+    let target = PathBuf::from(BIN).parent().and_then(Path::parent).map(Path::to_path_buf).ok_or("no target directory")?;
+    let venv = target.join("boto3-venv");
+    let python = venv.join("bin/python");
+    let ready = venv.join("ready");
+    if ready.exists() {
+        return Ok(python);
+    }
+    ok(&Command::new("python3").args(["-m", "venv"]).arg(&venv).output()?)?;
+    ok(&Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check", "boto3"]).output()?)?;
+    std::fs::write(&ready, "")?;
+    Ok(python)
+}
+
+#[test]
+fn boto3_reads_what_berth_answers() -> Result {
+    let s = Server::start()?;
+    let key = aws_key(&s, "sdk", &["admin", "secrets-read:*"])?;
+    let script = r#"
+import sys, datetime, base64
+import boto3
+ep = sys.argv[1]
+ecr = boto3.client("ecr", endpoint_url=ep)
+sm = boto3.client("secretsmanager", endpoint_url=ep)
+r = ecr.create_repository(repositoryName="api", imageTagMutability="IMMUTABLE_WITH_EXCLUSION",
+    imageTagMutabilityExclusionFilters=[{"filterType": "WILDCARD", "filter": "latest"}])["repository"]
+assert isinstance(r["createdAt"], datetime.datetime), r
+assert r["imageTagMutabilityExclusionFilters"] == [{"filterType": "WILDCARD", "filter": "latest"}], r
+auth = ecr.get_authorization_token()["authorizationData"][0]
+user, password = base64.b64decode(auth["authorizationToken"]).decode().split(":")
+assert user == "AWS" and auth["proxyEndpoint"] == ep, auth
+assert isinstance(auth["expiresAt"], datetime.datetime)
+try:
+    ecr.describe_repositories(repositoryNames=["nope"])
+    raise SystemExit("a missing repository was described")
+except ecr.exceptions.RepositoryNotFoundException as e:
+    assert "nope" in e.response["Error"]["Message"]
+made = sm.create_secret(Name="api/key", SecretString="s3cret")
+assert sm.get_secret_value(SecretId=made["ARN"])["SecretString"] == "s3cret"
+sm.put_secret_value(SecretId="api/key", SecretString="s3cret-2")
+d = sm.describe_secret(SecretId="api/key")
+assert isinstance(d["CreatedDate"], datetime.datetime) and len(d["VersionIdsToStages"]) == 2, d
+try:
+    sm.get_secret_value(SecretId="api/nope")
+    raise SystemExit("a missing secret was read")
+except sm.exceptions.ResourceNotFoundException:
+    pass
+print("boto3 ok")
+"#;
+    let out = Command::new(boto3_python()?)
+        .args(["-c", script, &format!("http://{}", s.addr)])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &s.dir)
+        .env("AWS_ACCESS_KEY_ID", &key.id)
+        .env("AWS_SECRET_ACCESS_KEY", &key.secret)
+        .env("AWS_DEFAULT_REGION", "local-1")
+        .env("AWS_CONFIG_FILE", s.dir.join("aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", s.dir.join("aws-credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("boto3 ok"), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
