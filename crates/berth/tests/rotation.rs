@@ -188,7 +188,7 @@ fn story(db: Db, s: &mut Server, lan_host: &str, bridge: &str, cidr: &str) -> Re
         eprintln!("{name}: {} requests, {} failed", ok.len() + failed.len(), failed.len());
         if !failed.is_empty() {
             // What berth's rules refused the service, to tell a refusal of the host's from the database's.
-            let described: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "describe", name])?)?;
+            let described: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", name])?)?;
             panic!(
                 "{name}: {} of {} failed: {:?}; connections berth refused it: {}",
                 failed.len(),
