@@ -164,14 +164,6 @@ async fn create_repository(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsErro
     Ok(json!({ "repository": repository_json(c, &rec) }))
 }
 
-/// Where a page starts: a `nextToken` from an earlier page (an offset), checked.
-fn page_start(i: &Input<'_>) -> Result<usize, AwsError> {
-    match i.opt_str("nextToken")? {
-        None => Ok(0),
-        Some(t) => t.parse().map_err(|_| i.invalid("nextToken is not one this API gave out")),
-    }
-}
-
 fn page<T>(items: Vec<T>, start: usize, max: usize) -> (Vec<T>, Option<String>) {
     let more = items.len() > start + max;
     let page: Vec<T> = items.into_iter().skip(start).take(max).collect();
@@ -198,7 +190,7 @@ async fn describe_repositories(c: &Call<'_>, i: &Input<'_>) -> Result<Value, Aws
             all.into_iter().filter(|r| c.principal.allows(Action::Pull(&r.name))).collect()
         }
     };
-    let (repos, next) = page(repos, page_start(i)?, max);
+    let (repos, next) = page(repos, i.page_start("nextToken")?, max);
     Ok(with_next(json!({ "repositories": repos.iter().map(|r| repository_json(c, r)).collect::<Vec<_>>() }), next))
 }
 
@@ -381,7 +373,7 @@ async fn describe_images(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError>
         }
         None => all.iter().filter(|img| status_matches(status, img)).collect(),
     };
-    let (chosen, next) = page(chosen, page_start(i)?, max);
+    let (chosen, next) = page(chosen, i.page_start("nextToken")?, max);
     let mut details = Vec::new();
     for img in chosen {
         let mut d = json!({
@@ -416,7 +408,7 @@ async fn list_images(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {
             ids.push(json!({"imageDigest": digest, "imageTag": t}));
         }
     }
-    let (ids, next) = page(ids, page_start(i)?, max);
+    let (ids, next) = page(ids, i.page_start("nextToken")?, max);
     Ok(with_next(json!({ "imageIds": ids }), next))
 }
 

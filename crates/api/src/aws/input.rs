@@ -113,6 +113,14 @@ impl<'a> Input<'a> {
         }
     }
 
+    /// Where a page starts: the offset a `member` token from an earlier page carries, checked.
+    pub fn page_start(&self, member: &str) -> Result<usize, AwsError> {
+        match self.opt_str(member)? {
+            None => Ok(0),
+            Some(t) => t.parse().map_err(|_| self.invalid(format!("{member} is not one this API gave out"))),
+        }
+    }
+
     /// A list of `min..=max` items, when present.
     pub fn opt_list(&self, name: &str, min: usize, max: usize) -> Result<Option<&'a Vec<Value>>, AwsError> {
         let list = match self.members.get(name) {

@@ -285,10 +285,7 @@ async fn describe(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {
 async fn list(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {
     c.require(Action::Read)?;
     let max = i.opt_int("MaxResults", 1, 100)?.unwrap_or(100) as usize;
-    let start: usize = match i.opt_str("NextToken")? {
-        None => 0,
-        Some(t) => t.parse().map_err(|_| i.invalid("NextToken is not one this API gave out"))?,
-    };
+    let start = i.page_start("NextToken")?;
     let planned = i.opt_bool("IncludePlannedDeletion")?.unwrap_or(false);
     let mut filters = Vec::new();
     for f in i.structures("Filters", 0, 10)? {
