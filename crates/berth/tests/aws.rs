@@ -7,6 +7,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use support::*;
 
@@ -577,5 +578,217 @@ print("boto3 ok")
         .env("NO_PROXY", "127.0.0.1,localhost")
         .output()?;
     assert!(String::from_utf8_lossy(&out.stdout).contains("boto3 ok"), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// A podman image of the hello app answering `hello from <version>` (made with `podman import`).
+fn hello_image(dir: &Path, bin: &Path, name: &str, version: &str) -> Result {
+    let root = dir.join(format!("app-{version}"));
+    std::fs::create_dir_all(&root)?;
+    std::fs::copy(bin, root.join("hello"))?;
+    let tar = root.with_extension("tar");
+    ok(&Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").output()?)?;
+    let env = format!("ENV HELLO_VERSION={version}");
+    podman_ok(&["import", "--change", r#"CMD ["/hello"]"#, "--change", &env, &tar.display().to_string(), name], None)?;
+    Ok(())
+}
+
+/// What the service at `url` (App Runner's bare host) answers through the router.
+fn served(router: &str, url: &str) -> Result<(u16, String)> {
+    let host = url.split(':').next().unwrap_or(url);
+    let r = http("GET", &format!("http://{router}/"), None, &[("Host", host)], b"")?;
+    Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+}
+
+/// `describe-service` until the service has `status`.
+fn wait_status(ci: &Aws, arn: &str, status: &str) -> Result<serde_json::Value> {
+    let mut last = serde_json::Value::Null;
+    let found = wait_until(&format!("the service to be {status}"), Duration::from_secs(90), || {
+        last = ci.ok(&["apprunner", "describe-service", "--service-arn", arn])?;
+        Ok(last["Service"]["Status"] == status)
+    });
+    found.map_err(|e| format!("{e}; last: {last}"))?;
+    Ok(last)
+}
+
+#[test]
+fn apprunner_with_the_aws_cli_deploys_real_containers() -> Result {
+    let s = Server::start_with_runtime("a", 244, "ar-")?;
+    let ci = Aws::new(&s, aws_key(&s, "deployer", &["admin"])?)?;
+    let reader = Aws::new(&s, aws_key(&s, "viewer", &["read-only"])?)?;
+    let router = s.router_http()?;
+
+    // The pipeline: an ECR repository, the login, `<sha>` and `latest` pushed.
+    ci.ok(&["ecr", "create-repository", "--repository-name", "web"])?;
+    let password = String::from_utf8(ci.run(&["ecr", "get-login-password"])?.stdout)?;
+    let auth = format!("--authfile={}", s.dir.join("podman-auth.json").display());
+    podman_ok(&["login", &auth, "--tls-verify=false", "--username", "AWS", "--password-stdin", &s.addr], Some(password.trim()))?;
+    let tmp = tempfile::tempdir()?;
+    let bin = berth_testkit::hello_binary(tmp.path())?;
+    let images = PodmanImages(vec!["localhost/berth-apprunner-test:v1".into(), "localhost/berth-apprunner-test:v2".into()]);
+    hello_image(tmp.path(), &bin, &images.0[0], "v1")?;
+    hello_image(tmp.path(), &bin, &images.0[1], "v2")?;
+    let push = |image: &str, tag: &str| podman_ok(&["push", &auth, "--tls-verify=false", image, &format!("{}/web:{tag}", s.addr)], None);
+    push(&images.0[0], "1a2b3c4")?;
+    push(&images.0[0], "latest")?;
+
+    // A secret and an auto scaling configuration, as the service's Terraform would make them.
+    let secret = ci.ok(&["secretsmanager", "create-secret", "--name", "api-key", "--secret-string", "k-123"])?;
+    let secret_arn = secret["ARN"].as_str().ok_or("no secret ARN")?.to_owned();
+    let asc = ci.ok(&[
+        "apprunner",
+        "create-auto-scaling-configuration",
+        "--auto-scaling-configuration-name",
+        "small",
+        "--max-concurrency",
+        "50",
+        "--max-size",
+        "3",
+    ])?;
+    let asc = &asc["AutoScalingConfiguration"];
+    assert_eq!(
+        (asc["Status"].as_str(), asc["AutoScalingConfigurationRevision"].as_i64(), asc["MinSize"].as_i64()),
+        (Some("active"), Some(1), Some(1)),
+        "{asc}"
+    );
+    let asc_arn = asc["AutoScalingConfigurationArn"].as_str().ok_or("no ASC ARN")?.to_owned();
+    assert!(asc_arn.starts_with(&format!("arn:aws:apprunner:{REGION}:000000000000:autoscalingconfiguration/small/1/")), "{asc_arn}");
+
+    // create-service with an App Runner document, the image named as on ECR.
+    let doc = serde_json::json!({
+        "ServiceName": "ar-web",
+        "SourceConfiguration": {
+            "ImageRepository": {
+                "ImageIdentifier": format!("123456789012.dkr.ecr.{REGION}.amazonaws.com/web:latest"),
+                "ImageRepositoryType": "ECR",
+                "ImageConfiguration": {
+                    "Port": "8080",
+                    "RuntimeEnvironmentVariables": {"MODE": "prod"},
+                    "RuntimeEnvironmentSecrets": {"API_KEY": secret_arn},
+                },
+            },
+            "AutoDeploymentsEnabled": true,
+        },
+        "InstanceConfiguration": {"Cpu": "0.25 vCPU", "Memory": "0.5 GB"},
+        "HealthCheckConfiguration": {"Protocol": "HTTP", "Path": "/healthz", "Interval": 1},
+        "AutoScalingConfigurationArn": asc_arn,
+        "Tags": [{"Key": "team", "Value": "web"}],
+    });
+    let input = tmp.path().join("service.json");
+    std::fs::write(&input, doc.to_string())?;
+    let input_arg = format!("file://{}", input.display());
+    let denied = reader.error(&["apprunner", "create-service", "--cli-input-json", &input_arg])?;
+    assert!(denied.contains("AccessDeniedException"), "{denied}");
+    let created = ci.ok(&["apprunner", "create-service", "--cli-input-json", &input_arg])?;
+    let svc = &created["Service"];
+    let arn = svc["ServiceArn"].as_str().ok_or("no ServiceArn")?.to_owned();
+    let id = svc["ServiceId"].as_str().unwrap_or_default();
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{svc}");
+    assert_eq!(arn, format!("arn:aws:apprunner:{REGION}:000000000000:service/ar-web/{id}"));
+    assert_eq!(svc["Status"], "OPERATION_IN_PROGRESS");
+    assert_eq!(created["OperationId"].as_str().map(|o| o.split('-').count()), Some(5), "{created}");
+    let again = ci.error(&["apprunner", "create-service", "--cli-input-json", &input_arg])?;
+    assert!(again.contains("InvalidRequestException") && again.contains("already exists"), "{again}");
+
+    // describe-service reaches RUNNING when the service serves, and gives back what was set.
+    let running = wait_status(&ci, &arn, "RUNNING")?;
+    let svc = &running["Service"];
+    let url = svc["ServiceUrl"].as_str().ok_or("no ServiceUrl")?.to_owned();
+    assert!(!url.contains("://"), "{url}");
+    let (status, body) = served(&router, &url)?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("hello from v1"), "{body}");
+    let image = &svc["SourceConfiguration"]["ImageRepository"];
+    assert_eq!(image["ImageIdentifier"], doc["SourceConfiguration"]["ImageRepository"]["ImageIdentifier"]);
+    assert_eq!(image["ImageConfiguration"]["RuntimeEnvironmentSecrets"]["API_KEY"], secret_arn);
+    assert_eq!((svc["InstanceConfiguration"]["Cpu"].as_str(), svc["InstanceConfiguration"]["Memory"].as_str()), (Some("256"), Some("512")));
+    assert_eq!(svc["AutoScalingConfigurationSummary"]["AutoScalingConfigurationArn"], asc_arn.as_str());
+    assert_eq!(svc["HealthCheckConfiguration"]["Path"], "/healthz");
+    let shown: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "ar-web"])?)?;
+    assert_eq!(shown["spec"]["image_config"]["secret_env"]["API_KEY"], "api-key");
+    assert_eq!(shown["spec"]["autoscaling"]["max_concurrency"], 50);
+    // A read-only key describes and lists.
+    let listed = reader.ok(&["apprunner", "list-services"])?;
+    assert_eq!(listed["ServiceSummaryList"][0]["ServiceArn"], arn.as_str(), "{listed}");
+    let tags = ci.ok(&["apprunner", "list-tags-for-resource", "--resource-arn", &arn])?;
+    assert_eq!(tags["Tags"], serde_json::json!([{"Key": "team", "Value": "web"}]));
+
+    // start-deployment: an operation of its own, listed newest first.
+    let started = ci.ok(&["apprunner", "start-deployment", "--service-arn", &arn])?;
+    let op = started["OperationId"].as_str().ok_or("no OperationId")?.to_owned();
+    wait_until("the deployment to succeed", Duration::from_secs(90), || {
+        let ops = ci.ok(&["apprunner", "list-operations", "--service-arn", &arn])?;
+        let first = &ops["OperationSummaryList"][0];
+        assert_eq!((first["Id"].as_str(), first["Type"].as_str()), (Some(op.as_str()), Some("START_DEPLOYMENT")), "{ops}");
+        Ok(first["Status"] == "SUCCEEDED")
+    })?;
+    let ops = ci.ok(&["apprunner", "list-operations", "--service-arn", &arn])?;
+    let kinds: Vec<&str> = ops["OperationSummaryList"].as_array().into_iter().flatten().filter_map(|o| o["Type"].as_str()).collect();
+    assert_eq!(kinds, ["START_DEPLOYMENT", "CREATE_SERVICE"]);
+
+    // Auto-deploy: the next push of `latest` serves on its own.
+    push(&images.0[1], "latest")?;
+    wait_until("the pushed image to serve", Duration::from_secs(90), || Ok(served(&router, &url)?.1.starts_with("hello from v2")))?;
+    wait_status(&ci, &arn, "RUNNING")?;
+
+    // update-service: configuration only, through the same mapping.
+    let updated = ci.ok(&["apprunner", "update-service", "--service-arn", &arn, "--instance-configuration", "Cpu=1024,Memory=1024"])?;
+    assert_eq!(updated["Service"]["Status"], "OPERATION_IN_PROGRESS");
+    let svc = wait_status(&ci, &arn, "RUNNING")?;
+    assert_eq!(svc["Service"]["InstanceConfiguration"]["Cpu"], "1024");
+
+    // Pause: nothing serves; resume: it serves again.
+    ci.ok(&["apprunner", "pause-service", "--service-arn", &arn])?;
+    wait_status(&ci, &arn, "PAUSED")?;
+    assert_ne!(served(&router, &url)?.0, 200);
+    ci.ok(&["apprunner", "resume-service", "--service-arn", &arn])?;
+    wait_status(&ci, &arn, "RUNNING")?;
+    wait_until("the resumed service to serve", Duration::from_secs(60), || Ok(served(&router, &url)?.0 == 200))?;
+
+    // VPC connectors are berth networks under App Runner's name.
+    let unknown = ci.error(&["apprunner", "create-vpc-connector", "--vpc-connector-name", "db-link", "--subnets", "subnet-0abc"])?;
+    assert!(unknown.contains("InvalidRequestException") && unknown.contains("berth network"), "{unknown}");
+    s.cli_ok(&["network", "create", "lan", "--cidr", "10.244.250.0/24"])?;
+    let vpc =
+        ci.ok(&["apprunner", "create-vpc-connector", "--vpc-connector-name", "db-link", "--subnets", "lan", "--security-groups", "sg-1"])?;
+    let vpc_arn = vpc["VpcConnector"]["VpcConnectorArn"].as_str().ok_or("no connector ARN")?.to_owned();
+    assert_eq!(vpc["VpcConnector"]["Status"], "ACTIVE");
+    let egress = format!("EgressConfiguration={{EgressType=VPC,VpcConnectorArn={vpc_arn}}}");
+    ci.ok(&["apprunner", "update-service", "--service-arn", &arn, "--network-configuration", &egress])?;
+    let svc = wait_status(&ci, &arn, "RUNNING")?;
+    assert_eq!(svc["Service"]["NetworkConfiguration"]["EgressConfiguration"]["VpcConnectorArn"], vpc_arn.as_str());
+    let shown: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "ar-web"])?)?;
+    assert_eq!(
+        (&shown["spec"]["network"]["networks"][0], &shown["spec"]["network"]["egress"]),
+        (&serde_json::json!("lan"), &serde_json::json!("networks"))
+    );
+    let busy = ci.error(&["apprunner", "delete-vpc-connector", "--vpc-connector-arn", &vpc_arn])?;
+    assert!(busy.contains("InvalidStateException"), "{busy}");
+
+    // What berth cannot do is refused, naming why.
+    let code = ci.error(&[
+        "apprunner",
+        "create-service",
+        "--service-name",
+        "ar-code",
+        "--source-configuration",
+        r#"{"CodeRepository":{"RepositoryUrl":"https://example.invalid/x","SourceCodeVersion":{"Type":"BRANCH","Value":"main"}}}"#,
+    ])?;
+    assert!(code.contains("InvalidRequestException") && code.contains("build the image in CI"), "{code}");
+    let missing = ci.error(&["apprunner", "describe-service", "--service-arn", &arn.replace(id, &"0".repeat(32))])?;
+    assert!(missing.contains("ResourceNotFoundException"), "{missing}");
+
+    // delete-service: gone, as Terraform's waiter expects.
+    let deleted = ci.ok(&["apprunner", "delete-service", "--service-arn", &arn])?;
+    assert_eq!(deleted["Service"]["Status"], "OPERATION_IN_PROGRESS");
+    wait_until("the service to be gone", Duration::from_secs(60), || {
+        Ok(ci.error(&["apprunner", "describe-service", "--service-arn", &arn]).is_ok_and(|e| e.contains("ResourceNotFoundException")))
+    })?;
+    let vpc = ci.ok(&["apprunner", "delete-vpc-connector", "--vpc-connector-arn", &vpc_arn])?;
+    assert_eq!(vpc["VpcConnector"]["Status"], "INACTIVE");
+    let asc = ci.ok(&["apprunner", "delete-auto-scaling-configuration", "--auto-scaling-configuration-arn", &asc_arn])?;
+    assert_eq!(asc["AutoScalingConfiguration"]["Status"], "inactive");
+    let asc = ci.ok(&["apprunner", "describe-auto-scaling-configuration", "--auto-scaling-configuration-arn", &asc_arn])?;
+    assert_eq!(asc["AutoScalingConfiguration"]["Status"], "inactive", "a deleted revision is still described");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! mutability policies, access scopes, services and networks. Everything here is pure: no IO, no clocks, no
 //! randomness, so every other crate can depend on it and test it cheaply.
 
+pub mod aws;
 pub mod calendar;
 pub mod digest;
 pub mod lifecycle;

@@ -129,6 +129,16 @@ pub enum HealthProtocol {
     Http,
 }
 
+impl HealthProtocol {
+    /// The protocol's name as App Runner and the spec write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthProtocol::Tcp => "TCP",
+            HealthProtocol::Http => "HTTP",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheck {

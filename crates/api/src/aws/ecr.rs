@@ -8,7 +8,7 @@ use berth_store::{ManifestRecord, RepositoryRecord};
 use serde_json::{json, Value};
 
 use super::input::Input;
-use super::{tags_json, timestamp, AwsError, Call};
+use super::{page, tags_json, timestamp, AwsError, Call};
 use crate::auth::REGISTRY_LOGIN_TTL_SECS;
 use crate::now;
 
@@ -162,12 +162,6 @@ async fn create_repository(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsErro
     let rec = c.state.registry.create_repository(name, policy).await.map_err(|e| registry_error(c, name, e))?;
     c.add_tags(&tags_key(name), &tags).await?;
     Ok(json!({ "repository": repository_json(c, &rec) }))
-}
-
-fn page<T>(items: Vec<T>, start: usize, max: usize) -> (Vec<T>, Option<String>) {
-    let more = items.len() > start + max;
-    let page: Vec<T> = items.into_iter().skip(start).take(max).collect();
-    (page, more.then(|| (start + max).to_string()))
 }
 
 async fn describe_repositories(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {

@@ -8,6 +8,7 @@ use super::AwsError;
 
 /// An operation's input: a JSON object.
 pub struct Input<'a> {
+    raw: &'a Value,
     members: &'a Map<String, Value>,
     /// The error type of a value that breaks the model's rules, in this service.
     invalid: &'static str,
@@ -24,14 +25,19 @@ fn shown(v: &Value) -> String {
 
 impl<'a> Input<'a> {
     pub fn new(v: &'a Value, invalid: &'static str) -> Input<'a> {
-        Input { members: v.as_object().unwrap_or(&EMPTY), invalid }
+        Input { raw: v, members: v.as_object().unwrap_or(&EMPTY), invalid }
+    }
+
+    /// The structure as it came.
+    pub fn raw(&self) -> &'a Value {
+        self.raw
     }
 
     /// A nested structure's members, read under the same rules.
     pub fn nested(&self, name: &str) -> Result<Option<Input<'a>>, AwsError> {
         match self.members.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(v @ Value::Object(_)) => Ok(Some(Input { members: v.as_object().unwrap_or(&EMPTY), invalid: self.invalid })),
+            Some(v @ Value::Object(_)) => Ok(Some(Input { raw: v, members: v.as_object().unwrap_or(&EMPTY), invalid: self.invalid })),
             Some(_) => Err(self.type_error(name, "a structure")),
         }
     }
@@ -176,7 +182,7 @@ impl<'a> Input<'a> {
         let Some(list) = self.opt_list(name, min, max)? else { return Ok(Vec::new()) };
         list.iter()
             .map(|v| match v {
-                Value::Object(m) => Ok(Input { members: m, invalid: self.invalid }),
+                Value::Object(m) => Ok(Input { raw: v, members: m, invalid: self.invalid }),
                 _ => Err(self.type_error(name, "a list of structures")),
             })
             .collect()

@@ -11,6 +11,7 @@
 //! registry, the controller or the secret store, and keeps only what AWS has and berth does not
 //! (resource tags, ids, ECR policy texts) in the store's AWS documents.
 
+mod apprunner;
 mod ecr;
 mod input;
 mod secretsmanager;
@@ -219,6 +220,13 @@ pub fn tags_json(tags: &[(String, String)], key: &str, value: &str) -> Value {
     Value::Array(tags.iter().map(|(k, v)| json!({ key: k, value: v })).collect())
 }
 
+/// One page of `items` from offset `start`, and the next page's token when there is more.
+pub fn page<T>(items: Vec<T>, start: usize, max: usize) -> (Vec<T>, Option<String>) {
+    let more = items.len() > start + max;
+    let page: Vec<T> = items.into_iter().skip(start).take(max).collect();
+    (page, more.then(|| (start + max).to_string()))
+}
+
 /// A random id in the UUID text form (request and operation ids).
 pub fn uuid() -> String {
     let b: [u8; 16] = rand::random();
@@ -292,9 +300,7 @@ async fn dispatch(call: &Call<'_>, op: &str, input: &Value) -> Result<Value, Aws
     match call.api {
         Api::Ecr => ecr::call(call, op, input).await.unwrap_or_else(|| Err(unknown())),
         Api::SecretsManager => secretsmanager::call(call, op, input).await.unwrap_or_else(|| Err(unknown())),
-        Api::AppRunner => {
-            Err(AwsError::new("UnknownOperationException", format!("berth does not answer {} calls yet", call.api.signing_name())))
-        }
+        Api::AppRunner => apprunner::call(call, op, input).await.unwrap_or_else(|| Err(unknown())),
     }
 }
 

@@ -88,8 +88,7 @@ fn secret_error(c: &Call<'_>, e: SecretError) -> AwsError {
 
 /// The stable six-character suffix AWS puts on a secret's ARN.
 fn suffix(info: &SecretInfo) -> String {
-    let h = Sha256::digest(format!("{}\0{}", info.name, info.created_at).as_bytes());
-    h.iter().take(6).map(|b| (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"[usize::from(*b) % 52]) as char).collect()
+    berth_core::aws::secret_suffix(&info.name, info.created_at)
 }
 
 fn arn(c: &Call<'_>, info: &SecretInfo) -> String {
