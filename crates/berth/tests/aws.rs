@@ -765,6 +765,76 @@ fn apprunner_with_the_aws_cli_deploys_real_containers() -> Result {
     let busy = ci.error(&["apprunner", "delete-vpc-connector", "--vpc-connector-arn", &vpc_arn])?;
     assert!(busy.contains("InvalidStateException"), "{busy}");
 
+    // Export writes what describe-service says; importing it back gives the same spec.
+    let exported: serde_json::Value = serde_json::from_str(&s.cli_ok(&["export", "apprunner", "ar-web", "--region", REGION])?)?;
+    assert_eq!(exported["Service"]["ServiceArn"], arn.as_str());
+    let (ex, described) = (&exported["Service"]["SourceConfiguration"], &svc["Service"]["SourceConfiguration"]);
+    assert_eq!(ex["ImageRepository"]["ImageConfiguration"], described["ImageRepository"]["ImageConfiguration"]);
+    // The image as berth's registry names it (App Runner's ECR-style name was the API's input).
+    assert_eq!(ex["ImageRepository"]["ImageIdentifier"], format!("{}/web:latest", s.addr));
+    let file = tmp.path().join("exported.json");
+    std::fs::write(&file, exported.to_string())?;
+    let file = file.display().to_string();
+    let asc_file = tmp.path().join("asc.json");
+    let asc_described = ci.ok(&["apprunner", "describe-auto-scaling-configuration", "--auto-scaling-configuration-arn", &asc_arn])?;
+    std::fs::write(&asc_file, asc_described.to_string())?;
+    let asc_file = asc_file.display().to_string();
+    let dry = s.cli_ok(&["-o", "json", "import", "apprunner", &file, "--autoscaling", &asc_file, "--name", "ar-copy", "--dry-run"])?;
+    let dry: serde_json::Value = serde_json::from_str(&dry)?;
+    let mut expected = shown["spec"].clone();
+    expected["name"] = serde_json::json!("ar-copy");
+    assert_eq!(dry["spec"], expected);
+
+    // Import of a service as AWS describes it, with its auto scaling configuration: created,
+    // serving, and a report of what did not carry over.
+    let aws_doc = serde_json::json!({"Service": {
+        "ServiceName": "ar-imported",
+        "ServiceId": "8fe1e10304f84fd2b0df550fe98a71fa",
+        "ServiceArn": "arn:aws:apprunner:us-east-1:123456789012:service/ar-imported/8fe1e10304f84fd2b0df550fe98a71fa",
+        "ServiceUrl": "psbqam834h.us-east-1.awsapprunner.com",
+        "Status": "RUNNING",
+        "SourceConfiguration": {
+            "ImageRepository": {
+                "ImageIdentifier": "123456789012.dkr.ecr.us-east-1.amazonaws.com/web:1a2b3c4",
+                "ImageRepositoryType": "ECR",
+                "ImageConfiguration": {"Port": "8080", "RuntimeEnvironmentVariables": {"MODE": "prod"}},
+            },
+            "AutoDeploymentsEnabled": false,
+            "AuthenticationConfiguration": {"AccessRoleArn": "arn:aws:iam::123456789012:role/service-role/AppRunnerECRAccessRole"},
+        },
+        "InstanceConfiguration": {"Cpu": "1024", "Memory": "2048", "InstanceRoleArn": "arn:aws:iam::123456789012:role/app"},
+        "HealthCheckConfiguration": {"Protocol": "TCP", "Path": "/", "Interval": 10, "Timeout": 5, "HealthyThreshold": 1, "UnhealthyThreshold": 5},
+        "AutoScalingConfigurationSummary": {
+            "AutoScalingConfigurationArn": "arn:aws:apprunner:us-east-1:123456789012:autoscalingconfiguration/busy/3/0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+            "AutoScalingConfigurationName": "busy",
+            "AutoScalingConfigurationRevision": 3,
+        },
+        "NetworkConfiguration": {"EgressConfiguration": {"EgressType": "DEFAULT"}, "IngressConfiguration": {"IsPubliclyAccessible": true}},
+        "ObservabilityConfiguration": {"ObservabilityEnabled": true, "ObservabilityConfigurationArn": "arn:aws:apprunner:us-east-1:123456789012:observabilityconfiguration/xray/1/0123"},
+    }});
+    let asc_doc = serde_json::json!({"AutoScalingConfiguration": {"AutoScalingConfigurationName": "busy", "MaxConcurrency": 80, "MinSize": 2, "MaxSize": 4}});
+    let (svc_file, asc_file) = (tmp.path().join("aws-service.json"), tmp.path().join("aws-asc.json"));
+    std::fs::write(&svc_file, aws_doc.to_string())?;
+    std::fs::write(&asc_file, asc_doc.to_string())?;
+    let report =
+        s.cli_ok(&["import", "apprunner", &svc_file.display().to_string(), "--autoscaling", &asc_file.display().to_string(), "--wait"])?;
+    for line in [
+        "InstanceConfiguration.InstanceRoleArn",
+        "SourceConfiguration.AuthenticationConfiguration",
+        "ObservabilityConfiguration",
+        "SUCCEEDED",
+    ] {
+        assert!(report.contains(line), "{line} missing from the report:\n{report}");
+    }
+    let imported: serde_json::Value = serde_json::from_str(&s.cli_ok(&["-o", "json", "service", "show", "ar-imported"])?)?;
+    assert_eq!(imported["spec"]["source"], serde_json::json!({"image": "web:1a2b3c4", "auto_deploy": false}));
+    assert_eq!(
+        (imported["spec"]["autoscaling"]["min_size"].as_u64(), imported["spec"]["health_check"]["timeout"].as_u64()),
+        (Some(2), Some(5))
+    );
+    let (status, body) = served(&router, "ar-imported.localhost")?;
+    assert!(status == 200 && body.starts_with("hello from v1"), "{status} {body}");
+
     // What berth cannot do is refused, naming why.
     let code = ci.error(&[
         "apprunner",

@@ -70,6 +70,12 @@ pub enum Command {
     /// posted to your endpoints, signed, retried, logged.
     #[command(subcommand)]
     Webhook(crate::webhooks::WebhookCommand),
+    /// Bring a service over from another platform (App Runner).
+    #[command(subcommand)]
+    Import(crate::apprunner::ImportCommand),
+    /// Write a service in another platform's format (App Runner).
+    #[command(subcommand)]
+    Export(crate::apprunner::ExportCommand),
     /// The local certificate authority behind the router's HTTPS.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -432,6 +438,8 @@ pub fn run(g: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::Network(cmd) => crate::networks::run(&Client::from_args(g)?, fmt, cmd)?,
         Command::Webhook(cmd) => crate::webhooks::run(&Client::from_args(g)?, fmt, cmd)?,
         Command::Secret(cmd) => crate::secrets::run(&Client::from_args(g)?, fmt, cmd)?,
+        Command::Import(cmd) => crate::apprunner::import(&Client::from_args(g)?, fmt, cmd)?,
+        Command::Export(cmd) => crate::apprunner::export(&Client::from_args(g)?, cmd)?,
         Command::Ca(CaCommand::Export) => {
             let c = Client::from_args(g)?;
             print!("{}", c.get_text("/api/v1/ca")?);

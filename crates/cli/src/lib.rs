@@ -5,6 +5,7 @@
 //! file `berth login` writes, then the data directory of a server on this host (its
 //! `admin-token` and `api-address` files).
 
+mod apprunner;
 mod client;
 mod commands;
 mod networks;

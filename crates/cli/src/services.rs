@@ -432,7 +432,7 @@ fn rows(v: &Value, key: &str) -> Vec<Value> {
 }
 
 /// Prints the operation just started, or follows it with `--wait`.
-fn started(c: &Client, fmt: Format, v: &Value, wait: &WaitArg, url: Option<&str>) -> anyhow::Result<()> {
+pub(crate) fn started(c: &Client, fmt: Format, v: &Value, wait: &WaitArg, url: Option<&str>) -> anyhow::Result<()> {
     let op = &v["operation"];
     let id = op["id"].as_str().context("the server answered without an operation")?;
     if !wait.wait {

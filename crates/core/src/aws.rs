@@ -14,6 +14,9 @@ use sha2::{Digest as _, Sha256};
 use crate::network::{Egress, Visibility};
 use crate::service::{HealthProtocol, ImageSource, ServiceSpec};
 
+/// The account every ARN berth gives out names.
+pub const ACCOUNT: &str = "000000000000";
+
 /// What reading a field did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoteKind {

@@ -29,8 +29,7 @@ use serde_json::{json, Value};
 use crate::{now, AppState};
 use input::Input;
 
-/// The account every ARN names.
-pub const ACCOUNT: &str = "000000000000";
+pub use berth_core::aws::ACCOUNT;
 /// The largest request body read.
 const MAX_BODY: usize = 1 << 20;
 
