@@ -39,12 +39,13 @@ impl From<SecretError> for ApiError {
         };
         let status = match &e {
             SecretError::NotFound(_) => StatusCode::NOT_FOUND,
-            SecretError::Exists(_) => StatusCode::CONFLICT,
+            SecretError::Exists(_) | SecretError::VersionExists { .. } => StatusCode::CONFLICT,
             SecretError::Deleted { .. } | SecretError::NotDeleted(_) | SecretError::LabelNeeded { .. } | SecretError::RotationBusy(_) => {
                 StatusCode::CONFLICT
             }
             SecretError::NoVersion { .. } | SecretError::NoKey { .. } => StatusCode::NOT_FOUND,
             SecretError::InvalidName(_)
+            | SecretError::InvalidVersionId(_)
             | SecretError::InvalidLabel(_)
             | SecretError::TooLarge(_)
             | SecretError::Empty

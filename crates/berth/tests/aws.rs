@@ -274,12 +274,17 @@ fn ecr_with_the_aws_cli_and_podman() -> Result {
 
 /// A raw request signed as an SDK signs it, with `edit` applied to the headers before signing.
 fn signed(s: &Server, key: &Key, target: &str, body: &str, at: i64, service: &str) -> Result<Resp> {
+    signed_to(&s.addr, key, target, body, at, service)
+}
+
+/// A request signed as an SDK signs it, to the server at `addr`.
+fn signed_to(addr: &str, key: &Key, target: &str, body: &str, at: i64, service: &str) -> Result<Resp> {
     let date = amz_date(at);
     let mut h = axum::http::HeaderMap::new();
     h.insert("content-type", "application/x-amz-json-1.1".parse()?);
     h.insert("x-amz-date", date.parse()?);
     h.insert("x-amz-target", target.parse()?);
-    let req = berth_api::aws::sigv4::Signed { method: "POST", path: "/", query: "", headers: &h, host: &s.addr, body: body.as_bytes() };
+    let req = berth_api::aws::sigv4::Signed { method: "POST", path: "/", query: "", headers: &h, host: addr, body: body.as_bytes() };
     let auth = berth_api::aws::sigv4::sign(&key.id, &key.secret, REGION, service, &req);
     let headers = [
         ("Content-Type", "application/x-amz-json-1.1"),
@@ -287,7 +292,7 @@ fn signed(s: &Server, key: &Key, target: &str, body: &str, at: i64, service: &st
         ("X-Amz-Target", target),
         ("Authorization", auth.as_str()),
     ];
-    http("POST", &s.url("/"), None, &headers, body.as_bytes())
+    http("POST", &format!("http://{addr}/"), None, &headers, body.as_bytes())
 }
 
 fn amz_date(unix: i64) -> String {
@@ -860,5 +865,42 @@ fn apprunner_with_the_aws_cli_deploys_real_containers() -> Result {
     assert_eq!(asc["AutoScalingConfiguration"]["Status"], "inactive");
     let asc = ci.ok(&["apprunner", "describe-auto-scaling-configuration", "--auto-scaling-configuration-arn", &asc_arn])?;
     assert_eq!(asc["AutoScalingConfiguration"]["Status"], "inactive", "a deleted revision is still described");
+    Ok(())
+}
+
+#[test]
+fn moto_and_berth_answer_the_corpus_alike() -> Result {
+    let s = Server::start()?;
+    let key = aws_key(&s, "diff", &["admin"])?;
+    let target = PathBuf::from(BIN).parent().and_then(Path::parent).map(Path::to_path_buf).ok_or("no target directory")?;
+    let moto = berth_testkit::aws::Moto::start(&target.join("moto-venv"))?;
+    let corpus = berth_testkit::aws::corpus(REGION);
+    let (mut mismatches, mut deviations) = (Vec::new(), Vec::new());
+    use berth_testkit::aws::Verdict;
+    for (n, call) in corpus.iter().enumerate() {
+        let ask = |addr: &str, account: &str| -> Result<(u16, serde_json::Value)> {
+            let body = call.body.replace("{account}", account);
+            let r = signed_to(addr, &key, &call.target, &body, now(), call.service)?;
+            let v =
+                if r.body.is_empty() { serde_json::json!({}) } else { serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null) };
+            Ok((r.status, v))
+        };
+        let (ours, theirs) = (ask(&s.addr, "000000000000")?, ask(&moto.addr, "123456789012")?);
+        match berth_testkit::aws::compare(call, &ours, &theirs) {
+            Verdict::Same => {}
+            Verdict::MotoDeviates(why) => deviations.push(format!("#{n} {}: {why}", call.target)),
+            Verdict::Differs(d) => mismatches.push(format!("#{n} {} {}: {d}", call.target, call.body)),
+        }
+    }
+    assert!(corpus.len() >= 200);
+    // Where moto departs from AWS, berth answers as AWS does; each such case is named.
+    eprintln!(
+        "{} calls; {} answered alike; moto departs from AWS in {}:\n{}",
+        corpus.len(),
+        corpus.len() - deviations.len() - mismatches.len(),
+        deviations.len(),
+        deviations.join("\n")
+    );
+    assert!(mismatches.is_empty(), "{} of {} calls differ from moto:\n{}", mismatches.len(), corpus.len(), mismatches.join("\n"));
     Ok(())
 }

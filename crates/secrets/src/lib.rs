@@ -54,6 +54,10 @@ pub enum SecretError {
     NotJson { name: String, key: String },
     #[error("secret `{name}` has no key `{key}`")]
     NoKey { name: String, key: String },
+    #[error("version id `{0}` is invalid: use 32–64 letters, digits and `-`")]
+    InvalidVersionId(String),
+    #[error("secret `{name}` already has a version `{id}`")]
+    VersionExists { name: String, id: String },
     #[error("secret `{name}` has no version {selector}")]
     NoVersion { name: String, selector: String },
     #[error("secret `{name}` is deleted and will be purged at {purge_at} (Unix time); `berth secret restore {name}` brings it back")]
@@ -159,11 +163,25 @@ impl Secrets {
 
     /// Creates a secret with its first version, labelled `CURRENT`. Returns that version.
     pub async fn create(&self, name: &str, description: &str, value: &str, actor: &str, now: i64) -> Result<VersionInfo> {
+        self.create_version(name, description, value, None, actor, now).await
+    }
+
+    /// [`Secrets::create`], the first version's id chosen by the caller (32–64 letters, digits
+    /// and `-`, as AWS clients' request tokens are) or made up when `None`.
+    pub async fn create_version(
+        &self,
+        name: &str,
+        description: &str,
+        value: &str,
+        id: Option<&str>,
+        actor: &str,
+        now: i64,
+    ) -> Result<VersionInfo> {
         model::check_name(name)?;
         model::check_value(value)?;
         let data = Key::generate()?;
         let mut doc = SecretDoc::new(name, description, data.wrap(&self.master, &model::key_aad(name))?, now);
-        let id = doc.add_version(&data, value, &[CURRENT.to_owned()], now)?;
+        let id = doc.add_version(&data, value, &[CURRENT.to_owned()], id, now)?;
         let json = serde_json::to_value(&doc).map_err(|e| SecretError::Corrupt(e.to_string()))?;
         self.store.create_secret(name, &json, now).await.map_err(|e| match e {
             StoreError::SecretExists(n) => SecretError::Exists(n),
@@ -176,6 +194,19 @@ impl Secrets {
     /// Adds a version with `labels` (`CURRENT` when none are given: the version that had it
     /// becomes `PREVIOUS`). Returns the new version.
     pub async fn put(&self, name: &str, value: &str, labels: &[String], actor: &str, now: i64) -> Result<VersionInfo> {
+        self.put_version(name, value, labels, None, actor, now).await
+    }
+
+    /// [`Secrets::put`], the version's id chosen by the caller as for [`Secrets::create_version`].
+    pub async fn put_version(
+        &self,
+        name: &str,
+        value: &str,
+        labels: &[String],
+        id: Option<&str>,
+        actor: &str,
+        now: i64,
+    ) -> Result<VersionInfo> {
         let _w = self.write.lock().await;
         model::check_value(value)?;
         let labels = if labels.is_empty() { vec![CURRENT.to_owned()] } else { labels.to_vec() };
@@ -184,7 +215,7 @@ impl Secrets {
         }
         let mut doc = self.live(name).await?;
         let data = self.data_key(&doc)?;
-        let id = doc.add_version(&data, value, &labels, now)?;
+        let id = doc.add_version(&data, value, &labels, id, now)?;
         doc.prune(UNLABELED_KEPT);
         self.save(&doc, now).await?;
         self.audit(name, actor, "put", Some(&id), now).await?;

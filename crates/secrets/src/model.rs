@@ -210,8 +210,17 @@ impl SecretDoc {
     }
 
     /// Seals `value` as a new version holding `labels` (taken from the versions that had them).
-    pub(crate) fn add_version(&mut self, data: &Key, value: &str, labels: &[String], now: i64) -> Result<String> {
-        let id = hex::encode(crate::crypto::random::<16>()?);
+    pub(crate) fn add_version(&mut self, data: &Key, value: &str, labels: &[String], id: Option<&str>, now: i64) -> Result<String> {
+        let id = match id {
+            None => hex::encode(crate::crypto::random::<16>()?),
+            Some(id) if !(32..=64).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+                return Err(SecretError::InvalidVersionId(id.to_owned()))
+            }
+            Some(id) if self.versions.iter().any(|v| v.id == id) => {
+                return Err(SecretError::VersionExists { name: self.name.clone(), id: id.to_owned() })
+            }
+            Some(id) => id.to_owned(),
+        };
         let sealed = data.seal(&value_aad(&self.name, &id), value.as_bytes())?;
         self.versions.push(VersionDoc { id: id.clone(), created_at: now, labels: Vec::new(), sealed });
         for l in labels {

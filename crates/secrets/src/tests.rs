@@ -106,6 +106,23 @@ async fn references_take_keys_of_json_objects_only() -> TestResult {
 }
 
 #[tokio::test]
+async fn callers_may_choose_version_ids_once() -> TestResult {
+    let f = Fixture::new()?;
+    let s = f.open().await?;
+    let first = "00000000-0000-4000-8000-000000000001";
+    assert_eq!(s.create_version("api", "", "one", Some(first), "a", 1).await?.id, first);
+    let second = "a".repeat(40);
+    assert_eq!(s.put_version("api", "two", &[], Some(&second), "a", 2).await?.id, second);
+    assert_eq!(s.read(&"api".parse()?, &Selector::Version(first.into()), "a", 3).await?.0.expose(), "one");
+    assert!(matches!(s.put_version("api", "three", &[], Some(first), "a", 4).await, Err(SecretError::VersionExists { .. })));
+    for bad in ["short", &"x".repeat(65), "with space and more than thirty-two chars"] {
+        assert!(matches!(s.put_version("api", "x", &[], Some(bad), "a", 5).await, Err(SecretError::InvalidVersionId(_))), "{bad}");
+    }
+    assert_eq!(s.describe("api").await?.versions.len(), 2, "refused versions leave nothing behind");
+    Ok(())
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_with_what_to_do() -> TestResult {
     let f = Fixture::new()?;
     let s = f.open().await?;

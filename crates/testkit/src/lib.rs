@@ -2,6 +2,8 @@
 //! and Debian's docker-registry on free loopback ports, and repeatable incompressible data.
 //! Everything started here is killed when its handle is dropped.
 
+pub mod aws;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

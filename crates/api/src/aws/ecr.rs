@@ -207,9 +207,7 @@ async fn delete_repository(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsErro
     for (kind, key) in [("tags", tags_key(name)), (POLICY_KIND, name.to_owned())] {
         c.state.store.delete_aws_resource(kind, &key).await.map_err(|e| c.internal(e))?;
     }
-    let mut v = repository_json(c, &rec);
-    v.as_object_mut().map(|o| o.remove("imageScanningConfiguration"));
-    Ok(json!({ "repository": v }))
+    Ok(json!({ "repository": repository_json(c, &rec) }))
 }
 
 async fn put_tag_mutability(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {

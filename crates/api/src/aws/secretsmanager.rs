@@ -62,6 +62,10 @@ fn secret_error(c: &Call<'_>, e: SecretError) -> AwsError {
             "ResourceNotFoundException",
             "Secrets Manager can't find the specified secret value for staging label or version.",
         ),
+        SecretError::VersionExists { id, .. } => AwsError::new(
+            "ResourceExistsException",
+            format!("A version with ClientRequestToken {id} already exists with another value; use a new token for a new version"),
+        ),
         SecretError::Exists(n) => {
             AwsError::new("ResourceExistsException", format!("The operation failed because the secret {n} already exists."))
         }
@@ -76,6 +80,7 @@ fn secret_error(c: &Call<'_>, e: SecretError) -> AwsError {
             "AWSCURRENT cannot be removed, only moved: give MoveToVersionId and RemoveFromVersionId",
         ),
         e @ (SecretError::InvalidName(_)
+        | SecretError::InvalidVersionId(_)
         | SecretError::InvalidLabel(_)
         | SecretError::TooLarge(_)
         | SecretError::Empty
@@ -181,7 +186,8 @@ async fn create(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {
         return Ok(json!({"ARN": arn(c, &info), "Name": name, "VersionId": version}));
     }
     let who = &c.principal.token_name;
-    let version = c.state.secrets.create(name, description, value, who, now()).await.map_err(|e| secret_error(c, e))?;
+    // The request token becomes the version's id, as on AWS.
+    let version = c.state.secrets.create_version(name, description, value, token, who, now()).await.map_err(|e| secret_error(c, e))?;
     remember(c, name, token, value, &version.id).await?;
     c.add_tags(&tags_key(name), &tags).await?;
     let info = c.state.secrets.describe(name).await.map_err(|e| secret_error(c, e))?;
@@ -228,8 +234,8 @@ async fn put_value(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {
     let version = match earlier(c, &info.name, token, value).await? {
         Some(v) => v,
         None => {
-            let made =
-                c.state.secrets.put(&info.name, value, &labels, &c.principal.token_name, now()).await.map_err(|e| secret_error(c, e))?;
+            let who = &c.principal.token_name;
+            let made = c.state.secrets.put_version(&info.name, value, &labels, token, who, now()).await.map_err(|e| secret_error(c, e))?;
             remember(c, &info.name, token, value, &made.id).await?;
             made.id
         }
@@ -250,8 +256,11 @@ async fn described(c: &Call<'_>, info: &SecretInfo) -> Result<Value, AwsError> {
         "Name": info.name,
         "LastChangedDate": timestamp(info.updated_at),
         "CreatedDate": timestamp(info.created_at),
-        "RotationEnabled": info.rotation.as_ref().is_some_and(|r| r.enabled),
     });
+    // As on AWS: told only for a secret that has had rotation set up.
+    if let Some(r) = &info.rotation {
+        v["RotationEnabled"] = r.enabled.into();
+    }
     if !info.description.is_empty() {
         v["Description"] = info.description.clone().into();
     }
@@ -347,7 +356,7 @@ async fn update(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {
         let version = match earlier(c, &info.name, token, value).await? {
             Some(v) => v,
             None => {
-                let made = c.state.secrets.put(&info.name, value, &[], who, now()).await.map_err(|e| secret_error(c, e))?;
+                let made = c.state.secrets.put_version(&info.name, value, &[], token, who, now()).await.map_err(|e| secret_error(c, e))?;
                 remember(c, &info.name, token, value, &made.id).await?;
                 made.id
             }
