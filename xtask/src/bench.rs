@@ -1,6 +1,8 @@
 //! `cargo xtask bench <name>`: berth against its anchor on this machine, alternating rounds,
 //! printing medians, ratios (median of per-round ratios) and peak RSS, then one JSON line.
 
+#[cfg(feature = "aws-bench")]
+mod aws;
 #[cfg(feature = "console-bench")]
 mod console;
 mod deploy;
@@ -32,6 +34,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("registry") => registry::run(rounds),
         Some("deploy") => deploy::run(rounds),
         Some("secrets") => secrets::run(&args[1..]),
+        #[cfg(feature = "aws-bench")]
+        Some("aws") => aws::run(rounds),
+        #[cfg(not(feature = "aws-bench"))]
+        Some("aws") => with_feature("aws-bench", args),
         #[cfg(feature = "console-bench")]
         Some("console") => console::run(&args[1..]),
         #[cfg(not(feature = "console-bench"))]
@@ -48,13 +54,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("router") => router::run(rounds),
         #[cfg(not(feature = "router-bench"))]
         Some("router") => with_feature("router-bench", args),
-        Some(other) => bail!("unknown benchmark `{other}`; available: registry, runtime, router, deploy, network, secrets, console"),
-        None => bail!("name a benchmark: registry, runtime, router, deploy, network, secrets, console"),
+        Some(other) => bail!("unknown benchmark `{other}`; available: registry, runtime, router, deploy, network, secrets, console, aws"),
+        None => bail!("name a benchmark: registry, runtime, router, deploy, network, secrets, console, aws"),
     }
 }
 
 /// Runs this benchmark again from an xtask built with what it measures linked in.
-#[cfg(not(all(feature = "runtime-bench", feature = "router-bench", feature = "console-bench")))]
+#[cfg(not(all(feature = "runtime-bench", feature = "router-bench", feature = "console-bench", feature = "aws-bench")))]
 fn with_feature(feature: &str, args: &[String]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ok = Command::new(&cargo)

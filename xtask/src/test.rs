@@ -94,7 +94,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         bail!("clippy found problems");
     }
     let clippy_bench = Command::new(&cargo)
-        .args(["clippy", "-p", "xtask", "--features", "runtime-bench,router-bench", "--all-targets", "--quiet", "--", "-D", "warnings"])
+        .args([
+            "clippy",
+            "-p",
+            "xtask",
+            "--features",
+            "runtime-bench,router-bench,console-bench,aws-bench",
+            "--all-targets",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ])
         .current_dir(&root)
         .status()
         .context("running cargo clippy on the benchmarks")?;

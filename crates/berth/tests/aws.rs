@@ -6,9 +6,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use berth_testkit::aws::{hello_image, podman, podman_ok, AwsCli, PodmanImages};
 use support::*;
 
 const REGION: &str = "eu-west-1";
@@ -30,98 +31,25 @@ fn aws_key(s: &Server, name: &str, scopes: &[&str]) -> Result<Key> {
     Ok(Key { id: get("aws_access_key_id")?, secret: get("aws_secret_access_key")?, token_id: get("id")? })
 }
 
-/// aws CLI v2: Debian's `/usr/bin/aws` (another `aws` earlier on PATH may be version 1).
-fn aws_cli() -> Result<PathBuf> {
-    for candidate in ["/usr/bin/aws", "aws"] {
-        let v = Command::new(candidate).arg("--version").output();
-        if v.as_ref().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("aws-cli/2")) {
-            return Ok(PathBuf::from(candidate));
-        }
-    }
-    Err("aws CLI v2 not found: install Debian's awscli".into())
-}
-
-/// Runs the aws CLI as a pipeline would: endpoint, key and region from the environment only.
+/// The aws CLI with a berth key, as a pipeline runs it.
 struct Aws {
-    bin: PathBuf,
-    home: PathBuf,
-    endpoint: String,
+    cli: AwsCli,
     key: Key,
 }
 
 impl Aws {
     fn new(s: &Server, key: Key) -> Result<Aws> {
         let home = s.dir.join(format!("aws-{}", key.token_id));
-        std::fs::create_dir_all(&home)?;
-        Ok(Aws { bin: aws_cli()?, home, endpoint: format!("http://{}", s.addr), key })
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
-        // `--endpoint-url` as well: Debian's aws CLI predates AWS_ENDPOINT_URL. Anything that
-        // still went past it would meet a proxy on a closed loopback port, never AWS.
-        c.args(args)
-            .args(["--output", "json", "--endpoint-url", &self.endpoint])
-            .env_clear()
-            .env("HTTPS_PROXY", "http://127.0.0.1:9")
-            .env("HTTP_PROXY", "http://127.0.0.1:9")
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", &self.home)
-            .env("AWS_CONFIG_FILE", self.home.join("config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.home.join("credentials"))
-            .env("AWS_ACCESS_KEY_ID", &self.key.id)
-            .env("AWS_SECRET_ACCESS_KEY", &self.key.secret)
-            .env("AWS_DEFAULT_REGION", REGION)
-            .env("AWS_ENDPOINT_URL", &self.endpoint)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_PAGER", "");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Result<Output> {
-        Ok(self.command(args).output()?)
-    }
-
-    /// The JSON an operation answered; an error when the CLI failed.
-    fn ok(&self, args: &[&str]) -> Result<serde_json::Value> {
-        let out = self.run(args)?;
-        if !out.status.success() {
-            return Err(format!("aws {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
-        }
-        if out.stdout.iter().all(u8::is_ascii_whitespace) {
-            return Ok(serde_json::json!({}));
-        }
-        Ok(serde_json::from_slice(&out.stdout)?)
-    }
-
-    /// The error type of a call that must fail (as the CLI prints it: `… (TypeName) when calling …`).
-    fn error(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args)?;
-        if out.status.success() {
-            return Err(format!("aws {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout)).into());
-        }
-        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+        Ok(Aws { cli: AwsCli::new(&home, &format!("http://{}", s.addr), &key.id, &key.secret, REGION)?, key })
     }
 }
 
-fn podman(args: &[&str], stdin: Option<&str>) -> Result<Output> {
-    let mut c = Command::new("podman");
-    c.args(args).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = c.spawn().map_err(|e| format!("running podman (install podman): {e}"))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        use std::io::Write;
-        pipe.write_all(input.as_bytes())?;
-    }
-    Ok(child.wait_with_output()?)
-}
+impl std::ops::Deref for Aws {
+    type Target = AwsCli;
 
-fn podman_ok(args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let out = podman(args, stdin)?;
-    if !out.status.success() {
-        return Err(format!("podman {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    fn deref(&self) -> &AwsCli {
+        &self.cli
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A podman image of one file, under `name` (made with `podman import`, no registry needed).
@@ -133,17 +61,6 @@ fn local_image(dir: &Path, name: &str, content: &str) -> Result {
     ok(&Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").output()?)?;
     podman_ok(&["import", &tar.display().to_string(), name], None)?;
     Ok(())
-}
-
-/// podman's images made by a test, removed when dropped.
-struct PodmanImages(Vec<String>);
-
-impl Drop for PodmanImages {
-    fn drop(&mut self) {
-        for i in &self.0 {
-            let _ = podman(&["rmi", "--force", i], None);
-        }
-    }
 }
 
 #[test]
@@ -566,6 +483,24 @@ try:
     raise SystemExit("a missing secret was read")
 except sm.exceptions.ResourceNotFoundException:
     pass
+ar = boto3.client("apprunner", endpoint_url=ep)
+asc = ar.create_auto_scaling_configuration(AutoScalingConfigurationName="burst", MaxConcurrency=60, MaxSize=5,
+    Tags=[{"Key": "team", "Value": "api"}])["AutoScalingConfiguration"]
+assert isinstance(asc["CreatedAt"], datetime.datetime) and asc["Status"] == "active" and asc["Latest"], asc
+again = ar.create_auto_scaling_configuration(AutoScalingConfigurationName="burst", MaxConcurrency=80)["AutoScalingConfiguration"]
+assert again["AutoScalingConfigurationRevision"] == 2, again
+names = [(a["AutoScalingConfigurationName"], a["AutoScalingConfigurationRevision"])
+         for a in ar.list_auto_scaling_configurations()["AutoScalingConfigurationSummaryList"]]
+assert names == [("DefaultConfiguration", 1), ("burst", 2)], names
+first = ar.describe_auto_scaling_configuration(AutoScalingConfigurationArn=asc["AutoScalingConfigurationArn"])["AutoScalingConfiguration"]
+assert first["MaxConcurrency"] == 60 and not first["Latest"], first
+tags = ar.list_tags_for_resource(ResourceArn=asc["AutoScalingConfigurationArn"])["Tags"]
+assert tags == [{"Key": "team", "Value": "api"}], tags
+try:
+    ar.describe_service(ServiceArn="arn:aws:apprunner:local-1:000000000000:service/nope/" + "0" * 32)
+    raise SystemExit("a missing service was described")
+except (ar.exceptions.ResourceNotFoundException, ar.exceptions.InvalidStateException):
+    pass
 print("boto3 ok")
 "#;
     let out = Command::new(boto3_python()?)
@@ -583,18 +518,6 @@ print("boto3 ok")
         .env("NO_PROXY", "127.0.0.1,localhost")
         .output()?;
     assert!(String::from_utf8_lossy(&out.stdout).contains("boto3 ok"), "{}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
-
-/// A podman image of the hello app answering `hello from <version>` (made with `podman import`).
-fn hello_image(dir: &Path, bin: &Path, name: &str, version: &str) -> Result {
-    let root = dir.join(format!("app-{version}"));
-    std::fs::create_dir_all(&root)?;
-    std::fs::copy(bin, root.join("hello"))?;
-    let tar = root.with_extension("tar");
-    ok(&Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").output()?)?;
-    let env = format!("ENV HELLO_VERSION={version}");
-    podman_ok(&["import", "--change", r#"CMD ["/hello"]"#, "--change", &env, &tar.display().to_string(), name], None)?;
     Ok(())
 }
 

@@ -1,10 +1,11 @@
-//! The differential oracle for berth's ECR and Secrets Manager APIs: moto's server (PyPI
-//! `moto[server]`, in a virtual environment made on first use), a corpus of requests — the
-//! calls a pipeline makes, and the mistakes it makes — and the comparison of two answers by
-//! status, error type and shape, values such as ids, ARNs and times aside.
+//! AWS clients for berth's AWS-compatible APIs: the aws CLI and podman as a pipeline runs them,
+//! and the differential oracle for ECR and Secrets Manager — moto's server (PyPI
+//! `moto[server]`, in a virtual environment made on first use), a corpus of requests (the calls
+//! a pipeline makes, and the mistakes it makes) and the comparison of two answers by status,
+//! error type and shape, values such as ids, ARNs and times aside.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -54,6 +55,136 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// aws CLI v2: Debian's `/usr/bin/aws` (another `aws` earlier on PATH may be version 1).
+fn aws_cli() -> Result<PathBuf, Error> {
+    for candidate in ["/usr/bin/aws", "aws"] {
+        let v = Command::new(candidate).arg("--version").output();
+        if v.as_ref().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("aws-cli/2")) {
+            return Ok(PathBuf::from(candidate));
+        }
+    }
+    Err("aws CLI v2 not found: install Debian's awscli".into())
+}
+
+/// The aws CLI as a pipeline runs it: endpoint, key and region from the environment only.
+pub struct AwsCli {
+    bin: PathBuf,
+    home: PathBuf,
+    endpoint: String,
+    key_id: String,
+    secret: String,
+    region: String,
+}
+
+impl AwsCli {
+    /// A CLI whose configuration lives in `home` (made if missing).
+    pub fn new(home: &Path, endpoint: &str, key_id: &str, secret: &str, region: &str) -> Result<AwsCli, Error> {
+        std::fs::create_dir_all(home)?;
+        Ok(AwsCli {
+            bin: aws_cli()?,
+            home: home.to_path_buf(),
+            endpoint: endpoint.to_owned(),
+            key_id: key_id.to_owned(),
+            secret: secret.to_owned(),
+            region: region.to_owned(),
+        })
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        // `--endpoint-url` as well: Debian's aws CLI predates AWS_ENDPOINT_URL. Anything that
+        // still went past it would meet a proxy on a closed loopback port, never AWS.
+        c.args(args)
+            .args(["--output", "json", "--endpoint-url", &self.endpoint])
+            .env_clear()
+            .env("HTTPS_PROXY", "http://127.0.0.1:9")
+            .env("HTTP_PROXY", "http://127.0.0.1:9")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("AWS_CONFIG_FILE", self.home.join("config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.home.join("credentials"))
+            .env("AWS_ACCESS_KEY_ID", &self.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .env("AWS_DEFAULT_REGION", &self.region)
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_PAGER", "");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Result<Output, Error> {
+        Ok(self.command(args).output()?)
+    }
+
+    /// The JSON an operation answered; an error when the CLI failed.
+    pub fn ok(&self, args: &[&str]) -> Result<Value, Error> {
+        let out = self.run(args)?;
+        if !out.status.success() {
+            return Err(format!("aws {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Ok(json!({}));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// What the CLI printed for a call that must fail (`… (TypeName) when calling …`).
+    pub fn error(&self, args: &[&str]) -> Result<String, Error> {
+        let out = self.run(args)?;
+        if out.status.success() {
+            return Err(format!("aws {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout)).into());
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+pub fn podman(args: &[&str], stdin: Option<&str>) -> Result<Output, Error> {
+    let mut c = Command::new("podman");
+    c.args(args).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().map_err(|e| format!("running podman (install podman): {e}"))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        pipe.write_all(input.as_bytes())?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
+pub fn podman_ok(args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
+    let out = podman(args, stdin)?;
+    if !out.status.success() {
+        return Err(format!("podman {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// podman's images made by a test or benchmark, removed when dropped.
+pub struct PodmanImages(pub Vec<String>);
+
+impl Drop for PodmanImages {
+    fn drop(&mut self) {
+        for i in &self.0 {
+            let _ = podman(&["rmi", "--force", i], None);
+        }
+    }
+}
+
+/// A podman image `name` of the static hello app `bin` answering `hello from <version>` (made
+/// with `podman import`: no registry, no build tool).
+pub fn hello_image(dir: &Path, bin: &Path, name: &str, version: &str) -> Result<(), Error> {
+    let root = dir.join(format!("app-{version}"));
+    std::fs::create_dir_all(&root)?;
+    std::fs::copy(bin, root.join("hello"))?;
+    let tar = root.with_extension("tar");
+    let out = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").output()?;
+    if !out.status.success() {
+        return Err(format!("tar failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let env = format!("ENV HELLO_VERSION={version}");
+    podman_ok(&["import", "--change", r#"CMD ["/hello"]"#, "--change", &env, &tar.display().to_string(), name], None)?;
+    Ok(())
 }
 
 /// One request of the corpus: its `X-Amz-Target`, the service it is signed for, and its body,
