@@ -180,10 +180,19 @@ fn ecr_with_the_aws_cli_and_podman() -> Result {
     let missing = ci.error(&["ecr", "describe-images", "--repository-name", "web"])?;
     assert!(missing.contains("RepositoryNotFoundException"), "{missing}");
 
+    // `aws sts get-caller-identity`, which pipelines run to check their keys or to find the
+    // account for ECR-style image names.
+    let who = ci.ok(&["sts", "get-caller-identity"])?;
+    assert_eq!(who, serde_json::json!({"UserId": ci.key.id, "Account": "000000000000", "Arn": "arn:aws:iam::000000000000:user/berth/ci"}));
+    let account = ci.ok(&["sts", "get-caller-identity", "--query", "Account"])?;
+    assert_eq!(account, "000000000000");
+
     // Revoking the token revokes its key, and the registry password it handed out.
     s.cli_ok(&["token", "revoke", &ci.key.token_id])?;
     let revoked = ci.error(&["ecr", "describe-repositories"])?;
     assert!(revoked.contains("UnrecognizedClientException"), "{revoked}");
+    let revoked = ci.error(&["sts", "get-caller-identity"])?;
+    assert!(revoked.contains("InvalidClientTokenId"), "{revoked}");
     let login = podman(&["login", &auth, "--tls-verify=false", "--username", "AWS", "--password-stdin", &registry], Some(password.trim()))?;
     assert!(!login.status.success(), "a revoked token's registry password still logs in");
     Ok(())

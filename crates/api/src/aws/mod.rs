@@ -16,6 +16,7 @@ mod ecr;
 mod input;
 mod secretsmanager;
 pub mod sigv4;
+mod sts;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -43,6 +44,8 @@ pub enum Api {
     AppRunner,
     Ecr,
     SecretsManager,
+    /// GetCallerIdentity only, in STS's query protocol ([`sts`]).
+    Sts,
 }
 
 impl Api {
@@ -64,6 +67,7 @@ impl Api {
             Api::AppRunner => "apprunner",
             Api::Ecr => "ecr",
             Api::SecretsManager => "secretsmanager",
+            Api::Sts => "sts",
         }
     }
 
@@ -71,6 +75,7 @@ impl Api {
         match self {
             Api::AppRunner => "application/x-amz-json-1.0",
             Api::Ecr | Api::SecretsManager => "application/x-amz-json-1.1",
+            Api::Sts => "text/xml",
         }
     }
 
@@ -78,7 +83,7 @@ impl Api {
     fn message_key(self) -> &'static str {
         match self {
             Api::Ecr => "message",
-            Api::AppRunner | Api::SecretsManager => "Message",
+            Api::AppRunner | Api::SecretsManager | Api::Sts => "Message",
         }
     }
 
@@ -87,6 +92,7 @@ impl Api {
         match self {
             Api::AppRunner => "InvalidRequestException",
             Api::Ecr | Api::SecretsManager => "InvalidParameterException",
+            Api::Sts => "InvalidParameterValue",
         }
     }
 }
@@ -117,6 +123,7 @@ impl AwsError {
             Api::AppRunner => "InternalServiceErrorException",
             Api::Ecr => "ServerException",
             Api::SecretsManager => "InternalServiceError",
+            Api::Sts => "InternalFailure",
         };
         AwsError::new(kind, "internal error; see the server log").with_status(StatusCode::INTERNAL_SERVER_ERROR)
     }
@@ -195,7 +202,7 @@ impl Call<'_> {
         match self.api {
             Api::Ecr => "TooManyTagsException",
             Api::AppRunner => "InvalidRequestException",
-            Api::SecretsManager => "LimitExceededException",
+            Api::SecretsManager | Api::Sts => "LimitExceededException",
         }
     }
 
@@ -250,14 +257,15 @@ fn error_response(api: Option<Api>, e: &AwsError) -> Response {
     resp
 }
 
-/// Checks the request's signature and finds its token: the principal and the credential's region.
+/// Checks the request's signature and finds its token: the principal, the credential's region
+/// and its access key id.
 async fn authenticate(
     s: &AppState,
     api: Api,
     parts: &axum::http::request::Parts,
     host: &str,
     body: &[u8],
-) -> Result<(Principal, String), AwsError> {
+) -> Result<(Principal, String, String), AwsError> {
     let forbidden = |kind: &'static str, msg: String| AwsError::new(kind, msg).with_status(StatusCode::FORBIDDEN);
     let Some(value) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return Err(forbidden(
@@ -290,7 +298,7 @@ async fn authenticate(
     };
     s.auth.aws_verifier.verify(&auth, &signed, &secret, now()).map_err(|r| forbidden(r.kind, r.message))?;
     let principal = Principal { token_id: record.id, token_name: record.name, scopes: record.scopes, grants: None };
-    Ok((principal, auth.region))
+    Ok((principal, auth.region, auth.access_key))
 }
 
 async fn dispatch(call: &Call<'_>, op: &str, input: &Value) -> Result<Value, AwsError> {
@@ -300,6 +308,7 @@ async fn dispatch(call: &Call<'_>, op: &str, input: &Value) -> Result<Value, Aws
         Api::Ecr => ecr::call(call, op, input).await.unwrap_or_else(|| Err(unknown())),
         Api::SecretsManager => secretsmanager::call(call, op, input).await.unwrap_or_else(|| Err(unknown())),
         Api::AppRunner => apprunner::call(call, op, input).await.unwrap_or_else(|| Err(unknown())),
+        Api::Sts => Err(unknown()),
     }
 }
 
@@ -317,7 +326,17 @@ async fn handle(State(s): State<AppState>, req: Request) -> Response {
     let request_id = uuid();
     let target = req.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_owned).unwrap_or_default();
     let routed = Api::from_target(&target);
+    let form = target.is_empty()
+        && req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/x-www-form-urlencoded"));
     let (parts, body) = req.into_parts();
+    if form {
+        let mut resp = match axum::body::to_bytes(body, MAX_BODY).await {
+            Ok(body) => sts::answer(&s, &parts, &host_of(&parts.headers, &parts.uri), &body, &request_id).await,
+            Err(_) => (StatusCode::PAYLOAD_TOO_LARGE, "").into_response(),
+        };
+        stamp(&mut resp, &request_id);
+        return resp;
+    }
     let result = async {
         let Some((api, op)) = routed else {
             return Err(AwsError::new(
@@ -333,7 +352,7 @@ async fn handle(State(s): State<AppState>, req: Request) -> Response {
             .await
             .map_err(|_| AwsError::new("SerializationException", format!("the request body is larger than {MAX_BODY} bytes")))?;
         let host = host_of(&parts.headers, &parts.uri);
-        let (principal, region) = authenticate(&s, api, &parts, &host, &body).await?;
+        let (principal, region, _) = authenticate(&s, api, &parts, &host, &body).await?;
         let input: Value = if body.iter().all(u8::is_ascii_whitespace) {
             json!({})
         } else {
@@ -357,15 +376,20 @@ async fn handle(State(s): State<AppState>, req: Request) -> Response {
         }
         Err(e) => error_response(api, &e),
     };
+    stamp(&mut resp, &request_id);
+    resp
+}
+
+/// The headers every answer carries: its request id, and the date (SDKs correct their clock
+/// skew from it).
+fn stamp(resp: &mut Response, request_id: &str) {
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert("x-amzn-requestid", v);
     }
-    // SDKs correct their clock skew from it.
     if let Ok(v) = HeaderValue::from_str(&httpdate(now())) {
         h.insert(header::DATE, v);
     }
-    resp
 }
 
 /// An HTTP date (RFC 9110 IMF-fixdate).
