@@ -50,9 +50,11 @@ pub async fn call(c: &Call<'_>, op: &str, v: &Value) -> Option<Result<Value, Aws
 }
 
 fn controller<'c>(c: &'c Call<'_>) -> Result<&'c Controller, AwsError> {
+    // InvalidRequestException: every operation's model has it (the SDKs that match errors to
+    // operations, as the Go SDK does, would not recognise another).
     c.state.controller.as_ref().ok_or_else(|| {
         AwsError::new(
-            "InvalidStateException",
+            "InvalidRequestException",
             "services need the embedded runtime, which is off: run `berth server` as root (it needs namespaces, cgroups and mounts)",
         )
     })
@@ -502,7 +504,13 @@ async fn list_services(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {
 async fn start_deployment(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {
     c.require(Action::Admin)?;
     let (view, _) = service(c, i).await?;
-    let op = controller(c)?.acting_as(&c.principal.token_name).deploy(&view.name, None).await.map_err(|e| controller_error(c, e))?;
+    // StartDeployment's model has no InvalidStateException: an operation in progress is an
+    // invalid request here.
+    let op =
+        controller(c)?.acting_as(&c.principal.token_name).deploy(&view.name, None).await.map_err(|e| match controller_error(c, e) {
+            AwsError { kind: "InvalidStateException", message, .. } => AwsError::new("InvalidRequestException", message),
+            other => other,
+        })?;
     Ok(json!({ "OperationId": operation_id(&op) }))
 }
 
@@ -624,7 +632,7 @@ async fn delete_asc(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {
     for mut a in all.into_iter().filter(|a| a.name == asc.name && (every || a.revision == asc.revision) && a.deleted_at.is_none()) {
         if used.contains(&a.arn(c)) {
             return Err(AwsError::new(
-                "InvalidStateException",
+                "InvalidRequestException",
                 format!("`{}` revision {} is used by a service; move the service off it first", a.name, a.revision),
             ));
         }
@@ -720,7 +728,7 @@ async fn delete_vpc(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {
     if vpc.deleted_at.is_none() {
         let arn = vpc.arn(c);
         if let Some((svc, _)) = service_docs(c).await?.into_iter().find(|(_, d)| d.vpc_connector_arn.as_deref() == Some(arn.as_str())) {
-            return Err(AwsError::new("InvalidStateException", format!("service `{svc}` uses this connector; move it off first")));
+            return Err(AwsError::new("InvalidRequestException", format!("service `{svc}` uses this connector; move it off first")));
         }
         vpc.deleted_at = Some(now());
         put_doc(c, VPC_KIND, &format!("{}/{}", vpc.name, vpc.revision), &vpc).await?;
