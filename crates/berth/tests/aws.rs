@@ -705,6 +705,9 @@ fn apprunner_with_the_aws_cli_deploys_real_containers() -> Result {
     assert_eq!(updated["Service"]["Status"], "OPERATION_IN_PROGRESS");
     let svc = wait_status(&ci, &arn, "RUNNING")?;
     assert_eq!(svc["Service"]["InstanceConfiguration"]["Cpu"], "1024");
+    // UpdatedAt follows the newest operation (shown as a date by the CLI).
+    let (created, changed) = (svc["Service"]["CreatedAt"].as_str().unwrap_or(""), svc["Service"]["UpdatedAt"].as_str().unwrap_or(""));
+    assert!(!created.is_empty() && changed > created, "{created} → {changed}");
 
     // Pause: nothing serves; resume: it serves again.
     ci.ok(&["apprunner", "pause-service", "--service-arn", &arn])?;

@@ -278,13 +278,10 @@ async fn service_docs(c: &Call<'_>) -> Result<Vec<(String, ServiceDoc)>, AwsErro
     Ok(docs.into_iter().filter_map(|d| Some((d.key, serde_json::from_value::<ServiceDoc>(d.doc).ok()?))).collect())
 }
 
-/// The service's AWS document and when it was last changed through App Runner's API.
-async fn service_doc(c: &Call<'_>, name: &str) -> Result<(ServiceDoc, Option<i64>), AwsError> {
+/// The service's AWS document (empty for a service made through berth's own API).
+async fn service_doc(c: &Call<'_>, name: &str) -> Result<ServiceDoc, AwsError> {
     let doc = c.state.store.get_aws_resource(SERVICE_KIND, name).await.map_err(store_error(c))?;
-    Ok(match doc {
-        Some(d) => (serde_json::from_value(d.doc).unwrap_or_default(), Some(d.at)),
-        None => (ServiceDoc::default(), None),
-    })
+    Ok(doc.and_then(|d| serde_json::from_value(d.doc).ok()).unwrap_or_default())
 }
 
 /// The bare host (and port, when not the scheme's) a service is reached at.
@@ -308,6 +305,12 @@ async fn secret_arns(c: &Call<'_>, spec: &ServiceSpec) -> Result<std::collection
     Ok(out)
 }
 
+/// When the service last changed: its newest operation's start, or its creation.
+async fn updated_at(c: &Call<'_>, view: &ServiceView) -> Result<i64, AwsError> {
+    let ops = controller(c)?.operations(&view.name, None, 1).await.map_err(|e| controller_error(c, e))?;
+    Ok(ops.first().map_or(view.created_at, |o| o.started_at).max(view.created_at))
+}
+
 /// A service's status as App Runner tells it: OPERATION_IN_PROGRESS while any operation runs
 /// (berth's own API says RUNNING while an update rolls out, since the service serves on).
 fn status(view: &ServiceView) -> &'static str {
@@ -325,7 +328,7 @@ fn status(view: &ServiceView) -> &'static str {
 
 /// The `Service` structure for a service, as App Runner describes it.
 async fn service_json(c: &Call<'_>, view: &ServiceView) -> Result<Value, AwsError> {
-    let (doc, updated) = service_doc(c, &view.name).await?;
+    let doc = service_doc(c, &view.name).await?;
     let spec = &view.spec;
     let hosts = [c.host.clone()];
     let image_identifier = doc
@@ -369,7 +372,7 @@ async fn service_json(c: &Call<'_>, view: &ServiceView) -> Result<Value, AwsErro
         url: bare_url(&url),
         status: status(view),
         created_at: view.created_at,
-        updated_at: updated.unwrap_or(view.created_at).max(view.created_at),
+        updated_at: updated_at(c, view).await?,
         image_identifier,
         autoscaling,
         vpc_connector_arn,
@@ -446,7 +449,7 @@ async fn create_service(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> 
 async fn update_service(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {
     c.require(Action::Admin)?;
     let (view, _) = service(c, i).await?;
-    let (mut doc, _) = service_doc(c, &view.name).await?;
+    let mut doc = service_doc(c, &view.name).await?;
     let mut spec = view.spec.clone();
     read_spec(c, i, i.raw(), &mut spec, &mut doc).await?;
     let op = controller(c)?.acting_as(&c.principal.token_name).update(spec).await.map_err(|e| controller_error(c, e))?;
@@ -480,6 +483,10 @@ async fn list_services(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {
     let next = (views.len() > max).then(|| views[max - 1].name.clone());
     views.truncate(max);
     let url = |v: &ServiceView| c.state.controller.as_ref().map(|ctl| bare_url(&ctl.url(&v.name))).unwrap_or_default();
+    let mut updated = std::collections::HashMap::new();
+    for v in &views {
+        updated.insert(v.name.clone(), updated_at(c, v).await?);
+    }
     let summaries: Vec<Value> = views
         .iter()
         .map(|v| {
@@ -489,7 +496,7 @@ async fn list_services(c: &Call<'_>, i: &Input<'_>) -> Result<Value, AwsError> {
                 "ServiceArn": service_arn(c, v),
                 "ServiceUrl": url(v),
                 "CreatedAt": timestamp(v.created_at),
-                "UpdatedAt": timestamp(v.created_at),
+                "UpdatedAt": timestamp(updated.get(&v.name).copied().unwrap_or(v.created_at)),
                 "Status": status(v),
             })
         })
