@@ -95,8 +95,8 @@ pub fn import(c: &Client, fmt: Format, cmd: ImportCommand) -> anyhow::Result<()>
             notes.push(map::apply_autoscaling(&mut spec, num("MaxConcurrency")?, num("MinSize")?, num("MaxSize")?));
         }
         None => {
-            let named = summary["AutoScalingConfigurationName"].as_str().unwrap_or("DefaultConfiguration");
-            let kind = if named == "DefaultConfiguration" { NoteKind::Mapped } else { NoteKind::Changed };
+            let named = summary["AutoScalingConfigurationName"].as_str().unwrap_or(map::DEFAULT_AUTOSCALING_NAME);
+            let kind = if named == map::DEFAULT_AUTOSCALING_NAME { NoteKind::Mapped } else { NoteKind::Changed };
             let text = if kind == NoteKind::Mapped {
                 "App Runner's default: autoscaling max_concurrency 100, min_size 1, max_size 25".to_owned()
             } else {
@@ -134,18 +134,17 @@ pub fn export(c: &Client, cmd: ExportCommand) -> anyhow::Result<()> {
     let v = c.get(&format!("/api/v1/services/{}", segment(&name)))?;
     let spec: ServiceSpec = serde_json::from_value(v["spec"].clone()).context("the server sent a service without its spec")?;
     let created_at = v["created_at"].as_i64().unwrap_or(0);
-    let arn = |resource: String| format!("arn:aws:apprunner:{region}:{}:{resource}", map::ACCOUNT);
+    let arn = |resource: String| map::arn("apprunner", &region, &resource);
     let mut secrets = std::collections::BTreeMap::new();
     for reference in spec.image_config.secret_env.values() {
         let secret = reference.split_once('#').map_or(reference.as_str(), |(n, _)| n);
         let info = c.get(&format!("/api/v1/secrets/{}", segment(secret)))?;
-        let suffix = map::secret_suffix(secret, info["created_at"].as_i64().unwrap_or(0));
-        secrets.insert(secret.to_owned(), format!("arn:aws:secretsmanager:{region}:{}:secret:{secret}-{suffix}", map::ACCOUNT));
+        secrets.insert(secret.to_owned(), map::secret_arn(&region, secret, info["created_at"].as_i64().unwrap_or(0)));
     }
     let secret_arn = |n: &str| secrets.get(n).cloned().unwrap_or_default();
     let a = &spec.autoscaling;
     let (asc_name, asc_id) = if (a.max_concurrency, a.min_size, a.max_size) == (100, 1, 25) {
-        ("DefaultConfiguration".to_owned(), format!("{:032}", 1))
+        (map::DEFAULT_AUTOSCALING_NAME.to_owned(), map::DEFAULT_AUTOSCALING_ID.to_owned())
     } else {
         (name.clone(), map::service_id(&name, created_at))
     };

@@ -17,6 +17,21 @@ use crate::service::{HealthProtocol, ImageSource, ServiceSpec};
 /// The account every ARN berth gives out names.
 pub const ACCOUNT: &str = "000000000000";
 
+/// App Runner's default auto scaling configuration (100/1/25): its name, and the id in its ARN
+/// (revision 1).
+pub const DEFAULT_AUTOSCALING_NAME: &str = "DefaultConfiguration";
+pub const DEFAULT_AUTOSCALING_ID: &str = "00000000000000000000000000000001";
+
+/// An ARN of berth's account: `arn:aws:<service>:<region>:000000000000:<resource>`.
+pub fn arn(service: &str, region: &str, resource: &str) -> String {
+    format!("arn:aws:{service}:{region}:{ACCOUNT}:{resource}")
+}
+
+/// A secret's ARN as Secrets Manager gives it: its name and the suffix of [`secret_suffix`].
+pub fn secret_arn(region: &str, name: &str, created_at: i64) -> String {
+    arn("secretsmanager", region, &format!("secret:{name}-{}", secret_suffix(name, created_at)))
+}
+
 /// What reading a field did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoteKind {

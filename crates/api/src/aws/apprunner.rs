@@ -20,7 +20,7 @@ const SERVICE_KIND: &str = "apprunner-service";
 const ASC_KIND: &str = "apprunner-asc";
 /// VPC connectors, by `<name>/<revision>`.
 const VPC_KIND: &str = "apprunner-vpc";
-const DEFAULT_ASC: &str = "DefaultConfiguration";
+const DEFAULT_ASC: &str = map::DEFAULT_AUTOSCALING_NAME;
 
 pub async fn call(c: &Call<'_>, op: &str, v: &Value) -> Option<Result<Value, AwsError>> {
     let i = c.input(v);
@@ -104,7 +104,7 @@ impl Asc {
         Asc {
             name: DEFAULT_ASC.into(),
             revision: 1,
-            id: format!("{:032}", 1),
+            id: map::DEFAULT_AUTOSCALING_ID.into(),
             max_concurrency: 100,
             min_size: 1,
             max_size: 25,
@@ -296,11 +296,11 @@ async fn secret_arns(c: &Call<'_>, spec: &ServiceSpec) -> Result<std::collection
         if out.contains_key(name) {
             continue;
         }
-        let suffix = match c.state.secrets.describe(name).await {
-            Ok(info) => map::secret_suffix(&info.name, info.created_at),
-            Err(_) => "000000".into(),
+        let arn = match c.state.secrets.describe(name).await {
+            Ok(info) => map::secret_arn(&c.region, &info.name, info.created_at),
+            Err(_) => map::arn("secretsmanager", &c.region, &format!("secret:{name}-000000")),
         };
-        out.insert(name.to_owned(), format!("arn:aws:secretsmanager:{}:{}:secret:{name}-{suffix}", c.region, super::ACCOUNT));
+        out.insert(name.to_owned(), arn);
     }
     Ok(out)
 }

@@ -155,7 +155,7 @@ impl Call<'_> {
     }
 
     pub fn arn(&self, resource: &str) -> String {
-        format!("arn:aws:{}:{}:{ACCOUNT}:{resource}", self.api.signing_name(), self.region)
+        berth_core::aws::arn(self.api.signing_name(), &self.region, resource)
     }
 
     pub fn input<'v>(&self, v: &'v Value) -> Input<'v> {

@@ -97,7 +97,7 @@ fn suffix(info: &SecretInfo) -> String {
 }
 
 fn arn(c: &Call<'_>, info: &SecretInfo) -> String {
-    c.arn(&format!("secret:{}-{}", info.name, suffix(info)))
+    berth_core::aws::secret_arn(&c.region, &info.name, info.created_at)
 }
 
 /// The secret a `SecretId` names: a name, a full ARN, or an ARN without its suffix.
