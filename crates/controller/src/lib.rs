@@ -267,6 +267,18 @@ impl Controller {
             refuse_if_busy(&op.service, &busy)?;
             *busy = Some((op.id.clone(), op.kind));
         }
+        // The caller checked the service on an earlier read; an operation that ended since (a
+        // pause, a resume) may have changed it. Now that no other operation can, check again.
+        if requires_state(op.kind) {
+            let still = match self.service_doc(&op.service).await {
+                Ok(svc) => precondition(&op.service, op.kind, &svc),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = still {
+                self.release(&op.service);
+                return Err(e);
+            }
+        }
         if let Err(e) = self.sh.store.put_operation(&op.id, &op.service, true, &to_value(&op)?, op.started_at).await {
             self.release(&op.service);
             return Err(e.into());
@@ -345,7 +357,7 @@ impl Controller {
         let _networks = self.sh.networks.lock().await;
         self.check_network_refs(&spec).await?;
         let svc = self.service_doc(&spec.name).await?;
-        self.require_unpaused(&spec.name, &svc)?;
+        precondition(&spec.name, OperationType::UpdateService, &svc)?;
         self.refuse_while_busy(&spec.name)?;
         let rev = match svc.current_revision {
             Some(n) if spec.source.image == svc.spec.source.image => {
@@ -365,7 +377,7 @@ impl Controller {
     /// `repo@digest`) with the same configuration.
     pub async fn deploy(&self, name: &str, image: Option<&str>) -> Result<Operation> {
         let svc = self.service_doc(name).await?;
-        self.require_unpaused(name, &svc)?;
+        precondition(name, OperationType::StartDeployment, &svc)?;
         let rev = resolve(&self.sh, &svc.spec, image).await?;
         self.deploy_revision_doc(name, &svc, rev, None).await
     }
@@ -395,7 +407,7 @@ impl Controller {
     /// revision's build, and the operation says so).
     pub async fn rollback(&self, name: &str, revision: &str) -> Result<Operation> {
         let svc = self.service_doc(name).await?;
-        self.require_unpaused(name, &svc)?;
+        precondition(name, OperationType::StartDeployment, &svc)?;
         let number = parse_revision(name, revision).ok_or_else(|| {
             ControllerError::BadRequest(format!("`{revision}` is not a revision of `{name}` (like `{name}-0001` or `1`)"))
         })?;
@@ -421,31 +433,20 @@ impl Controller {
     pub async fn pause(&self, name: &str) -> Result<Operation> {
         let svc = self.service_doc(name).await?;
         self.refuse_while_busy(name)?;
-        if svc.status != ServiceStatus::Running {
-            return Err(ControllerError::Conflict(format!("`{name}` is {}; only a RUNNING service can be paused", svc.status)));
-        }
+        precondition(name, OperationType::PauseService, &svc)?;
         self.submit(self.op(name, OperationType::PauseService, None, svc.current_revision)).await
     }
 
     pub async fn resume(&self, name: &str) -> Result<Operation> {
         let svc = self.service_doc(name).await?;
         self.refuse_while_busy(name)?;
-        if svc.status != ServiceStatus::Paused {
-            return Err(ControllerError::Conflict(format!("`{name}` is {}, not PAUSED", svc.status)));
-        }
+        precondition(name, OperationType::ResumeService, &svc)?;
         self.submit(self.op(name, OperationType::ResumeService, svc.current_revision, svc.current_revision)).await
     }
 
     pub async fn delete(&self, name: &str) -> Result<Operation> {
         let svc = self.service_doc(name).await?;
         self.submit(self.op(name, OperationType::DeleteService, None, svc.current_revision)).await
-    }
-
-    fn require_unpaused(&self, name: &str, svc: &ServiceDoc) -> Result<()> {
-        if svc.paused {
-            return Err(ControllerError::Conflict(format!("`{name}` is paused; resume it first (`berth service resume {name}`)")));
-        }
-        Ok(())
     }
 
     pub(crate) async fn service_doc(&self, name: &str) -> Result<ServiceDoc> {
@@ -645,6 +646,31 @@ impl Controller {
 const RETIRED_SHOWN: usize = 100;
 
 /// `Busy` naming the operation in progress on `service`, if one is.
+/// Whether an operation of `kind` may start only on a service in some state ([`precondition`]).
+fn requires_state(kind: OperationType) -> bool {
+    matches!(
+        kind,
+        OperationType::StartDeployment | OperationType::UpdateService | OperationType::PauseService | OperationType::ResumeService
+    )
+}
+
+/// What the service must be for an operation of `kind` to start on it: deployments and updates
+/// need it unpaused, a pause needs it RUNNING, a resume PAUSED.
+fn precondition(name: &str, kind: OperationType, svc: &ServiceDoc) -> Result<()> {
+    match kind {
+        OperationType::StartDeployment | OperationType::UpdateService if svc.paused => {
+            Err(ControllerError::Conflict(format!("`{name}` is paused; resume it first (`berth service resume {name}`)")))
+        }
+        OperationType::PauseService if svc.status != ServiceStatus::Running => {
+            Err(ControllerError::Conflict(format!("`{name}` is {}; only a RUNNING service can be paused", svc.status)))
+        }
+        OperationType::ResumeService if svc.status != ServiceStatus::Paused => {
+            Err(ControllerError::Conflict(format!("`{name}` is {}, not PAUSED", svc.status)))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn refuse_if_busy(service: &str, busy: &Option<(String, OperationType)>) -> Result<()> {
     match busy {
         Some((id, kind)) => Err(ControllerError::Busy { service: service.to_owned(), id: id.clone(), kind: *kind }),
@@ -740,4 +766,32 @@ pub(crate) async fn pin_secrets(sh: &Shared, spec: &ServiceSpec) -> Result<std::
         pinned.insert(r.name, version);
     }
     Ok(pinned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_start_only_on_a_service_in_their_state() {
+        let svc = |status: ServiceStatus, paused: bool| -> ServiceDoc {
+            let spec: ServiceSpec = serde_json::from_value(serde_json::json!({"name": "web-app", "source": {"image": "web:1"}}))
+                .unwrap_or_else(|e| panic!("{e}"));
+            ServiceDoc { spec, status, current_revision: Some(1), paused }
+        };
+        let (running, paused) = (svc(ServiceStatus::Running, false), svc(ServiceStatus::Paused, true));
+        for kind in [OperationType::StartDeployment, OperationType::UpdateService, OperationType::ResumeService] {
+            assert!(requires_state(kind));
+            let (on_running, on_paused) = (precondition("web-app", kind, &running), precondition("web-app", kind, &paused));
+            assert_eq!(
+                (on_running.is_ok(), on_paused.is_ok()),
+                (kind != OperationType::ResumeService, kind == OperationType::ResumeService)
+            );
+        }
+        assert!(precondition("web-app", OperationType::PauseService, &running).is_ok());
+        assert!(
+            matches!(precondition("web-app", OperationType::PauseService, &paused), Err(ControllerError::Conflict(m)) if m.contains("RUNNING"))
+        );
+        assert!(!requires_state(OperationType::CreateService) && !requires_state(OperationType::DeleteService));
+    }
 }
