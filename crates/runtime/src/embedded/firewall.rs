@@ -2,7 +2,10 @@
 //! Rulesets are built as data, never as command strings. The whole of berth's rules for a bridge
 //! is rebuilt from the instances' network settings and loaded in one transaction (each table
 //! added, deleted and made again), so reloading is idempotent, never leaves a gap, and drops
-//! what no instance needs any more. Named counters carry their values across reloads.
+//! what no instance needs any more. Named counters carry their values across reloads. No rule
+//! looks anything up in a verdict map: the kernel retires a map's elements with the rule that
+//! holds it, so a packet meeting the old rule as a reload commits would miss — a connection an
+//! instance may open refused, a forged frame let through. Plain sets are used instead.
 //!
 //! - `inet berth_<bridge>`: default deny for instances. Answers to connections the host opened
 //!   (the router, health checks) pass. An instance may open connections to the ports open to all
@@ -159,27 +162,25 @@ pub fn ruleset(plan: &Plan<'_>) -> Value {
 
 /// Each instance sends from its own address only: IPv4 and ARP with another source, and any
 /// IPv6, are dropped as they enter the bridge, so no instance takes on another's rules. A frame
-/// finds its port's rules by one lookup, so the cost per frame does not grow with the instances
+/// from an instance's port is checked by two lookups (its port among the instances', its port
+/// and source address among theirs), so the cost per frame does not grow with the instances
 /// (the hook sees every bridge's frames, the attached LANs' too).
 fn spoof_rules(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
     let chain = json!({"family": "bridge", "table": table, "name": "prerouting", "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"});
     cmds.push(json!({"add": {"chain": chain}}));
-    let rule = |chain: &str, expr: Vec<Value>| json!({"add": {"rule": {"family": "bridge", "table": table, "chain": chain, "expr": expr}}});
+    if plan.members.is_empty() {
+        return;
+    }
+    let rule = |expr: Vec<Value>| json!({"add": {"rule": {"family": "bridge", "table": table, "chain": "prerouting", "expr": expr}}});
     let ether = |kind: &str| is(field("ether", "type"), kind.into());
-    let mut ports = Vec::new();
-    for m in &plan.members {
-        let chain = format!("port_{}", m.veth);
-        cmds.push(json!({"add": {"chain": {"family": "bridge", "table": table, "name": chain}}}));
-        let own = m.address.to_string();
-        let not_own = |f: Value| json!({"match": {"op": "!=", "left": f, "right": own}});
-        cmds.push(rule(&chain, vec![ether("ip"), not_own(field("ip", "saddr")), json!({"drop": null})]));
-        cmds.push(rule(&chain, vec![ether("arp"), not_own(field("arp", "saddr ip")), json!({"drop": null})]));
-        cmds.push(rule(&chain, vec![ether("ip6"), json!({"drop": null})]));
-        ports.push(json!([m.veth, {"jump": {"target": chain}}]));
-    }
-    if !ports.is_empty() {
-        cmds.push(rule("prerouting", vec![json!({"vmap": {"key": meta("iifname"), "data": {"set": ports}}})]));
-    }
+    let from_instances = json!({"match": {"op": "==", "left": meta("iifname"), "right": {"set": plan.members.iter().map(|m| m.veth.clone()).collect::<Vec<_>>()}}});
+    let not_own = |source: Value| {
+        let own: Vec<Value> = plan.members.iter().map(|m| json!({"concat": [m.veth, m.address.to_string()]})).collect();
+        json!({"match": {"op": "!=", "left": {"concat": [meta("iifname"), source]}, "right": {"set": own}}})
+    };
+    cmds.push(rule(vec![from_instances.clone(), ether("ip"), not_own(field("ip", "saddr")), json!({"drop": null})]));
+    cmds.push(rule(vec![from_instances.clone(), ether("arp"), not_own(field("arp", "saddr ip")), json!({"drop": null})]));
+    cmds.push(rule(vec![from_instances, ether("ip6"), json!({"drop": null})]));
 }
 
 fn filter_table(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
@@ -202,7 +203,8 @@ fn filter_table(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
     cmds.push(rule("refuse", vec![is(meta("l4proto"), "tcp".into()), json!({"reject": {"type": "tcp reset"}})]));
     cmds.push(rule("refuse", vec![json!({"reject": {"type": "icmpx", "expr": "admin-prohibited"}})]));
     // One chain per distinct policy: instances of one service share it (a deployment may run
-    // two policies side by side for a while).
+    // two policies side by side for a while). Its instances are found by a plain set of their
+    // addresses (see the module's notes on reloads): one rule per policy.
     let mut policies: Vec<(&str, &InstanceNetwork, Vec<&Member<'_>>)> = Vec::new();
     for m in &plan.members {
         match policies.iter_mut().find(|(g, n, _)| *g == m.group() && *n == m.network) {
@@ -210,13 +212,11 @@ fn filter_table(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
             None => policies.push((m.group(), m.network, vec![m])),
         }
     }
-    let mut vmap = Vec::new();
+    let mut by_source = Vec::new();
     for (i, (group, policy, members)) in policies.iter().enumerate() {
         let chain = format!("from_{group}_{i}");
         cmds.push(json!({"add": {"chain": {"family": "inet", "table": table, "name": chain}}}));
-        for m in members {
-            vmap.push(json!([m.address.to_string(), {"jump": {"target": chain}}]));
-        }
+        by_source.push(vec![is(field("ip", "saddr"), addresses(members)), json!({"jump": {"target": chain}})]);
         let denied = |class: &str| vec![json!({"counter": counter_name(group, class)}), reject()];
         let local = json!({"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}});
         cmds.push(rule(&chain, [vec![local], denied("host")].concat()));
@@ -258,10 +258,9 @@ fn filter_table(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
     input.push(vec![from_instances.clone(), json!({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}), accept()]);
     let mut forward =
         vec![vec![from_instances.clone(), established(), accept()], vec![is(meta("oifname"), br.into()), established(), accept()]];
-    if !vmap.is_empty() {
-        let by_source = json!({"vmap": {"key": field("ip", "saddr"), "data": {"set": vmap}}});
-        input.push(vec![from_instances.clone(), by_source.clone()]);
-        forward.push(vec![from_instances.clone(), by_source]);
+    for policy in by_source {
+        input.push([vec![from_instances.clone()], policy.clone()].concat());
+        forward.push([vec![from_instances.clone()], policy].concat());
     }
     // An address no instance holds, and anything from outside towards an instance.
     input.push(vec![from_instances.clone(), reject()]);
@@ -484,8 +483,11 @@ mod tests {
         has(r#"{"add":{"counter":{"bytes":420,"family":"inet","name":"denied_web_private","packets":7,"table":"berth_berth0"}}}"#);
         has(r#"{"add":{"counter":{"bytes":120,"family":"inet","name":"denied_gone_host","packets":2,"table":"berth_berth0"}}}"#);
         assert!(!text.contains("denied_idle_host"), "a counter of nothing, for a service with no instance, is dropped");
-        has(r#"{"jump":{"target":"from_web_0"}}"#);
-        has(r#"["10.77.0.2",{"jump":{"target":"from_web_0"}}],["10.77.0.3",{"jump":{"target":"from_web_0"}}]"#);
+        // Its instances found by a plain set of their addresses (a reload never makes a packet
+        // miss it), in both hooks.
+        let by_source = r#"{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":{"set":["10.77.0.2","10.77.0.3"]}}},{"jump":{"target":"from_web_0"}}"#;
+        assert_eq!(text.matches(by_source).count(), 2, "{text}");
+        assert!(!text.contains("vmap"), "no verdict map: a reload retires its elements under packets in flight\n{text}");
         // Its LAN through the attached bridge, nothing else but counted rejections.
         has(
             r#"{"match":{"left":{"payload":{"field":"daddr","protocol":"ip"}},"op":"==","right":{"prefix":{"addr":"10.90.0.0","len":24}}}},{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"br-db"}},{"accept":null}"#,
@@ -497,16 +499,24 @@ mod tests {
             r#"{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":{"set":["10.77.0.2","10.77.0.3"]}}},{"match":{"left":{"payload":{"field":"daddr","protocol":"ip"}},"op":"==","right":"10.77.0.1"}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":3306}},{"dnat":{"addr":"127.0.0.1","port":3306}}"#,
         );
         has(r#"{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"br-db"}},{"masquerade":null}"#);
-        // Each instance sends from its own address only, its port's rules found by one lookup.
-        has(
-            r#"{"chain":"port_bv2","expr":[{"match":{"left":{"payload":{"field":"type","protocol":"ether"}},"op":"==","right":"ip"}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"!=","right":"10.77.0.2"}},{"drop":null}]"#,
-        );
-        has(
-            r#"{"chain":"port_bv3","expr":[{"match":{"left":{"payload":{"field":"type","protocol":"ether"}},"op":"==","right":"arp"}},{"match":{"left":{"payload":{"field":"saddr ip","protocol":"arp"}},"op":"!=","right":"10.77.0.3"}},{"drop":null}]"#,
-        );
-        has(
-            r#"{"chain":"prerouting","expr":[{"vmap":{"data":{"set":[["bv2",{"jump":{"target":"port_bv2"}}],["bv3",{"jump":{"target":"port_bv3"}}]]},"key":{"meta":{"key":"iifname"}}}}]"#,
-        );
+        // Each instance sends from its own address only, its port and address found by lookups.
+        let ports = r#"{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":{"set":["bv2","bv3"]}}}"#;
+        let own = |source: &str| {
+            format!(
+                r#"{{"match":{{"left":{{"concat":[{{"meta":{{"key":"iifname"}}}},{source}]}},"op":"!=","right":{{"set":[{{"concat":["bv2","10.77.0.2"]}},{{"concat":["bv3","10.77.0.3"]}}]}}}}}},{{"drop":null}}"#
+            )
+        };
+        has(&format!(
+            r#"{ports},{{"match":{{"left":{{"payload":{{"field":"type","protocol":"ether"}}}},"op":"==","right":"ip"}}}},{}"#,
+            own(r#"{"payload":{"field":"saddr","protocol":"ip"}}"#)
+        ));
+        has(&format!(
+            r#"{ports},{{"match":{{"left":{{"payload":{{"field":"type","protocol":"ether"}}}},"op":"==","right":"arp"}}}},{}"#,
+            own(r#"{"payload":{"field":"saddr ip","protocol":"arp"}}"#)
+        ));
+        has(&format!(
+            r#"{ports},{{"match":{{"left":{{"payload":{{"field":"type","protocol":"ether"}}}},"op":"==","right":"ip6"}}}},{{"drop":null}}"#
+        ));
         assert!(needs_localnet(&plan));
         assert_eq!(attached_devices(&plan).into_iter().collect::<Vec<_>>(), ["br-db"]);
     }
