@@ -407,9 +407,10 @@ impl Postgres {
             .stderr(std::fs::File::create(dir.path().join("postgres.log"))?);
         let child = server.spawn()?;
         let pg = Postgres { child, addr: format!("{bind}:{port}"), dir, bin };
-        let socket = pg.dir.path().join(format!(".s.PGSQL.{port}"));
+        // Ready when it accepts connections: its socket appears while it is still starting up,
+        // when it refuses them ("the database system is starting up").
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !socket.exists() {
+        while !pg.ready()? {
             if Instant::now() > deadline {
                 return Err(format!("PostgreSQL did not start within a minute:\n{}", pg.log()).into());
             }
@@ -420,11 +421,24 @@ impl Postgres {
         Ok(pg)
     }
 
+    fn port(&self) -> &str {
+        self.addr.rsplit(':').next().unwrap_or("5432")
+    }
+
+    /// Whether it accepts connections on its socket (`pg_isready`).
+    fn ready(&self) -> Result<bool, Error> {
+        let status = Command::new(self.bin.join("pg_isready"))
+            .args(["-q", "-U", "postgres", "-d", "postgres", "-p", self.port()])
+            .arg("-h")
+            .arg(self.dir.path())
+            .status()?;
+        Ok(status.success())
+    }
+
     /// Runs `sql` as the superuser over the socket; its output (unaligned, no headers).
     pub fn sql(&self, sql: &str) -> Result<String, Error> {
-        let port = self.addr.rsplit(':').next().unwrap_or("5432");
         let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres", "-p", port])
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres", "-p", self.port()])
             .arg("-h")
             .arg(self.dir.path())
             .args(["-c", sql])
