@@ -422,6 +422,7 @@ fn used_before(data: &Path) -> bool {
 }
 
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    let stop = shutdown_signal();
     init_logging(&config);
     private_data_dir(&config.data_dir)?;
     // Shims and containers resolve paths from elsewhere: every path berth hands out is absolute.
@@ -575,7 +576,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     let gate = Gate::new("API", config.api.max_connections);
     let app = berth_api::app_with(state, berth_console::routes());
-    serve_api(listener, app, gate, Duration::from_secs(config.api.idle_timeout_secs)).await;
+    serve_api(listener, app, gate, Duration::from_secs(config.api.idle_timeout_secs), stop).await;
     // Instances and the router outlive the server; with no instance left, nothing of berth
     // stays on the host.
     let instances = match &runtime {
@@ -598,17 +599,22 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves the API listener until SIGTERM or SIGINT: HTTP/1.1 connections within the listener's
-/// connection limit; a connection with no request in progress for `idle` is closed (idle
-/// keep-alive connections, and heads sent too slowly, through hyper's header read timeout);
-/// accept errors never end it. On the signal, requests in flight get [`SHUTDOWN_GRACE`], then
-/// the server stops anyway.
-async fn serve_api(listener: tokio::net::TcpListener, app: axum::Router, gate: Arc<Gate>, idle: Duration) {
+/// Serves the API listener until `signal` (SIGTERM or SIGINT): HTTP/1.1 connections within the
+/// listener's connection limit; a connection with no request in progress for `idle` is closed
+/// (idle keep-alive connections, and heads sent too slowly, through hyper's header read
+/// timeout); accept errors never end it. On the signal, requests in flight get
+/// [`SHUTDOWN_GRACE`], then the server stops anyway.
+async fn serve_api(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    gate: Arc<Gate>,
+    idle: Duration,
+    signal: impl std::future::Future<Output = ()>,
+) {
     use berth_router::listen::{Activity, BodyLeft, Returning, Tracked};
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let signal = shutdown_signal();
     tokio::pin!(signal);
     loop {
         let (stream, _peer, admitted) = tokio::select! {
@@ -675,15 +681,21 @@ async fn serve_api(listener: tokio::net::TcpListener, app: axum::Router, gate: A
 /// How long requests in flight may take to finish once berth is asked to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT: listened for from the call on (not from the first poll), so a signal that
+/// comes once berth has said where it listens, or while it starts, stops it gracefully instead
+/// of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::warn!("cannot listen for signals; stop berth with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            tracing::warn!("cannot listen for signals; stop berth with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+        }
     }
 }
 

@@ -187,3 +187,30 @@ fn graceful_shutdown_on_sigterm() -> Result {
     assert!(status.success(), "{status}");
     Ok(())
 }
+
+/// From the moment berth says where it listens, SIGTERM stops it gracefully: sent the instant
+/// the address appears, round after round, it never kills it.
+#[test]
+fn sigterm_as_soon_as_berth_listens_is_graceful() -> Result {
+    for round in 1..=10 {
+        let tmp = tempfile::tempdir()?;
+        let mut child = berth_testkit::BerthProcess::spawn(std::path::Path::new(BIN), tmp.path(), &[])?;
+        let said = tmp.path().join("api-address");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !said.exists() {
+            if let Some(status) = child.try_wait()? {
+                return Err(format!("round {round}: berth exited before it listened: {status}").into());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("round {round}: berth did not listen within 20 s").into());
+            }
+            std::thread::yield_now();
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let status = child.wait()?;
+        assert!(status.success(), "round {round}: SIGTERM right after berth said it listens: {status}");
+    }
+    Ok(())
+}

@@ -49,20 +49,7 @@ impl BerthProcess {
     /// Starts `bin server` on a free port and waits until it listens.
     pub fn start(bin: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Result<BerthProcess, Error> {
         let addr_file = data_dir.join("api-address");
-        let _ = std::fs::remove_file(&addr_file);
-        let mut cmd = Command::new(bin);
-        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
-        // Tests that want containers turn the runtime on with their own bridge and CIDR.
-        cmd.env("BERTH_LOG", "warn")
-            .env("BERTH_RUNTIME", "off")
-            .env("BERTH_ROUTER_HTTP", "127.0.0.1:0")
-            .env("BERTH_ROUTER_HTTPS", "127.0.0.1:0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn()?;
+        let mut child = BerthProcess::spawn(bin, data_dir, env)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(a) = std::fs::read_to_string(&addr_file) {
@@ -78,6 +65,25 @@ impl BerthProcess {
         let _ = child.kill();
         let _ = child.wait();
         Err("berth server did not start within 20 s".into())
+    }
+
+    /// Spawns `bin server` on a free port, as [`BerthProcess::start`] does, without waiting: it
+    /// says it listens by writing `<data_dir>/api-address`.
+    pub fn spawn(bin: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Result<Child, Error> {
+        let _ = std::fs::remove_file(data_dir.join("api-address"));
+        let mut cmd = Command::new(bin);
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        // Tests that want containers turn the runtime on with their own bridge and CIDR.
+        cmd.env("BERTH_LOG", "warn")
+            .env("BERTH_RUNTIME", "off")
+            .env("BERTH_ROUTER_HTTP", "127.0.0.1:0")
+            .env("BERTH_ROUTER_HTTPS", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Ok(cmd.spawn()?)
     }
 }
 
