@@ -172,9 +172,10 @@ const SPOOFER: &str = "import socket,struct,sys,time\ns=socket.socket(socket.AF_
 const RECEIVER: &str = "import socket,sys,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((sys.argv[1],int(sys.argv[2])))\ns.settimeout(0.2)\nc={b'own':0,b'forged':0}\nend=time.time()+float(sys.argv[3])\nwhile time.time()<end:\n try:\n  d=s.recv(100)\n  c[d]=c.get(d,0)+1\n except socket.timeout:\n  pass\nprint(c[b'own'],c[b'forged'])\n";
 
 /// Loading the rules again (as each instance created or deleted does) neither refuses a
-/// connection an instance may open nor lets through what it may not send: connections to an
-/// attached LAN keep succeeding, every one, and datagrams with another instance's address never
-/// arrive, while the bridge's rules are reloaded over and over with members coming and going.
+/// connection an instance may open, nor lets through what it may not send, nor loses count of
+/// what it refuses: while the bridge's rules are reloaded over and over with members coming and
+/// going, connections to an attached LAN keep succeeding, every one, datagrams with another
+/// instance's address never arrive, and each connection refused (to the host) is counted.
 #[test]
 fn connections_pass_while_the_rules_reload() -> Result {
     use berth_core::network::{Attachment, Egress, NetworkSpec};
@@ -234,6 +235,7 @@ fn connections_pass_while_the_rules_reload() -> Result {
     let forged = cidr.nth(100).to_string();
     let spoofer = in_ns(&ns_a, SPOOFER, &[&forged, &server, "9001", "8", &a.address.to_string()])?;
     let mut client = in_ns(&ns_a, CONNECTOR, &[&server, "9000", "8"])?;
+    let refused_by_rule = in_ns(&ns_a, CONNECTOR, &[&cidr.gateway().to_string(), "9", "8"])?;
     let mut reloads = 0;
     while client.try_wait()?.is_none() {
         net.apply_rules(members(reloads % 3), false, &[])?;
@@ -242,8 +244,9 @@ fn connections_pass_while_the_rules_reload() -> Result {
     let numbers = |child: Child| -> Result<Vec<u64>> {
         Ok(String::from_utf8_lossy(&child.wait_with_output()?.stdout).split_whitespace().filter_map(|c| c.parse().ok()).collect())
     };
-    let (counts, sent, arrived) = (numbers(client)?, numbers(spoofer)?, numbers(receiver)?);
-    eprintln!("{reloads} reloads; connections ok, refused, failed otherwise: {counts:?}; forged datagrams sent {sent:?}, datagrams arrived (own, forged) {arrived:?}");
+    let (counts, sent, arrived, to_host) = (numbers(client)?, numbers(spoofer)?, numbers(receiver)?, numbers(refused_by_rule)?);
+    let counted = berth_runtime::embedded::firewall::counters(&sb.bridge)?.get("denied_web_host").map_or(0, |c| c.0);
+    eprintln!("{reloads} reloads; connections ok, refused, failed otherwise: {counts:?}; to the host {to_host:?}, counted {counted}; forged datagrams sent {sent:?}, datagrams arrived (own, forged) {arrived:?}");
     assert!(reloads >= 20, "only {reloads} reloads");
     assert!(counts.len() == 3 && counts[0] > 1000, "too few connections to tell: {counts:?}");
     assert_eq!(&counts[1..], [0, 0], "connections failed while the rules reloaded ({reloads} reloads)");
@@ -253,6 +256,8 @@ fn connections_pass_while_the_rules_reload() -> Result {
         "the instance's own datagrams did not arrive, so forged ones could not be told: {arrived:?}"
     );
     assert_eq!(arrived[1], 0, "datagrams with another instance's address reached the LAN while the rules reloaded");
+    assert!(to_host.len() == 3 && to_host[0] == 0 && to_host[1] > 100, "connections to the host were not refused: {to_host:?}");
+    assert_eq!(counted, to_host[1], "refusals went uncounted while the rules reloaded");
     net.detach("a")?;
     Ok(())
 }

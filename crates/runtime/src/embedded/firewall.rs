@@ -1,10 +1,12 @@
 //! The host's packet filter for instances, through nftables' JSON interface (`nft -j -f -`).
 //! Rulesets are built as data, never as command strings. The whole of berth's rules for a bridge
-//! is rebuilt from the instances' network settings and loaded in one transaction (each table
-//! added, deleted and made again), so reloading is idempotent, never leaves a gap, and drops
-//! what no instance needs any more. Named counters carry their values across reloads. No rule
-//! looks anything up in a verdict map: the kernel retires a map's elements with the rule that
-//! holds it, so a packet meeting the old rule as a reload commits would miss — a connection an
+//! is rebuilt from the instances' network settings and loaded in one transaction, so reloading
+//! is idempotent, never leaves a gap, and drops what no instance needs any more. The filter
+//! table stays: its rules are flushed and made again, chains and counters no longer needed are
+//! deleted, so its named counters count on through a reload and lose nothing. The NAT and
+//! bridge tables, which count nothing, are added, deleted and made again. No rule looks
+//! anything up in a verdict map: the kernel retires a map's elements with the rule that holds
+//! it, so a packet meeting the old rule as a reload commits would miss — a connection an
 //! instance may open refused, a forged frame let through. Plain sets are used instead.
 //!
 //! - `inet berth_<bridge>`: default deny for instances. Answers to connections the host opened
@@ -93,8 +95,16 @@ pub struct Plan<'a> {
     /// Ports of the gateway every instance may reach (berth's DNS and router).
     pub open_ports: &'a [(Proto, u16)],
     pub members: Vec<Member<'a>>,
-    /// Counter values to carry over: name → (packets, bytes).
-    pub counters: &'a BTreeMap<String, (u64, u64)>,
+    /// What the filter table holds now.
+    pub loaded: &'a Loaded,
+}
+
+/// The chains and named counters of a bridge's filter table as loaded.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub chains: BTreeSet<String>,
+    /// name → (packets, bytes).
+    pub counters: BTreeMap<String, (u64, u64)>,
 }
 
 /// The name of the counter of `group`'s connections denied towards `class`.
@@ -150,7 +160,9 @@ fn addresses(members: &[&Member<'_>]) -> Value {
 pub fn ruleset(plan: &Plan<'_>) -> Value {
     let mut cmds = Vec::new();
     let (filter, nat, spoof) = (guard_table(plan.bridge), nat_table(plan.bridge), spoof_table(plan.bridge));
-    for (family, table) in [("inet", &filter), ("ip", &nat), ("bridge", &spoof)] {
+    let t = json!({"family": "inet", "name": filter});
+    cmds.extend([json!({"add": {"table": t}}), json!({"flush": {"table": t}})]);
+    for (family, table) in [("ip", &nat), ("bridge", &spoof)] {
         let t = json!({"family": family, "name": table});
         cmds.extend([json!({"add": {"table": t}}), json!({"delete": {"table": t}}), json!({"add": {"table": t}})]);
     }
@@ -187,14 +199,19 @@ fn filter_table(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
     let br = plan.bridge;
     let gateway = plan.cidr.gateway();
     let rule = |chain: &str, expr: Vec<Value>| json!({"add": {"rule": {"family": "inet", "table": table, "chain": chain, "expr": expr}}});
-    // Counters first: rules refer to them. Those of services with no instance now are kept while
-    // they count something: a service whose instances failed still shows what they tried.
+    // Counters first: rules refer to them. Adding one that is loaded keeps its values. Those of
+    // services with no instance now are kept while they count something: a service whose
+    // instances failed still shows what they tried. The rest go, as the rules that counted them
+    // were flushed.
     let groups: BTreeSet<&str> = plan.members.iter().map(Member::group).collect();
     let mut names: BTreeSet<String> = groups.iter().flat_map(|g| DENIED_CLASSES.iter().map(move |c| counter_name(g, c))).collect();
-    names.extend(plan.counters.iter().filter(|(n, (packets, _))| *packets > 0 && counter_of(n).is_some()).map(|(n, _)| n.clone()));
+    let loaded = &plan.loaded.counters;
+    names.extend(loaded.iter().filter(|(n, (packets, _))| *packets > 0 && counter_of(n).is_some()).map(|(n, _)| n.clone()));
+    for name in loaded.keys().filter(|n| !names.contains(*n)) {
+        cmds.push(json!({"delete": {"counter": {"family": "inet", "table": table, "name": name}}}));
+    }
     for name in names {
-        let (packets, bytes) = plan.counters.get(&name).copied().unwrap_or_default();
-        cmds.push(json!({"add": {"counter": {"family": "inet", "table": table, "name": name, "packets": packets, "bytes": bytes}}}));
+        cmds.push(json!({"add": {"counter": {"family": "inet", "table": table, "name": name}}}));
     }
     for (name, hook) in [("input", "input"), ("forward", "forward")] {
         cmds.push(json!({"add": {"chain": {"family": "inet", "table": table, "name": name, "type": "filter", "hook": hook, "prio": 0, "policy": "accept"}}}));
@@ -213,9 +230,11 @@ fn filter_table(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
         }
     }
     let mut by_source = Vec::new();
+    let mut chains: BTreeSet<String> = ["input", "forward", "refuse"].map(String::from).into();
     for (i, (group, policy, members)) in policies.iter().enumerate() {
         let chain = format!("from_{group}_{i}");
         cmds.push(json!({"add": {"chain": {"family": "inet", "table": table, "name": chain}}}));
+        chains.insert(chain.clone());
         by_source.push(vec![is(field("ip", "saddr"), addresses(members)), json!({"jump": {"target": chain}})]);
         let denied = |class: &str| vec![json!({"counter": counter_name(group, class)}), reject()];
         let local = json!({"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}});
@@ -268,6 +287,10 @@ fn filter_table(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
     forward.push(vec![is(meta("oifname"), br.into()), reject()]);
     cmds.extend(input.into_iter().map(|e| rule("input", e)));
     cmds.extend(forward.into_iter().map(|e| rule("forward", e)));
+    // The chains of policies gone (flushed above: nothing jumps to them).
+    for name in plan.loaded.chains.difference(&chains) {
+        cmds.push(json!({"delete": {"chain": {"family": "inet", "table": table, "name": name}}}));
+    }
 }
 
 fn nat_rules(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
@@ -360,21 +383,32 @@ pub fn apply(ruleset: &Value) -> Result<(), NetworkError> {
 /// The named counters of `bridge`'s filter table: name → (packets, bytes). None when the table
 /// does not exist yet.
 pub fn counters(bridge: &str) -> Result<BTreeMap<String, (u64, u64)>, NetworkError> {
-    let out = match nft(&["-j", "list", "counters", "table", "inet", &guard_table(bridge)], None) {
+    Ok(listed(&["counters", "table", "inet", &guard_table(bridge)])?.counters)
+}
+
+/// What `bridge`'s filter table holds: nothing when it does not exist yet.
+pub fn loaded(bridge: &str) -> Result<Loaded, NetworkError> {
+    listed(&["table", "inet", &guard_table(bridge)])
+}
+
+/// The chains and counters `nft list <what>` shows.
+fn listed(what: &[&str]) -> Result<Loaded, NetworkError> {
+    let out = match nft(&[&["-j", "list"], what].concat(), None) {
         Ok(out) => out,
-        Err(NetworkError::Nft(msg)) if msg.contains("No such file or directory") => return Ok(BTreeMap::new()),
+        Err(NetworkError::Nft(msg)) if msg.contains("No such file or directory") => return Ok(Loaded::default()),
         Err(e) => return Err(e),
     };
-    let listed: Value = serde_json::from_str(&out).map_err(|e| NetworkError::Nft(format!("reading nft's counters: {e}")))?;
-    Ok(listed["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|o| {
-            let c = o.get("counter")?;
-            Some((c["name"].as_str()?.to_owned(), (c["packets"].as_u64().unwrap_or(0), c["bytes"].as_u64().unwrap_or(0))))
-        })
-        .collect())
+    let listed: Value = serde_json::from_str(&out).map_err(|e| NetworkError::Nft(format!("reading nft's listing: {e}")))?;
+    let mut loaded = Loaded::default();
+    for o in listed["nftables"].as_array().into_iter().flatten() {
+        if let Some(c) = o.get("counter") {
+            let (packets, bytes) = (c["packets"].as_u64().unwrap_or(0), c["bytes"].as_u64().unwrap_or(0));
+            loaded.counters.extend(c["name"].as_str().map(|n| (n.to_owned(), (packets, bytes))));
+        } else if let Some(name) = o.get("chain").and_then(|c| c["name"].as_str()) {
+            loaded.chains.insert(name.to_owned());
+        }
+    }
+    Ok(loaded)
 }
 
 /// Whether `bridge`'s filter table is loaded.
@@ -414,19 +448,18 @@ mod tests {
 
     #[test]
     fn no_instance_means_the_guard_alone() {
-        let none = BTreeMap::new();
+        let none = Loaded::default();
         let plan = Plan {
             bridge: "berth0",
             cidr: "10.77.0.0/16".parse().unwrap_or(Cidr::new(Ipv4Addr::UNSPECIFIED, 0)),
             outbound_nat: false,
             open_ports: &[(Proto::Udp, 53)],
             members: vec![],
-            counters: &none,
+            loaded: &none,
         };
         expect_test::expect![[r#"
             {"add":{"table":{"family":"inet","name":"berth_berth0"}}}
-            {"delete":{"table":{"family":"inet","name":"berth_berth0"}}}
-            {"add":{"table":{"family":"inet","name":"berth_berth0"}}}
+            {"flush":{"table":{"family":"inet","name":"berth_berth0"}}}
             {"add":{"table":{"family":"ip","name":"berth_nat_berth0"}}}
             {"delete":{"table":{"family":"ip","name":"berth_nat_berth0"}}}
             {"add":{"table":{"family":"ip","name":"berth_nat_berth0"}}}
@@ -464,9 +497,15 @@ mod tests {
             hosts: BTreeMap::new(),
         };
         let web = InstanceNetwork { group: "web".into(), egress: Egress::Networks, networks: vec![db] };
-        let carried: BTreeMap<String, (u64, u64)> =
-            [(counter_name("web", "private"), (7, 420)), (counter_name("gone", "host"), (2, 120)), (counter_name("idle", "host"), (0, 0))]
-                .into();
+        let loaded = Loaded {
+            chains: ["input", "forward", "refuse", "from_web_0", "from_gone_1"].map(String::from).into(),
+            counters: [
+                (counter_name("web", "private"), (7, 420)),
+                (counter_name("gone", "host"), (2, 120)),
+                (counter_name("idle", "host"), (0, 0)),
+            ]
+            .into(),
+        };
         let plan = Plan {
             bridge: "berth0",
             cidr: "10.77.0.0/16".parse().unwrap_or(Cidr::new(Ipv4Addr::UNSPECIFIED, 0)),
@@ -476,13 +515,23 @@ mod tests {
                 Member { address: Ipv4Addr::new(10, 77, 0, 2), veth: "bv2".into(), network: &web },
                 Member { address: Ipv4Addr::new(10, 77, 0, 3), veth: "bv3".into(), network: &web },
             ],
-            counters: &carried,
+            loaded: &loaded,
         };
         let text = lines(&ruleset(&plan));
         let has = |needle: &str| assert!(text.contains(needle), "no `{needle}` in\n{text}");
-        has(r#"{"add":{"counter":{"bytes":420,"family":"inet","name":"denied_web_private","packets":7,"table":"berth_berth0"}}}"#);
-        has(r#"{"add":{"counter":{"bytes":120,"family":"inet","name":"denied_gone_host","packets":2,"table":"berth_berth0"}}}"#);
-        assert!(!text.contains("denied_idle_host"), "a counter of nothing, for a service with no instance, is dropped");
+        // The filter table is kept, its rules made again: its counters count on (adding a loaded
+        // one keeps its values). A counter of nothing, for a service with no instance, and the
+        // chain of a policy gone are dropped.
+        has(r#"{"add":{"table":{"family":"inet","name":"berth_berth0"}}}
+{"flush":{"table":{"family":"inet","name":"berth_berth0"}}}
+{"add":{"table":{"family":"ip","name":"berth_nat_berth0"}}}"#);
+        assert!(!text.contains(r#"{"delete":{"table":{"family":"inet""#), "{text}");
+        has(r#"{"add":{"counter":{"family":"inet","name":"denied_web_private","table":"berth_berth0"}}}"#);
+        has(r#"{"add":{"counter":{"family":"inet","name":"denied_gone_host","table":"berth_berth0"}}}"#);
+        has(r#"{"delete":{"counter":{"family":"inet","name":"denied_idle_host","table":"berth_berth0"}}}"#);
+        assert!(!text.contains(r#""add":{"counter":{"family":"inet","name":"denied_idle_host""#), "{text}");
+        has(r#"{"delete":{"chain":{"family":"inet","name":"from_gone_1","table":"berth_berth0"}}}"#);
+        assert_eq!(text.matches(r#"{"delete":{"chain""#).count(), 1, "{text}");
         // Its instances found by a plain set of their addresses (a reload never makes a packet
         // miss it), in both hooks.
         let by_source = r#"{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":{"set":["10.77.0.2","10.77.0.3"]}}},{"jump":{"target":"from_web_0"}}"#;

@@ -115,7 +115,7 @@ impl Network {
         Ok(())
     }
 
-    /// Loads the rules for `members` (every instance on the bridge), carrying the counters over;
+    /// Loads the rules for `members` (every instance on the bridge), counters counting on;
     /// turns on forwarding on the devices of the LANs they reach (restoring it on those no
     /// longer reached) and routing to loopback when a host endpoint needs it.
     pub fn apply_rules(
@@ -125,8 +125,8 @@ impl Network {
         open_ports: &[(firewall::Proto, u16)],
     ) -> Result<(), NetworkError> {
         let _one_at_a_time = self.rules.lock().unwrap_or_else(|p| p.into_inner());
-        let counters = firewall::counters(&self.bridge)?;
-        let plan = firewall::Plan { bridge: &self.bridge, cidr: self.cidr, outbound_nat, open_ports, members, counters: &counters };
+        let loaded = firewall::loaded(&self.bridge)?;
+        let plan = firewall::Plan { bridge: &self.bridge, cidr: self.cidr, outbound_nat, open_ports, members, loaded: &loaded };
         sysctl(&self.bridge, "route_localnet", if firewall::needs_localnet(&plan) { "1" } else { "0" })?;
         let devices = firewall::attached_devices(&plan);
         // Forwarding on an attached device: its original value is kept to be restored.
