@@ -186,10 +186,8 @@ fn spoof_rules(plan: &Plan<'_>, table: &str, cmds: &mut Vec<Value>) {
     let rule = |expr: Vec<Value>| json!({"add": {"rule": {"family": "bridge", "table": table, "chain": "prerouting", "expr": expr}}});
     let ether = |kind: &str| is(field("ether", "type"), kind.into());
     let from_instances = json!({"match": {"op": "==", "left": meta("iifname"), "right": {"set": plan.members.iter().map(|m| m.veth.clone()).collect::<Vec<_>>()}}});
-    let not_own = |source: Value| {
-        let own: Vec<Value> = plan.members.iter().map(|m| json!({"concat": [m.veth, m.address.to_string()]})).collect();
-        json!({"match": {"op": "!=", "left": {"concat": [meta("iifname"), source]}, "right": {"set": own}}})
-    };
+    let own: Vec<Value> = plan.members.iter().map(|m| json!({"concat": [m.veth, m.address.to_string()]})).collect();
+    let not_own = |source: Value| json!({"match": {"op": "!=", "left": {"concat": [meta("iifname"), source]}, "right": {"set": own}}});
     cmds.push(rule(vec![from_instances.clone(), ether("ip"), not_own(field("ip", "saddr")), json!({"drop": null})]));
     cmds.push(rule(vec![from_instances.clone(), ether("arp"), not_own(field("arp", "saddr ip")), json!({"drop": null})]));
     cmds.push(rule(vec![from_instances, ether("ip6"), json!({"drop": null})]));
@@ -381,7 +379,7 @@ pub fn apply(ruleset: &Value) -> Result<(), NetworkError> {
 }
 
 /// The named counters of `bridge`'s filter table: name → (packets, bytes). None when the table
-/// does not exist yet.
+/// does not exist yet (an empty map).
 pub fn counters(bridge: &str) -> Result<BTreeMap<String, (u64, u64)>, NetworkError> {
     Ok(listed(&["counters", "table", "inet", &guard_table(bridge)])?.counters)
 }
